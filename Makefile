@@ -1,0 +1,40 @@
+# The two commands of the README: `make run` (the main job) and `make test` (the test suite).
+# Both set up everything on a fresh machine that has only Python 3.11, pip, gcc, make and git.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+PROFILE ?= quick
+
+.PHONY: run test install lock bench clean-state
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+install: $(BIN)/.installed
+
+## the main job: the whole DAG on the embedded default cohort (quick profile)
+run: install
+	$(BIN)/liverlesion run --profile $(PROFILE)
+
+## the test suite (unit + integration through the real pipeline in an isolated state)
+test: install
+	$(BIN)/python -m pytest -q
+
+## figures: wall time by step, patch extraction, CPU inference
+bench: install
+	$(BIN)/python bench/pipeline_steps.py
+	$(BIN)/python bench/patch_extraction.py
+	$(BIN)/python bench/inference_cpu.py
+
+## re-resolve the pinned dependencies (after editing pyproject.toml)
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 --quiet -o requirements.lock
+
+## forget every run, model and cached artifact (keeps data/ and the DVC cache)
+clean-state:
+	rm -rf .liverlesion

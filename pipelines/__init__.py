@@ -1,0 +1,5 @@
+"""ZenML pipeline definitions: wiring only."""
+
+from pipelines.training import training_pipeline
+
+__all__ = ["training_pipeline"]

@@ -1,0 +1,161 @@
+"""Run profiles: one YAML per profile in ``configs/``, keyed by pipeline step, validated on load.
+
+A profile may say ``extends: <other profile>`` and then hold only its differences (merged key by
+key). Unknown keys and wrong types are errors that name the key, never silent defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from liverlesion.phantom import CohortSpec
+from liverlesion.validation import ValidationRules
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PatchConfig(_Section):
+    """``extract_patches``: the paper's three orthogonal patches."""
+
+    margin: int = Field(5, ge=0, description="voxels added around the lesion bounding box")
+    canvas: tuple[int, int] = Field((252, 210), description="padded size (rows, cols), the paper's 252x210")
+    output_size: tuple[int, int] | None = Field(None, description="network input (rows, cols); None = canvas")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.output_size or self.canvas)
+
+
+class SplitConfig(_Section):
+    """``split``: patient-level, label-stratified, seeded."""
+
+    seed: int = 2019
+    val_fraction: float = Field(0.2, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+
+
+class TrainConfig(_Section):
+    """``train``: InceptionV3 + the paper's head (FC-512, Dropout 0.4, FC-512, Dropout 0.4, softmax)."""
+
+    backbone: Literal["inception_v3"] = "inception_v3"
+    weights: str | None = Field(None, description="None (random init, offline), 'imagenet' or a weights file path")
+    dense_units: int = Field(512, ge=1)
+    dropout: float = Field(0.4, ge=0, lt=1)
+    epochs: int = Field(103, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = 2019
+
+
+class EvaluateConfig(_Section):
+    threshold: float = Field(0.5, gt=0, lt=1, description="metastasis probability above which a lesion is called metastasis")
+
+
+class RegisterConfig(_Section):
+    """``register``: the MLflow registered model and its promotion gate."""
+
+    model_name: str = "liver-lesion-classifier"
+    primary_metric: Literal[
+        "accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"
+    ] = "roc_auc"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    experiment: str = "liver-lesion-classification"
+
+
+class Profile(_Section):
+    """A whole pipeline run profile."""
+
+    name: str
+    description: str = ""
+    cohort: CohortSpec = CohortSpec()
+    patches: PatchConfig = PatchConfig()
+    validation: ValidationRules = ValidationRules()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+
+    @model_validator(mode="after")
+    def _patch_shape_follows_patches(self) -> "Profile":
+        shape = self.validation.patch_shape
+        if shape is not None and tuple(shape) != self.patches.size:
+            raise ValueError(f"validation.patch_shape {tuple(shape)} differs from the patch size {self.patches.size}")
+        return self
+
+
+class ConfigError(ValueError):
+    """A profile that cannot be loaded; the message names the file and the key."""
+
+
+def configs_dir() -> Path:
+    from liverlesion.paths import project_root
+
+    return project_root() / "configs"
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle through {[p.name for p in seen]}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of step names to settings, found {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_path = path.parent / f"{parent}.yaml"
+    if not parent_path.exists():
+        raise ConfigError(f"{path}: extends '{parent}', but {parent_path} does not exist")
+    base = _read_yaml(parent_path, (*seen, path))
+    base.pop("name", None)
+    base.pop("description", None)
+    return _deep_merge(base, raw)
+
+
+def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:
+    """Load and validate a run profile.
+
+    Args:
+        name_or_path: a profile name in ``configs/`` (``quick``, ``paper``) or a YAML path.
+        overrides: nested settings merged over the file (e.g. from the command line or a test).
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key or wrong type; the message names the
+            file and every offending key (``train.epochs: Input should be a valid integer``).
+    """
+    path = Path(name_or_path)
+    if path.suffix not in {".yaml", ".yml"}:
+        path = configs_dir() / f"{name_or_path}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
+        raise ConfigError(f"no profile {str(name_or_path)!r} ({path}); available: {', '.join(available) or 'none'}")
+    raw = _read_yaml(path.resolve())
+    raw.setdefault("name", path.stem)
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<profile>'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None

@@ -1,0 +1,124 @@
+"""The versioned cohort: ``data/`` tracked by DVC (``data.dvc``), pushed to a local DVC remote.
+
+On a fresh clone ``data.dvc`` is there but ``data/`` and the DVC cache are not. ``prepare_data``
+then restores the cohort from the DVC cache or remote if it can, and otherwise regenerates the
+embedded default cohort from its seed (bit-identical, so its DVC hash is the one in ``data.dvc``),
+and says which it did. The DVC hash is the data version every later step records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from liverlesion.phantom import CohortSpec, generate_cohort
+
+DATA_FOLDER = "data"
+DVC_FILE = "data.dvc"
+REMOTE_NAME = "local"
+COHORT_METADATA = "cohort.json"
+
+
+class DataStoreError(RuntimeError):
+    """A DVC operation failed or the data folder does not match what was asked for."""
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    hash: str  # DVC's md5 of the data folder
+    source: str  # "existing", "restored" (DVC cache/remote) or "generated" (from the seed)
+    committed_hash: str | None  # the hash in data.dvc before this run
+    path: Path
+
+    @property
+    def matches_committed(self) -> bool:
+        return self.committed_hash == self.hash
+
+    def describe(self) -> str:
+        how = {
+            "existing": "used the cohort already in",
+            "restored": "restored the cohort from the DVC cache/remote into",
+            "generated": "regenerated the embedded default cohort from its seed into",
+        }[self.source]
+        if self.committed_hash is None:
+            status = f"{DVC_FILE} was new: commit it"
+        elif self.matches_committed:
+            status = f"matches {DVC_FILE}"
+        else:
+            status = f"DIFFERS from the committed {DVC_FILE} ({self.committed_hash[:12]}): {DVC_FILE} updated, commit it"
+        return f"data: {how} {self.path} — DVC version {self.hash} ({status})"
+
+
+def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
+    )
+    if check and done.returncode != 0:
+        raise DataStoreError(f"`dvc {' '.join(args)}` failed in {root}:\n{done.stderr.strip() or done.stdout.strip()}")
+    return done
+
+
+def dvc_hash(root: Path) -> str | None:
+    """The data version recorded in ``data.dvc`` (None if absent or empty)."""
+    path = Path(root) / DVC_FILE
+    if not path.exists():
+        return None
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
+    return outs[0].get("md5") if outs else None
+
+
+def configure_remote(root: Path, remote: Path) -> None:
+    """Point the ``local`` DVC remote at ``remote`` (machine-local config, not committed)."""
+    remote.mkdir(parents=True, exist_ok=True)
+    _dvc(root, "remote", "add", "--local", "--force", REMOTE_NAME, str(remote.resolve()))
+
+
+def _check_spec(data: Path, spec: CohortSpec) -> None:
+    meta_path = data / COHORT_METADATA
+    if not meta_path.exists():
+        return  # not a synthetic cohort: nothing to compare
+    recorded = json.loads(meta_path.read_text()).get("spec")
+    if recorded is not None and recorded != spec.model_dump(mode="json"):
+        raise DataStoreError(
+            f"{data} holds a cohort generated with {recorded}, but the profile asks for "
+            f"{spec.model_dump(mode='json')}; move {data} away (it is versioned by DVC) or use a matching profile"
+        )
+
+
+def prepare_data(root: Path, spec: CohortSpec, remote: Path, progress: Callable[[int, int, str], None] | None = None) -> DataVersion:
+    """Make ``root/data`` hold the cohort, version it with DVC and push it to the remote.
+
+    Raises:
+        DataStoreError: DVC fails, or ``data/`` holds a synthetic cohort of another spec.
+    """
+    root = Path(root)
+    data = root / DATA_FOLDER
+    committed = dvc_hash(root)
+    configure_remote(root, remote)
+    source = "existing"
+    if not data.exists() or not any(data.iterdir()):
+        source = "generated"
+        if committed is not None:
+            for attempt in (("checkout", DVC_FILE), ("pull", DVC_FILE)):
+                if _dvc(root, *attempt, check=False).returncode == 0 and data.exists() and any(data.iterdir()):
+                    source = "restored"
+                    break
+        if source == "generated":
+            if data.exists():
+                data.rmdir()
+            generate_cohort(spec, data, progress=progress)
+    _check_spec(data, spec)
+    _dvc(root, "add", DATA_FOLDER)
+    _dvc(root, "push", DVC_FILE)
+    version = dvc_hash(root)
+    if version is None:
+        raise DataStoreError(f"`dvc add {DATA_FOLDER}` left no hash in {root / DVC_FILE}")
+    return DataVersion(hash=version, source=source, committed_hash=committed, path=data)

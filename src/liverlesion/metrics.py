@@ -1,0 +1,129 @@
+"""The paper's seven metrics from one confusion count, plus the plots a reader looks at.
+
+Positive class: metastasis (label 1). Sensitivity is the recall of metastases, specificity the
+recall of cysts. Every threshold metric derives from ``confusion_counts``; ROC AUC comes from
+scikit-learn on the probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity")
+
+
+@dataclass(frozen=True)
+class ConfusionCounts:
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+def confusion_counts(y_true, y_pred) -> ConfusionCounts:
+    """True/false positives/negatives with metastasis (1) as the positive class."""
+    tn, fp, fn, tp = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), labels=[0, 1]).ravel()
+    return ConfusionCounts(tp=int(tp), fp=int(fp), fn=int(fn), tn=int(tn))
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else 0.0
+
+
+def classification_metrics(y_true, probability, threshold: float = 0.5) -> dict[str, float]:
+    """The seven metrics of the paper's Table 2 for metastasis probabilities.
+
+    Args:
+        y_true: 0 cyst, 1 metastasis.
+        probability: predicted probability of metastasis.
+        threshold: probability at or above which a lesion is called a metastasis.
+
+    A ratio with a zero denominator (e.g. precision with no positive call) is reported as 0;
+    ROC AUC with a single class present is NaN.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    probability = np.asarray(probability, dtype=float)
+    y_pred = (probability >= threshold).astype(int)
+    c = confusion_counts(y_true, y_pred)
+    precision = _ratio(c.tp, c.tp + c.fp)
+    recall = _ratio(c.tp, c.tp + c.fn)
+    specificity = _ratio(c.tn, c.tn + c.fp)
+    return {
+        "accuracy": _ratio(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
+        "balanced_accuracy": (recall + specificity) / 2.0,
+        "f1": _ratio(2 * precision * recall, precision + recall),
+        "roc_auc": float(roc_auc_score(y_true, probability)) if len(set(y_true)) == 2 else float("nan"),
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+    }
+
+
+def best_threshold_accuracy(values, labels) -> tuple[float, float]:
+    """Accuracy of the best single threshold on one feature, either direction (separability)."""
+    values = np.asarray(values, dtype=float)
+    labels = np.asarray(labels).astype(int)
+    candidates = np.unique(values)
+    best = (0.0, float("nan"))
+    for t in np.concatenate([candidates, [np.inf]]):
+        above = values >= t
+        acc = max(np.mean(above == labels), np.mean(above != labels))
+        if acc > best[0]:
+            best = (float(acc), float(t))
+    return best
+
+
+def plot_confusion_matrix(y_true, probability, threshold: float, path: Path, title: str = "") -> Path:
+    """The confusion matrix as a labelled PNG (rows: truth, columns: prediction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y_pred = (np.asarray(probability) >= threshold).astype(int)
+    matrix = confusion_matrix(np.asarray(y_true).astype(int), y_pred, labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4, 3.6), dpi=120)
+    ax.imshow(matrix, cmap="Blues")
+    names = ["cyst", "metastasis"]
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black", fontsize=14)
+    ax.set_title(title or "Confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(y_true, probability, path: Path, title: str = "") -> Path:
+    """The ROC curve with its AUC as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y_true = np.asarray(y_true).astype(int)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
+    if len(set(y_true)) == 2:
+        fpr, tpr, _ = roc_curve(y_true, probability)
+        auc = roc_auc_score(y_true, probability)
+        ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower right")
+    ax.set_title(title or "ROC, metastasis vs cyst (test)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

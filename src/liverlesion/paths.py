@@ -1,0 +1,91 @@
+"""Where state lives: one project-local folder by default, every part overridable by environment.
+
+Nothing here runs at import; every path is resolved when asked for, so a test (or a scheduler)
+can point a whole run elsewhere by setting variables first.
+
+| variable | default | what |
+| --- | --- | --- |
+| ``LIVERLESION_PROJECT`` | nearest parent of the working directory holding ``data.dvc`` | the project root (code, ``data/``, ``data.dvc``) |
+| ``LIVERLESION_HOME`` | ``<project>/.liverlesion`` | all generated state below |
+| ``ZENML_CONFIG_PATH`` | ``<home>/zenml`` | ZenML's local store and stack |
+| ``MLFLOW_TRACKING_URI`` | ``sqlite:///<home>/mlflow/mlflow.db`` | MLflow tracking and registry store |
+| ``LIVERLESION_DVC_REMOTE`` | ``<home>/dvc-remote`` | the local DVC remote the cohort is pushed to |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_MARKER = "data.dvc"
+
+
+def project_root() -> Path:
+    """The project root: ``$LIVERLESION_PROJECT`` or the nearest parent holding ``data.dvc``.
+
+    Raises:
+        FileNotFoundError: neither is found, saying what to do.
+    """
+    if env := os.environ.get("LIVERLESION_PROJECT"):
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_MARKER).exists():
+            return folder
+    raise FileNotFoundError(
+        f"no {PROJECT_MARKER} in {here} or its parents: run from the project's checkout, "
+        "or set LIVERLESION_PROJECT to it"
+    )
+
+
+def state_home() -> Path:
+    """The folder holding all generated state (ZenML store, MLflow runs, DVC remote, reports)."""
+    if env := os.environ.get("LIVERLESION_HOME"):
+        return Path(env).resolve()
+    return project_root() / ".liverlesion"
+
+
+def data_dir() -> Path:
+    """The DVC-tracked cohort folder (``data/`` beside ``data.dvc``)."""
+    return project_root() / "data"
+
+
+def zenml_config_path() -> Path:
+    return Path(os.environ.get("ZENML_CONFIG_PATH") or state_home() / "zenml")
+
+
+def mlflow_tracking_uri() -> str:
+    if env := os.environ.get("MLFLOW_TRACKING_URI"):
+        return env
+    return f"sqlite:///{state_home() / 'mlflow' / 'mlflow.db'}"
+
+
+def mlflow_artifact_root() -> Path:
+    return state_home() / "mlflow" / "artifacts"
+
+
+def dvc_remote() -> Path:
+    return Path(os.environ.get("LIVERLESION_DVC_REMOTE") or state_home() / "dvc-remote")
+
+
+def reports_dir() -> Path:
+    return state_home() / "reports"
+
+
+def configure_environment() -> dict[str, str]:
+    """Export the ZenML and MLflow locations (before either is imported) and return them.
+
+    Also turns off ZenML's analytics, which would try to reach the internet.
+    """
+    home = state_home()
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    values = {
+        "ZENML_CONFIG_PATH": str(zenml_config_path()),
+        "MLFLOW_TRACKING_URI": mlflow_tracking_uri(),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "ZENML_ENABLE_REPO_INIT_WARNINGS": "false",
+        "ZENML_LOGGING_VERBOSITY": os.environ.get("ZENML_LOGGING_VERBOSITY", "WARN"),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+    os.environ.update(values)
+    return values

@@ -1,0 +1,54 @@
+from typing import Annotated, Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from zenml import log_metadata, step
+
+from liverlesion.config import EvaluateConfig
+from liverlesion.metrics import best_threshold_accuracy, classification_metrics, plot_confusion_matrix, plot_roc
+from liverlesion.splitting import arrays_for_set
+from liverlesion.training import predict_metastasis_probability
+from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
+
+
+@step
+def evaluate(
+    model: keras.Model,
+    patches: np.ndarray,
+    patch_index: pd.DataFrame,
+    split_manifest: pd.DataFrame,
+    lesions: pd.DataFrame,
+    mlflow_run_id: str,
+    config: EvaluateConfig,
+) -> tuple[Annotated[dict[str, Any], "test_metrics"], Annotated[pd.DataFrame, "test_predictions"]]:
+    """The seven metrics, confusion matrix and ROC on the held-out test patients."""
+    x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
+    probability = predict_metastasis_probability(model, x_test)
+    metrics = classification_metrics(y_test, probability, config.threshold)
+    predictions = pd.DataFrame({"lesion_id": lesion_ids, "label": y_test, "p_metastasis": probability,
+                                "predicted": (probability >= config.threshold).astype(int)})
+    predictions = predictions.merge(lesions[["lesion_id", "patient_key", "volume_ml", "mean_hu"]], on="lesion_id")
+    # one-feature baseline: how far the best mean-HU threshold alone gets on the same test lesions
+    baseline, _ = best_threshold_accuracy(predictions["mean_hu"], predictions["label"])
+
+    folder = run_reports_dir(zenml_run().name)
+    cm_path = plot_confusion_matrix(y_test, probability, config.threshold, folder / "confusion_matrix.png")
+    roc_path = plot_roc(y_test, probability, folder / "roc_curve.png")
+    predictions_path = folder / "test_predictions.csv"
+    predictions.to_csv(predictions_path, index=False)
+
+    use_tracking_store()
+    with mlflow.start_run(run_id=mlflow_run_id):
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.log_metric("test_mean_hu_threshold_accuracy", baseline)
+        for path in (cm_path, roc_path, predictions_path):
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+    print("[evaluate] test " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+          + f" | mean-HU threshold baseline {baseline:.3f}", flush=True)
+    log_metadata({"metrics": metrics, "mean_hu_threshold_accuracy": baseline})
+    return ({"metrics": metrics, "threshold": config.threshold, "n_test": int(len(y_test)),
+             "mean_hu_threshold_accuracy": baseline,
+             "plots": {"confusion_matrix": str(cm_path), "roc_curve": str(roc_path)},
+             "predictions": str(predictions_path)}, predictions)

@@ -1,0 +1,52 @@
+from typing import Annotated, Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from zenml import ArtifactConfig, log_metadata, step
+
+from liverlesion.config import PatchConfig, TrainConfig
+from liverlesion.model import build_model
+from liverlesion.splitting import arrays_for_set
+from liverlesion.training import train_classifier
+from steps.materializers import KerasModelMaterializer
+from steps.tracking import ensure_experiment, zenml_run
+
+
+@step(output_materializers={"model": KerasModelMaterializer})
+def train(
+    patches: np.ndarray,
+    patch_index: pd.DataFrame,
+    split_manifest: pd.DataFrame,
+    split_manifest_hash: str,
+    config: TrainConfig,
+    patch_config: PatchConfig,
+    profile: str,
+    experiment: str,
+    data_version: str,
+) -> tuple[
+    Annotated[keras.Model, ArtifactConfig(name="model", is_model_artifact=True)],
+    Annotated[dict[str, Any], "training_history"],
+    Annotated[str, "mlflow_run_id"],
+]:
+    """InceptionV3 + the paper's FC head on the train set, best validation epoch kept; tracked in MLflow."""
+    x_train, y_train, _ = arrays_for_set(patches, patch_index, split_manifest, "train")
+    x_val, y_val, _ = arrays_for_set(patches, patch_index, split_manifest, "val")
+    run = zenml_run()
+    mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
+    with mlflow.start_run(run_name=f"{profile}-{run.name}") as active:
+        mlflow.set_tags({"zenml_run_id": str(run.id), "zenml_run_name": run.name, "profile": profile,
+                         "data_version": data_version, "split_manifest_hash": split_manifest_hash})
+        mlflow.log_params({**config.model_dump(), **{f"patch_{k}": v for k, v in patch_config.model_dump().items()},
+                           "input_shape": str(x_train.shape[1:]), "n_train": len(y_train), "n_val": len(y_val)})
+        model = build_model(x_train.shape[1:], config.weights, config.dense_units, config.dropout)
+        history = train_classifier(
+            model, x_train, y_train, x_val, y_val, config.epochs, config.batch_size, config.learning_rate,
+            config.seed, on_epoch=lambda epoch, logs: mlflow.log_metrics(logs, step=epoch),
+        )
+        best_epoch = int(np.argmax(history["val_accuracy"]))
+        mlflow.log_metrics({"best_epoch": best_epoch, "best_val_accuracy": history["val_accuracy"][best_epoch]})
+    log_metadata({"mlflow_run_id": active.info.run_id, "best_epoch": best_epoch,
+                  "best_val_accuracy": history["val_accuracy"][best_epoch], "parameters": int(model.count_params())})
+    return model, {"history": history, "best_epoch": best_epoch}, active.info.run_id
