@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from liverlesion.lesions import instance_map, lesion_instances
+
+
+def sphere(shape, center, radius_vox):
+    grid = np.indices(shape).astype(float)
+    dist2 = sum((g - c) ** 2 for g, c in zip(grid, center))
+    return dist2 <= radius_vox**2
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5)])
+def test_sphere_volume_in_ml(spacing):
+    # a sphere of radius 10 mm, sampled on an anisotropic grid
+    radius_mm = 10.0
+    shape = (60, 60, 30)
+    grid = np.indices(shape).astype(float)
+    center = np.array(shape) / 2
+    dist2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, spacing))
+    mask = (dist2 <= radius_mm**2).astype(np.uint8) * 2
+    table = lesion_instances(mask, np.full(shape, 50.0), spacing, "c1", "p1")
+    expected_ml = 4 / 3 * np.pi * radius_mm**3 / 1000  # 4.19 mL
+    assert len(table) == 1
+    assert table.loc[0, "volume_ml"] == pytest.approx(expected_ml, rel=0.03)
+    assert table.loc[0, "label_name"] == "metastasis"
+    assert table.loc[0, "mean_hu"] == pytest.approx(50.0)
+
+
+def test_components_per_class_and_stable_ids():
+    shape = (40, 40, 20)
+    mask = np.zeros(shape, np.uint8)
+    mask[sphere(shape, (10, 10, 10), 4)] = 1
+    mask[sphere(shape, (30, 30, 10), 5)] = 2
+    mask[sphere(shape, (10, 30, 10), 3)] = 1
+    # two diagonal-touching voxels are one lesion with 26-connectivity
+    mask[20, 20, 2] = 2
+    mask[21, 21, 3] = 2
+    image = np.zeros(shape, np.float32)
+    table = lesion_instances(mask, image, (1, 1, 1), "case", "pat")
+    assert table["label"].tolist() == [0, 0, 1, 1]
+    assert table["lesion_id"].tolist() == ["case-L01", "case-L02", "case-L03", "case-L04"]
+    assert (table["n_voxels"] > 0).all()
+    assert table.loc[table["n_voxels"] == 2, "label_name"].tolist() == ["metastasis"]
+    instances, described = instance_map(mask)
+    assert [d["instance"] for d in described] == [1, 2, 3, 4]
+    for row in table.itertuples():
+        assert (instances == row.instance).sum() == row.n_voxels
+    # bounding boxes hold their lesion; centroids lie inside the boxes
+    for axis in range(3):
+        assert (table[f"bbox_lo_{axis}"] <= table[f"centroid_{axis}"]).all()
+        assert (table[f"centroid_{axis}"] < table[f"bbox_hi_{axis}"]).all()
+
+
+def test_unknown_mask_code_names_the_case():
+    mask = np.zeros((5, 5, 5), np.uint8)
+    mask[2, 2, 2] = 7
+    with pytest.raises(ValueError, match="case c9.*unknown class codes \\[7\\]"):
+        lesion_instances(mask, np.zeros(mask.shape), (1, 1, 1), "c9", "p")
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="case c1: mask shape"):
+        lesion_instances(np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 4)), (1, 1, 1), "c1", "p")

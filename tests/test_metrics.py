@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+
+from liverlesion.metrics import best_threshold_accuracy, classification_metrics, confusion_counts, plot_confusion_matrix, plot_roc
+
+
+def test_metrics_against_a_hand_computed_confusion_matrix():
+    # 10 lesions: 6 metastases (1), 4 cysts (0)
+    y_true = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    prob = [0.9, 0.8, 0.7, 0.6, 0.4, 0.2, 0.55, 0.3, 0.1, 0.05]
+    c = confusion_counts(y_true, np.asarray(prob) >= 0.5)
+    assert (c.tp, c.fn, c.fp, c.tn) == (4, 2, 1, 3)
+    m = classification_metrics(y_true, prob, threshold=0.5)
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["precision"] == pytest.approx(4 / 5)
+    assert m["recall"] == pytest.approx(4 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["balanced_accuracy"] == pytest.approx((4 / 6 + 3 / 4) / 2)
+    assert m["f1"] == pytest.approx(2 * 0.8 * (4 / 6) / (0.8 + 4 / 6))
+    # AUC by hand: pairs (metastasis, cyst) ranked correctly out of 6 * 4 = 24
+    correct = sum(p > q for p, t in zip(prob, y_true) if t == 1 for q, s in zip(prob, y_true) if s == 0)
+    assert m["roc_auc"] == pytest.approx(correct / 24)
+    assert set(m) == {"accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"}
+
+
+def test_no_positive_call_gives_zero_precision_not_an_error():
+    m = classification_metrics([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4])
+    assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["specificity"] == 1.0
+
+
+def test_one_class_auc_is_nan():
+    assert math.isnan(classification_metrics([1, 1], [0.2, 0.9])["roc_auc"])
+
+
+def test_best_threshold_accuracy_either_direction():
+    acc, t = best_threshold_accuracy([10, 20, 30, 70, 80, 25], [0, 0, 0, 1, 1, 1])
+    assert acc == pytest.approx(5 / 6)
+    acc, _ = best_threshold_accuracy([80, 70, 60, 10, 5], [0, 0, 0, 1, 1])  # lower means positive
+    assert acc == 1.0
+
+
+def test_plots_are_written(tmp_path):
+    y, p = [0, 1, 1, 0], [0.2, 0.7, 0.4, 0.1]
+    assert plot_confusion_matrix(y, p, 0.5, tmp_path / "cm.png").stat().st_size > 1000
+    assert plot_roc(y, p, tmp_path / "roc.png").stat().st_size > 1000

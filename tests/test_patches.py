@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from liverlesion.patches import largest_cross_section, lesion_patches, pad_to_canvas, standardise
+
+
+def box_lesion(shape, lo, hi):
+    mask = np.zeros(shape, bool)
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    return mask
+
+
+def test_largest_cross_section_picks_the_flat_plane():
+    # a slab 20 x 16 voxels across axes 0/1 but 3 thick along axis 0... (here: thin along axis 0)
+    lesion = box_lesion((30, 30, 30), (10, 5, 5), (13, 25, 21))  # 3 x 20 x 16
+    axis, index, area = largest_cross_section(lesion, (1.0, 1.0, 1.0))
+    assert axis == 0  # the plane normal to axis 0 holds the 20 x 16 face
+    assert area == pytest.approx(320.0)
+    assert 10 <= index < 13
+
+
+def test_largest_cross_section_uses_millimetres():
+    # the same voxel box; with 5 mm along axis 2 the (0, 2)-plane becomes the largest in mm^2
+    lesion = box_lesion((30, 30, 30), (5, 5, 5), (15, 13, 11))  # 10 x 8 x 6 voxels
+    axis, _, area = largest_cross_section(lesion, (1.0, 1.0, 1.0))
+    assert axis == 2 and area == pytest.approx(80.0)
+    axis, _, area = largest_cross_section(lesion, (1.0, 1.0, 5.0))
+    assert axis == 1 and area == pytest.approx(10 * 6 * 5.0)
+
+
+def test_pad_value_is_the_crop_mean_and_crop_is_centred():
+    crop = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out, scale = pad_to_canvas(crop, (7, 8), float(crop.mean()))
+    assert scale == 1.0
+    assert out.shape == (7, 8)
+    assert out[0, 0] == pytest.approx(crop.mean())
+    np.testing.assert_array_equal(out[2:5, 2:6], crop)
+
+
+def test_oversized_crop_is_shrunk_to_fit():
+    out, scale = pad_to_canvas(np.ones((40, 10), np.float32), (20, 20), 0.0)
+    assert scale == pytest.approx(0.5)
+    assert out.shape == (20, 20)
+
+
+def test_standardise():
+    patch = np.random.default_rng(0).normal(40, 12, (20, 30))
+    z = standardise(patch)
+    assert z.mean() == pytest.approx(0, abs=1e-5)
+    assert z.std() == pytest.approx(1, abs=1e-4)
+    assert np.all(standardise(np.full((4, 4), 3.0)) == 0)
+
+
+def test_three_orthogonal_patches_geometry():
+    shape = (40, 50, 30)
+    rng = np.random.default_rng(1)
+    image = rng.normal(100, 10, shape).astype(np.float32)
+    lesion = box_lesion(shape, (10, 20, 12), (23, 27, 15))  # 13 x 7 x 3: largest face normal to axis 2
+    image[lesion] = 20.0
+    stack, info = lesion_patches(image, lesion, (1.0, 1.0, 1.0), margin=2, canvas=(32, 24))
+    assert stack.shape == (32, 24, 3)
+    assert info.main_axis == 2 and 12 <= info.main_slice < 15
+    # the other two planes pass through the centre of the largest cross-section
+    assert info.center_0 == 16 and info.center_1 == 23
+    for c in range(3):
+        assert stack[..., c].mean() == pytest.approx(0, abs=1e-4)
+        assert stack[..., c].std() == pytest.approx(1, abs=1e-3)
+    # channel 0 is the axial (axis 2) plane: the crop is the bbox + margin in axes (0, 1) = 17 x 11,
+    # centred on the canvas; the lesion (dark) sits in its middle
+    main = stack[..., 0]
+    assert main[16, 12] < main[16, 1]  # the lesion is darker than the padding around it
+    # padding value equals the crop mean, so after standardising the border is constant
+    assert np.allclose(main[0, :], main[0, 0])
+
+
+def test_output_size_resizes_the_canvas():
+    shape = (30, 30, 30)
+    lesion = box_lesion(shape, (10, 10, 10), (16, 18, 14))
+    image = np.random.default_rng(2).normal(0, 1, shape)
+    stack, _ = lesion_patches(image, lesion, (1, 1, 1), canvas=(252, 210), output_size=(96, 80))
+    assert stack.shape == (96, 80, 3)
+
+
+def test_empty_lesion_is_an_error():
+    with pytest.raises(ValueError, match="empty lesion"):
+        lesion_patches(np.zeros((5, 5, 5)), np.zeros((5, 5, 5), bool), (1, 1, 1))
