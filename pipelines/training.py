@@ -5,7 +5,14 @@ from typing import Any
 from zenml import pipeline
 
 from liverlesion.config import Profile
-from steps import evaluate, extract_patches, ingest, register, segment, split, train, validate
+from steps.evaluate import evaluate
+from steps.extract_patches import extract_patches
+from steps.ingest import ingest
+from steps.register import register
+from steps.segment import segment
+from steps.split import split
+from steps.train import train
+from steps.validate import validate
 
 
 @pipeline(enable_cache=True)

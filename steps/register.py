@@ -27,7 +27,7 @@ def register(
     lineage = {
         "data_version": data_version,
         "split_manifest_hash": split_manifest_hash,
-        "git_commit": git_commit(paths.project_root()),
+        "git_commit": git_commit(paths.code_root()),
         "profile": profile,
         "config_hash": config_hash(profile_config),
         "zenml_run_id": str(run.id),

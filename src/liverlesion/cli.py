@@ -88,12 +88,12 @@ def run(
     config = _load(profile, overrides)
     version = _prepare_data(config)
 
-    root = paths.project_root()
-    sys.path.insert(0, str(root))
+    code = paths.code_root()
+    sys.path.insert(0, str(code))
     from zenml.enums import ExecutionStatus
     from zenml.utils import source_utils
 
-    source_utils.set_custom_source_root(str(root))
+    source_utils.set_custom_source_root(str(code))
     from pipelines import training_pipeline
 
     started = time.perf_counter()

@@ -6,6 +6,7 @@ can point a whole run elsewhere by setting variables first.
 | variable | default | what |
 | --- | --- | --- |
 | ``LIVERLESION_PROJECT`` | nearest parent of the working directory holding ``data.dvc`` | the project root (code, ``data/``, ``data.dvc``) |
+| ``LIVERLESION_CODE`` | the checkout this package is installed from | ``pipelines/`` and ``steps/`` |
 | ``LIVERLESION_HOME`` | ``<project>/.liverlesion`` | all generated state below |
 | ``ZENML_CONFIG_PATH`` | ``<home>/zenml`` | ZenML's local store and stack |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<home>/mlflow/mlflow.db`` | MLflow tracking and registry store |
@@ -36,6 +37,22 @@ def project_root() -> Path:
         f"no {PROJECT_MARKER} in {here} or its parents: run from the project's checkout, "
         "or set LIVERLESION_PROJECT to it"
     )
+
+
+def code_root() -> Path:
+    """The checkout holding ``pipelines/`` and ``steps/`` (ZenML's source root).
+
+    ``$LIVERLESION_CODE`` or the checkout this package is installed from (editable install).
+    """
+    if env := os.environ.get("LIVERLESION_CODE"):
+        return Path(env).resolve()
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pipelines").is_dir():
+        raise FileNotFoundError(
+            f"no pipelines/ in {root}: install the project from its checkout (`make install`) "
+            "or set LIVERLESION_CODE to the checkout"
+        )
+    return root
 
 
 def state_home() -> Path:
