@@ -1,0 +1,150 @@
+"""The real pipeline, end to end, on a tiny generated cohort, in an isolated ZenML/MLflow/DVC state.
+
+Runs the console command as a user would (``liverlesion run``) in a throw-away project folder:
+real DVC (git repo + local remote), real ZenML local store, real MLflow SQLite store.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PROFILE = {
+    "extends": "quick",
+    "name": "tiny",
+    "cohort": {"seed": 7, "n_patients": 12, "n_lesions": 36, "size_scale": 0.5},
+    "patches": {"output_size": [75, 75]},
+    "validation": {"patch_shape": [75, 75]},
+    "train": {"epochs": 1, "batch_size": 8},
+    "register": {"model_name": "tiny-liver-lesion"},
+}
+
+
+def cli(project: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("liverlesion")), *args],
+        cwd=project, env=env, capture_output=True, text=True, timeout=900,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"liverlesion {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(REPO / "configs", root / "configs")
+    (root / "configs" / "tiny.yaml").write_text(yaml.safe_dump(TINY_PROFILE))
+    bad = {**TINY_PROFILE, "name": "unbalanced", "validation": {"patch_shape": [75, 75], "min_metastasis_fraction": 0.9}}
+    (root / "configs" / "unbalanced.yaml").write_text(yaml.safe_dump(bad))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "LIVERLESION_"))}
+    env.update({"LIVERLESION_PROJECT": str(root), "LIVERLESION_HOME": str(root / "state"), "CUDA_VISIBLE_DEVICES": ""})
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=root, check=True)
+    (root / "data.dvc").write_text("")  # marks the project root; filled by `dvc add`
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    root, env = project
+    return cli(root, env, "run", "--profile", "tiny")
+
+
+def mlflow_client(root):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(uri, uri)
+
+
+def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_run):
+    root, _ = project
+    out = first_run.stdout
+    assert "regenerated the embedded default cohort" in out
+    assert "registered tiny-liver-lesion version 1 -> alias 'champion'" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+
+    data_hash = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    client = mlflow_client(root)
+    version = client.get_model_version_by_alias("tiny-liver-lesion", "champion")
+    assert str(version.version) == "1"
+    tags = version.tags
+    assert tags["data_version"] == data_hash
+    for key in ("split_manifest_hash", "git_commit", "config_hash", "zenml_run_id", "profile"):
+        assert tags[key], key
+    assert len(tags["split_manifest_hash"]) == 64
+    run = client.get_run(version.run_id)
+    metrics = run.data.metrics
+    for name in ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"):
+        assert 0.0 <= metrics[f"test_{name}"] <= 1.0, name
+        assert f"metric.{name}" in tags
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1  # one epoch
+    assert run.data.params["dropout"] == "0.4" and run.data.params["dense_units"] == "512"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/test_predictions.csv"} <= artifacts
+
+
+def test_the_split_is_patient_disjoint_and_recorded(project, first_run):
+    root, env = project
+    script = (
+        "from zenml.client import Client\n"
+        "run = Client().get_pipeline('training_pipeline').last_run\n"
+        "m = run.steps['split'].outputs['split_manifest'][0].load()\n"
+        "h = run.steps['split'].outputs['split_manifest_hash'][0].load()\n"
+        "import json; print(json.dumps({'hash': h, 'max_sets': int(m.groupby('patient_key')['set'].nunique().max()),"
+        " 'sets': sorted(m['set'].unique().tolist()), 'n': len(m)}))\n"
+    )
+    zenml_env = {**env, "ZENML_CONFIG_PATH": str(root / "state" / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false"}
+    done = subprocess.run([sys.executable, "-c", script], env=zenml_env, capture_output=True, text=True, check=True)
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["max_sets"] == 1 and facts["sets"] == ["test", "train", "val"] and facts["n"] == 36
+    version = mlflow_client(root).get_model_version_by_alias("tiny-liver-lesion", "champion")
+    assert version.tags["split_manifest_hash"] == facts["hash"]
+
+
+def test_second_run_is_cached_and_registers_nothing(project, first_run):
+    root, env = project
+    again = cli(root, env, "run", "--profile", "tiny")
+    assert "used the cohort already in" in again.stdout and "matches data.dvc" in again.stdout
+    assert "no retraining happened" in again.stdout
+    versions = mlflow_client(root).search_model_versions("name='tiny-liver-lesion'")
+    assert len(versions) == 1
+
+
+def test_retraining_registers_a_second_version_through_the_gate(project, first_run):
+    root, env = project
+    cli(root, env, "run", "--profile", "tiny", "--no-cache")
+    client = mlflow_client(root)
+    versions = sorted(client.search_model_versions("name='tiny-liver-lesion'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    second = versions[1]
+    champion = client.get_model_version_by_alias("tiny-liver-lesion", "champion")
+    first_auc = float(versions[0].tags["metric.roc_auc"])
+    second_auc = float(second.tags["metric.roc_auc"])
+    if second_auc > first_auc:
+        assert str(champion.version) == "2"
+    else:
+        assert str(champion.version) == "1" and second.tags["promotion"] == "challenger"
+    assert second.tags["compared_with"] == "v1"
+
+
+def test_validation_failure_stops_before_training_with_a_readable_report(project, first_run):
+    root, env = project
+    before = len(mlflow_client(root).search_model_versions("name='tiny-liver-lesion'"))
+    failed = cli(root, env, "run", "--profile", "unbalanced", check=False)
+    assert failed.returncode != 0
+    text = failed.stdout + failed.stderr
+    assert "label" in text and "ExpectColumnMeanToBeBetween".lower() in text.lower().replace("_", "")
+    client = mlflow_client(root)
+    assert len(client.search_model_versions("name='tiny-liver-lesion'")) == before
+    experiment = client.get_experiment_by_name("liver-lesion-classification")
+    assert client.search_runs([experiment.experiment_id], "tags.profile = 'unbalanced'") == []  # never trained
