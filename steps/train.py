@@ -5,6 +5,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
+from zenml.enums import ArtifactType
 
 from liverlesion.config import PatchConfig, TrainConfig
 from liverlesion.model import build_model
@@ -26,7 +27,7 @@ def train(
     experiment: str,
     data_version: str,
 ) -> tuple[
-    Annotated[keras.Model, ArtifactConfig(name="model", is_model_artifact=True)],
+    Annotated[keras.Model, ArtifactConfig(name="model", artifact_type=ArtifactType.MODEL)],
     Annotated[dict[str, Any], "training_history"],
     Annotated[str, "mlflow_run_id"],
 ]:

@@ -6,6 +6,7 @@ key). Unknown keys and wrong types are errors that name the key, never silent de
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +68,10 @@ class RegisterConfig(_Section):
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
     experiment: str = "liver-lesion-classification"
+
+
+# the section named after the `register` step shadows ABCMeta.register on the class; harmless
+warnings.filterwarnings("ignore", message='Field name "register" in "Profile" shadows', category=UserWarning)
 
 
 class Profile(_Section):
