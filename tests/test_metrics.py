@@ -34,6 +34,29 @@ def test_one_class_auc_is_nan():
     assert math.isnan(classification_metrics([1, 1], [0.2, 0.9])["roc_auc"])
 
 
+def test_best_threshold_accuracy_separable():
+    assert best_threshold_accuracy([1, 2, 3, 4, 5, 6], [0, 0, 0, 1, 1, 1]) == (1.0, 4.0)
+
+
+def test_best_threshold_accuracy_with_overlap_keeps_first_best_from_the_top():
+    # ">= 5" and ">= 3" both misclassify one of six; the scan from high to low finds 5 first.
+    accuracy, threshold = best_threshold_accuracy([1, 2, 3, 4, 5, 6], [0, 0, 1, 0, 1, 1])
+    assert accuracy == pytest.approx(5 / 6)
+    assert threshold == 5.0
+
+
+def test_best_threshold_accuracy_tries_positives_below():
+    # positives are the low values: the rule "value < 3" is perfect
+    assert best_threshold_accuracy([1, 2, 3, 4], [1, 1, 0, 0]) == (1.0, 3.0)
+
+
+@pytest.mark.parametrize("values, labels", [([1, 2], [0]), ([], []), ([1, 2], [0, 2])])
+def test_best_threshold_accuracy_rejects_bad_input(values, labels):
+    with pytest.raises(ValueError):
+        best_threshold_accuracy(values, labels)
+
+
+
 def test_best_threshold_accuracy_either_direction():
     acc, t = best_threshold_accuracy([10, 20, 30, 70, 80, 25], [0, 0, 0, 1, 1, 1])
     assert acc == pytest.approx(5 / 6)

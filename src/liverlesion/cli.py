@@ -143,13 +143,14 @@ def generate(
     n_patients: int = 63,
     n_lesions: int = 230,
     seed: int = 2019,
+    workers: Annotated[int, typer.Option(help="processes (the bytes written do not depend on it)")] = 2,
 ) -> None:
     """Write a synthetic phantom cohort (NIfTI CT in HU + lesion masks + cases.csv) to OUT."""
     from liverlesion.phantom import CohortSpec, generate_cohort
     from liverlesion.progress import progress_printer
 
     spec = CohortSpec(seed=seed, n_patients=n_patients, n_lesions=n_lesions)
-    generate_cohort(spec, out, progress=progress_printer("generate"))
+    generate_cohort(spec, out, progress=progress_printer("generate"), workers=workers)
     typer.echo(f"wrote {n_patients} cases with {n_lesions} lesions to {out}")
 
 

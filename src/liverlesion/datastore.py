@@ -114,7 +114,7 @@ def prepare_data(root: Path, spec: CohortSpec, remote: Path, progress: Callable[
         if source == "generated":
             if data.exists():
                 data.rmdir()
-            generate_cohort(spec, data, progress=progress)
+            generate_cohort(spec, data, progress=progress, workers=min(2, os.cpu_count() or 1))
     _check_spec(data, spec)
     _dvc(root, "add", DATA_FOLDER)
     _dvc(root, "push", DVC_FILE)

@@ -7,6 +7,7 @@ scikit-learn on the probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,18 +64,45 @@ def classification_metrics(y_true, probability, threshold: float = 0.5) -> dict[
     }
 
 
-def best_threshold_accuracy(values, labels) -> tuple[float, float]:
-    """Accuracy of the best single threshold on one feature, either direction (separability)."""
-    values = np.asarray(values, dtype=float)
-    labels = np.asarray(labels).astype(int)
-    candidates = np.unique(values)
-    best = (0.0, float("nan"))
-    for t in np.concatenate([candidates, [np.inf]]):
-        above = values >= t
-        acc = max(np.mean(above == labels), np.mean(above != labels))
-        if acc > best[0]:
-            best = (float(acc), float(t))
-    return best
+def best_threshold_accuracy(values: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[float, float]:
+    """Best accuracy that one threshold on one feature reaches, and that threshold.
+
+    It measures how easy a cohort is: if one number per lesion (say mean HU) split the classes
+    perfectly, a deep network would prove nothing. The candidate thresholds are those of an ROC
+    curve (``sklearn.metrics.roc_curve(..., drop_intermediate=False)``: +inf, then every distinct
+    value from high to low), computed with NumPy. Both
+    directions count: positives at or above the threshold (``value >= threshold``) or below it
+    (``value < threshold``), whichever is more accurate.
+
+    Args:
+        values: one feature value per sample.
+        labels: 1 for the positive class (metastasis), 0 for the negative one.
+
+    Returns:
+        (accuracy, threshold); among equally good thresholds, the highest.
+
+    Raises:
+        ValueError: no samples, lengths differ, or labels other than 0 and 1.
+    """
+    x = np.asarray(values, dtype=float).ravel()
+    y = np.asarray(labels).ravel()
+    if x.size == 0 or x.size != y.size:
+        raise ValueError(f"need as many labels as values, at least one (got {x.size} values and {y.size} labels)")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (negative) or 1 (positive)")
+    if np.isnan(x).any():
+        raise ValueError("values must not be NaN")
+    order = np.argsort(-x, kind="stable")
+    xs, ys = x[order], y[order].astype(np.int64)
+    last_of_value = np.r_[np.flatnonzero(np.diff(xs) != 0), xs.size - 1]  # end of each run of equal values
+    true_pos = np.r_[0, np.cumsum(ys)[last_of_value]]
+    false_pos = np.r_[0, last_of_value + 1] - true_pos
+    thresholds = np.r_[np.inf, xs[last_of_value]]
+    n_neg = int(ys.size - ys.sum())
+    correct_above = true_pos + (n_neg - false_pos)  # rule: value >= threshold -> positive
+    accuracy = np.maximum(correct_above, x.size - correct_above) / x.size
+    best = int(np.argmax(accuracy))
+    return float(accuracy[best]), float(thresholds[best])
 
 
 def plot_confusion_matrix(y_true, probability, threshold: float, path: Path, title: str = "") -> Path:
