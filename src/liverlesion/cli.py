@@ -54,13 +54,15 @@ def _load(profile: str, overrides: list[str]):
         raise typer.Exit(2) from None
 
 
-def _prepare_data(profile):
+def _prepare_data(profile, regenerate: bool = False):
     from liverlesion import paths
     from liverlesion.datastore import DataStoreError, prepare_data
     from liverlesion.progress import progress_printer
 
     try:
-        version = prepare_data(paths.project_root(), profile.cohort, paths.dvc_remote(), progress_printer("generate"))
+        version = prepare_data(
+            paths.project_root(), profile.cohort, paths.dvc_remote(), progress_printer("generate"), regenerate
+        )
     except DataStoreError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -121,20 +123,27 @@ def run(
         typer.echo(f"  registered {registration['model_name']} version {registration['version']} "
                    f"-> alias '{registration['alias']}' ({registration['reason']})")
     typer.echo("  test: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation["metrics"].items()))
-    typer.echo(f"  one-feature baseline (best mean-HU threshold on the same test lesions): "
-               f"accuracy {evaluation['mean_hu_threshold_accuracy']:.3f}")
+    typer.echo(f"  one-feature baseline, mean HU threshold: test accuracy {evaluation['mean_hu_threshold_accuracy']:.3f} "
+               f"fitted on train, {evaluation['mean_hu_best_threshold_accuracy']:.3f} at the best threshold for the test set")
     typer.echo(f"  reports: {Path(evaluation['plots']['roc_curve']).parent}")
     typer.echo(f"  MLflow UI: mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
     typer.echo(f"  ZenML runs: ZENML_CONFIG_PATH={env['ZENML_CONFIG_PATH']} zenml pipeline runs list")
 
 
 @app.command()
-def data(profile: ProfileOption = "quick", overrides: SetOption = []) -> None:  # noqa: B006
-    """Restore (DVC) or regenerate (seed) the cohort in data/, version it and push it to the DVC remote."""
+def data(
+    profile: ProfileOption = "quick",
+    overrides: SetOption = [],  # noqa: B006
+    regenerate: Annotated[bool, typer.Option(help="replace data/ by a cohort generated from the seed")] = False,
+) -> None:
+    """Restore (DVC) or regenerate (seed) the cohort in data/, version it and push it to the DVC remote.
+
+    Examples: `liverlesion data`; `liverlesion data --regenerate` (after changing the generator).
+    """
     from liverlesion import paths
 
     paths.configure_environment()
-    _prepare_data(_load(profile, overrides))
+    _prepare_data(_load(profile, overrides), regenerate)
 
 
 @app.command()

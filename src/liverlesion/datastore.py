@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from liverlesion.phantom import CohortSpec, generate_cohort
+from liverlesion.phantom import GENERATOR_VERSION, CohortSpec, generate_cohort
 
 DATA_FOLDER = "data"
 DVC_FILE = "data.dvc"
@@ -36,6 +37,7 @@ class DataVersion:
     source: str  # "existing", "restored" (DVC cache/remote) or "generated" (from the seed)
     committed_hash: str | None  # the hash in data.dvc before this run
     path: Path
+    note: str = ""  # e.g. a cohort made by another generator version
 
     @property
     def matches_committed(self) -> bool:
@@ -53,7 +55,8 @@ class DataVersion:
             status = f"matches {DVC_FILE}"
         else:
             status = f"DIFFERS from the committed {DVC_FILE} ({self.committed_hash[:12]}): {DVC_FILE} updated, commit it"
-        return f"data: {how} {self.path} — DVC version {self.hash} ({status})"
+        note = f"\n  note: {self.note}" if self.note else ""
+        return f"data: {how} {self.path} — DVC version {self.hash} ({status}){note}"
 
 
 def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -81,20 +84,37 @@ def configure_remote(root: Path, remote: Path) -> None:
     _dvc(root, "remote", "add", "--local", "--force", REMOTE_NAME, str(remote.resolve()))
 
 
-def _check_spec(data: Path, spec: CohortSpec) -> None:
+def _check_spec(data: Path, spec: CohortSpec) -> str:
+    """Refuse a synthetic cohort of another spec; return a note if another generator made it."""
     meta_path = data / COHORT_METADATA
     if not meta_path.exists():
-        return  # not a synthetic cohort: nothing to compare
-    recorded = json.loads(meta_path.read_text()).get("spec")
+        return ""  # not a synthetic cohort: nothing to compare
+    meta = json.loads(meta_path.read_text())
+    recorded = meta.get("spec")
     if recorded is not None and recorded != spec.model_dump(mode="json"):
         raise DataStoreError(
             f"{data} holds a cohort generated with {recorded}, but the profile asks for "
             f"{spec.model_dump(mode='json')}; move {data} away (it is versioned by DVC) or use a matching profile"
         )
+    version = meta.get("generator_version")
+    if version is not None and version != GENERATOR_VERSION:
+        return (f"{data} was made by phantom generator {version}; this code generates {GENERATOR_VERSION} "
+                "(`liverlesion data --regenerate` refreshes it)")
+    return ""
 
 
-def prepare_data(root: Path, spec: CohortSpec, remote: Path, progress: Callable[[int, int, str], None] | None = None) -> DataVersion:
+def prepare_data(
+    root: Path,
+    spec: CohortSpec,
+    remote: Path,
+    progress: Callable[[int, int, str], None] | None = None,
+    regenerate: bool = False,
+) -> DataVersion:
     """Make ``root/data`` hold the cohort, version it with DVC and push it to the remote.
+
+    Args:
+        regenerate: replace ``data/`` by a cohort generated from ``spec`` (the previous version
+            stays in the DVC cache and remote).
 
     Raises:
         DataStoreError: DVC fails, or ``data/`` holds a synthetic cohort of another spec.
@@ -104,9 +124,11 @@ def prepare_data(root: Path, spec: CohortSpec, remote: Path, progress: Callable[
     committed = dvc_hash(root)
     configure_remote(root, remote)
     source = "existing"
-    if not data.exists() or not any(data.iterdir()):
+    if regenerate and data.exists():
+        shutil.rmtree(data)
+    if regenerate or not data.exists() or not any(data.iterdir()):
         source = "generated"
-        if committed is not None:
+        if committed is not None and not regenerate:
             for attempt in (("checkout", DVC_FILE), ("pull", DVC_FILE)):
                 if _dvc(root, *attempt, check=False).returncode == 0 and data.exists() and any(data.iterdir()):
                     source = "restored"
@@ -115,10 +137,10 @@ def prepare_data(root: Path, spec: CohortSpec, remote: Path, progress: Callable[
             if data.exists():
                 data.rmdir()
             generate_cohort(spec, data, progress=progress, workers=min(2, os.cpu_count() or 1))
-    _check_spec(data, spec)
+    note = _check_spec(data, spec)
     _dvc(root, "add", DATA_FOLDER)
     _dvc(root, "push", DVC_FILE)
     version = dvc_hash(root)
     if version is None:
         raise DataStoreError(f"`dvc add {DATA_FOLDER}` left no hash in {root / DVC_FILE}")
-    return DataVersion(hash=version, source=source, committed_hash=committed, path=data)
+    return DataVersion(hash=version, source=source, committed_hash=committed, path=data, note=note)

@@ -44,7 +44,7 @@ from liverlesion import MASK_CYST, MASK_METASTASIS
 from liverlesion.imaging import affine_from_spacing, save_nifti
 
 #: Bump whenever the bytes written for a given spec change (it is recorded in ``cohort.json``).
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 
 Progress = Callable[[int, int, str], None]
 
@@ -123,6 +123,10 @@ LIVER_VARIATION_SD_HU = Range(2.0, 5.0)  # smooth perfusion differences across t
 VESSEL_HU = Range(150.0, 190.0)  # contrast-filled portal and hepatic veins
 CYST_HU = Range(0.0, 20.0)  # serous fluid: near water, homogeneous
 METASTASIS_CONTRAST_HU = Range(20.0, 70.0)  # how far the viable tumour sits below the liver
+# Mucinous colorectal metastases are low-attenuation (fluid-like mucin, often near 10-35 HU) yet
+# keep a solid tumour's heterogeneity and lobulated margin: the classic cyst mimic on CT.
+MUCINOUS_PROBABILITY = 0.2
+MUCINOUS_HU = Range(15.0, 35.0)
 METASTASIS_TEXTURE_SD_HU = Range(10.0, 25.0)  # heterogeneous enhancement inside the tumour
 METASTASIS_TEXTURE_SCALE_MM = Range(1.5, 3.5)  # correlation length of that texture
 METASTASIS_RIM_PROBABILITY = 0.7  # DESIGN.md: rim enhancement in 8 of 9 tumours
@@ -527,6 +531,8 @@ def _random_appearance(rng: np.random.Generator, code: int, volume_ml: float, li
     if code == MASK_CYST:
         return _Appearance(code, _draw(rng, CYST_HU))
     base = liver_hu - _draw(rng, METASTASIS_CONTRAST_HU)
+    if rng.random() < MUCINOUS_PROBABILITY:
+        base = _draw(rng, MUCINOUS_HU)
     texture_sd = _draw(rng, METASTASIS_TEXTURE_SD_HU)
     texture_scale = _draw(rng, METASTASIS_TEXTURE_SCALE_MM)
     has_rim = rng.random() < METASTASIS_RIM_PROBABILITY
