@@ -98,16 +98,25 @@ def run(
     source_utils.set_custom_source_root(str(code))
     from pipelines import training_pipeline
 
-    started = time.perf_counter()
-    pipeline_run = training_pipeline.with_options(enable_cache=not no_cache)(
-        data_dir=str(version.path),
-        data_version=version.hash,
-        profile=config,
-        profile_config=config.model_dump(mode="json"),
-    )
-    elapsed = time.perf_counter() - started
     from zenml.client import Client
 
+    started = time.perf_counter()
+    try:
+        pipeline_run = training_pipeline.with_options(enable_cache=not no_cache)(
+            data_dir=str(version.path),
+            data_version=version.hash,
+            profile=config,
+            profile_config=config.model_dump(mode="json"),
+        )
+    except Exception as err:  # the step's own error and log were printed above by ZenML
+        last = Client().get_pipeline("training_pipeline").last_run
+        failed = [name for name, s in last.steps.items() if s.status == ExecutionStatus.FAILED]
+        typer.secho(f"\npipeline run {last.name} failed in step(s) {', '.join(failed) or '?'}: {err}", fg="red", err=True)
+        report = paths.reports_dir() / last.name / "validation.md"
+        if "validate" in failed and report.exists():
+            typer.secho(f"nothing was trained or registered; the validation report: {report}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    elapsed = time.perf_counter() - started
     pipeline_run = Client().get_pipeline_run(pipeline_run.id)
     step = pipeline_run.steps["register"]
     registration = step.outputs["registration"][0].load()

@@ -129,7 +129,7 @@ def prepare_data(
     if regenerate or not data.exists() or not any(data.iterdir()):
         source = "generated"
         if committed is not None and not regenerate:
-            for attempt in (("checkout", DVC_FILE), ("pull", DVC_FILE)):
+            for attempt in (("checkout", DVC_FILE), ("pull", "-r", REMOTE_NAME, DVC_FILE)):
                 if _dvc(root, *attempt, check=False).returncode == 0 and data.exists() and any(data.iterdir()):
                     source = "restored"
                     break
@@ -139,7 +139,7 @@ def prepare_data(
             generate_cohort(spec, data, progress=progress, workers=min(2, os.cpu_count() or 1))
     note = _check_spec(data, spec)
     _dvc(root, "add", DATA_FOLDER)
-    _dvc(root, "push", DVC_FILE)
+    _dvc(root, "push", "-r", REMOTE_NAME, DVC_FILE)
     version = dvc_hash(root)
     if version is None:
         raise DataStoreError(f"`dvc add {DATA_FOLDER}` left no hash in {root / DVC_FILE}")
