@@ -30,7 +30,7 @@ def main() -> None:
     cases = ingest_cases(args.data, "bench")
     lesions = segment_cases(cases)
     start = time.perf_counter()
-    patches, _ = extract_cohort_patches(cases, lesions, 5, PAPER_CANVAS, size)
+    patches, _ = extract_cohort_patches(cases, lesions, 4.0, PAPER_CANVAS, size)
     whole = time.perf_counter() - start
 
     loaded = [(case, *_load_case(case)) for case in cases.itertuples(index=False)]
@@ -39,7 +39,7 @@ def main() -> None:
     for case, image, mask, spacing in loaded:
         instances, described = instance_map(mask, case.case_id)
         for lesion in described:
-            lesion_patches(image, instances == lesion["instance"], spacing, 5, PAPER_CANVAS, size)
+            lesion_patches(image, instances == lesion["instance"], spacing, 4.0, PAPER_CANVAS, size)
             n += 1
     geometry = time.perf_counter() - start
     print(f"# patch extraction: {len(cases)} cases, {len(lesions)} lesions, output {patches.shape[1:]}, "

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from liverlesion.patches import largest_cross_section, lesion_patches, pad_to_canvas, standardise
+from liverlesion.patches import largest_cross_section, lesion_patches, pad_to_canvas, standardise, to_square_pixels
 
 
 def box_lesion(shape, lo, hi):
@@ -15,17 +15,29 @@ def test_largest_cross_section_picks_the_flat_plane():
     lesion = box_lesion((30, 30, 30), (10, 5, 5), (13, 25, 21))  # 3 x 20 x 16
     axis, index, area = largest_cross_section(lesion, (1.0, 1.0, 1.0))
     assert axis == 0  # the plane normal to axis 0 holds the 20 x 16 face
-    assert area == pytest.approx(320.0)
+    assert area == pytest.approx(19 * 15)  # measured between voxel centres
     assert 10 <= index < 13
 
 
-def test_largest_cross_section_uses_millimetres():
-    # the same voxel box; with 5 mm along axis 2 the (0, 2)-plane becomes the largest in mm^2
-    lesion = box_lesion((30, 30, 30), (5, 5, 5), (15, 13, 11))  # 10 x 8 x 6 voxels
+def test_largest_cross_section_uses_millimetres_between_voxel_centres():
+    # a 10 x 8 x 6 voxel box; areas are measured between voxel centres: (n-1)/n of each extent
+    lesion = box_lesion((30, 30, 30), (5, 5, 5), (15, 13, 11))
     axis, _, area = largest_cross_section(lesion, (1.0, 1.0, 1.0))
-    assert axis == 2 and area == pytest.approx(80.0)
+    assert axis == 2 and area == pytest.approx(9 * 7)
+    # with 5 mm along axis 2 the (0, 2)-plane is the largest: 9 mm x 25 mm
     axis, _, area = largest_cross_section(lesion, (1.0, 1.0, 5.0))
-    assert axis == 1 and area == pytest.approx(10 * 6 * 5.0)
+    assert axis == 1 and area == pytest.approx(9 * 5 * 5.0)
+
+
+def test_small_lesion_on_thick_slices_is_seen_axially():
+    # 8 x 8 voxels in-plane at 0.8 mm on two 5 mm slices: counting whole voxels would make the
+    # coronal plane (6.4 x 10 mm) "larger" than the axial one (6.4 x 6.4 mm); between voxel
+    # centres it is not (5.6 x 5 mm against 5.6 x 5.6 mm)
+    lesion = box_lesion((20, 20, 10), (6, 6, 4), (14, 14, 6))
+    axis, _, _ = largest_cross_section(lesion, (0.8, 0.8, 5.0))
+    assert axis == 2
+    single = box_lesion((5, 5, 5), (2, 2, 2), (3, 3, 3))
+    assert largest_cross_section(single, (1.0, 1.0, 1.0)) == (2, 2, 0.0)
 
 
 def test_pad_value_is_the_crop_mean_and_crop_is_centred():
@@ -57,7 +69,7 @@ def test_three_orthogonal_patches_geometry():
     image = rng.normal(100, 10, shape).astype(np.float32)
     lesion = box_lesion(shape, (10, 20, 12), (23, 27, 15))  # 13 x 7 x 3: largest face normal to axis 2
     image[lesion] = 20.0
-    stack, info = lesion_patches(image, lesion, (1.0, 1.0, 1.0), margin=2, canvas=(32, 24))
+    stack, info = lesion_patches(image, lesion, (1.0, 1.0, 1.0), margin_mm=2, canvas=(32, 24))
     assert stack.shape == (32, 24, 3)
     assert info.main_axis == 2 and 12 <= info.main_slice < 15
     # the other two planes pass through the centre of the largest cross-section
@@ -84,3 +96,21 @@ def test_output_size_resizes_the_canvas():
 def test_empty_lesion_is_an_error():
     with pytest.raises(ValueError, match="empty lesion"):
         lesion_patches(np.zeros((5, 5, 5)), np.zeros((5, 5, 5), bool), (1, 1, 1))
+
+
+def test_square_pixels_restore_true_proportions():
+    assert to_square_pixels(np.zeros((10, 2)), (1.0, 5.0), 1.0).shape == (10, 10)
+    # a 10 x 10 x 2 voxel lesion on 5 mm slices (10 mm tall): its coronal plane (rows: axis 0,
+    # columns: axis 2) shows it 2 pixels wide on the voxel grid, 10 pixels wide reformatted
+    shape = (40, 40, 12)
+    lesion = box_lesion(shape, (15, 15, 5), (25, 25, 7))
+    image = np.full(shape, 100.0)
+    image[lesion] = 0.0
+    grid = {}
+    for square in (False, True):
+        stack, _ = lesion_patches(image, lesion, (1.0, 1.0, 5.0), margin_mm=2, canvas=(40, 40), square_pixels=square)
+        coronal = stack[..., 1]
+        dark = coronal < (coronal.min() + coronal.max()) / 2
+        grid[square] = (int(dark.any(axis=1).sum()), int(dark.any(axis=0).sum()))
+    assert grid[False] == (10, 2)
+    assert grid[True] == (10, 10)

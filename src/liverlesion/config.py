@@ -24,7 +24,8 @@ class _Section(BaseModel):
 class PatchConfig(_Section):
     """``extract_patches``: the paper's three orthogonal patches."""
 
-    margin: int = Field(5, ge=0, description="voxels added around the lesion bounding box")
+    margin_mm: float = Field(4.0, ge=0, description="added around the lesion bounding box on each side")
+    square_pixels: bool = Field(True, description="reformat planes in true proportions (False: raw voxel grid)")
     canvas: tuple[int, int] = Field((252, 210), description="padded size (rows, cols), the paper's 252x210")
     output_size: tuple[int, int] | None = Field(None, description="network input (rows, cols); None = canvas")
 

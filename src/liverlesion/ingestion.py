@@ -119,9 +119,10 @@ def segment_cases(cases: pd.DataFrame, progress: Progress = None) -> pd.DataFram
 def extract_cohort_patches(
     cases: pd.DataFrame,
     lesions: pd.DataFrame,
-    margin: int,
+    margin_mm: float,
     canvas: tuple[int, int],
     output_size: tuple[int, int] | None,
+    square_pixels: bool = True,
     progress: Progress = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Three orthogonal patches for every lesion, in lesion-table order.
@@ -142,7 +143,7 @@ def extract_cohort_patches(
         instances, _ = instance_map(mask, case.case_id)
         for lesion in by_case.get_group(case.case_id).itertuples(index=False):
             stack, info = lesion_patches(
-                image, instances == lesion.instance, spacing, margin=margin, canvas=canvas, output_size=output_size
+                image, instances == lesion.instance, spacing, margin_mm, canvas, output_size, square_pixels
             )
             row = row_of[lesion.lesion_id]
             patches[row] = stack

@@ -141,7 +141,7 @@ def plot_confusion_matrix(y_true, probability, threshold: float, path: Path, tit
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if count > matrix.max() / 2 else "black", fontsize=14)
-    ax.set_title(title or "Confusion matrix (test)")
+    ax.set_title(title or f"Confusion matrix (test, P(metastasis) >= {threshold:g})")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

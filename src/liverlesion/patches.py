@@ -35,11 +35,23 @@ class PatchInfo:
         return asdict(self)
 
 
-def largest_cross_section(lesion: np.ndarray, spacing: tuple[float, float, float]) -> tuple[int, int, float]:
-    """The axis and slice where the lesion's cross-section (in mm²) is largest.
+def _extent_factor(present: np.ndarray) -> float:
+    """(n - 1) / n for a lesion spanning n voxels along one axis: its centre-to-centre extent.
 
-    Ties go to the axial plane (axis 2), then the coronal (axis 1): for a round lesion the axial
-    slice, which is where a radiologist looks first.
+    Counting whole voxels overstates a cross-section along a coarse axis: a lesion on two 5 mm
+    slices is not 10 mm tall. Measuring between voxel centres removes that bias, so a small lesion
+    on thick slices is not seen as "largest" in a reformatted plane.
+    """
+    n = int(present.sum())
+    return (n - 1) / n if n > 1 else 0.0
+
+
+def largest_cross_section(lesion: np.ndarray, spacing: tuple[float, float, float]) -> tuple[int, int, float]:
+    """The axis and slice where the lesion's cross-section (in mm², centre-to-centre) is largest.
+
+    Each slice's area is its voxel count times the pixel area, scaled by ``(n-1)/n`` along each
+    in-plane axis the cross-section spans ``n`` voxels (see ``_extent_factor``). Ties go to the
+    axial plane (axis 2), then the coronal (axis 1): where a radiologist looks first.
 
     Returns:
         ``(axis, slice_index, area_mm2)`` with ``slice_index`` in ``lesion``'s own coordinates.
@@ -50,11 +62,26 @@ def largest_cross_section(lesion: np.ndarray, spacing: tuple[float, float, float
     for axis in (2, 1, 0):
         others = [a for a in range(3) if a != axis]
         pixel_mm2 = spacing[others[0]] * spacing[others[1]]
-        areas = lesion.sum(axis=tuple(others)) * pixel_mm2
-        index = int(np.argmax(areas))
-        if best is None or areas[index] > best[2] + 1e-9:
-            best = (axis, index, float(areas[index]))
+        counts = lesion.sum(axis=tuple(others))
+        for index in np.flatnonzero(counts):
+            section = np.take(lesion, index, axis=axis)
+            area = counts[index] * pixel_mm2 * _extent_factor(section.any(axis=1)) * _extent_factor(section.any(axis=0))
+            if best is None or area > best[2] + 1e-9:
+                best = (axis, int(index), float(area))
+    if best[2] == 0.0:  # a thread or a single voxel: no measurable section; take the fullest axial slice
+        return 2, int(np.argmax(lesion.sum(axis=(0, 1)))), 0.0
     return best
+
+
+def to_square_pixels(crop: np.ndarray, pixel_mm: tuple[float, float], target_mm: float) -> np.ndarray:
+    """Resample a plane so both pixel sides measure ``target_mm``: a reformat in true proportions.
+
+    On 5 mm slices a coronal or sagittal plane is otherwise squashed six-fold along the body axis.
+    """
+    shape = tuple(max(1, int(round(n * p / target_mm))) for n, p in zip(crop.shape, pixel_mm))
+    if shape == crop.shape:
+        return crop
+    return resize(crop, shape, order=1, anti_aliasing=False, preserve_range=True).astype(np.float32)
 
 
 def plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -94,9 +121,10 @@ def lesion_patches(
     image: np.ndarray,
     lesion: np.ndarray,
     spacing: tuple[float, float, float],
-    margin: int = 5,
+    margin_mm: float = 4.0,
     canvas: tuple[int, int] = PAPER_CANVAS,
     output_size: tuple[int, int] | None = None,
+    square_pixels: bool = True,
 ) -> tuple[np.ndarray, PatchInfo]:
     """Three orthogonal, padded, standardised patches of one lesion as an (H, W, 3) array.
 
@@ -104,10 +132,13 @@ def lesion_patches(
         image: the CT in HU.
         lesion: boolean mask of this lesion only, same shape as ``image``.
         spacing: voxel size in mm along the array axes (the largest cross-section is in mm²).
-        margin: voxels added around the lesion's bounding box on each side (clipped at the edge).
+        margin_mm: added around the lesion's bounding box on each side (whole voxels, at least
+            one where > 0; clipped at the volume's edge).
         canvas: the common size every crop is padded to, (rows, columns).
         output_size: resize the padded canvas to this (rows, columns) for the network; None keeps
             the canvas size.
+        square_pixels: resample each plane to the volume's finest spacing in both directions
+            (true proportions); False keeps the voxel grid, as the paper's patches did.
 
     Returns:
         The patch stack (channel 0: largest cross-section; 1, 2: the orthogonal planes through its
@@ -118,6 +149,7 @@ def lesion_patches(
     if not lesion.any():
         raise ValueError("empty lesion mask: nothing to cut patches from")
     coords = np.argwhere(lesion)
+    margin = np.ceil(margin_mm / np.asarray(spacing, dtype=float)).astype(int)
     lo = np.maximum(coords.min(axis=0) - margin, 0)
     hi = np.minimum(coords.max(axis=0) + 1 + margin, image.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -136,8 +168,12 @@ def lesion_patches(
     channels = []
     pad_value = None
     fit_scale = 1.0
+    finest = float(min(spacing))
     for a in [axis, *others]:
         crop = plane(local_image, a, center[a])
+        if square_pixels:
+            in_plane = [spacing[b] for b in range(3) if b != a]
+            crop = to_square_pixels(crop, (in_plane[0], in_plane[1]), finest)
         value = float(crop.mean())  # the paper's padding: the bounding box's mean
         padded, scale = pad_to_canvas(crop, canvas, value)
         if pad_value is None:
