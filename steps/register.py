@@ -1,3 +1,4 @@
+import json
 from typing import Annotated, Any
 
 import keras
@@ -30,6 +31,7 @@ def register(
         "git_commit": git_commit(paths.code_root()),
         "profile": profile,
         "config_hash": config_hash(profile_config),
+        "config": json.dumps(profile_config, sort_keys=True, separators=(",", ":")),
         "zenml_run_id": str(run.id),
         "zenml_run_name": run.name,
         "mlflow_run_id": mlflow_run_id,

@@ -47,7 +47,7 @@ def model_card(lineage: dict[str, str], metrics: dict[str, float], input_shape) 
         "each cropped to the lesion bounding box + margin, padded with the box mean, standardised (mean 0, std 1).",
         "Output: softmax [P(cyst), P(metastasis)].",
         "Test metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
-        "Lineage: " + ", ".join(f"{k}={v}" for k, v in lineage.items()),
+        "Lineage: " + ", ".join(f"{k}={v}" for k, v in lineage.items() if k != "config"),
         "NOT FOR DIAGNOSTIC USE: research software; trained on synthetic phantoms unless the lineage says otherwise.",
     ]
     return "\n".join(lines)

@@ -82,6 +82,8 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     for key in ("split_manifest_hash", "git_commit", "config_hash", "zenml_run_id", "profile"):
         assert tags[key], key
     assert len(tags["split_manifest_hash"]) == 64
+    assert json.loads(tags["config"])["cohort"]["n_patients"] == 12
+    assert tags["git_commit"] != "unknown" and tags["profile"] == "tiny"
     run = client.get_run(version.run_id)
     metrics = run.data.metrics
     for name in ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"):
