@@ -88,6 +88,13 @@ def run(
 
     env = paths.configure_environment()
     config = _load(profile, overrides)
+    from liverlesion.model import WeightsNotFoundError, resolve_weights
+
+    try:  # before hours of work, not after: pre-trained weights cannot be downloaded here
+        resolve_weights(config.train.weights)
+    except WeightsNotFoundError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
     version = _prepare_data(config)
 
     code = paths.code_root()
@@ -97,7 +104,6 @@ def run(
 
     source_utils.set_custom_source_root(str(code))
     from pipelines import training_pipeline
-
     from zenml.client import Client
 
     started = time.perf_counter()
@@ -116,12 +122,18 @@ def run(
         if "validate" in failed and report.exists():
             typer.secho(f"nothing was trained or registered; the validation report: {report}", fg="red", err=True)
         raise typer.Exit(1) from None
-    elapsed = time.perf_counter() - started
-    pipeline_run = Client().get_pipeline_run(pipeline_run.id)
+    _print_summary(Client().get_pipeline_run(pipeline_run.id), time.perf_counter() - started, env)
+
+
+def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
+    """Where to look after a run: the model version, the test metrics, reports, UIs."""
+    from zenml.enums import ExecutionStatus
+
     step = pipeline_run.steps["register"]
     registration = step.outputs["registration"][0].load()
     evaluation = pipeline_run.steps["evaluate"].outputs["test_metrics"][0].load()
     cached = [name for name, s in pipeline_run.steps.items() if s.status == ExecutionStatus.CACHED]
+    bin_dir = Path(sys.executable).parent
 
     typer.echo("")
     typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {elapsed:.0f}s", bold=True)
@@ -135,8 +147,9 @@ def run(
     typer.echo(f"  one-feature baseline, mean HU threshold: test accuracy {evaluation['mean_hu_threshold_accuracy']:.3f} "
                f"fitted on train, {evaluation['mean_hu_best_threshold_accuracy']:.3f} at the best threshold for the test set")
     typer.echo(f"  reports: {Path(evaluation['plots']['roc_curve']).parent}")
-    typer.echo(f"  MLflow UI: mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
-    typer.echo(f"  ZenML runs: ZENML_CONFIG_PATH={env['ZENML_CONFIG_PATH']} zenml pipeline runs list")
+    typer.echo(f"  MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
+    typer.echo(f"  ZenML runs: ZENML_CONFIG_PATH={env['ZENML_CONFIG_PATH']} {bin_dir / 'zenml'} pipeline runs list")
+    typer.echo(f"  registry: {bin_dir / 'liverlesion'} models --name {registration['model_name']}")
 
 
 @app.command()

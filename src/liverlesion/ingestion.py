@@ -9,13 +9,14 @@ grid. Patient keys are pseudonymous; nothing identifying is read or written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from liverlesion.imaging import load_nifti
-from liverlesion.lesions import LESION_COLUMNS, instance_map, lesion_instances
+from liverlesion.lesions import LESION_COLUMNS, bounding_box, instance_map, lesion_instances
 from liverlesion.patches import lesion_patches
 
 Progress = Callable[[int, int, str], None] | None
@@ -141,10 +142,16 @@ def extract_cohort_patches(
             continue
         image, mask, spacing = _load_case(case)
         instances, _ = instance_map(mask, case.case_id)
+        margin = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
         for lesion in by_case.get_group(case.case_id).itertuples(index=False):
+            # cut around the lesion first: the patch geometry then never scans the whole volume
+            box = bounding_box(lesion._asdict(), margin)
+            lo = [b.start for b in box]
             stack, info = lesion_patches(
-                image, instances == lesion.instance, spacing, margin_mm, canvas, output_size, square_pixels
+                image[box], instances[box] == lesion.instance, spacing, margin_mm, canvas, output_size, square_pixels
             )
+            info = replace(info, main_slice=info.main_slice + lo[info.main_axis],
+                           center_0=info.center_0 + lo[0], center_1=info.center_1 + lo[1], center_2=info.center_2 + lo[2])
             row = row_of[lesion.lesion_id]
             patches[row] = stack
             index_rows.append({"lesion_id": lesion.lesion_id, "row": row, **info.as_row()})

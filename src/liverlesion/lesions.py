@@ -105,6 +105,9 @@ def lesion_instances(
     return pd.DataFrame(rows, columns=LESION_COLUMNS)
 
 
-def bounding_box(row: pd.Series | dict) -> tuple[slice, slice, slice]:
-    """The lesion's bounding box as array slices."""
-    return tuple(slice(int(row[f"bbox_lo_{a}"]), int(row[f"bbox_hi_{a}"])) for a in range(3))
+def bounding_box(row: pd.Series | dict, margin=(0, 0, 0)) -> tuple[slice, slice, slice]:
+    """The lesion's bounding box as array slices, widened by ``margin`` voxels per axis (clipped at 0)."""
+    return tuple(
+        slice(max(int(row[f"bbox_lo_{a}"]) - int(margin[a]), 0), int(row[f"bbox_hi_{a}"]) + int(margin[a]))
+        for a in range(3)
+    )
