@@ -7,6 +7,7 @@ a failed run leaves neither a half-registered model nor a moved alias.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import keras
@@ -40,8 +41,11 @@ def champion_metric(client: MlflowClient, name: str, alias: str, metric: str) ->
 
 
 def model_card(lineage: dict[str, str], metrics: dict[str, float], input_shape) -> str:
+    """The registered version's description: what it is, its input contract, how it scored."""
+    weights = json.loads(lineage["config"])["train"]["weights"] if "config" in lineage else None
+    init = f"initialised from {weights}" if weights else "randomly initialised (no pre-trained weights)"
     lines = [
-        "InceptionV3 (ImageNet-style backbone) + FC-512/Dropout-0.4 x2 + softmax, after Perdigon Romero et al., ISBI 2019.",
+        f"InceptionV3 backbone ({init}) + FC-512/Dropout-0.4 x2 + softmax, after Perdigon Romero et al., ISBI 2019.",
         "Task: colorectal liver metastasis (1) vs benign cyst (0) from three orthogonal CT patches per lesion.",
         f"Input: float32 {tuple(input_shape)} per lesion: channel 0 = largest cross-section, 1-2 = orthogonal planes; "
         "each cropped to the lesion bounding box + margin, padded with the box mean, standardised (mean 0, std 1).",
