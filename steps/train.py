@@ -41,7 +41,8 @@ def train(
                          "data_version": data_version, "split_manifest_hash": split_manifest_hash})
         mlflow.log_params({**config.model_dump(), **{f"patch_{k}": v for k, v in patch_config.model_dump().items()},
                            "input_shape": str(x_train.shape[1:]), "n_train": len(y_train), "n_val": len(y_val)})
-        model = build_model(x_train.shape[1:], config.weights, config.dense_units, config.dropout)
+        model = build_model(x_train.shape[1:], config.weights, config.dense_units, config.dropout,
+                            bn_momentum=config.bn_momentum)
         history = train_classifier(
             model, x_train, y_train, x_val, y_val, config.epochs, config.batch_size, config.learning_rate,
             config.seed, on_epoch=lambda epoch, logs: mlflow.log_metrics(logs, step=epoch),

@@ -15,6 +15,7 @@ def test_shipped_profiles_load():
     # the paper profile holds only differences from quick
     assert paper.patches.size == (252, 210) and paper.train.epochs == 103 and paper.train.batch_size == 8
     assert paper.train.weights == "imagenet" and paper.train.dropout == 0.4 and paper.train.dense_units == 512
+    assert paper.train.bn_momentum is None and quick.train.bn_momentum == 0.9
     assert paper.split == quick.split
 
 

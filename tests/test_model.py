@@ -29,3 +29,11 @@ def test_missing_imagenet_weights_say_which_file_goes_where(tmp_path, monkeypatc
     assert resolve_weights(None) is None
     with pytest.raises(WeightsNotFoundError, match="no weights file"):
         resolve_weights(str(tmp_path / "absent.h5"))
+
+
+def test_batch_norm_momentum_is_configurable():
+    import keras
+
+    momenta = {layer.momentum for layer in build_model((75, 75, 3), bn_momentum=0.9).layers
+               if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}

@@ -49,6 +49,7 @@ class TrainConfig(_Section):
     weights: str | None = Field(None, description="None (random init, offline), 'imagenet' or a weights file path")
     dense_units: int = Field(512, ge=1)
     dropout: float = Field(0.4, ge=0, lt=1)
+    bn_momentum: float | None = Field(None, gt=0, lt=1, description="batch-norm moving-average momentum; None = Keras's 0.99")
     epochs: int = Field(103, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0)

@@ -57,12 +57,16 @@ def build_model(
     dropout: float = 0.4,
     n_classes: int = 2,
     name: str = "inceptionv3_fc512",
+    bn_momentum: float | None = None,
 ) -> keras.Model:
     """InceptionV3 (no top) -> GAP -> [Dense(relu) -> Dropout] x2 -> Dense softmax.
 
     Args:
         input_shape: (rows, cols, 3); each side at least 75 pixels.
         weights: see ``resolve_weights``.
+        bn_momentum: momentum of the backbone's batch-normalisation moving statistics (Keras:
+            0.99). A short run from scratch (a few hundred steps) needs less, e.g. 0.9, or its
+            moving statistics stay far from the data and inference collapses to one class.
     """
     rows, cols, channels = input_shape
     if min(rows, cols) < MIN_INPUT_SIDE or channels != 3:
@@ -70,6 +74,10 @@ def build_model(
     backbone = keras.applications.InceptionV3(
         include_top=False, weights=resolve_weights(weights), input_shape=tuple(input_shape)
     )
+    if bn_momentum is not None:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
     x = keras.layers.GlobalAveragePooling2D(name="gap")(backbone.output)
     for i in (1, 2):
         x = keras.layers.Dense(dense_units, activation="relu", name=f"fc{i}")(x)
