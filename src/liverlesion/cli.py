@@ -17,11 +17,11 @@ app = typer.Typer(
         "Liver lesion classification (colorectal metastasis vs benign cyst) as a reproducible pipeline:\n\n"
         "ingest -> segment -> extract_patches -> validate -> split -> train -> evaluate -> register\n\n"
         "Examples:\n\n"
-        "  liverlesion run                          # quick profile on the embedded default cohort\n\n"
-        "  liverlesion run --profile paper          # the paper's protocol (for a GPU)\n\n"
+        "  liverlesion run                   # quick profile, default cohort\n\n"
+        "  liverlesion run --profile paper   # the paper's protocol (GPU)\n\n"
         "  liverlesion run --set train.epochs=2 --no-cache\n\n"
-        "  liverlesion data                         # restore or regenerate data/ and version it with DVC\n\n"
-        "  liverlesion models                       # registered versions, aliases and lineage\n\n"
+        "  liverlesion data                  # restore/regenerate data/ (DVC)\n\n"
+        "  liverlesion models                # versions, aliases, lineage\n\n"
         "  liverlesion generate /tmp/cohort --n-patients 8 --n-lesions 24"
     ),
 )
@@ -42,6 +42,17 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
     return result
+
+
+def _environment() -> dict[str, str]:
+    """Export the state locations, or stop with the reason (e.g. not inside the project)."""
+    from liverlesion import paths
+
+    try:
+        return paths.configure_environment()
+    except FileNotFoundError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
 
 
 def _load(profile: str, overrides: list[str]):
@@ -86,7 +97,7 @@ def run(
     """
     from liverlesion import paths
 
-    env = paths.configure_environment()
+    env = _environment()
     config = _load(profile, overrides)
     from liverlesion.model import WeightsNotFoundError, resolve_weights
 
@@ -162,9 +173,7 @@ def data(
 
     Examples: `liverlesion data`; `liverlesion data --regenerate` (after changing the generator).
     """
-    from liverlesion import paths
-
-    paths.configure_environment()
+    _environment()
     _prepare_data(_load(profile, overrides), regenerate)
 
 
@@ -188,9 +197,7 @@ def generate(
 @app.command()
 def models(name: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier") -> None:
     """List the registered versions of a model with their aliases, metrics and lineage."""
-    from liverlesion import paths
-
-    env = paths.configure_environment()
+    env = _environment()
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
