@@ -1,3 +1,4 @@
+from dataclasses import fields
 from typing import Annotated, Any
 
 import keras
@@ -10,7 +11,7 @@ from zenml.enums import ArtifactType
 from liverlesion.config import PatchConfig, TrainConfig
 from liverlesion.model import build_model
 from liverlesion.splitting import arrays_for_set
-from liverlesion.training import train_classifier
+from liverlesion.training import Protocol, train_classifier
 from steps.materializers import KerasModelMaterializer
 from steps.tracking import ensure_experiment, zenml_run
 
@@ -43,9 +44,10 @@ def train(
                            "input_shape": str(x_train.shape[1:]), "n_train": len(y_train), "n_val": len(y_val)})
         model = build_model(x_train.shape[1:], config.weights, config.dense_units, config.dropout,
                             bn_momentum=config.bn_momentum)
+        protocol = Protocol(**{f.name: getattr(config, f.name) for f in fields(Protocol)})
         history = train_classifier(
-            model, x_train, y_train, x_val, y_val, config.epochs, config.batch_size, config.learning_rate,
-            config.seed, on_epoch=lambda epoch, logs: mlflow.log_metrics(logs, step=epoch),
+            model, x_train, y_train, x_val, y_val, protocol,
+            on_epoch=lambda epoch, logs: mlflow.log_metrics(logs, step=epoch),
         )
         best_epoch = int(np.argmax(history["val_accuracy"]))
         mlflow.log_metrics({"best_epoch": best_epoch, "best_val_accuracy": history["val_accuracy"][best_epoch]})

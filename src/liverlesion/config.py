@@ -53,6 +53,15 @@ class TrainConfig(_Section):
     epochs: int = Field(103, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    lr_patience: int | None = Field(None, ge=1, description="epochs without val-accuracy gain before the rate is cut")
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    min_lr: float = Field(1e-10, ge=0)
+    early_stopping_patience: int | None = Field(None, ge=1, description="None: no early stop (best weights kept)")
+    augment: bool = False
+    rotation_deg: float = Field(30.0, ge=0, le=180)
+    shift_px: int = Field(25, ge=0)
+    flips: bool = True
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 2019
 
 

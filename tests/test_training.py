@@ -1,0 +1,106 @@
+"""The paper's training protocol: learning-rate halving, early stopping, augmentation ranges."""
+
+import keras
+import numpy as np
+import pytest
+
+from liverlesion.training import Protocol, augmentation, paper_protocol, protocol_callbacks, train_classifier
+
+
+def tiny_model(shape=(8, 8, 3)):
+    inputs = keras.Input(shape)
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def stuck_data(n=16, shape=(8, 8, 3)):
+    """Validation labels the model cannot change its accuracy on: constant inputs, one class."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    y = rng.integers(0, 2, n)
+    return x, y, np.zeros((4, *shape), "float32"), np.zeros(4, int)
+
+
+def test_paper_protocol_values():
+    p = paper_protocol()
+    assert (p.epochs, p.batch_size, p.learning_rate) == (103, 8, 1e-3)
+    assert (p.lr_patience, p.lr_factor, p.min_lr, p.early_stopping_patience) == (10, 0.5, 1e-10, 50)
+    assert p.augment and p.rotation_deg == 30 and p.shift_px == 25 and p.flips
+
+
+def test_learning_rate_halves_after_patience_epochs_without_improvement():
+    x, y, xv, yv = stuck_data()
+    protocol = Protocol(epochs=9, batch_size=8, learning_rate=1e-3, lr_patience=2, early_stopping_patience=None)
+    history = train_classifier(tiny_model(), x, y, xv, yv, protocol, verbose=0)
+    # val accuracy never improves after epoch 1: after 2 more epochs the rate is halved, and again
+    # after every 2 further epochs without improvement
+    assert history["learning_rate"] == pytest.approx([1e-3] * 3 + [5e-4] * 2 + [2.5e-4] * 2 + [1.25e-4] * 2)
+
+
+def test_learning_rate_stops_at_its_floor():
+    x, y, xv, yv = stuck_data()
+    protocol = Protocol(epochs=8, batch_size=8, learning_rate=1e-3, lr_patience=1, min_lr=4e-4)
+    history = train_classifier(tiny_model(), x, y, xv, yv, protocol, verbose=0)
+    assert min(history["learning_rate"]) == pytest.approx(4e-4)
+
+
+def test_early_stopping_after_patience_epochs_restores_the_best_weights():
+    x, y, xv, yv = stuck_data()
+    model = tiny_model()
+    recorded = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            recorded.append([w.copy() for w in self.model.get_weights()])
+
+    protocol = Protocol(epochs=50, batch_size=8, early_stopping_patience=3)
+    callbacks = protocol_callbacks(protocol) + [Snapshot()]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, keras.utils.to_categorical(y, 2), validation_data=(xv, keras.utils.to_categorical(yv, 2)),
+              epochs=protocol.epochs, batch_size=8, callbacks=callbacks, verbose=0)
+    assert len(recorded) == 4  # epoch 1 is the best; 3 more without improvement, then stop
+    for now, best in zip(model.get_weights(), recorded[0]):
+        np.testing.assert_allclose(now, best)
+
+
+def test_without_early_stopping_every_epoch_runs():
+    x, y, xv, yv = stuck_data()
+    history = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=6, batch_size=8), verbose=0)
+    assert len(history["loss"]) == 6
+
+
+def test_augmentation_ranges_and_identity_at_inference():
+    protocol = paper_protocol()
+    layers = {layer.__class__.__name__: layer for layer in augmentation((252, 210, 3), protocol).layers}
+    rotation = layers["RandomRotation"].get_config()
+    assert rotation["factor"] in (30 / 360, (-30 / 360, 30 / 360))
+    shift = layers["RandomTranslation"].get_config()
+    assert shift["height_factor"] in (25 / 252, (-25 / 252, 25 / 252))
+    assert shift["width_factor"] in (25 / 210, (-25 / 210, 25 / 210))
+    assert layers["RandomFlip"].get_config()["mode"] == "horizontal_and_vertical"
+
+    image = np.zeros((1, 100, 100, 3), "float32")
+    image[0, 50, 50] = 1.0
+    aug = augmentation((100, 100, 3), Protocol(rotation_deg=0.0, shift_px=10, flips=False))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(image, training=False)), image)
+    moved = [np.argwhere(keras.ops.convert_to_numpy(aug(image, training=True))[0, ..., 0] > 0.25) for _ in range(20)]
+    offsets = np.concatenate([m - 50 for m in moved if len(m)])
+    assert np.abs(offsets).max() <= 10 + 1 and np.abs(offsets).max() > 0  # shifted, never beyond 10 px
+
+
+def test_augmented_training_leaves_the_plain_model():
+    x, y, xv, yv = stuck_data(shape=(16, 16, 3))
+    model = tiny_model((16, 16, 3))
+    before = [w.copy() for w in model.get_weights()]
+    train_classifier(model, x, y, xv, yv, Protocol(epochs=2, batch_size=8, augment=True, shift_px=2), verbose=0)
+    assert [layer.__class__.__name__ for layer in model.layers][0] == "InputLayer"
+    assert "augmentation" not in [layer.name for layer in model.layers]
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_label_smoothing_changes_the_loss():
+    x, y, xv, yv = stuck_data()
+    plain = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1), verbose=0)
+    smooth = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1, label_smoothing=0.2),
+                              verbose=0)
+    assert smooth["loss"][0] != pytest.approx(plain["loss"][0])
