@@ -14,6 +14,7 @@ from liverlesion.metrics import (
     plot_confusion_matrix,
     plot_roc,
 )
+from liverlesion.report import bootstrap_metrics, write_report
 from liverlesion.splitting import arrays_for_set
 from liverlesion.training import predict_metastasis_probability
 from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
@@ -42,7 +43,12 @@ def evaluate(
     baseline, _ = fitted_threshold_accuracy(train["mean_hu"], train["label"], predictions["mean_hu"], predictions["label"])
     oracle, _ = best_threshold_accuracy(predictions["mean_hu"], predictions["label"])
 
+    # 95% intervals by resampling patients, not lesions: 46 test lesions give wide intervals
+    intervals = bootstrap_metrics(y_test, probability, predictions["patient_key"].to_numpy(), config.threshold)
+
     folder = run_reports_dir(zenml_run().name)
+    report = write_report({model.name: intervals}, folder, "Test metrics",
+                          f"{len(y_test)} test lesions of {predictions['patient_key'].nunique()} patients")
     cm_path = plot_confusion_matrix(y_test, probability, config.threshold, folder / "confusion_matrix.png")
     roc_path = plot_roc(y_test, probability, folder / "roc_curve.png")
     predictions_path = folder / "test_predictions.csv"
@@ -52,12 +58,15 @@ def evaluate(
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         mlflow.log_metrics({"test_mean_hu_threshold_accuracy": baseline, "test_mean_hu_best_threshold_accuracy": oracle})
-        for path in (cm_path, roc_path, predictions_path):
+        mlflow.log_metrics({f"test_{row.metric}_{bound}": getattr(row, bound)
+                            for row in intervals.itertuples() for bound in ("lower", "upper")})
+        for path in (cm_path, roc_path, predictions_path, report["csv"], report["md"]):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
     print("[evaluate] test " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
           + f" | mean-HU threshold: {baseline:.3f} (fitted on train), {oracle:.3f} (best on test)", flush=True)
     log_metadata({"metrics": metrics, "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle})
-    return ({"metrics": metrics, "threshold": config.threshold, "n_test": int(len(y_test)),
+    ci = {row.metric: [float(row.lower), float(row.upper)] for row in intervals.itertuples()}
+    return ({"metrics": metrics, "intervals": ci, "threshold": config.threshold, "n_test": int(len(y_test)),
              "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle,
              "plots": {"confusion_matrix": str(cm_path), "roc_curve": str(roc_path)},
              "predictions": str(predictions_path)}, predictions)

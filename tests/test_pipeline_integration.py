@@ -92,7 +92,10 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1  # one epoch
     assert run.data.params["dropout"] == "0.4" and run.data.params["dense_units"] == "512"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/test_predictions.csv"} <= artifacts
+    assert {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/test_predictions.csv",
+            "evaluation/table2.md", "evaluation/table2.csv"} <= artifacts
+    assert metrics["test_accuracy_lower"] <= metrics["test_accuracy"] <= metrics["test_accuracy_upper"]
+    assert "95% patient-bootstrap intervals" in out
 
 
 def test_the_split_is_patient_disjoint_and_recorded(project, first_run):

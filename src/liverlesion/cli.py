@@ -154,7 +154,11 @@ def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
     else:
         typer.echo(f"  registered {registration['model_name']} version {registration['version']} "
                    f"-> alias '{registration['alias']}' ({registration['reason']})")
-    typer.echo("  test: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation["metrics"].items()))
+    intervals = evaluation.get("intervals", {})
+    typer.echo(f"  test ({evaluation['n_test']} lesions; 95% patient-bootstrap intervals):")
+    for name, value in evaluation["metrics"].items():
+        low, high = intervals.get(name, (float("nan"), float("nan")))
+        typer.echo(f"    {name:<18} {value:.3f}  [{low:.3f}, {high:.3f}]")
     typer.echo(f"  one-feature baseline, mean HU threshold: test accuracy {evaluation['mean_hu_threshold_accuracy']:.3f} "
                f"fitted on train, {evaluation['mean_hu_best_threshold_accuracy']:.3f} at the best threshold for the test set")
     typer.echo(f"  reports: {Path(evaluation['plots']['roc_curve']).parent}")
