@@ -11,7 +11,7 @@ from zenml.enums import ArtifactType
 from liverlesion.config import PatchConfig, TrainConfig
 from liverlesion.model import build_model
 from liverlesion.splitting import arrays_for_set
-from liverlesion.training import Protocol, train_classifier
+from liverlesion.training import Protocol, seed_everything, train_classifier
 from steps.materializers import KerasModelMaterializer
 from steps.tracking import ensure_experiment, zenml_run
 
@@ -42,6 +42,7 @@ def train(
                          "data_version": data_version, "split_manifest_hash": split_manifest_hash})
         mlflow.log_params({**config.model_dump(), **{f"patch_{k}": v for k, v in patch_config.model_dump().items()},
                            "input_shape": str(x_train.shape[1:]), "n_train": len(y_train), "n_val": len(y_val)})
+        seed_everything(config.seed)  # before the weights are initialised, not only before fitting
         model = build_model(x_train.shape[1:], config.weights, config.dense_units, config.dropout,
                             bn_momentum=config.bn_momentum)
         protocol = Protocol(**{f.name: getattr(config, f.name) for f in fields(Protocol)})

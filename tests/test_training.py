@@ -104,3 +104,25 @@ def test_label_smoothing_changes_the_loss():
     smooth = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1, label_smoothing=0.2),
                               verbose=0)
     assert smooth["loss"][0] != pytest.approx(plain["loss"][0])
+
+
+def test_same_seed_same_weights():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(32, 16, 16, 3)).astype("float32"), rng.integers(0, 2, 32)
+
+    def conv_model():
+        inputs = keras.Input((16, 16, 3))
+        h = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(h))
+
+    runs = []
+    for _ in range(2):
+        keras.utils.set_random_seed(11)
+        model = conv_model()
+        train_classifier(model, x, y, x[:8], y[:8], Protocol(epochs=3, batch_size=8, seed=11, augment=True, shift_px=2),
+                         verbose=0)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
