@@ -37,3 +37,17 @@ def test_batch_norm_momentum_is_configurable():
     momenta = {layer.momentum for layer in build_model((75, 75, 3), bn_momentum=0.9).layers
                if isinstance(layer, keras.layers.BatchNormalization)}
     assert momenta == {0.9}
+
+
+def test_backbone_weights_load_from_a_file(tmp_path):
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(1)
+    donor = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3))
+    path = tmp_path / "inception_v3_notop.weights.h5"
+    donor.save_weights(path)
+    model = build_model((96, 80, 3), weights=str(path))  # another input size: conv weights do not depend on it
+    first_conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    donor_conv = next(layer for layer in donor.layers if isinstance(layer, keras.layers.Conv2D))
+    np.testing.assert_array_equal(first_conv.get_weights()[0], donor_conv.get_weights()[0])
