@@ -52,7 +52,7 @@ def main() -> None:
     print(f"{'steps':<16} {steps_total:>8.1f} {steps_total / total:>6.0%}")
     print(f"{'command total':<16} {total:>8.1f}   (data check, imports, ZenML overhead included)")
     for line in done.stdout.splitlines():
-        if line.startswith(("data:", "  test", "    ", "  one-feature")):
+        if line.startswith(("data:", "  test", "  one-feature")) or (line.startswith("    ") and "[" in line):
             print(line.strip())
 
 

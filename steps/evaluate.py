@@ -12,9 +12,8 @@ from liverlesion.metrics import (
     classification_metrics,
     fitted_threshold_accuracy,
     plot_confusion_matrix,
-    plot_roc,
 )
-from liverlesion.report import bootstrap_metrics, write_report
+from liverlesion.report import bootstrap_metrics, plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
 from liverlesion.training import predict_metastasis_probability
 from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
@@ -50,7 +49,7 @@ def evaluate(
     report = write_report({model.name: intervals}, folder, "Test metrics",
                           f"{len(y_test)} test lesions of {predictions['patient_key'].nunique()} patients")
     cm_path = plot_confusion_matrix(y_test, probability, config.threshold, folder / "confusion_matrix.png")
-    roc_path = plot_roc(y_test, probability, folder / "roc_curve.png")
+    roc_path = plot_roc_curves({model.name: (y_test, probability)}, folder / "roc_curve.png")
     predictions_path = folder / "test_predictions.csv"
     predictions.to_csv(predictions_path, index=False)
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from liverlesion.metrics import best_threshold_accuracy, fitted_threshold_accuracy, classification_metrics, confusion_counts, plot_confusion_matrix, plot_roc
+from liverlesion.metrics import best_threshold_accuracy, fitted_threshold_accuracy, classification_metrics, confusion_counts, plot_confusion_matrix
 
 
 def test_metrics_against_a_hand_computed_confusion_matrix():
@@ -67,7 +67,9 @@ def test_best_threshold_accuracy_either_direction():
 def test_plots_are_written(tmp_path):
     y, p = [0, 1, 1, 0], [0.2, 0.7, 0.4, 0.1]
     assert plot_confusion_matrix(y, p, 0.5, tmp_path / "cm.png").stat().st_size > 1000
-    assert plot_roc(y, p, tmp_path / "roc.png").stat().st_size > 1000
+    from liverlesion.report import plot_roc_curves
+
+    assert plot_roc_curves({"m": (y, p)}, tmp_path / "roc.png").stat().st_size > 1000
 
 
 def test_fitted_threshold_is_chosen_on_train_and_scored_on_test():

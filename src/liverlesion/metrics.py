@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix, roc_auc_score
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity")
 
@@ -142,32 +142,6 @@ def plot_confusion_matrix(y_true, probability, threshold: float, path: Path, tit
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if count > matrix.max() / 2 else "black", fontsize=14)
     ax.set_title(title or f"Confusion matrix (test, P(metastasis) >= {threshold:g})")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_roc(y_true, probability, path: Path, title: str = "") -> Path:
-    """The ROC curve with its AUC as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    y_true = np.asarray(y_true).astype(int)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
-    if len(set(y_true)) == 2:
-        fpr, tpr, _ = roc_curve(y_true, probability)
-        auc = roc_auc_score(y_true, probability)
-        ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.legend(loc="lower right")
-    ax.set_title(title or "ROC, metastasis vs cyst (test)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
