@@ -7,13 +7,9 @@ import pandas as pd
 from zenml import log_metadata, step
 
 from liverlesion.config import EvaluateConfig
-from liverlesion.metrics import (
-    best_threshold_accuracy,
-    classification_metrics,
-    fitted_threshold_accuracy,
-    plot_confusion_matrix,
-)
-from liverlesion.report import bootstrap_metrics, plot_roc_curves, write_report
+from liverlesion.evaluation import evaluate_test_set
+from liverlesion.metrics import plot_confusion_matrix
+from liverlesion.report import plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
 from liverlesion.training import predict_metastasis_probability
 from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
@@ -32,18 +28,9 @@ def evaluate(
     """The seven metrics, confusion matrix and ROC on the held-out test patients."""
     x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
     probability = predict_metastasis_probability(model, x_test)
-    metrics = classification_metrics(y_test, probability, config.threshold)
-    predictions = pd.DataFrame({"lesion_id": lesion_ids, "label": y_test, "p_metastasis": probability,
-                                "predicted": (probability >= config.threshold).astype(int)})
-    predictions = predictions.merge(lesions[["lesion_id", "patient_key", "volume_ml", "mean_hu"]], on="lesion_id")
-    # one-feature baselines (mean HU inside the mask): a threshold fitted on the train lesions, and
-    # the best threshold on the test lesions themselves (an upper bound: how separable the split is)
-    train = split_manifest[split_manifest["set"] == "train"].merge(lesions[["lesion_id", "mean_hu"]], on="lesion_id")
-    baseline, _ = fitted_threshold_accuracy(train["mean_hu"], train["label"], predictions["mean_hu"], predictions["label"])
-    oracle, _ = best_threshold_accuracy(predictions["mean_hu"], predictions["label"])
-
-    # 95% intervals by resampling patients, not lesions: 46 test lesions give wide intervals
-    intervals = bootstrap_metrics(y_test, probability, predictions["patient_key"].to_numpy(), config.threshold)
+    result = evaluate_test_set(lesion_ids, y_test, probability, split_manifest, lesions, config.threshold)
+    predictions, intervals, metrics = result.predictions, result.intervals, result.metrics
+    baseline, oracle = result.mean_hu_threshold_accuracy, result.mean_hu_best_threshold_accuracy
 
     folder = run_reports_dir(zenml_run().name)
     report = write_report({model.name: intervals}, folder, "Test metrics",
