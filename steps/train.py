@@ -27,24 +27,30 @@ def train(
     profile: str,
     experiment: str,
     data_version: str,
+    model_key: str = "",
 ) -> tuple[
     Annotated[keras.Model, ArtifactConfig(name="model", artifact_type=ArtifactType.MODEL)],
     Annotated[dict[str, Any], "training_history"],
     Annotated[str, "mlflow_run_id"],
 ]:
-    """InceptionV3 + the paper's FC head on the train set, best validation epoch kept; tracked in MLflow."""
+    """A backbone + the paper's FC head on the train set, best validation epoch kept; tracked in MLflow.
+
+    ``model_key`` (a Table 2 model, ``liverlesion compare``) names the MLflow run and tags it.
+    """
     x_train, y_train, _ = arrays_for_set(patches, patch_index, split_manifest, "train")
     x_val, y_val, _ = arrays_for_set(patches, patch_index, split_manifest, "val")
     run = zenml_run()
     mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
-    with mlflow.start_run(run_name=f"{profile}-{run.name}") as active:
+    run_name = f"{model_key}-{profile}-{run.name}" if model_key else f"{profile}-{run.name}"
+    with mlflow.start_run(run_name=run_name) as active:
         mlflow.set_tags({"zenml_run_id": str(run.id), "zenml_run_name": run.name, "profile": profile,
-                         "data_version": data_version, "split_manifest_hash": split_manifest_hash})
+                         "data_version": data_version, "split_manifest_hash": split_manifest_hash,
+                         "model": model_key or config.backbone})
         mlflow.log_params({**config.model_dump(), **{f"patch_{k}": v for k, v in patch_config.model_dump().items()},
                            "input_shape": str(x_train.shape[1:]), "n_train": len(y_train), "n_val": len(y_val)})
         seed_everything(config.seed)  # before the weights are initialised, not only before fitting
         model = build_model(x_train.shape[1:], config.weights, config.dense_units, config.dropout,
-                            bn_momentum=config.bn_momentum)
+                            bn_momentum=config.bn_momentum, backbone=config.backbone)
         protocol = Protocol(**{f.name: getattr(config, f.name) for f in fields(Protocol)})
         history = train_classifier(
             model, x_train, y_train, x_val, y_val, protocol,

@@ -126,3 +126,18 @@ def test_same_seed_same_weights():
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_full_batches_top_up_with_repeats_only():
+    import numpy as np
+
+    from liverlesion.training import top_up_to_full_batches
+
+    x = np.arange(13)[:, None]
+    y = np.arange(13) % 2
+    xt, yt = top_up_to_full_batches(x, y, 8, seed=1)
+    assert len(xt) == 16 and len(set(xt[13:, 0])) == 3  # three distinct lesions repeated once
+    np.testing.assert_array_equal(xt[:13], x)
+    np.testing.assert_array_equal(yt, xt[:, 0] % 2)  # labels follow their patches
+    same, _ = top_up_to_full_batches(x[:8], y[:8], 8, seed=1)
+    assert len(same) == 8

@@ -95,45 +95,57 @@ def run(
 
     Examples: `liverlesion run`; `liverlesion run --profile paper`; `liverlesion run --set train.epochs=1`.
     """
-    from liverlesion import paths
-
     env = _environment()
     config = _load(profile, overrides)
+    _check_weights([("train.weights", config.train.weights, config.train.backbone)])
+    version = _prepare_data(config)
+    started = time.perf_counter()
+    pipeline_run = _run_pipeline(
+        "training_pipeline", no_cache, data_dir=str(version.path), data_version=version.hash, profile=config,
+        profile_config=config.model_dump(mode="json"),
+    )
+    _print_summary(pipeline_run, time.perf_counter() - started, env)
+
+
+def _check_weights(entries: list[tuple[str, str | None, str]]) -> None:
+    """Stop before any work if pre-trained weights are asked for but absent (they cannot be downloaded)."""
     from liverlesion.model import WeightsNotFoundError, resolve_weights
 
-    try:  # before hours of work, not after: pre-trained weights cannot be downloaded here
-        resolve_weights(config.train.weights)
-    except WeightsNotFoundError as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    version = _prepare_data(config)
+    problems = []
+    for what, weights, backbone in entries:
+        try:
+            resolve_weights(weights, backbone)
+        except WeightsNotFoundError as err:
+            problems.append(f"{what}: {err}")
+    if problems:
+        typer.secho("error: " + "\n       ".join(problems), fg="red", err=True)
+        raise typer.Exit(2)
+
+
+def _run_pipeline(name: str, no_cache: bool, **parameters):
+    """Run the ZenML pipeline ``pipelines.<name>``; on failure name the failed step(s) and exit 1."""
+    from liverlesion import paths
 
     code = paths.code_root()
     sys.path.insert(0, str(code))
+    from zenml.client import Client
     from zenml.enums import ExecutionStatus
     from zenml.utils import source_utils
 
     source_utils.set_custom_source_root(str(code))
-    from pipelines import training_pipeline
-    from zenml.client import Client
+    import pipelines
 
-    started = time.perf_counter()
     try:
-        pipeline_run = training_pipeline.with_options(enable_cache=not no_cache)(
-            data_dir=str(version.path),
-            data_version=version.hash,
-            profile=config,
-            profile_config=config.model_dump(mode="json"),
-        )
+        pipeline_run = getattr(pipelines, name).with_options(enable_cache=not no_cache)(**parameters)
     except Exception as err:  # the step's own error and log were printed above by ZenML
-        last = Client().get_pipeline("training_pipeline").last_run
-        failed = [name for name, s in last.steps.items() if s.status == ExecutionStatus.FAILED]
+        last = Client().get_pipeline(name).last_run
+        failed = [step for step, s in last.steps.items() if s.status == ExecutionStatus.FAILED]
         typer.secho(f"\npipeline run {last.name} failed in step(s) {', '.join(failed) or '?'}: {err}", fg="red", err=True)
         report = paths.reports_dir() / last.name / "validation.md"
         if "validate" in failed and report.exists():
             typer.secho(f"nothing was trained or registered; the validation report: {report}", fg="red", err=True)
         raise typer.Exit(1) from None
-    _print_summary(Client().get_pipeline_run(pipeline_run.id), time.perf_counter() - started, env)
+    return Client().get_pipeline_run(pipeline_run.id)
 
 
 def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
@@ -165,6 +177,41 @@ def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
     typer.echo(f"  MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
     typer.echo(f"  ZenML runs: ZENML_CONFIG_PATH={env['ZENML_CONFIG_PATH']} {bin_dir / 'zenml'} pipeline runs list")
     typer.echo(f"  registry: {bin_dir / 'liverlesion'} models --name {registration['model_name']}")
+
+
+@app.command()
+def export(
+    out: Annotated[Path | None, typer.Argument(help="the .npz to write; default <state>/exports/<profile>-patches.npz")] = None,
+    profile: ProfileOption = "quick",
+    overrides: SetOption = [],  # noqa: B006
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run the data steps instead of reusing cached ones")] = False,
+) -> None:
+    """Write the validated, split patches of a profile to one .npz, for training off the pipeline.
+
+    Runs (or reuses from cache) ingest -> segment -> extract_patches -> validate -> split and
+    writes what `bench/train_gpu.py` reads, on a machine with Keras + JAX only.
+    Example: `liverlesion export --profile paper /tmp/paper-patches.npz`.
+    """
+    from liverlesion import paths
+    from liverlesion.patchset import export_patches
+
+    _environment()
+    config = _load(profile, overrides)
+    version = _prepare_data(config)
+    pipeline_run = _run_pipeline("patches_pipeline", no_cache, data_dir=str(version.path),
+                                 data_version=version.hash, profile=config)
+
+    def output(step: str, name: str):
+        return pipeline_run.steps[step].outputs[name][0].load()
+
+    target = out or paths.state_home() / "exports" / f"{config.name}-patches.npz"
+    meta = {"profile": config.name, "data_version": version.hash, "zenml_run_name": pipeline_run.name,
+            "split_manifest_hash": output("split", "split_manifest_hash"),
+            "patches": config.patches.model_dump(mode="json"), "train": config.train.model_dump(mode="json")}
+    export_patches(target, output("extract_patches", "patches"), output("extract_patches", "patch_index"),
+                   output("split", "split_manifest"), meta)
+    size = target.stat().st_size / 2**20
+    typer.echo(f"wrote {target} ({size:.1f} MiB): patches of {config.name!r}, split {meta['split_manifest_hash'][:12]}")
 
 
 @app.command()

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from liverlesion.phantom import CohortSpec
+from liverlesion.texture import C_GRID, GAMMA_GRID
 from liverlesion.validation import ValidationRules
+from liverlesion.zoo import TABLE2_MODELS, model_entry
 
 
 class _Section(BaseModel):
@@ -43,9 +45,9 @@ class SplitConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """``train``: InceptionV3 + the paper's head (FC-512, Dropout 0.4, FC-512, Dropout 0.4, softmax)."""
+    """``train``: a backbone + the paper's head (FC-512, Dropout 0.4, FC-512, Dropout 0.4, softmax)."""
 
-    backbone: Literal["inception_v3"] = "inception_v3"
+    backbone: Literal["inception_v3", "inception_resnet_v2"] = "inception_v3"
     weights: str | None = Field(None, description="None (random init, offline), 'imagenet' or a weights file path")
     dense_units: int = Field(512, ge=1)
     dropout: float = Field(0.4, ge=0, lt=1)
@@ -63,6 +65,39 @@ class TrainConfig(_Section):
     flips: bool = True
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 2019
+
+
+class CompareConfig(_Section):
+    """``compare`` (``liverlesion compare``): the models of the paper's Table 2, trained side by side.
+
+    The CNNs take every setting of ``train`` except the backbone and the weights, which each model
+    fixes (``liverlesion.zoo``). IPW models read ImageNet weights from ``imagenet_weights`` (a file
+    per backbone) or else from the Keras cache, ``$KERAS_HOME/models/``.
+    """
+
+    models: tuple[str, ...] = Field(tuple(TABLE2_MODELS), min_length=1, description="keys of liverlesion.zoo.TABLE2_MODELS")
+    imagenet_weights: dict[Literal["inception_v3", "inception_resnet_v2"], str] = Field(
+        default_factory=dict, description="backbone -> weights file (no top); default: the Keras cache")
+    svm_c_grid: tuple[float, ...] = Field(C_GRID, min_length=1)
+    svm_gamma_grid: tuple[float, ...] = Field(GAMMA_GRID, min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in models if m not in TABLE2_MODELS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; choose from {list(TABLE2_MODELS)}")
+        if len(set(models)) != len(models):
+            raise ValueError(f"a model is listed twice: {list(models)}")
+        return models
+
+    def train_config(self, key: str, base: TrainConfig) -> TrainConfig:
+        """``base`` with the backbone and weights of CNN ``key``."""
+        entry = model_entry(key)
+        if entry.kind != "cnn":
+            raise ValueError(f"{key} is not a CNN")
+        weights = self.imagenet_weights.get(entry.backbone, "imagenet") if entry.pretrained else None
+        return base.model_copy(update={"backbone": entry.backbone, "weights": weights})
 
 
 class EvaluateConfig(_Section):
@@ -97,6 +132,7 @@ class Profile(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
+    compare: CompareConfig = CompareConfig()
 
     @model_validator(mode="after")
     def _patch_shape_follows_patches(self) -> "Profile":

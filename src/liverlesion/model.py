@@ -1,4 +1,7 @@
-"""The paper's network: InceptionV3 backbone, global average pooling, FC-512/Dropout-0.4 twice, softmax.
+"""The paper's networks: an Inception backbone, global average pooling, FC-512/Dropout-0.4 twice, softmax.
+
+The proposed model is InceptionV3 with ImageNet weights; Table 2 also has InceptionV3 without them
+and InceptionResNetV2 with and without them, all with the same head (section 2.2).
 
 Backend-agnostic Keras 3: nothing here imports TensorFlow, ZenML or MLflow.
 """
@@ -6,47 +9,92 @@ Backend-agnostic Keras 3: nothing here imports TensorFlow, ZenML or MLflow.
 from __future__ import annotations
 
 import os
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
-#: InceptionV3's smallest accepted input side (Keras applications).
+#: The Keras applications' smallest accepted input side (InceptionV3 and InceptionResNetV2).
 MIN_INPUT_SIDE = 75
-#: File Keras looks for in ``$KERAS_HOME/models/`` for ImageNet weights without the top.
-IMAGENET_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A Keras application used as the feature extractor, and its ImageNet weights file."""
+
+    label: str
+    application: Callable[..., keras.Model]
+    imagenet_notop_file: str  # the name Keras gives it in $KERAS_HOME/models/
+    imagenet_notop_md5: str  # Keras's own check of that file
+
+
+BACKBONES: dict[str, Backbone] = {
+    "inception_v3": Backbone(
+        "InceptionV3", keras.applications.InceptionV3,
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "bcbd6486424b2319ff4ef7d526e38f63"),
+    "inception_resnet_v2": Backbone(
+        "InceptionResNetV2", keras.applications.InceptionResNetV2,
+        "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "d19885ff4a710c122648d3b5c3b684e4"),
+}
+#: File Keras looks for in ``$KERAS_HOME/models/`` for InceptionV3's ImageNet weights without the top.
+IMAGENET_NOTOP_FILE = BACKBONES["inception_v3"].imagenet_notop_file
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """Pre-trained weights were asked for but are not on this machine."""
+    """Pre-trained weights were asked for but are not on this machine (or are not the right file)."""
 
 
 def keras_models_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def resolve_weights(weights: str | None) -> str | None:
-    """Turn the configured ``weights`` into what Keras accepts, offline.
+def _backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"backbone {name!r}: expected one of {sorted(BACKBONES)}")
+    return BACKBONES[name]
 
-    ``None`` is random initialisation. ``"imagenet"`` needs the file Keras would otherwise
-    download, already in ``$KERAS_HOME/models/``. Any other string is a weights file path.
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_weights(weights: str | None, backbone: str = "inception_v3") -> str | None:
+    """Turn the configured ``weights`` into a weights file path (or ``None``), offline.
+
+    ``None`` is random initialisation (NPW). ``"imagenet"`` (IPW) is the file Keras would otherwise
+    download, already in ``$KERAS_HOME/models/`` and checked against Keras's MD5 for it. Any other
+    string is a weights file path, used as it is (a file of the same backbone without its top).
 
     Raises:
-        WeightsNotFoundError: the file is missing, saying which file to place where.
+        WeightsNotFoundError: the file is missing or is not Keras's release file, saying which file
+            to place where, or to train without pre-trained weights.
     """
     if weights is None or str(weights).lower() in {"none", "null", ""}:
         return None
+    spec = _backbone(backbone)
     if weights == "imagenet":
-        cached = keras_models_dir() / IMAGENET_NOTOP_FILE
+        cached = keras_models_dir() / spec.imagenet_notop_file
         if not cached.exists():
             raise WeightsNotFoundError(
-                f"ImageNet weights for InceptionV3 are not on this machine and cannot be downloaded here: "
-                f"place {IMAGENET_NOTOP_FILE} in {cached.parent}/ (or set KERAS_HOME), give train.weights "
-                "as a path to that file, or set train.weights: null to train without pre-trained weights (NPW)"
+                f"ImageNet weights for {spec.label} are not on this machine and cannot be downloaded here: "
+                f"place {spec.imagenet_notop_file} in {cached.parent}/ (or set KERAS_HOME), give the weights "
+                "as a path to that file, or set the weights to null to train without pre-trained weights (NPW)"
             )
-        return "imagenet"
+        if _md5(cached) != spec.imagenet_notop_md5:
+            raise WeightsNotFoundError(
+                f"{cached} is not Keras's ImageNet weights file for {spec.label} (MD5 {_md5(cached)}, "
+                f"expected {spec.imagenet_notop_md5}); replace it, or give the file as an explicit weights path"
+            )
+        return str(cached)
     path = Path(weights).expanduser()
     if not path.exists():
-        raise WeightsNotFoundError(f"train.weights: no weights file at {path}")
+        raise WeightsNotFoundError(f"no weights file at {path} (weights for {spec.label})")
     return str(path)
 
 
@@ -56,31 +104,36 @@ def build_model(
     dense_units: int = 512,
     dropout: float = 0.4,
     n_classes: int = 2,
-    name: str = "inceptionv3_fc512",
+    name: str | None = None,
     bn_momentum: float | None = None,
+    backbone: str = "inception_v3",
 ) -> keras.Model:
-    """InceptionV3 (no top) -> GAP -> [Dense(relu) -> Dropout] x2 -> Dense softmax.
+    """Backbone (no top) -> GAP -> [Dense(relu) -> Dropout] x2 -> Dense softmax (float32).
 
     Args:
         input_shape: (rows, cols, 3); each side at least 75 pixels.
         weights: see ``resolve_weights``.
+        name: the model's name; default ``inceptionv3_fc512`` / ``inceptionresnetv2_fc512``.
         bn_momentum: momentum of the backbone's batch-normalisation moving statistics (Keras:
             0.99). A short run from scratch (a few hundred steps) needs less, e.g. 0.9, or its
             moving statistics stay far from the data and inference collapses to one class.
+        backbone: a key of ``BACKBONES``.
     """
+    spec = _backbone(backbone)
     rows, cols, channels = input_shape
     if min(rows, cols) < MIN_INPUT_SIDE or channels != 3:
-        raise ValueError(f"input shape {input_shape}: InceptionV3 needs (rows, cols, 3) with sides >= {MIN_INPUT_SIDE}")
-    backbone = keras.applications.InceptionV3(
-        include_top=False, weights=resolve_weights(weights), input_shape=tuple(input_shape)
+        raise ValueError(
+            f"input shape {input_shape}: {spec.label} needs (rows, cols, 3) with sides >= {MIN_INPUT_SIDE}")
+    features = spec.application(
+        include_top=False, weights=resolve_weights(weights, backbone), input_shape=tuple(input_shape)
     )
     if bn_momentum is not None:
-        for layer in backbone.layers:
+        for layer in features.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = bn_momentum
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(backbone.output)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(features.output)
     for i in (1, 2):
         x = keras.layers.Dense(dense_units, activation="relu", name=f"fc{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax", dtype="float32")(x)
-    return keras.Model(backbone.input, outputs, name=name)
+    return keras.Model(features.input, outputs, name=name or f"{spec.label.lower()}_fc512")
