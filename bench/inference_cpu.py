@@ -1,7 +1,13 @@
-"""CPU inference of the paper's network: ms per lesion at batch 1 and batch 32.
+"""CPU inference of the paper's network, float32 against mixed bfloat16 (the fast path), side by side.
 
-Weights are random (timing does not depend on them). Prints one line per (input size, batch).
-Usage: python bench/inference_cpu.py [--sizes 96x80 252x210] [--repeats 20]
+1. Speed, random weights (timing does not depend on them): ms per batch and per lesion at batch 1
+   (one lesion) and at the batch sizes of a CT's lesions scored together, for each input size and
+   precision, in one process, interleaved, with the bfloat16/float32 ratio.
+2. Agreement on real data (``--agreement``): the model of the latest training run and its test
+   split, read from the ZenML store of this project, scored in both precisions; prints the largest
+   probability difference, how many lesions change class, and each metric in both precisions.
+
+Usage: python bench/inference_cpu.py [--sizes 96x80 252x210] [--batches 1 4 8] [--repeats 20] [--agreement]
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from liverlesion.model import build_model  # noqa: E402
+from liverlesion.model import PRECISIONS, build_model, with_precision  # noqa: E402
 
 
 def time_batches(model, batch: int, repeats: int) -> list[float]:
@@ -32,22 +39,73 @@ def time_batches(model, batch: int, repeats: int) -> list[float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", nargs="+", default=["96x80", "252x210"], help="input sizes RxC")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+def speed(sizes: list[str], batches: list[int], repeats: int) -> None:
     print(f"# CPU inference, Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, float32, random weights")
-    print(f"{'input':>9} {'batch':>5} {'ms/batch (median)':>18} {'ms/lesion':>10} {'lesions/s':>10}")
-    for size in args.sizes:
+          f"{platform.processor() or platform.machine()}, random weights")
+    print(f"{'input':>9} {'batch':>5} {'precision':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} {'vs float32':>10}")
+    for size in sizes:
         rows, cols = (int(v) for v in size.split("x"))
-        model = build_model((rows, cols, 3))
-        for batch in args.batches:
-            median = statistics.median(time_batches(model, batch, max(3, args.repeats // (1 if batch == 1 else 4))))
-            print(f"{size:>9} {batch:>5} {median * 1000:>18.1f} {median * 1000 / batch:>10.2f} {batch / median:>10.1f}",
-                  flush=True)
+        base = build_model((rows, cols, 3))
+        models = {precision: with_precision(base, precision) for precision in PRECISIONS}
+        for batch in batches:
+            n = max(3, repeats // (1 if batch == 1 else 4))
+            times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+            for precision, model in models.items():  # warm both first
+                time_batches(model, batch, 1)
+            for _ in range(n):  # interleaved, so that machine noise hits both alike
+                for precision, model in models.items():
+                    times[precision].extend(time_batches(model, batch, 1))
+            reference = statistics.median(times["float32"])
+            for precision in PRECISIONS:
+                median = statistics.median(times[precision])
+                print(f"{size:>9} {batch:>5} {precision:>15} {median * 1e3:>9.1f} {median * 1e3 / batch:>10.2f} "
+                      f"{batch / median:>10.1f} {median / reference:>10.2f}", flush=True)
+
+
+def agreement() -> None:
+    """Both precisions on the latest training run's model and test split (project ZenML store)."""
+    from liverlesion import paths
+    from liverlesion.metrics import classification_metrics
+    from liverlesion.splitting import arrays_for_set
+    from liverlesion.training import predict_metastasis_probability
+
+    paths.configure_environment()
+    sys.path.insert(0, str(paths.code_root()))
+    from zenml.client import Client
+    from zenml.utils import source_utils
+
+    source_utils.set_custom_source_root(str(paths.code_root()))
+    run = Client().get_pipeline("training_pipeline").last_successful_run
+
+    def output(step: str, name: str):
+        return run.steps[step].outputs[name][0].load()
+
+    model = output("train", "model")
+    x, y, _ = arrays_for_set(output("extract_patches", "patches"), output("extract_patches", "patch_index"),
+                             output("split", "split_manifest"), "test")
+    p = {precision: predict_metastasis_probability(with_precision(model, precision), x, batch_size=8)
+         for precision in PRECISIONS}
+    flips = int(np.sum((p["float32"] >= 0.5) != (p["mixed_bfloat16"] >= 0.5)))
+    print(f"# agreement on the test split of {run.name} ({len(y)} lesions, input {x.shape[1:3]})")
+    print(f"max |p_bf16 - p_f32| = {np.abs(p['float32'] - p['mixed_bfloat16']).max():.5f}; "
+          f"lesions that change class at 0.5: {flips}")
+    scores = {precision: classification_metrics(y, prob) for precision, prob in p.items()}
+    print(f"{'metric':>18} {'float32':>9} {'bf16':>9} {'difference':>10}")
+    for name in scores["float32"]:
+        a, b = scores["float32"][name], scores["mixed_bfloat16"][name]
+        print(f"{name:>18} {a:>9.4f} {b:>9.4f} {b - a:>+10.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["96x80", "252x210"], help="input sizes RxC")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--agreement", action="store_true", help="also compare both precisions on real test data")
+    args = parser.parse_args()
+    speed(args.sizes, args.batches, args.repeats)
+    if args.agreement:
+        agreement()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """ZenML pipeline definitions: wiring only."""
 
+from pipelines.comparison import comparison_pipeline
 from pipelines.prepare import patches_pipeline
 from pipelines.training import training_pipeline
 
-__all__ = ["patches_pipeline", "training_pipeline"]
+__all__ = ["comparison_pipeline", "patches_pipeline", "training_pipeline"]

@@ -1,3 +1,4 @@
+from pathlib import Path
 from typing import Annotated, Any
 
 import keras
@@ -7,7 +8,7 @@ import pandas as pd
 from zenml import log_metadata, step
 
 from liverlesion.config import EvaluateConfig
-from liverlesion.evaluation import evaluate_test_set
+from liverlesion.evaluation import TestEvaluation, evaluate_test_set
 from liverlesion.metrics import plot_confusion_matrix
 from liverlesion.report import plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
@@ -15,28 +16,20 @@ from liverlesion.training import predict_metastasis_probability
 from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
 
 
-@step
-def evaluate(
-    model: keras.Model,
-    patches: np.ndarray,
-    patch_index: pd.DataFrame,
-    split_manifest: pd.DataFrame,
-    lesions: pd.DataFrame,
-    mlflow_run_id: str,
-    config: EvaluateConfig,
-) -> tuple[Annotated[dict[str, Any], "test_metrics"], Annotated[pd.DataFrame, "test_predictions"]]:
-    """The seven metrics, confusion matrix and ROC on the held-out test patients."""
-    x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
-    probability = predict_metastasis_probability(model, x_test)
-    result = evaluate_test_set(lesion_ids, y_test, probability, split_manifest, lesions, config.threshold)
-    predictions, intervals, metrics = result.predictions, result.intervals, result.metrics
-    baseline, oracle = result.mean_hu_threshold_accuracy, result.mean_hu_best_threshold_accuracy
+def record_test_evaluation(result: TestEvaluation, name: str, folder: Path, mlflow_run_id: str, threshold: float,
+                           tag: str = "evaluate") -> dict[str, Any]:
+    """Report files (Table 2 row, confusion matrix, ROC, per-lesion predictions) + MLflow metrics.
 
-    folder = run_reports_dir(zenml_run().name)
-    report = write_report({model.name: intervals}, folder, "Test metrics",
+    Shared by every model's evaluation, so that each model of a comparison is scored, logged and
+    filed the same way. Returns the step's summary (metrics, intervals, baselines, file paths).
+    """
+    predictions, intervals, metrics = result.predictions, result.intervals, result.metrics
+    y_test, probability = predictions["label"].to_numpy(), predictions["p_metastasis"].to_numpy()
+    baseline, oracle = result.mean_hu_threshold_accuracy, result.mean_hu_best_threshold_accuracy
+    report = write_report({name: intervals}, folder, "Test metrics",
                           f"{len(y_test)} test lesions of {predictions['patient_key'].nunique()} patients")
-    cm_path = plot_confusion_matrix(y_test, probability, config.threshold, folder / "confusion_matrix.png")
-    roc_path = plot_roc_curves({model.name: (y_test, probability)}, folder / "roc_curve.png")
+    cm_path = plot_confusion_matrix(y_test, probability, threshold, folder / "confusion_matrix.png", title=name)
+    roc_path = plot_roc_curves({name: (y_test, probability)}, folder / "roc_curve.png")
     predictions_path = folder / "test_predictions.csv"
     predictions.to_csv(predictions_path, index=False)
 
@@ -48,11 +41,37 @@ def evaluate(
                             for row in intervals.itertuples() for bound in ("lower", "upper")})
         for path in (cm_path, roc_path, predictions_path, report["csv"], report["md"]):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
-    print("[evaluate] test " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    print(f"[{tag}] {name} test " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
           + f" | mean-HU threshold: {baseline:.3f} (fitted on train), {oracle:.3f} (best on test)", flush=True)
     log_metadata({"metrics": metrics, "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle})
     ci = {row.metric: [float(row.lower), float(row.upper)] for row in intervals.itertuples()}
-    return ({"metrics": metrics, "intervals": ci, "threshold": config.threshold, "n_test": int(len(y_test)),
-             "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle,
-             "plots": {"confusion_matrix": str(cm_path), "roc_curve": str(roc_path)},
-             "predictions": str(predictions_path)}, predictions)
+    return {"metrics": metrics, "intervals": ci, "threshold": threshold, "n_test": int(len(y_test)),
+            "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle,
+            "plots": {"confusion_matrix": str(cm_path), "roc_curve": str(roc_path)},
+            "predictions": str(predictions_path)}
+
+
+@step
+def evaluate(
+    model: keras.Model,
+    patches: np.ndarray,
+    patch_index: pd.DataFrame,
+    split_manifest: pd.DataFrame,
+    lesions: pd.DataFrame,
+    mlflow_run_id: str,
+    config: EvaluateConfig,
+    model_key: str = "",
+) -> tuple[Annotated[dict[str, Any], "test_metrics"], Annotated[pd.DataFrame, "test_predictions"]]:
+    """The seven metrics, confusion matrix and ROC on the held-out test patients.
+
+    ``model_key`` (a Table 2 model, ``liverlesion compare``) files the reports in a folder of its own.
+    """
+    x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
+    probability = predict_metastasis_probability(model, x_test)
+    result = evaluate_test_set(lesion_ids, y_test, probability, split_manifest, lesions, config.threshold)
+    folder = run_reports_dir(zenml_run().name)
+    if model_key:
+        folder = folder / model_key
+        folder.mkdir(exist_ok=True)
+    summary = record_test_evaluation(result, model_key or model.name, folder, mlflow_run_id, config.threshold)
+    return summary, result.predictions

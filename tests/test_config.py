@@ -59,3 +59,25 @@ def test_missing_parent_and_profile(tmp_path):
 def test_patch_shape_must_match_patches(tmp_path):
     with pytest.raises(ConfigError, match="patch_shape"):
         load_profile(write(tmp_path, "name: x\npatches:\n  output_size: [96, 80]\nvalidation:\n  patch_shape: [80, 80]\n"))
+
+
+def test_compare_section_chooses_table2_models_and_their_weights():
+    from liverlesion.zoo import TABLE2_MODELS
+
+    profile = load_profile("quick", {"compare": {"imagenet_weights": {"inception_v3": "/w/iv3.h5"}}})
+    assert profile.compare.models == tuple(TABLE2_MODELS)
+    proposed = profile.compare.train_config("inception_v3_ipw", profile.train)
+    assert (proposed.backbone, proposed.weights) == ("inception_v3", "/w/iv3.h5")
+    irv2 = profile.compare.train_config("inception_resnet_v2_ipw", profile.train)
+    assert (irv2.backbone, irv2.weights) == ("inception_resnet_v2", "imagenet")  # the Keras cache
+    npw = profile.compare.train_config("inception_resnet_v2_npw", profile.train)
+    assert npw.weights is None and npw.epochs == profile.train.epochs  # everything else from train
+    with pytest.raises(ValueError, match="not a CNN"):
+        profile.compare.train_config("svm_texture", profile.train)
+
+
+def test_unknown_or_repeated_compare_models_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"compare.models: .*unknown model\(s\) \['resnet50'\]"):
+        load_profile("quick", {"compare": {"models": ["svm_texture", "resnet50"]}})
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_profile("quick", {"compare": {"models": ["svm_texture", "svm_texture"]}})

@@ -157,3 +157,71 @@ def test_validation_failure_stops_before_training_with_a_readable_report(project
     assert len(client.search_model_versions("name='tiny-liver-lesion'")) == before
     experiment = client.get_experiment_by_name("liver-lesion-classification")
     assert client.search_runs([experiment.experiment_id], "tags.profile = 'unbalanced'") == []  # never trained
+
+
+@pytest.fixture(scope="module")
+def stand_in_imagenet_weights(tmp_path_factory):
+    """Weights files in the format of the ImageNet ones (same backbones, no top), with random values.
+
+    They stand in for the real files (not on this machine, no download) to exercise the IPW path:
+    the numbers they give say nothing about ImageNet pre-training.
+    """
+    import keras
+
+    from liverlesion.model import BACKBONES
+
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for key in ("inception_v3", "inception_resnet_v2"):
+        keras.utils.set_random_seed(3)
+        donor = BACKBONES[key].application(include_top=False, weights=None, input_shape=(75, 75, 3))
+        paths[key] = folder / f"{key}_notop.weights.h5"
+        donor.save_weights(paths[key])
+    return paths
+
+
+def test_compare_stops_before_any_work_when_imagenet_weights_are_missing(project, tmp_path):
+    root, env = project
+    empty = {**env, "KERAS_HOME": str(tmp_path)}
+    done = cli(root, empty, "compare", "--profile", "tiny", "--models", "inception_v3_npw,inception_resnet_v2_ipw",
+               check=False)
+    assert done.returncode == 2
+    assert "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5" in done.stderr
+    assert str(tmp_path / "models") in done.stderr and "NPW" in done.stderr
+    assert "pipeline run" not in done.stdout  # nothing ran
+
+
+def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(project, first_run, stand_in_imagenet_weights):
+    root, env = project
+    done = cli(root, env, "compare", "--profile", "tiny",
+               *[f"--set=compare.imagenet_weights.{k}={v}" for k, v in stand_in_imagenet_weights.items()])
+    out = done.stdout
+    for label in ("SVM with texture features", "InceptionResNet-V2 (NPW)", "InceptionResNet-V2 (IPW)",
+                  "Inception-V3 (NPW)", "Proposed model (IPW)"):
+        assert f"| {label} |" in out, label
+    client = mlflow_client(root)
+    experiment = client.get_experiment_by_name("liver-lesion-classification")
+    table2_run, = client.search_runs([experiment.experiment_id], "tags.model = 'table2'")
+    zenml_run = table2_run.data.tags["zenml_run_name"]
+    runs = client.search_runs([experiment.experiment_id], f"tags.zenml_run_name = '{zenml_run}'")
+    by_model = {run.data.tags["model"]: run for run in runs}
+    assert set(by_model) == {"table2", "svm_texture", "inception_resnet_v2_npw", "inception_resnet_v2_ipw",
+                             "inception_v3_npw", "inception_v3_ipw"}
+    assert set(table2_run.data.tags["compared_runs"].split(",")) == {
+        run.info.run_id for key, run in by_model.items() if key != "table2"}
+    assert by_model["inception_resnet_v2_ipw"].data.params["weights"] == str(stand_in_imagenet_weights["inception_resnet_v2"])
+    assert by_model["inception_v3_npw"].data.params["weights"] == "None"
+    assert by_model["inception_resnet_v2_npw"].data.params["backbone"] == "inception_resnet_v2"
+    assert 0 <= by_model["svm_texture"].data.metrics["test_roc_auc"] <= 1
+    for key, run in by_model.items():
+        if key != "table2":
+            metrics = run.data.metrics
+            assert metrics["test_accuracy_lower"] <= metrics["test_accuracy"] <= metrics["test_accuracy_upper"], key
+            assert table2_run.data.metrics[f"{key}.accuracy"] == pytest.approx(metrics["test_accuracy"]), key
+    artifacts = {a.path for a in client.list_artifacts(table2_run.info.run_id, "table2")}
+    assert {"table2/table2.md", "table2/table2.csv", "table2/roc_curves.png", "table2/test_predictions.csv"} <= artifacts
+    reports = Path(out.split("reports: ")[1].split()[0])
+    predictions = __import__("pandas").read_csv(reports / "test_predictions.csv")
+    assert predictions.groupby("model")["lesion_id"].nunique().nunique() == 1  # every model, the same test lesions
+    assert set(predictions.columns) >= {"model", "lesion_id", "patient_key", "label", "p_metastasis"}
+    assert "different (in-house, 63-patient) cohort" in (reports / "table2.md").read_text()

@@ -230,3 +230,14 @@ def test_cohort_table_names_a_lesion_without_its_case(cohort):
     cases, lesions = cohort
     with pytest.raises(ValueError, match="not in the case table"):
         cohort_texture_table(cases.iloc[1:], lesions)
+
+
+def test_features_for_set_follow_the_manifest_order():
+    from liverlesion.texture import features_for_set
+
+    features = pd.DataFrame({"lesion_id": ["L1", "L2", "L3"], "mean_hu": [10.0, 20.0, 30.0]})
+    manifest = pd.DataFrame({"lesion_id": ["L3", "L1", "L2"], "label": [1, 0, 1], "set": ["test", "test", "train"]})
+    rows, y, ids = features_for_set(features, manifest, "test")
+    assert ids == ["L3", "L1"] and rows["mean_hu"].tolist() == [30.0, 10.0] and y.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="1 lesion\\(s\\) of the train set have no texture features"):
+        features_for_set(features[features["lesion_id"] != "L2"], manifest, "train")

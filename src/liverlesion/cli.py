@@ -107,7 +107,7 @@ def run(
     _print_summary(pipeline_run, time.perf_counter() - started, env)
 
 
-def _check_weights(entries: list[tuple[str, str | None, str]]) -> None:
+def _check_weights(entries: list[tuple[str, str | None, str]], hint: str = "") -> None:
     """Stop before any work if pre-trained weights are asked for but absent (they cannot be downloaded)."""
     from liverlesion.model import WeightsNotFoundError, resolve_weights
 
@@ -118,7 +118,7 @@ def _check_weights(entries: list[tuple[str, str | None, str]]) -> None:
         except WeightsNotFoundError as err:
             problems.append(f"{what}: {err}")
     if problems:
-        typer.secho("error: " + "\n       ".join(problems), fg="red", err=True)
+        typer.secho("error: " + "\n       ".join(problems + ([hint] if hint else [])), fg="red", err=True)
         raise typer.Exit(2)
 
 
@@ -177,6 +177,49 @@ def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
     typer.echo(f"  MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
     typer.echo(f"  ZenML runs: ZENML_CONFIG_PATH={env['ZENML_CONFIG_PATH']} {bin_dir / 'zenml'} pipeline runs list")
     typer.echo(f"  registry: {bin_dir / 'liverlesion'} models --name {registration['model_name']}")
+
+
+@app.command()
+def compare(
+    profile: ProfileOption = "quick",
+    models: Annotated[str | None, typer.Option(
+        help="comma-separated models (default: compare.models of the profile, all five): svm_texture, "
+             "inception_resnet_v2_npw, inception_resnet_v2_ipw, inception_v3_npw, inception_v3_ipw")] = None,
+    overrides: SetOption = [],  # noqa: B006
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")] = False,
+) -> None:
+    """Train and score the models of the paper's Table 2 side by side and write Table 2 with intervals.
+
+    One MLflow run per model, plus one for the report; nothing is registered (`run` does that).
+    IPW models need ImageNet weights files (no download here); the run stops before any work
+    when one is missing and says which file to place where.
+    Examples: `liverlesion compare`; `liverlesion compare --models svm_texture,inception_v3_npw`.
+    """
+    from liverlesion.zoo import model_entry
+
+    env = _environment()
+    if models is not None:
+        overrides = [*overrides, "compare.models=[" + ",".join(m.strip() for m in models.split(",") if m.strip()) + "]"]
+    config = _load(profile, overrides)
+    cnns = [model_entry(key) for key in config.compare.models if model_entry(key).kind == "cnn"]
+    _check_weights([(f"{entry.key} (compare.imagenet_weights.{entry.backbone})",
+                     config.compare.train_config(entry.key, config.train).weights, entry.backbone)
+                    for entry in cnns if entry.pretrained],
+                   hint="or compare without the IPW models: --models " + ",".join(
+                       key for key in config.compare.models if not model_entry(key).pretrained))
+    version = _prepare_data(config)
+    started = time.perf_counter()
+    pipeline_run = _run_pipeline("comparison_pipeline", no_cache, data_dir=str(version.path),
+                                 data_version=version.hash, profile=config)
+    summary = pipeline_run.steps["compare_models"].outputs["table2"][0].load()
+    typer.echo("")
+    typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
+                bold=True)
+    typer.echo(Path(summary["files"]["md"]).read_text().split("\n## ")[0].strip())
+    typer.echo(f"\n  reports: {Path(summary['files']['md']).parent}")
+    typer.echo(f"  MLflow runs (experiment '{config.register.experiment}'): table2 {summary['mlflow_run_id']}; "
+               + ", ".join(f"{key} {run}" for key, run in summary["model_runs"].items()))
+    typer.echo(f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
 
 
 @app.command()

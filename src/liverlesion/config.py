@@ -65,6 +65,8 @@ class TrainConfig(_Section):
     flips: bool = True
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 2019
+    full_batches: bool = Field(False, description="top the train set up to whole batches, validate in one batch "
+                                                  "(one compiled step on JAX)")
 
 
 class CompareConfig(_Section):

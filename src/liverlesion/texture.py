@@ -436,3 +436,18 @@ class TextureSVM:
         if self.pipeline is None:
             raise RuntimeError("TextureSVM.predict_proba called before fit")
         return self._proba(self.pipeline, self._matrix(features, "predict"))
+
+
+def features_for_set(features: pd.DataFrame, manifest: pd.DataFrame, name: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """The feature rows, labels and lesion ids of one split set, in manifest order.
+
+    Raises:
+        ValueError: a lesion of the set has no feature row, naming it.
+    """
+    chosen = manifest[manifest["set"] == name]
+    indexed = features.set_index(ID_COLUMN)
+    missing = [lid for lid in chosen[ID_COLUMN] if lid not in indexed.index]
+    if missing:
+        raise ValueError(f"{len(missing)} lesion(s) of the {name} set have no texture features, e.g. {missing[:3]}")
+    rows = indexed.loc[chosen[ID_COLUMN]].reset_index()
+    return rows, chosen["label"].to_numpy(dtype=np.int32), chosen[ID_COLUMN].tolist()

@@ -1,0 +1,43 @@
+"""The paper's Table 2: the data steps once, then every chosen model trained and scored, then one report.
+
+ingest -> segment -> extract_patches -> validate -> split
+    -> texture_features -> train_texture_svm                       (SVM with texture features)
+    -> train_<model> -> evaluate_<model>                           (each CNN of compare.models)
+    -> compare_models                                              (Table 2 with intervals)
+"""
+
+from zenml import pipeline
+
+from liverlesion.config import Profile
+from liverlesion.zoo import model_entry
+from pipelines.prepare import prepare_patches
+from steps.compare import compare_models
+from steps.evaluate import evaluate
+from steps.texture import texture_features, train_texture_svm
+from steps.train import train
+
+
+@pipeline(enable_cache=True)
+def comparison_pipeline(data_dir: str, data_version: str, profile: Profile) -> None:
+    data = prepare_patches(data_dir, data_version, profile)
+    common = {"profile": profile.name, "experiment": profile.register.experiment, "data_version": data_version}
+    predictions, run_ids = [], []
+    for key in profile.compare.models:
+        if model_entry(key).kind == "texture_svm":
+            features = texture_features(data["cases"], data["lesions"])
+            _, scored, run_id = train_texture_svm(
+                features, data["manifest"], data["lesions"], data["manifest_hash"], config=profile.compare,
+                evaluate_config=profile.evaluate, seed=profile.train.seed, model_key=key, id=f"train_{key}", **common,
+            )
+        else:
+            model, _, run_id = train(
+                data["patches"], data["patch_index"], data["manifest"], data["manifest_hash"],
+                config=profile.compare.train_config(key, profile.train), patch_config=profile.patches,
+                model_key=key, id=f"train_{key}", **common,
+            )
+            _, scored = evaluate(model, data["patches"], data["patch_index"], data["manifest"], data["lesions"], run_id,
+                                 config=profile.evaluate, model_key=key, id=f"evaluate_{key}")
+        predictions.append(scored)
+        run_ids.append(run_id)
+    compare_models(predictions, run_ids, model_keys=list(profile.compare.models), threshold=profile.evaluate.threshold,
+                   split_manifest_hash=data["manifest_hash"], **common)
