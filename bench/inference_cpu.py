@@ -1,11 +1,15 @@
-"""CPU inference of the paper's network, float32 against mixed bfloat16 (the fast path), side by side.
+"""CPU inference of the paper's network: the trained float32 network against the fast paths, side by side.
+
+Variants (``liverlesion.inference``): ``float32`` (as trained), ``float32+fold`` (batch norm folded
+into the convolutions), ``mixed_bfloat16`` (Keras mixed precision) and ``bfloat16+fold`` (BN folded,
+bfloat16 weights and compute: the fast path, ``inference_model(model, "bfloat16")``).
 
 1. Speed, random weights (timing does not depend on them): ms per batch and per lesion at batch 1
-   (one lesion) and at the batch sizes of a CT's lesions scored together, for each input size and
-   precision, in one process, interleaved, with the bfloat16/float32 ratio.
+   (one lesion) and at the batch sizes of a CT's lesions scored together, for each input size, all
+   variants in one process, interleaved, with the ratio to float32.
 2. Agreement on real data (``--agreement``): the model of the latest training run and its test
-   split, read from the ZenML store of this project, scored in both precisions; prints the largest
-   probability difference, how many lesions change class, and each metric in both precisions.
+   split, read from the ZenML store of this project, scored as trained and by the fast path; prints
+   the largest probability difference, how many lesions change class, and each metric in both.
 
 Usage: python bench/inference_cpu.py [--sizes 96x80 252x210] [--batches 1 4 8] [--repeats 20] [--agreement]
 """
@@ -24,7 +28,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from liverlesion.model import PRECISIONS, build_model, with_precision  # noqa: E402
+from liverlesion.inference import fold_batch_norm, inference_model, with_precision  # noqa: E402
+from liverlesion.model import build_model  # noqa: E402
+
+VARIANTS = {
+    "float32": lambda m: m,
+    "float32+fold": fold_batch_norm,
+    "mixed_bfloat16": lambda m: with_precision(m, "mixed_bfloat16"),
+    "bfloat16+fold": lambda m: inference_model(m, "bfloat16"),
+}
 
 
 def time_batches(model, batch: int, repeats: int) -> list[float]:
@@ -42,21 +54,21 @@ def time_batches(model, batch: int, repeats: int) -> list[float]:
 def speed(sizes: list[str], batches: list[int], repeats: int) -> None:
     print(f"# CPU inference, Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, random weights")
-    print(f"{'input':>9} {'batch':>5} {'precision':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} {'vs float32':>10}")
+    print(f"{'input':>9} {'batch':>5} {'variant':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} {'vs float32':>10}")
     for size in sizes:
         rows, cols = (int(v) for v in size.split("x"))
         base = build_model((rows, cols, 3))
-        models = {precision: with_precision(base, precision) for precision in PRECISIONS}
+        models = {name: make(base) for name, make in VARIANTS.items()}
         for batch in batches:
             n = max(3, repeats // (1 if batch == 1 else 4))
-            times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+            times: dict[str, list[float]] = {name: [] for name in models}
             for precision, model in models.items():  # warm both first
                 time_batches(model, batch, 1)
             for _ in range(n):  # interleaved, so that machine noise hits both alike
                 for precision, model in models.items():
                     times[precision].extend(time_batches(model, batch, 1))
             reference = statistics.median(times["float32"])
-            for precision in PRECISIONS:
+            for precision in models:
                 median = statistics.median(times[precision])
                 print(f"{size:>9} {batch:>5} {precision:>15} {median * 1e3:>9.1f} {median * 1e3 / batch:>10.2f} "
                       f"{batch / median:>10.1f} {median / reference:>10.2f}", flush=True)
@@ -83,16 +95,16 @@ def agreement() -> None:
     model = output("train", "model")
     x, y, _ = arrays_for_set(output("extract_patches", "patches"), output("extract_patches", "patch_index"),
                              output("split", "split_manifest"), "test")
-    p = {precision: predict_metastasis_probability(with_precision(model, precision), x, batch_size=8)
-         for precision in PRECISIONS}
-    flips = int(np.sum((p["float32"] >= 0.5) != (p["mixed_bfloat16"] >= 0.5)))
+    p = {name: predict_metastasis_probability(VARIANTS[name](model), x, batch_size=8)
+         for name in ("float32", "bfloat16+fold")}
+    flips = int(np.sum((p["float32"] >= 0.5) != (p["bfloat16+fold"] >= 0.5)))
     print(f"# agreement on the test split of {run.name} ({len(y)} lesions, input {x.shape[1:3]})")
-    print(f"max |p_bf16 - p_f32| = {np.abs(p['float32'] - p['mixed_bfloat16']).max():.5f}; "
+    print(f"max |p_fast - p_f32| = {np.abs(p['float32'] - p['bfloat16+fold']).max():.5f}; "
           f"lesions that change class at 0.5: {flips}")
-    scores = {precision: classification_metrics(y, prob) for precision, prob in p.items()}
-    print(f"{'metric':>18} {'float32':>9} {'bf16':>9} {'difference':>10}")
+    scores = {name: classification_metrics(y, prob) for name, prob in p.items()}
+    print(f"{'metric':>18} {'float32':>9} {'fast':>9} {'difference':>10}")
     for name in scores["float32"]:
-        a, b = scores["float32"][name], scores["mixed_bfloat16"][name]
+        a, b = scores["float32"][name], scores["bfloat16+fold"][name]
         print(f"{name:>18} {a:>9.4f} {b:>9.4f} {b - a:>+10.4f}")
 
 

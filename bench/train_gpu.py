@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     results = Results(args.out)
+    if keras.backend.backend() == "jax" and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        import jax
+
+        # cache every program, not only those that took over a second to compile: building the
+        # model runs hundreds of small eager initialiser programs, each compiled again otherwise
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     data = load_patch_set(args.patches)
     sets = {name: data[name] for name in ("train", "val", "test")}
     if args.limit:

@@ -9,6 +9,7 @@ from zenml import log_metadata, step
 
 from liverlesion.config import EvaluateConfig
 from liverlesion.evaluation import TestEvaluation, evaluate_test_set
+from liverlesion.inference import inference_model
 from liverlesion.metrics import plot_confusion_matrix
 from liverlesion.report import plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
@@ -17,7 +18,7 @@ from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
 
 
 def record_test_evaluation(result: TestEvaluation, name: str, folder: Path, mlflow_run_id: str, threshold: float,
-                           tag: str = "evaluate") -> dict[str, Any]:
+                           tag: str = "evaluate", params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Report files (Table 2 row, confusion matrix, ROC, per-lesion predictions) + MLflow metrics.
 
     Shared by every model's evaluation, so that each model of a comparison is scored, logged and
@@ -35,6 +36,8 @@ def record_test_evaluation(result: TestEvaluation, name: str, folder: Path, mlfl
 
     use_tracking_store()
     with mlflow.start_run(run_id=mlflow_run_id):
+        if params:
+            mlflow.log_params(params)
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         mlflow.log_metrics({"test_mean_hu_threshold_accuracy": baseline, "test_mean_hu_best_threshold_accuracy": oracle})
         mlflow.log_metrics({f"test_{row.metric}_{bound}": getattr(row, bound)
@@ -48,7 +51,7 @@ def record_test_evaluation(result: TestEvaluation, name: str, folder: Path, mlfl
     return {"metrics": metrics, "intervals": ci, "threshold": threshold, "n_test": int(len(y_test)),
             "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle,
             "plots": {"confusion_matrix": str(cm_path), "roc_curve": str(roc_path)},
-            "predictions": str(predictions_path)}
+            "predictions": str(predictions_path), **(params or {})}
 
 
 @step
@@ -64,14 +67,16 @@ def evaluate(
 ) -> tuple[Annotated[dict[str, Any], "test_metrics"], Annotated[pd.DataFrame, "test_predictions"]]:
     """The seven metrics, confusion matrix and ROC on the held-out test patients.
 
+    Lesions are scored as they will be served: ``config.precision`` (``liverlesion.inference``).
     ``model_key`` (a Table 2 model, ``liverlesion compare``) files the reports in a folder of its own.
     """
     x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
-    probability = predict_metastasis_probability(model, x_test)
+    probability = predict_metastasis_probability(inference_model(model, config.precision), x_test)
     result = evaluate_test_set(lesion_ids, y_test, probability, split_manifest, lesions, config.threshold)
     folder = run_reports_dir(zenml_run().name)
     if model_key:
         folder = folder / model_key
         folder.mkdir(exist_ok=True)
-    summary = record_test_evaluation(result, model_key or model.name, folder, mlflow_run_id, config.threshold)
+    summary = record_test_evaluation(result, model_key or model.name, folder, mlflow_run_id, config.threshold,
+                                     params={"inference_precision": config.precision})
     return summary, result.predictions

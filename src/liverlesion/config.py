@@ -104,6 +104,9 @@ class CompareConfig(_Section):
 
 class EvaluateConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1, description="metastasis probability above which a lesion is called metastasis")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="scoring: float32 as trained, or the CPU fast path (BN folded, bfloat16; "
+                                "liverlesion.inference); on the default test split they gave the same metrics")
 
 
 class RegisterConfig(_Section):

@@ -138,32 +138,3 @@ def build_model(
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax", dtype="float32")(x)
     return keras.Model(features.input, outputs, name=name or f"{spec.label.lower()}_fc512")
 
-
-#: Inference precisions: float32, or bfloat16 compute with float32 weights and a float32 softmax.
-PRECISIONS = ("float32", "mixed_bfloat16")
-
-
-def with_precision(model: keras.Model, precision: str) -> keras.Model:
-    """The same network and weights, computing in ``precision`` (a new model; ``model`` is unchanged).
-
-    ``mixed_bfloat16`` runs convolutions and dense layers in bfloat16 (AMX on recent x86 CPUs, tensor
-    cores on GPUs) while keeping float32 variables; the output softmax stays float32 so that
-    probabilities are not rounded to bfloat16's 8 bits.
-
-    Raises:
-        ValueError: an unknown precision, naming the choices.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
-    if precision == "float32" and model.dtype_policy.name == "float32":
-        return model
-
-    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-        config = layer.get_config()
-        if "dtype" in config and not (isinstance(layer, keras.layers.Dense) and layer.name == "softmax"):
-            config["dtype"] = precision
-        return layer.__class__.from_config(config)
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    clone.set_weights(model.get_weights())
-    return clone
