@@ -20,6 +20,8 @@ app = typer.Typer(
         "  liverlesion run                   # quick profile, default cohort\n\n"
         "  liverlesion run --profile paper   # the paper's protocol (GPU)\n\n"
         "  liverlesion run --set train.epochs=2 --no-cache\n\n"
+        "  liverlesion compare               # Table 2: five models side by side\n\n"
+        "  liverlesion export -p paper p.npz # patches for bench/train_gpu.py\n\n"
         "  liverlesion data                  # restore/regenerate data/ (DVC)\n\n"
         "  liverlesion models                # versions, aliases, lineage\n\n"
         "  liverlesion generate /tmp/cohort --n-patients 8 --n-lesions 24"
