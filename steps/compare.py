@@ -14,6 +14,7 @@ def compare_models(
     predictions: list[pd.DataFrame],
     mlflow_run_ids: list[str],
     model_keys: list[str],
+    initial_weights: list[str],
     threshold: float,
     split_manifest_hash: str,
     profile: str,
@@ -23,12 +24,15 @@ def compare_models(
     """The paper's Table 2 on this cohort: every model's metrics with intervals, one ROC plot,
     confusion matrices and the per-lesion predictions, in an MLflow run of its own that names the
     runs of the models it compares."""
-    if not (len(predictions) == len(mlflow_run_ids) == len(model_keys)):
+    if not (len(predictions) == len(mlflow_run_ids) == len(model_keys) == len(initial_weights)):
         raise ValueError(f"{len(predictions)} prediction tables, {len(mlflow_run_ids)} runs, {len(model_keys)} models")
     labels = [model_entry(key).label for key in model_keys]
     run = zenml_run()
     folder = run_reports_dir(run.name) / "table2"
-    files = write_comparison(dict(zip(labels, predictions)), folder, threshold, title=f"Table 2 on this cohort ({profile})")
+    notes = {label: f"`{key}`, {weights}; MLflow run {run_id}"
+             for label, key, weights, run_id in zip(labels, model_keys, initial_weights, mlflow_run_ids)}
+    files = write_comparison(dict(zip(labels, predictions)), folder, threshold, title=f"Table 2 on this cohort ({profile})",
+                             model_notes=notes)
     table = pd.read_csv(files["csv"])
 
     mlflow.set_experiment(experiment_id=ensure_experiment(experiment))

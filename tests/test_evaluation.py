@@ -43,7 +43,8 @@ def test_comparison_reports_every_model_on_the_same_lesions(tmp_path):
     perfect = _predictions(ids, patients, labels, labels * 0.8 + 0.1)
     # the same lesions in another row order, one of them wrong
     shuffled = _predictions(ids[::-1], patients[::-1], labels[::-1], np.array([0.2, 0.7, 0.3, 0.9, 0.2, 0.8, 0.1, 0.4]))
-    files = write_comparison({"Proposed model (IPW)": perfect, "SVM with texture features": shuffled}, tmp_path)
+    files = write_comparison({"Proposed model (IPW)": perfect, "SVM with texture features": shuffled}, tmp_path,
+                             model_notes={"Proposed model (IPW)": "initial weights from /w/iv3.h5"})
     table = pd.read_csv(files["csv"])
     assert table["model"].tolist() == ["Proposed model (IPW)", "SVM with texture features"]
     assert table.loc[0, "accuracy"] == 1.0
@@ -57,6 +58,7 @@ def test_comparison_reports_every_model_on_the_same_lesions(tmp_path):
     assert files["roc"].exists() and files["confusion_2"].exists()
     md = files["md"].read_text()
     assert "| Proposed model (IPW) | 1.00" in md and "different (in-house, 63-patient) cohort" in md
+    assert md.index("- Proposed model (IPW): initial weights from /w/iv3.h5") < md.index("## The paper's Table 2")
 
 
 def test_comparison_refuses_models_scored_on_other_lesions(tmp_path):

@@ -224,4 +224,23 @@ def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(proje
     predictions = __import__("pandas").read_csv(reports / "test_predictions.csv")
     assert predictions.groupby("model")["lesion_id"].nunique().nunique() == 1  # every model, the same test lesions
     assert set(predictions.columns) >= {"model", "lesion_id", "patient_key", "label", "p_metastasis"}
-    assert "different (in-house, 63-patient) cohort" in (reports / "table2.md").read_text()
+    report = (reports / "table2.md").read_text()
+    assert "different (in-house, 63-patient) cohort" in report
+    # a reader sees which weights each row started from: here the stand-ins, not ImageNet
+    assert f"Proposed model (IPW): `inception_v3_ipw`, initial weights from {stand_in_imagenet_weights['inception_v3']}" in report
+    assert "Inception-V3 (NPW): `inception_v3_npw`, random initial weights (NPW)" in out
+
+
+def test_export_writes_the_validated_split_patches_with_their_lineage(project, first_run, tmp_path):
+    from liverlesion.patchset import load_patch_set
+
+    root, env = project
+    out = tmp_path / "tiny-patches.npz"
+    done = cli(root, env, "export", "--profile", "tiny", str(out))
+    assert f"wrote {out}" in done.stdout
+    data = load_patch_set(out)
+    version = mlflow_client(root).get_model_version_by_alias("tiny-liver-lesion", "champion")
+    assert data.meta["split_manifest_hash"] == version.tags["split_manifest_hash"]
+    assert data.meta["data_version"] == version.tags["data_version"]
+    assert sum(data.meta["counts"].values()) == 36 and data["train"].x.shape[1:] == (75, 75, 3)
+    assert not set(data["train"].patient_key) & set(data["test"].patient_key)

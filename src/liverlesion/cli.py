@@ -217,7 +217,7 @@ def compare(
     typer.echo("")
     typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
                 bold=True)
-    typer.echo(Path(summary["files"]["md"]).read_text().split("\n## ")[0].strip())
+    typer.echo(Path(summary["files"]["md"]).read_text().split("\n## The paper's")[0].strip())
     typer.echo(f"\n  reports: {Path(summary['files']['md']).parent}")
     typer.echo(f"  MLflow runs (experiment '{config.register.experiment}'): table2 {summary['mlflow_run_id']}; "
                + ", ".join(f"{key} {run}" for key, run in summary["model_runs"].items()))

@@ -58,6 +58,7 @@ def write_comparison(
     threshold: float = 0.5,
     title: str = "Table 2 on this cohort",
     cohort_note: str = "",
+    model_notes: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Table 2 across models: metrics with patient-level intervals, one ROC plot, confusion matrices.
 
@@ -69,6 +70,8 @@ def write_comparison(
             ``label``, ``p_metastasis``), in the order the rows should appear.
         out_dir: folder for ``table2.md``/``.csv``, ``roc_curves.png``, ``confusion_<n>.png`` and
             ``test_predictions.csv`` (one row per model and lesion).
+        model_notes: model label -> what a reader must know to trust its row (e.g. which weights it
+            started from); listed under the table.
 
     Raises:
         ValueError: no model, or models scored different lesions, naming them.
@@ -89,6 +92,12 @@ def write_comparison(
     note = cohort_note or (f"{len(reference)} test lesions of {reference['patient_key'].nunique()} patients; "
                            f"a lesion is called metastasis at P >= {threshold}.")
     files = dict(write_report(intervals, out_dir, title, note))
+    if model_notes:
+        text = files["md"].read_text(encoding="utf-8")
+        table_end = text.index("\n## ")
+        listing = "\n".join(f"- {name}: {model_notes[name]}" for name in predictions if name in model_notes)
+        files["md"].write_text(text[:table_end] + "\n## The models\n\n" + listing + "\n" + text[table_end:],
+                               encoding="utf-8")
     files["roc"] = plot_roc_curves({name: (t["label"], t["p_metastasis"]) for name, t in by_model.items()},
                                    out_dir / "roc_curves.png")
     for i, (name, t) in enumerate(by_model.items(), start=1):
