@@ -52,3 +52,20 @@ def test_train_gpu_runs_the_paper_protocol_under_jax_without_tensorflow(tmp_path
     assert set(protocol["test_metrics"]) >= {"accuracy", "roc_auc", "specificity"}
     assert set(results["inference"]) == {"batch_1", "batch_4"}
     assert results["training_images_per_s"]["batch_8"] > 0
+
+
+def test_on_jax_the_augmented_train_step_is_compiled_not_eager():
+    """Keras's RandomRotation/RandomTranslation say supports_jit=False (a TensorFlow limitation),
+    which made Keras run the whole JAX train step op by op; on JAX they are marked jit-able."""
+    script = (
+        "import keras\n"
+        "from liverlesion.model import build_model\n"
+        "from liverlesion.training import compile_for_training, paper_protocol, training_model\n"
+        "model = build_model((75, 75, 3))\n"
+        "trainable = compile_for_training(training_model(model, paper_protocol()), paper_protocol())\n"
+        "print(keras.backend.backend(), trainable.jit_compile)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "jax True"
