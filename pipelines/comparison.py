@@ -21,29 +21,26 @@ from steps.train import train
 def comparison_pipeline(data_dir: str, data_version: str, profile: Profile) -> None:
     data = prepare_patches(data_dir, data_version, profile)
     common = {"profile": profile.name, "experiment": profile.register.experiment, "data_version": data_version}
-    predictions, run_ids, weights = [], [], []
+    predictions, run_ids = [], []
     for key in profile.compare.models:
         if model_entry(key).kind == "texture_svm":
-            weights.append("texture features, RBF SVM tuned on the validation split")
             features = texture_features(data["cases"], data["lesions"])
             _, scored, run_id = train_texture_svm(
                 features, data["manifest"], data["lesions"], data["manifest_hash"], config=profile.compare,
                 evaluate_config=profile.evaluate, seed=profile.train.seed, model_key=key, id=f"train_{key}", **common,
             )
         else:
-            config = profile.compare.train_config(key, profile.train)
-            weights.append("random initial weights (NPW)" if config.weights is None else
-                           "ImageNet weights from the Keras cache" if config.weights == "imagenet" else
-                           f"initial weights from {config.weights}")
             model, _, run_id = train(
                 data["patches"], data["patch_index"], data["manifest"], data["manifest_hash"],
-                config=config, patch_config=profile.patches,
+                config=profile.compare.train_config(key, profile.train), patch_config=profile.patches,
                 model_key=key, id=f"train_{key}", **common,
             )
             _, scored = evaluate(model, data["patches"], data["patch_index"], data["manifest"], data["lesions"], run_id,
                                  config=profile.evaluate, model_key=key, id=f"evaluate_{key}")
         predictions.append(scored)
         run_ids.append(run_id)
-    compare_models(predictions, run_ids, model_keys=list(profile.compare.models), initial_weights=weights,
-                   threshold=profile.evaluate.threshold,
-                   split_manifest_hash=data["manifest_hash"], **common)
+    compare_models(
+        predictions, run_ids, model_keys=list(profile.compare.models),
+        initial_weights=[profile.compare.initialisation(key, profile.train) for key in profile.compare.models],
+        threshold=profile.evaluate.threshold, split_manifest_hash=data["manifest_hash"], **common,
+    )

@@ -6,7 +6,7 @@ from zenml import log_metadata, step
 
 from liverlesion.evaluation import write_comparison
 from liverlesion.zoo import model_entry
-from steps.tracking import ensure_experiment, run_reports_dir, zenml_run
+from steps.tracking import run_reports_dir, start_tracked_run, zenml_run
 
 
 @step
@@ -35,11 +35,8 @@ def compare_models(
                              model_notes=notes)
     table = pd.read_csv(files["csv"])
 
-    mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
-    with mlflow.start_run(run_name=f"table2-{profile}-{run.name}") as active:
-        mlflow.set_tags({"zenml_run_id": str(run.id), "zenml_run_name": run.name, "profile": profile,
-                         "data_version": data_version, "split_manifest_hash": split_manifest_hash,
-                         "model": "table2", "compared_runs": ",".join(mlflow_run_ids)})
+    with start_tracked_run(experiment, "table2", profile, data_version, split_manifest_hash, model="table2",
+                           compared_runs=",".join(mlflow_run_ids)) as active:
         mlflow.log_params({"models": ",".join(model_keys), "threshold": threshold})
         for key, row in zip(model_keys, table.itertuples(index=False)):
             mlflow.log_metrics({f"{key}.{name}": float(getattr(row, name))

@@ -9,7 +9,7 @@ from liverlesion.evaluation import evaluate_test_set
 from liverlesion.progress import progress_printer
 from liverlesion.texture import TextureSVM, cohort_texture_table, features_for_set
 from steps.evaluate import record_test_evaluation
-from steps.tracking import ensure_experiment, run_reports_dir, zenml_run
+from steps.tracking import run_reports_dir, start_tracked_run, zenml_run
 
 
 @step
@@ -51,10 +51,7 @@ def train_texture_svm(
     folder.mkdir(exist_ok=True)
     grid_path = folder / "svm_grid_scores.csv"
     svm.grid_scores.to_csv(grid_path, index=False)
-    mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
-    with mlflow.start_run(run_name=f"{model_key}-{profile}-{run.name}") as active:
-        mlflow.set_tags({"zenml_run_id": str(run.id), "zenml_run_name": run.name, "profile": profile,
-                         "data_version": data_version, "split_manifest_hash": split_manifest_hash, "model": model_key})
+    with start_tracked_run(experiment, model_key, profile, data_version, split_manifest_hash, model=model_key) as active:
         mlflow.log_params({"C_grid": str(svm.c_grid), "gamma_grid": str(svm.gamma_grid), "seed": seed,
                            "features": ",".join(svm.feature_names), "n_train": len(y_train), "n_val": len(y_val)})
         mlflow.log_metrics({"chosen_C": svm.chosen["C"], "chosen_gamma": svm.chosen["gamma"],

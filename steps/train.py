@@ -13,7 +13,7 @@ from liverlesion.model import build_model
 from liverlesion.splitting import arrays_for_set
 from liverlesion.training import Protocol, seed_everything, train_classifier
 from steps.materializers import KerasModelMaterializer
-from steps.tracking import ensure_experiment, zenml_run
+from steps.tracking import start_tracked_run
 
 
 @step(output_materializers={"model": KerasModelMaterializer})
@@ -39,13 +39,8 @@ def train(
     """
     x_train, y_train, _ = arrays_for_set(patches, patch_index, split_manifest, "train")
     x_val, y_val, _ = arrays_for_set(patches, patch_index, split_manifest, "val")
-    run = zenml_run()
-    mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
-    run_name = f"{model_key}-{profile}-{run.name}" if model_key else f"{profile}-{run.name}"
-    with mlflow.start_run(run_name=run_name) as active:
-        mlflow.set_tags({"zenml_run_id": str(run.id), "zenml_run_name": run.name, "profile": profile,
-                         "data_version": data_version, "split_manifest_hash": split_manifest_hash,
-                         "model": model_key or config.backbone})
+    with start_tracked_run(experiment, model_key, profile, data_version, split_manifest_hash,
+                           model=model_key or config.backbone) as active:
         mlflow.log_params({**config.model_dump(), **{f"patch_{k}": v for k, v in patch_config.model_dump().items()},
                            "input_shape": str(x_train.shape[1:]), "n_train": len(y_train), "n_val": len(y_val)})
         seed_everything(config.seed)  # before the weights are initialised, not only before fitting

@@ -74,6 +74,11 @@ def test_compare_section_chooses_table2_models_and_their_weights():
     assert npw.weights is None and npw.epochs == profile.train.epochs  # everything else from train
     with pytest.raises(ValueError, match="not a CNN"):
         profile.compare.train_config("svm_texture", profile.train)
+    # the report says what each row started from
+    assert profile.compare.initialisation("inception_v3_ipw", profile.train) == "initial weights from /w/iv3.h5"
+    assert profile.compare.initialisation("inception_resnet_v2_ipw", profile.train) == "ImageNet weights from the Keras cache"
+    assert profile.compare.initialisation("inception_v3_npw", profile.train) == "random initial weights (NPW)"
+    assert "SVM" in profile.compare.initialisation("svm_texture", profile.train)
 
 
 def test_unknown_or_repeated_compare_models_are_named(tmp_path):

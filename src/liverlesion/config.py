@@ -101,6 +101,15 @@ class CompareConfig(_Section):
         weights = self.imagenet_weights.get(entry.backbone, "imagenet") if entry.pretrained else None
         return base.model_copy(update={"backbone": entry.backbone, "weights": weights})
 
+    def initialisation(self, key: str, base: TrainConfig) -> str:
+        """What model ``key`` starts from, in words for the report (so an IPW row names its weights)."""
+        if model_entry(key).kind == "texture_svm":
+            return "texture features, RBF SVM tuned on the validation split"
+        weights = self.train_config(key, base).weights
+        if weights is None:
+            return "random initial weights (NPW)"
+        return "ImageNet weights from the Keras cache" if weights == "imagenet" else f"initial weights from {weights}"
+
 
 class EvaluateConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1, description="metastasis probability above which a lesion is called metastasis")

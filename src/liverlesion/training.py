@@ -112,7 +112,7 @@ def top_up_to_full_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: 
     missing = (-len(x)) % batch_size
     if missing == 0:
         return x, y
-    extra = np.random.default_rng(seed).choice(len(x), size=missing, replace=False if missing <= len(x) else True)
+    extra = np.random.default_rng(seed).choice(len(x), size=missing, replace=missing > len(x))
     return np.concatenate([x, x[extra]]), np.concatenate([y, y[extra]])
 
 
