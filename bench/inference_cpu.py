@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from liverlesion.inference import fold_batch_norm, inference_model, with_precision  # noqa: E402
+from liverlesion.inference import fold_batch_norm, inference_model, resolve_precision, with_precision  # noqa: E402
 from liverlesion.model import build_model  # noqa: E402
 
 VARIANTS = {
@@ -54,6 +54,7 @@ def time_batches(model, batch: int, repeats: int) -> list[float]:
 def speed(sizes: list[str], batches: list[int], repeats: int) -> None:
     print(f"# CPU inference, Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, random weights")
+    print(f"# evaluate.precision auto here: {' '.join(resolve_precision('auto'))}")
     print(f"{'input':>9} {'batch':>5} {'variant':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} {'vs float32':>10}")
     for size in sizes:
         rows, cols = (int(v) for v in size.split("x"))

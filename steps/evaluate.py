@@ -9,7 +9,7 @@ from zenml import log_metadata, step
 
 from liverlesion.config import EvaluateConfig
 from liverlesion.evaluation import TestEvaluation, evaluate_test_set
-from liverlesion.inference import inference_model
+from liverlesion.inference import inference_model, resolve_precision
 from liverlesion.metrics import plot_confusion_matrix
 from liverlesion.report import plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
@@ -67,16 +67,20 @@ def evaluate(
 ) -> tuple[Annotated[dict[str, Any], "test_metrics"], Annotated[pd.DataFrame, "test_predictions"]]:
     """The seven metrics, confusion matrix and ROC on the held-out test patients.
 
-    Lesions are scored as they will be served: ``config.precision`` (``liverlesion.inference``).
+    Lesions are scored as they will be served: ``config.precision`` (``liverlesion.inference``;
+    ``auto`` resolves to bfloat16 or float32 by the CPU, and the MLflow run records which).
     ``model_key`` (a Table 2 model, ``liverlesion compare``) files the reports in a folder of its own.
     """
     x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
-    probability = predict_metastasis_probability(inference_model(model, config.precision), x_test)
+    precision, why = resolve_precision(config.precision)
+    print(f"[evaluate] scoring in {precision} ({why})", flush=True)
+    probability = predict_metastasis_probability(inference_model(model, precision), x_test)
     result = evaluate_test_set(lesion_ids, y_test, probability, split_manifest, lesions, config.threshold)
     folder = run_reports_dir(zenml_run().name)
     if model_key:
         folder = folder / model_key
         folder.mkdir(exist_ok=True)
     summary = record_test_evaluation(result, model_key or model.name, folder, mlflow_run_id, config.threshold,
-                                     params={"inference_precision": config.precision})
+                                     params={"inference_precision": precision,
+                                             "inference_precision_setting": config.precision})
     return summary, result.predictions

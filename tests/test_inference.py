@@ -2,7 +2,14 @@ import keras
 import numpy as np
 import pytest
 
-from liverlesion.inference import FoldedBatchNormalization, fold_batch_norm, inference_model, with_precision
+from liverlesion.inference import (
+    FoldedBatchNormalization,
+    cpu_bfloat16_units,
+    fold_batch_norm,
+    inference_model,
+    resolve_precision,
+    with_precision,
+)
 from liverlesion.model import build_model
 
 
@@ -66,3 +73,22 @@ def test_float32_scoring_is_the_model_itself_and_precisions_are_checked():
     assert mixed.get_layer("fc1").dtype_policy.name == "mixed_bfloat16"
     for a, b in zip(model.get_weights(), mixed.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+SAPPHIRE_RAPIDS = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_auto_precision_is_the_fast_path_only_where_the_cpu_computes_bfloat16():
+    assert cpu_bfloat16_units(SAPPHIRE_RAPIDS) == ["amx_bf16", "avx512_bf16"]
+    assert cpu_bfloat16_units(GRAVITON3) == ["bf16"]
+    assert cpu_bfloat16_units(SKYLAKE) == [] and cpu_bfloat16_units("") == []
+    precision, why = resolve_precision("auto", SAPPHIRE_RAPIDS)
+    assert precision == "bfloat16" and "amx_bf16" in why
+    precision, why = resolve_precision("auto", SKYLAKE)
+    assert precision == "float32" and "no bfloat16 units" in why
+    assert resolve_precision("float32", SAPPHIRE_RAPIDS)[0] == "float32"
+    assert resolve_precision("bfloat16", SKYLAKE)[0] == "bfloat16"  # set by hand: obeyed
+    with pytest.raises(ValueError, match="'auto' or one of"):
+        resolve_precision("int8")

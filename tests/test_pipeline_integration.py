@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from liverlesion.inference import resolve_precision
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +93,9 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
         assert f"metric.{name}" in tags
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1  # one epoch
     assert run.data.params["dropout"] == "0.4" and run.data.params["dense_units"] == "512"
+    # scored by the fast path exactly where this CPU has bfloat16 units, and the run says which
+    assert run.data.params["inference_precision_setting"] == "auto"
+    assert run.data.params["inference_precision"] == resolve_precision("auto")[0]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/test_predictions.csv",
             "evaluation/table2.md", "evaluation/table2.csv"} <= artifacts

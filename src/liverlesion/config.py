@@ -113,9 +113,10 @@ class CompareConfig(_Section):
 
 class EvaluateConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1, description="metastasis probability above which a lesion is called metastasis")
-    precision: Literal["float32", "bfloat16"] = Field(
-        "bfloat16", description="scoring: float32 as trained, or the CPU fast path (BN folded, bfloat16; "
-                                "liverlesion.inference); on the default test split they gave the same metrics")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="scoring: float32 as trained, or the CPU fast path (BN folded, bfloat16; "
+                            "liverlesion.inference), which gave the same metrics on the default test split; "
+                            "auto: the fast path where the CPU has bfloat16 units, else float32")
 
 
 class RegisterConfig(_Section):

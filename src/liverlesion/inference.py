@@ -15,12 +15,17 @@ near-exact rewrites make it cheaper on CPUs with bfloat16 units (AMX, AVX512-BF1
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 
 #: ``float32``: the trained network as it is. ``bfloat16``: BN folded, bfloat16 compute and weights.
 #: ``mixed_bfloat16``: bfloat16 compute with float32 weights (Keras's mixed precision), for comparison.
 PRECISIONS = ("float32", "bfloat16", "mixed_bfloat16")
+
+#: CPU flags that mean native bfloat16 arithmetic: x86 ``flags`` (AMX, AVX512-BF16), Arm ``Features``.
+BFLOAT16_CPU_FLAGS = {"flags": ("amx_bf16", "avx512_bf16"), "Features": ("bf16",)}
 
 
 @keras.saving.register_keras_serializable(package="liverlesion")
@@ -119,3 +124,38 @@ def inference_model(model: keras.Model, precision: str = "bfloat16") -> keras.Mo
     if precision == "float32":
         return model
     return with_precision(fold_batch_norm(model), precision)
+
+
+def cpu_bfloat16_units(cpuinfo: str | None = None) -> list[str]:
+    """The native bfloat16 units this CPU lists in ``/proc/cpuinfo`` (or ``cpuinfo``); [] where none or unknown."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: nothing known, so nothing assumed
+            return []
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        wanted = BFLOAT16_CPU_FLAGS.get(key.strip())
+        if wanted:  # the first processor's line speaks for all
+            present = set(value.split())
+            return [flag for flag in wanted if flag in present]
+    return []
+
+
+def resolve_precision(precision: str, cpuinfo: str | None = None) -> tuple[str, str]:
+    """The precision to score in, and why: ``auto`` is the fast path only where the CPU has bfloat16 units.
+
+    Without them bfloat16 arithmetic is emulated, so ``auto`` keeps float32 there (the machines
+    measured for ``bench/inference_cpu.py`` all had the units).
+
+    Raises:
+        ValueError: an unknown precision, naming the choices.
+    """
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: expected 'auto' or one of {PRECISIONS}")
+        return precision, "set in the profile"
+    units = cpu_bfloat16_units(cpuinfo)
+    if units:
+        return "bfloat16", f"auto: this CPU has bfloat16 units ({', '.join(units)})"
+    return "float32", "auto: no bfloat16 units found on this CPU (amx_bf16, avx512_bf16 or Arm bf16)"
