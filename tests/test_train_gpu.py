@@ -1,9 +1,12 @@
-"""The standalone GPU entry point, under KERAS_BACKEND=jax on CPU, on a machine without TensorFlow.
+"""The standalone GPU entry point on CPU, under Keras's JAX and torch backends, without TensorFlow.
 
-TensorFlow is blocked in the child process (an import hook), as on the GPU machines, which have
-Keras + JAX only: a hidden TensorFlow dependency fails here rather than there.
+TensorFlow, ZenML and MLflow are made unimportable in the child process, as on the GPU machines
+(Keras + JAX, or PyTorch): a hidden dependency on them fails here rather than there. JAX is a
+locked test dependency. torch is not (uv would fetch a CUDA build of several GB), so its case runs
+only where torch is installed (a CPU build: ``pip install torch --index-url https://download.pytorch.org/whl/cpu``).
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,37 +18,53 @@ import pytest
 from liverlesion.patchset import export_patches
 from tests.test_patchset import tiny_split
 
-pytest.importorskip("jax", reason="JAX is a test dependency (requirements.lock); install it to test bench/train_gpu.py")
-
 REPO = Path(__file__).resolve().parents[1]
-WITHOUT_TENSORFLOW = """
-import importlib.abc, runpy, sys
-
-class NoTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "zenml", "mlflow"):
-            raise ModuleNotFoundError(f"No module named {name!r} (not on the GPU machine)")
-
-sys.meta_path.insert(0, NoTensorFlow())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+#: what the GPU machines lack; each backend's own library is blocked under the other backend too
+BLOCKED = ("tensorflow", "zenml", "mlflow")
+OTHER_BACKEND = {"jax": "torch", "torch": "jax"}
 
 
-def test_train_gpu_runs_the_paper_protocol_under_jax_without_tensorflow(tmp_path):
+def without(tmp_path: Path, modules: tuple[str, ...]) -> Path:
+    """A folder of stand-in packages that raise ImportError when imported, to put first on PYTHONPATH.
+
+    Unlike an import hook that raises from ``find_spec``, this leaves probing alone: torch asks
+    ``importlib.util.find_spec("tensorflow")`` while importing and only an ``import`` must fail.
+    """
+    folder = tmp_path / "blocked"
+    for name in modules:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
+    return folder
+
+
+def backend_or_skip(backend: str) -> None:
+    if importlib.util.find_spec(backend) is None:
+        reason = ("JAX is a test dependency (requirements.lock); install it" if backend == "jax" else
+                  "torch is not a locked dependency (a CUDA build of several GB); install a CPU build")
+        pytest.skip(f"{reason} to test bench/train_gpu.py under KERAS_BACKEND={backend}")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend):
+    backend_or_skip(backend)
     patches, index, manifest = tiny_split(n=16)
     export = export_patches(tmp_path / "tiny.npz", patches, index, manifest, {"data_version": "synthetic"})
     out = tmp_path / "results.json"
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    blocked = without(tmp_path, BLOCKED + (OTHER_BACKEND[backend],))
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    for name in BLOCKED + (OTHER_BACKEND[backend],):  # the blocking itself works
+        probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True)
+        assert "is not on the GPU machine" in probe.stderr, name
     done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TENSORFLOW, str(REPO / "bench" / "train_gpu.py"), "--patches", str(export),
+        [sys.executable, str(REPO / "bench" / "train_gpu.py"), "--patches", str(export),
          "--epochs", "2", "--throughput", "8", "--throughput-steps", "1", "--inference-batches", "1", "4",
          "--repeats", "1", "--out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert results["setup"]["device"].startswith("jax") and results["setup"]["precision"] == "mixed_bfloat16"
+    assert results["setup"]["device"].startswith(backend) and results["setup"]["precision"] == "mixed_bfloat16"
     assert results["setup"]["lesions"] == {"train": 8, "val": 4, "test": 4}
     protocol = results["paper_protocol"]
     assert protocol["epochs_run"] == 2 and protocol["wall_s"] > protocol["first_epoch_s"] > 0
@@ -57,6 +76,7 @@ def test_train_gpu_runs_the_paper_protocol_under_jax_without_tensorflow(tmp_path
 def test_on_jax_the_augmented_train_step_is_compiled_not_eager():
     """Keras's RandomRotation/RandomTranslation say supports_jit=False (a TensorFlow limitation),
     which made Keras run the whole JAX train step op by op; on JAX they are marked jit-able."""
+    backend_or_skip("jax")
     script = (
         "import keras\n"
         "from liverlesion.model import build_model\n"
