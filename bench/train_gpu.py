@@ -9,7 +9,8 @@ rotation/shift/flip augmentation) in mixed bfloat16, and prints and writes what 
 - training images/s at batch 8 inside that run (epochs after the first, validation included);
 - the test metrics of the trained model;
 - inference ms per lesion at batch 1 and lesions/s batched;
-- training images/s at other batch sizes (a fresh model: one warm-up epoch, then one timed epoch).
+- training images/s at other batch sizes (a fresh model: one warm-up epoch, then one timed epoch),
+  and optionally without augmentation, to see what augmenting costs.
 
 Meant for a GPU machine with Keras + JAX only::
 
@@ -103,12 +104,14 @@ def device_description() -> str:
     return f"{backend} on {platform.processor() or platform.machine()}"
 
 
-def training_throughput(x: np.ndarray, y: np.ndarray, batch: int, steps: int, precision_policy: str, seed: int) -> float:
-    """Training images/s at ``batch`` with augmentation: one warm-up epoch, then one timed epoch."""
+def training_throughput(x: np.ndarray, y: np.ndarray, batch: int, steps: int, precision_policy: str, seed: int,
+                        augment: bool = True) -> float:
+    """Training images/s at ``batch`` (with the paper's augmentation unless ``augment`` is off): one
+    warm-up epoch, then one timed epoch."""
     keras.mixed_precision.set_dtype_policy(precision_policy)
     seed_everything(seed, deterministic=False)
     model = build_model(x.shape[1:], None)
-    protocol = paper_protocol(batch_size=batch, seed=seed)
+    protocol = paper_protocol(batch_size=batch, seed=seed, augment=augment)
     trainable = compile_for_training(training_model(model, protocol), protocol)
     reps = int(np.ceil(batch * steps / len(x)))
     xs = np.concatenate([x] * reps)[: batch * steps]
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-protocol", action="store_true", help="only the throughput and inference figures")
     parser.add_argument("--throughput", type=int, nargs="*", default=[64],
                         help="other training batch sizes to time (batch 8 is timed inside the protocol run)")
+    parser.add_argument("--throughput-without-augmentation", type=int, nargs="*", default=[], metavar="BATCH",
+                        help="batch sizes to time also without augmentation: what augmenting costs per epoch")
     parser.add_argument("--throughput-steps", type=int, default=60)
     parser.add_argument("--inference-batches", type=int, nargs="*", default=[1, 256])
     parser.add_argument("--repeats", type=int, default=30)
@@ -208,9 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
         results.add("inference", inference(model, sets["test"].x, args.inference_batches, args.repeats))
 
     throughput = {}
-    for batch in args.throughput:
-        throughput[f"batch_{batch}"] = training_throughput(
-            sets["train"].x, sets["train"].y, batch, args.throughput_steps, args.precision, args.seed)
+    runs = [(batch, True) for batch in args.throughput] + [(batch, False) for batch in args.throughput_without_augmentation]
+    for batch, augment in runs:
+        throughput[f"batch_{batch}" if augment else f"batch_{batch}_without_augmentation"] = training_throughput(
+            sets["train"].x, sets["train"].y, batch, args.throughput_steps, args.precision, args.seed, augment)
         results.add("training_images_per_s", throughput)
     return results.data
 
