@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         results.add("inference", inference(model, sets["test"].x, args.inference_batches, args.repeats))
 
     throughput = {}
-    runs = [(batch, True) for batch in args.throughput] + [(batch, False) for batch in args.throughput_without_augmentation]
+    runs = ([(batch, True) for batch in args.throughput]
+            + [(batch, False) for batch in args.throughput_without_augmentation])
     for batch, augment in runs:
         throughput[f"batch_{batch}" if augment else f"batch_{batch}_without_augmentation"] = training_throughput(
             sets["train"].x, sets["train"].y, batch, args.throughput_steps, args.precision, args.seed, augment)

@@ -19,7 +19,7 @@ from liverlesion.patchset import export_patches
 from tests.test_patchset import tiny_split
 
 REPO = Path(__file__).resolve().parents[1]
-#: what the GPU machines lack; each backend's own library is blocked under the other backend too
+#: what the GPU machines lack (the other Keras backend is blocked as well, so each run uses only its own)
 BLOCKED = ("tensorflow", "zenml", "mlflow")
 OTHER_BACKEND = {"jax": "torch", "torch": "jax"}
 
@@ -58,8 +58,8 @@ def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend)
         assert "is not on the GPU machine" in probe.stderr, name
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "train_gpu.py"), "--patches", str(export),
-         "--epochs", "2", "--throughput", "8", "--throughput-without-augmentation", "8", "--throughput-steps", "1", "--inference-batches", "1", "4",
-         "--repeats", "1", "--out", str(out)],
+         "--epochs", "2", "--throughput", "8", "--throughput-without-augmentation", "8", "--throughput-steps", "1",
+         "--inference-batches", "1", "4", "--repeats", "1", "--out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
