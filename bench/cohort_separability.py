@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from liverlesion import MASK_CYST, MASK_METASTASIS
+from liverlesion.contract import MASK_CYST, MASK_METASTASIS
 from liverlesion.imaging import load_nifti
 from liverlesion.metrics import best_threshold_accuracy
 from liverlesion.phantom import GENERATOR_VERSION, CohortSpec, generate_cohort

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from liverlesion.ingestion import _load_case, extract_cohort_patches, ingest_cases, segment_cases
+from liverlesion.ingestion import extract_cohort_patches, ingest_cases, load_case, segment_cases
 from liverlesion.config import load_profile
-from liverlesion.lesions import bounding_box, instance_map
+from liverlesion.lesions import bounding_box
 from liverlesion.patches import lesion_patches
 
 
@@ -28,17 +28,16 @@ def main() -> None:
         raise SystemExit(f"{args.data} holds no cohort: run `liverlesion data` first")
     config = load_profile(args.profile).patches
 
-    cases = ingest_cases(args.data, "bench")
+    cases = ingest_cases(args.data, "bench").cases
     lesions = segment_cases(cases)
     start = time.perf_counter()
     patches, _ = extract_cohort_patches(cases, lesions, config.margin_mm, config.canvas, config.output_size,
                                         config.square_pixels)
     whole = time.perf_counter() - start
 
-    loaded = [(case, *_load_case(case)) for case in cases.itertuples(index=False)]
+    loaded = [(case, *load_case(case)[:3]) for case in cases.itertuples(index=False)]
     cut = []
-    for case, image, mask, spacing in loaded:
-        instances, _ = instance_map(mask, case.case_id)
+    for case, image, instances, spacing in loaded:
         margin = np.ceil(config.margin_mm / np.asarray(spacing)).astype(int)
         for lesion in lesions[lesions["case_id"] == case.case_id].itertuples(index=False):
             box = bounding_box(lesion._asdict(), margin)

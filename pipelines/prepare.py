@@ -14,8 +14,8 @@ from steps.validate import validate
 
 def prepare_patches(data_dir: str, data_version: str, profile: Profile) -> dict[str, Any]:
     """Invoke the five data steps inside a pipeline; returns their outputs by name."""
-    cases = ingest(data_dir=data_dir, data_version=data_version)
-    lesions = segment(cases)
+    cases, lesion_types, _ = ingest(data_dir=data_dir, data_version=data_version, config=profile.ingest)
+    lesions = segment(cases, lesion_types)
     patches, patch_index = extract_patches(cases, lesions, config=profile.patches)
     report = validate(cases, lesions, patch_index, patches, rules=profile.validation)
     manifest, manifest_hash = split(lesions, report, config=profile.split)

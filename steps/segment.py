@@ -3,14 +3,23 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from liverlesion.ingestion import segment_cases
+from liverlesion.ingestion import labelled_lesions, segment_cases
 from liverlesion.progress import progress_printer
 
 
 @step
-def segment(cases: pd.DataFrame) -> Annotated[pd.DataFrame, "lesions"]:
-    """Lesion instances from the reference masks (automatic segmentation comes later)."""
-    lesions = segment_cases(cases, progress=progress_printer("segment"))
-    log_metadata({"source": "reference masks", "lesions": len(lesions),
+def segment(cases: pd.DataFrame, lesion_types: pd.DataFrame) -> Annotated[pd.DataFrame, "lesions"]:
+    """Lesion instances from the reference masks (automatic segmentation comes later), with their labels.
+
+    Training needs a label: lesions whose type is unknown are left out here, counted and named.
+    """
+    types: dict[str, dict[int, str]] = {}
+    for row in lesion_types.itertuples(index=False):
+        types.setdefault(row.case_id, {})[int(row.lesion)] = row.type
+    lesions, untyped = labelled_lesions(segment_cases(cases, types, progress=progress_printer("segment")))
+    if not untyped.empty:
+        print(f"[segment] {len(untyped)} lesion(s) have no type and are left out of training: "
+              + ", ".join(untyped["lesion_id"]), flush=True)
+    log_metadata({"source": "reference masks", "lesions": len(lesions), "untyped_lesions_left_out": untyped["lesion_id"].tolist(),
                   "per_class": {str(k): int(v) for k, v in lesions["label_name"].value_counts().items()}})
     return lesions

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 from scipy import ndimage
 
-from liverlesion import MASK_CYST, MASK_METASTASIS
+from liverlesion.contract import MASK_CYST, MASK_METASTASIS
 from liverlesion.imaging import load_nifti
 from liverlesion.phantom import (
     CASE_FIELDS,

@@ -204,7 +204,7 @@ def test_svm_needs_both_classes_and_a_fit():
 def cohort(tmp_path_factory):
     out = generate_cohort(CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4),
                           tmp_path_factory.mktemp("tex") / "data")
-    cases = ingest_cases(out, "v")
+    cases = ingest_cases(out, "v").cases
     return cases, segment_cases(cases)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from liverlesion.contract import CASE_COLUMNS, LESION_COLUMNS, PATCH_INDEX_COLUMNS
 from liverlesion.validation import (
     DataValidationError,
     Failure,
@@ -42,6 +43,7 @@ def make_tables(n_cases: int = 3, lesions_per_case: int = 2, shape: tuple[int, i
             "case_id": [f"C{c:03d}" for c in range(n_cases)],
             "image_path": [f"data/images/C{c:03d}.nii.gz" for c in range(n_cases)],
             "mask_path": [f"data/masks/C{c:03d}.nii.gz" for c in range(n_cases)],
+            "mask_encoding": "class",
             "spacing_0": 0.78,
             "spacing_1": 0.78,
             "spacing_2": 2.5,
@@ -49,6 +51,8 @@ def make_tables(n_cases: int = 3, lesions_per_case: int = 2, shape: tuple[int, i
             "shape_1": 96,
             "shape_2": 40,
             "orientation": [("RAS", "LPS", "LAS")[c % 3] for c in range(n_cases)],
+            "hu_min": -1024.0,
+            "hu_max": 1500.0,
             "data_version": "md5:0123abcd",
         }
     )
@@ -59,7 +63,7 @@ def make_tables(n_cases: int = 3, lesions_per_case: int = 2, shape: tuple[int, i
             rows.append(
                 {
                     "lesion_id": f"C{c:03d}-L{k}", "case_id": f"C{c:03d}", "patient_key": f"P{c:03d}",
-                    "label": label, "label_name": ("cyst", "metastasis")[label],
+                    "instance": k + 1, "label": label, "label_name": ("cyst", "metastasis")[label],
                     "n_voxels": 120 + k, "volume_ml": 0.18 + 0.01 * k,
                     "bbox_lo_0": 10, "bbox_lo_1": 20, "bbox_lo_2": 5, "bbox_hi_0": 16, "bbox_hi_1": 27, "bbox_hi_2": 9,
                     "centroid_0": 12.5, "centroid_1": 23.0, "centroid_2": 7.0,
@@ -73,9 +77,12 @@ def make_tables(n_cases: int = 3, lesions_per_case: int = 2, shape: tuple[int, i
             "row": np.arange(len(lesions)),
             "main_axis": 2,
             "main_slice": 7,
+            "center_0": 12, "center_1": 23, "center_2": 7, "main_area_mm2": 20.0,
             "pad_value": 42.0,
+            "fit_scale": 1.0,
         }
     )
+    assert (tuple(cases), tuple(lesions), tuple(patch_index)) == (CASE_COLUMNS, LESION_COLUMNS, PATCH_INDEX_COLUMNS)
     return cases, lesions, patch_index, make_patches(len(lesions), shape)
 
 

@@ -5,11 +5,3 @@ fast and run alone on a machine that has only Keras (see ``../shared/DESIGN.md``
 """
 
 __version__ = "0.1.0"
-
-#: Lesion class codes, shared by the reference masks, the lesion table and the model output.
-#: In masks 0 is background; the model's positive class is metastasis.
-MASK_CYST = 1
-MASK_METASTASIS = 2
-LABEL_CYST = 0
-LABEL_METASTASIS = 1
-LABEL_NAMES = {LABEL_CYST: "cyst", LABEL_METASTASIS: "metastasis"}

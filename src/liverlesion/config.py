@@ -23,6 +23,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class IngestConfig(_Section):
+    """``ingest``: what a case that breaks the data contract does to the run."""
+
+    on_bad_case: Literal["stop", "quarantine"] = Field(
+        "stop", description="stop: the run stops before training, naming every bad case; quarantine: bad cases "
+                            "are set aside, listed in the run's quarantine report, and the run goes on")
+
+
 class PatchConfig(_Section):
     """``extract_patches``: the paper's three orthogonal patches."""
 
@@ -141,6 +149,7 @@ class Profile(_Section):
     name: str
     description: str = ""
     cohort: CohortSpec = CohortSpec()
+    ingest: IngestConfig = IngestConfig()
     patches: PatchConfig = PatchConfig()
     validation: ValidationRules = ValidationRules()
     split: SplitConfig = SplitConfig()

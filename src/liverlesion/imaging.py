@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
+from nibabel.filebasedimages import ImageFileError
 import numpy as np
+
+from liverlesion.contract import HU_AIR, HU_IMPOSSIBLE_ABOVE, HU_IMPOSSIBLE_BELOW, ContractError
+
+#: no voxel of a CT in HU is below this, then it holds no air at all: an MR image, or CT stored
+#: without its rescale (air at 0); every abdominal CT has air around the body and in the bowel
+CT_AIR_EVIDENCE_HU = -500.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,7 @@ class ImageMeta:
     affine: np.ndarray  # 4x4 voxel -> RAS mm
     orientation: str  # axis codes of the array as stored on disk, e.g. "LPS"
     shape: tuple[int, int, int]
+    source_affine: np.ndarray | None = None  # 4x4 voxel -> RAS mm of the array as stored (None: as canonical)
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -37,26 +45,102 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
         dtype: cast the voxels to this type (default: the stored type with scaling applied).
 
     Raises:
-        ValueError: the file is not a 3D volume, naming the file.
+        ContractError: the file is missing, truncated, not a NIfTI image, or not a 3D volume
+            (a trailing axis of length 1 is dropped), naming the file.
     """
     path = Path(path)
-    img = nib.load(str(path))
-    if len(img.shape) != 3:
-        raise ValueError(f"{path}: expected a 3D volume, found shape {img.shape}")
-    orientation = "".join(nib.aff2axcodes(img.affine))
-    canonical = nib.as_closest_canonical(img)
-    if dtype is None:
-        array = np.asanyarray(canonical.dataobj)
-    else:
-        array = np.asarray(canonical.dataobj, dtype=dtype)
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+        if len(shape) == 4 and shape[3] == 1:
+            img = img.slicer[..., 0]
+        if len(img.shape) != 3 or min(img.shape) < 2:
+            raise ContractError(f"{path}: not a 3D volume (shape {shape}); a CT and its mask are 3D")
+        orientation = "".join(nib.aff2axcodes(img.affine))
+        canonical = nib.as_closest_canonical(img)
+        if dtype is None:
+            array = np.asanyarray(canonical.dataobj)
+        else:
+            array = np.asarray(canonical.dataobj, dtype=dtype)
+    except ContractError:
+        raise
+    except FileNotFoundError:
+        raise ContractError(f"{path}: no such file") from None
+    except (OSError, EOFError, ValueError, ImageFileError) as err:
+        raise ContractError(f"{path}: not a readable NIfTI image ({type(err).__name__}: {err})") from None
     zooms = canonical.header.get_zooms()[:3]
     meta = ImageMeta(
         spacing=tuple(float(z) for z in zooms),
         affine=canonical.affine.copy(),
         orientation=orientation,
         shape=tuple(int(s) for s in array.shape),
+        source_affine=img.affine.copy(),
     )
     return np.asarray(array), meta
+
+
+def to_source_orientation(array: np.ndarray, meta: ImageMeta) -> tuple[np.ndarray, np.ndarray]:
+    """A canonical (RAS+) array put back in the axis order and directions the image was stored in.
+
+    Returns:
+        The array and the affine of the stored image, so a result volume (a label map) opens in a
+        viewer exactly over its CT.
+    """
+    if meta.source_affine is None:
+        return array, meta.affine
+    source = nib.orientations.io_orientation(meta.source_affine)
+    canonical = nib.orientations.io_orientation(meta.affine)
+    transform = nib.orientations.ornt_transform(canonical, source)
+    return nib.orientations.apply_orientation(array, transform), meta.source_affine
+
+
+def check_hu(volume: np.ndarray, where: str, padding: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """A CT volume in Hounsfield units as float32 with scanner padding set to air, or a named refusal.
+
+    Scanners fill what lies outside the reconstructed field of view with a value far below air
+    (-2048, -3024, ...): air, not an error. That fill is ``padding`` where the file declares it
+    (DICOM ``PixelPaddingValue``), and otherwise recognised as one single value below
+    ``HU_IMPOSSIBLE_BELOW``. Anything else no CT can hold is refused.
+
+    Args:
+        volume: the voxels after any rescale.
+        where: names the case or file in messages.
+        padding: voxels the file declares as padding (True), or None.
+
+    Returns:
+        The float32 volume and how many voxels were padding.
+
+    Raises:
+        ContractError: NaN or infinite voxels, impossible values inside the field of view, or no
+            air anywhere (not CT in HU: MR, or stored values without their rescale).
+    """
+    hu = np.asarray(volume, dtype=np.float32).copy()
+    finite = np.isfinite(hu)
+    if not finite.all():
+        raise ContractError(f"{where}: {int((~finite).sum())} voxels are NaN or infinite; a CT holds numbers only")
+    n_padding = 0
+    if padding is not None and padding.any():
+        n_padding = int(padding.sum())
+        hu[padding] = HU_AIR
+    low = hu < HU_IMPOSSIBLE_BELOW
+    if low.any():
+        values = np.unique(hu[low])
+        if len(values) > 1:
+            raise ContractError(
+                f"{where}: {int(low.sum())} voxels between {values.min():.0f} and {values.max():.0f} HU, below "
+                f"anything a CT holds inside its field of view (air is {HU_AIR:.0f}); a single padding value would be "
+                "read as air, several are not")
+        n_padding += int(low.sum())
+        hu[low] = HU_AIR
+    high = hu > HU_IMPOSSIBLE_ABOVE
+    if high.any():
+        raise ContractError(f"{where}: {int(high.sum())} voxels above {HU_IMPOSSIBLE_ABOVE:.0f} HU (up to "
+                            f"{hu.max():.0f}): not CT numbers")
+    if hu.min() > CT_AIR_EVIDENCE_HU:
+        raise ContractError(
+            f"{where}: no voxel below {CT_AIR_EVIDENCE_HU:.0f} HU (minimum {hu.min():.0f}): not a CT in Hounsfield "
+            "units (an MR image, or CT values stored without their rescale slope and intercept)")
+    return hu, n_padding
 
 
 def affine_from_spacing(spacing: tuple[float, float, float], origin=(0.0, 0.0, 0.0)) -> np.ndarray:

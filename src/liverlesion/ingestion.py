@@ -1,36 +1,46 @@
 """Cohort ingestion and the per-case loops of ``segment`` and ``extract_patches``.
 
-The cohort contract (``data/``, see the README's "Data contract"): ``cases.csv`` with columns
-``patient_key, case_id, image, mask`` (paths relative to the folder), one CT per case as NIfTI in
-Hounsfield units and one class-coded lesion mask (0 background, 1 cyst, 2 metastasis) on the same
-grid. Patient keys are pseudonymous; nothing identifying is read or written.
+The cohort folder follows ``liverlesion.contract``: ``cases.csv`` (``patient_key, case_id, image,
+mask`` and optionally ``mask_encoding``), one CT per case as NIfTI in Hounsfield units, one lesion
+mask on the same grid, and optionally ``lesion_types.csv``. Patient keys are pseudonymous; nothing
+identifying is read or written.
+
+Every problem is a :class:`CohortError` naming the case. Problems of the tables themselves (a
+missing column, a case listed twice, one file claimed by two patients) always stop ingestion;
+problems of one case (an unreadable or truncated file, a 2D image, a mask on another grid, an empty
+mask, NaN or impossible CT numbers, a path outside the cohort folder, an unknown lesion type)
+stop it too, unless the run quarantines bad cases: then they are set aside and reported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from liverlesion.imaging import load_nifti
-from liverlesion.lesions import LESION_COLUMNS, bounding_box, instance_map, lesion_instances
+from liverlesion.contract import (
+    CASE_COLUMNS, CASES_FILE, CASES_FILE_COLUMNS, DEFAULT_MASK_ENCODING, LESION_COLUMNS, LESION_TYPES_COLUMNS,
+    LESION_TYPES_FILE, MASK_ENCODINGS, PATCH_INDEX_COLUMNS, ContractError,
+)
+from liverlesion.imaging import check_hu, load_nifti
+from liverlesion.lesions import bounding_box, instance_map, lesion_labels, lesion_rows
 from liverlesion.patches import lesion_patches
 
 Progress = Callable[[int, int, str], None] | None
-CASES_FILE = "cases.csv"
-REQUIRED_CASE_COLUMNS = ("patient_key", "case_id", "image", "mask")
-CASE_COLUMNS = [
-    "patient_key", "case_id", "image_path", "mask_path",
-    "spacing_0", "spacing_1", "spacing_2", "shape_0", "shape_1", "shape_2",
-    "orientation", "hu_min", "hu_max", "data_version",
-]
+QUARANTINE_COLUMNS = ("case_id", "patient_key", "problem")
 
 
-class CohortError(ValueError):
+class CohortError(ContractError):
     """The cohort folder breaks the data contract; the message names the case and the problem."""
+
+
+@dataclass(frozen=True)
+class Ingested:
+    cases: pd.DataFrame  # contract.CASE_COLUMNS, the cases that passed
+    quarantined: pd.DataFrame  # QUARANTINE_COLUMNS, the cases set aside (empty unless quarantining)
 
 
 def _report(progress: Progress, i: int, n: int, case_id: str) -> None:
@@ -38,83 +48,241 @@ def _report(progress: Progress, i: int, n: int, case_id: str) -> None:
         progress(i, n, case_id)
 
 
-def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = None) -> pd.DataFrame:
-    """Load every case (canonical RAS orientation) and record its geometry and the data version.
+def contained_path(root: Path, relative: str, what: str) -> Path:
+    """``root / relative``, refused if it leads outside ``root`` (an absolute path, ``..``, a link).
 
     Raises:
-        CohortError: missing ``cases.csv`` or columns, duplicate case ids, a missing or unreadable
-            file, or a mask whose grid differs from its CT; every problem found is listed.
+        ContractError: naming ``what`` and the path.
+    """
+    root = Path(root).resolve()
+    path = (root / str(relative)).resolve()
+    if not path.is_relative_to(root):
+        raise ContractError(f"{what}: path {relative!r} leads outside the data root {root}")
+    return path
+
+
+def read_case_table(data_dir: str | Path) -> pd.DataFrame:
+    """``cases.csv`` checked as a table: columns, one row per case, one patient per file and case.
+
+    Raises:
+        CohortError: missing file or columns, an unknown mask encoding, a duplicated case id,
+            or a patient key clash (one case or one image listed under two patient keys).
     """
     data_dir = Path(data_dir)
     table_path = data_dir / CASES_FILE
     if not table_path.exists():
         raise CohortError(f"{data_dir}: no {CASES_FILE}; the cohort folder needs one (see the README's data contract)")
-    table = pd.read_csv(table_path, dtype={"patient_key": str, "case_id": str})
-    missing = [c for c in REQUIRED_CASE_COLUMNS if c not in table.columns]
+    table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+    missing = [c for c in CASES_FILE_COLUMNS if c not in table.columns]
     if missing:
-        raise CohortError(f"{table_path}: missing column(s) {missing}; required: {list(REQUIRED_CASE_COLUMNS)}")
-    duplicated = table.loc[table["case_id"].duplicated(), "case_id"].tolist()
+        raise CohortError(f"{table_path}: missing column(s) {missing}; required: {list(CASES_FILE_COLUMNS)}")
+    if "mask_encoding" not in table.columns:
+        table["mask_encoding"] = DEFAULT_MASK_ENCODING
+    table["mask_encoding"] = table["mask_encoding"].replace("", DEFAULT_MASK_ENCODING)
+    problems = []
+    for column in ("patient_key", "case_id", "image", "mask"):
+        empty = table.index[table[column].str.strip() == ""].tolist()
+        if empty:
+            problems.append(f"empty {column} in row(s) {[i + 2 for i in empty]} (counting the header as line 1)")
+    bad_encoding = table.loc[~table["mask_encoding"].isin(MASK_ENCODINGS), ["case_id", "mask_encoding"]]
+    problems += [f"case {r.case_id}: unknown mask_encoding {r.mask_encoding!r}; one of {list(MASK_ENCODINGS)}"
+                 for r in bad_encoding.itertuples()]
+    duplicated = sorted(set(table.loc[table["case_id"].duplicated(), "case_id"]))
     if duplicated:
-        raise CohortError(f"{table_path}: duplicated case_id(s) {duplicated}")
-
-    rows, problems = [], []
-    for i, case in enumerate(table.itertuples(index=False), start=1):
-        image_path, mask_path = data_dir / case.image, data_dir / case.mask
-        try:
-            image, meta = load_nifti(image_path)
-            mask, mask_meta = load_nifti(mask_path)
-        except (FileNotFoundError, OSError, ValueError, EOFError) as err:
-            problems.append(f"case {case.case_id}: cannot read its image or mask: {err}")
-            continue
-        if mask.shape != image.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
-            problems.append(
-                f"case {case.case_id}: mask grid {mask.shape} differs from CT grid {image.shape} (or their affines differ)"
-            )
-            continue
-        rows.append(
-            {
-                "patient_key": str(case.patient_key),
-                "case_id": str(case.case_id),
-                "image_path": str(image_path.resolve()),
-                "mask_path": str(mask_path.resolve()),
-                **{f"spacing_{a}": meta.spacing[a] for a in range(3)},
-                **{f"shape_{a}": meta.shape[a] for a in range(3)},
-                "orientation": meta.orientation,
-                "hu_min": float(image.min()),
-                "hu_max": float(image.max()),
-                "data_version": data_version,
-            }
-        )
-        _report(progress, i, len(table), str(case.case_id))
+        problems.append(f"duplicated case_id(s) {duplicated}: one row per CT")
+    for column in ("image", "case_id"):
+        owners = table.groupby(table[column])["patient_key"].nunique()
+        for value in owners[owners > 1].index:
+            keys = sorted(set(table.loc[table[column] == value, "patient_key"]))
+            problems.append(f"patient key clash: {column} {value!r} is listed under patient keys {keys}")
     if problems:
-        raise CohortError(f"{len(problems)} case(s) of {data_dir} break the data contract:\n  " + "\n  ".join(problems))
-    return pd.DataFrame(rows, columns=CASE_COLUMNS)
+        raise CohortError(f"{table_path} breaks the data contract:\n  " + "\n  ".join(problems))
+    return table
 
 
-def _load_case(case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    image, meta = load_nifti(case.image_path, dtype=np.float32)
-    mask, _ = load_nifti(case.mask_path)
-    return image, np.asarray(mask).astype(np.int16), meta.spacing
-
-
-def segment_cases(cases: pd.DataFrame, progress: Progress = None) -> pd.DataFrame:
-    """The lesion table from the reference masks: one row per 3D connected component.
+def read_lesion_types(data_dir: str | Path, case_ids: set[str]) -> dict[str, dict[int, str]]:
+    """``lesion_types.csv`` (if present) as case id -> {lesion number: type}.
 
     Raises:
-        CohortError: a case has no lesion or an unknown mask code, naming the case.
+        CohortError: missing columns, a case not in ``cases.csv``, a lesion number that is not a
+            positive integer, or a lesion typed twice.
+    """
+    path = Path(data_dir) / LESION_TYPES_FILE
+    if not path.exists():
+        return {}
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in LESION_TYPES_COLUMNS if c not in table.columns]
+    if missing:
+        raise CohortError(f"{path}: missing column(s) {missing}; required: {list(LESION_TYPES_COLUMNS)}")
+    problems = []
+    unknown = sorted(set(table["case_id"]) - case_ids)
+    if unknown:
+        problems.append(f"case(s) {unknown} are not in {CASES_FILE}")
+    numbers = pd.to_numeric(table["lesion"], errors="coerce")
+    bad = table.loc[numbers.isna() | (numbers < 1) | (numbers != numbers.round()), ["case_id", "lesion"]]
+    problems += [f"case {r.case_id}: lesion {r.lesion!r} is not a lesion number (1, 2, ...)" for r in bad.itertuples()]
+    if problems:
+        raise CohortError(f"{path} breaks the data contract:\n  " + "\n  ".join(problems))
+    table["lesion"] = numbers.astype(int)
+    twice = table.loc[table.duplicated(["case_id", "lesion"]), ["case_id", "lesion"]]
+    if not twice.empty:
+        raise CohortError(f"{path}: lesion(s) typed twice: "
+                          + ", ".join(f"case {r.case_id} lesion {r.lesion}" for r in twice.itertuples()))
+    types: dict[str, dict[int, str]] = {}
+    for row in table.itertuples(index=False):
+        types.setdefault(row.case_id, {})[int(row.lesion)] = row.type
+    return types
+
+
+def _check_case(data_dir: Path, case, types: dict[int, str], data_version: str) -> dict:
+    """Read one case and check it against the contract; its row of the case table.
+
+    Raises:
+        ContractError: the first problem of this case, naming it.
+    """
+    where = f"case {case.case_id}"
+    image_path = contained_path(data_dir, case.image, f"{where}, image")
+    mask_path = contained_path(data_dir, case.mask, f"{where}, mask")
+    try:
+        image, meta = load_nifti(image_path)
+        mask, mask_meta = load_nifti(mask_path)
+    except ContractError as err:
+        raise ContractError(f"{where}: {err}") from None
+    if mask.shape != image.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
+        raise ContractError(f"{where}: mask grid {mask.shape} differs from CT grid {image.shape} (or their "
+                            "affines differ: the mask must lie on the CT's own voxels)")
+    hu, _ = check_hu(image, where)
+    if not np.any(mask):
+        raise ContractError(f"{where}: its mask holds no lesion")
+    _, described = instance_map(mask, case.case_id, case.mask_encoding)
+    lesion_labels(described, types, case.case_id)  # an unknown type or a stray lesion number is this case's problem
+    return {
+        "patient_key": str(case.patient_key),
+        "case_id": str(case.case_id),
+        "image_path": str(image_path),
+        "mask_path": str(mask_path),
+        "mask_encoding": case.mask_encoding,
+        **{f"spacing_{a}": meta.spacing[a] for a in range(3)},
+        **{f"shape_{a}": meta.shape[a] for a in range(3)},
+        "orientation": meta.orientation,
+        "hu_min": float(hu.min()),
+        "hu_max": float(hu.max()),
+        "data_version": data_version,
+    }
+
+
+def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = None,
+                 quarantine: bool = False) -> Ingested:
+    """Load every case (canonical RAS orientation), check it, record its geometry and the data version.
+
+    Args:
+        quarantine: set bad cases aside (listed in ``Ingested.quarantined``) instead of stopping.
+
+    Raises:
+        CohortError: a problem of the tables; or of any case unless ``quarantine``, listing every
+            bad case; or no case left at all.
+    """
+    data_dir = Path(data_dir)
+    table = read_case_table(data_dir)
+    types = read_lesion_types(data_dir, set(table["case_id"]))
+    rows, problems = [], []
+    for i, case in enumerate(table.itertuples(index=False), start=1):
+        try:
+            rows.append(_check_case(data_dir, case, types.get(case.case_id, {}), data_version))
+        except ContractError as err:
+            problems.append({"case_id": case.case_id, "patient_key": case.patient_key, "problem": str(err)})
+        _report(progress, i, len(table), str(case.case_id))
+    if problems and not quarantine:
+        raise CohortError(f"{len(problems)} case(s) of {data_dir} break the data contract:\n  "
+                          + "\n  ".join(p["problem"] for p in problems))
+    if not rows:
+        raise CohortError(f"{data_dir}: no case is left to ingest ({len(problems)} quarantined)")
+    return Ingested(pd.DataFrame(rows, columns=list(CASE_COLUMNS)),
+                    pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)))
+
+
+def load_case(case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], list[dict]]:
+    """One ingested case: the CT in HU (float32, padding as air), its lesions numbered, the spacing.
+
+    Returns:
+        ``(image, instances, spacing, described)``: ``instances`` and ``described`` as
+        ``lesions.instance_map`` gives them for the case's mask encoding.
+    """
+    image, meta = load_nifti(case.image_path, dtype=np.float32)
+    image, _ = check_hu(image, f"case {case.case_id}")
+    mask, _ = load_nifti(case.mask_path)
+    instances, described = instance_map(mask, case.case_id, case.mask_encoding)
+    return image, instances, meta.spacing, described
+
+
+def segment_cases(cases: pd.DataFrame, types: dict[str, dict[int, str]] | None = None,
+                  progress: Progress = None) -> pd.DataFrame:
+    """The lesion table from the reference masks: one row per lesion, labelled where the type is known.
+
+    Args:
+        types: case id -> {lesion number: type} (``read_lesion_types``), for masks that are not
+            class-coded.
+
+    Raises:
+        CohortError: a case has no lesion, an unknown mask code or lesion type, naming the case.
     """
     tables = []
+    types = types or {}
     for i, case in enumerate(cases.itertuples(index=False), start=1):
-        image, mask, spacing = _load_case(case)
-        try:
-            table = lesion_instances(mask, image, spacing, case.case_id, case.patient_key)
-        except ValueError as err:
-            raise CohortError(str(err)) from err
+        image, instances, spacing, described = load_case(case)
+        labels = lesion_labels(described, types.get(case.case_id, {}), case.case_id)
+        table = lesion_rows(instances, described, image, spacing, case.case_id, case.patient_key, labels)
         if table.empty:
             raise CohortError(f"case {case.case_id}: its mask holds no lesion")
         tables.append(table)
         _report(progress, i, len(cases), case.case_id)
-    return pd.concat(tables, ignore_index=True)[LESION_COLUMNS]
+    table = pd.concat(tables, ignore_index=True)[list(LESION_COLUMNS)]
+    table["label"] = table["label"].astype("Int64")
+    return table
+
+
+def labelled_lesions(lesions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the lesion table into the lesions with a known type (int labels) and those without."""
+    known = lesions["label"].notna()
+    labelled = lesions[known].reset_index(drop=True)
+    labelled = labelled.astype({"label": np.int64})
+    return labelled, lesions[~known].reset_index(drop=True)
+
+
+def case_patches(
+    image: np.ndarray,
+    instances: np.ndarray,
+    spacing: tuple[float, float, float],
+    lesions: pd.DataFrame,
+    margin_mm: float,
+    canvas: tuple[int, int],
+    output_size: tuple[int, int] | None,
+    square_pixels: bool = True,
+) -> tuple[np.ndarray, list[dict]]:
+    """The three orthogonal patches of each lesion of one case, in the order of ``lesions``.
+
+    The one preprocessing path: ``extract_patches`` (training, evaluation) and ``predict`` both
+    cut patches here, so a lesion gets the same patches whichever way it comes in.
+
+    Returns:
+        ``(patches (n, rows, cols, 3) float32, patch-index rows without "row")``.
+    """
+    size = tuple(output_size or canvas)
+    stacks = np.zeros((len(lesions), *size, 3), dtype=np.float32)
+    rows = []
+    margin = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
+    for k, lesion in enumerate(lesions.itertuples(index=False)):
+        # cut around the lesion first: the patch geometry then never scans the whole volume
+        box = bounding_box(lesion._asdict(), margin)
+        lo = [b.start for b in box]
+        stack, info = lesion_patches(
+            image[box], instances[box] == lesion.instance, spacing, margin_mm, canvas, output_size, square_pixels
+        )
+        info = replace(info, main_slice=info.main_slice + lo[info.main_axis],
+                       center_0=info.center_0 + lo[0], center_1=info.center_1 + lo[1], center_2=info.center_2 + lo[2])
+        stacks[k] = stack
+        rows.append({"lesion_id": lesion.lesion_id, **info.as_row()})
+    return stacks, rows
 
 
 def extract_cohort_patches(
@@ -140,21 +308,12 @@ def extract_cohort_patches(
     for i, case in enumerate(cases.itertuples(index=False), start=1):
         if case.case_id not in by_case.groups:
             continue
-        image, mask, spacing = _load_case(case)
-        instances, _ = instance_map(mask, case.case_id)
-        margin = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
-        for lesion in by_case.get_group(case.case_id).itertuples(index=False):
-            # cut around the lesion first: the patch geometry then never scans the whole volume
-            box = bounding_box(lesion._asdict(), margin)
-            lo = [b.start for b in box]
-            stack, info = lesion_patches(
-                image[box], instances[box] == lesion.instance, spacing, margin_mm, canvas, output_size, square_pixels
-            )
-            info = replace(info, main_slice=info.main_slice + lo[info.main_axis],
-                           center_0=info.center_0 + lo[0], center_1=info.center_1 + lo[1], center_2=info.center_2 + lo[2])
-            row = row_of[lesion.lesion_id]
-            patches[row] = stack
-            index_rows.append({"lesion_id": lesion.lesion_id, "row": row, **info.as_row()})
+        image, instances, spacing, _ = load_case(case)
+        group = by_case.get_group(case.case_id)
+        stacks, rows = case_patches(image, instances, spacing, group, margin_mm, canvas, output_size, square_pixels)
+        for stack, row in zip(stacks, rows):
+            patches[row_of[row["lesion_id"]]] = stack
+            index_rows.append({"row": row_of[row["lesion_id"]], **row})
         _report(progress, i, len(cases), case.case_id)
-    index = pd.DataFrame(index_rows).sort_values("row").reset_index(drop=True)
+    index = pd.DataFrame(index_rows, columns=list(PATCH_INDEX_COLUMNS)).sort_values("row").reset_index(drop=True)
     return patches, index

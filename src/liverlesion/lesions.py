@@ -1,52 +1,71 @@
-"""Lesion instances from label masks: one 3D connected component per lesion.
+"""Lesion instances from a segmentation: one row per lesion, the label from the mask or a type table.
 
-A reference mask codes each voxel's class (0 background, 1 cyst, 2 metastasis). Each class is
-labelled separately with 26-connectivity, so two touching lesions of different classes stay apart
-and a lesion is never split by its own diagonal voxels.
+How the voxels of one lesion are found depends on the mask's encoding (``contract``): a class-coded
+mask (0 background, 1 cyst, 2 metastasis) is labelled per class with 26-connectivity, so two
+touching lesions of different classes stay apart and a lesion is never split by its own diagonal
+voxels; an instance mask already numbers its lesions; a binary mask's lesions are its connected
+components. Geometry (where a lesion is) and diagnosis (what it is) stay apart: outside class-coded
+masks the label comes from a lesion-type table, and a lesion without one has no label (inference).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from liverlesion import LABEL_CYST, LABEL_METASTASIS, LABEL_NAMES, MASK_CYST, MASK_METASTASIS
+from liverlesion.contract import (
+    LABEL_NAMES, LESION_COLUMNS, LESION_TYPES, MASK_ENCODINGS, MASK_TO_LABEL, ContractError, lesion_id,
+)
 
-#: mask value -> model label
-MASK_TO_LABEL = {MASK_CYST: LABEL_CYST, MASK_METASTASIS: LABEL_METASTASIS}
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
-LESION_COLUMNS = [
-    "lesion_id", "case_id", "patient_key", "instance", "label", "label_name", "n_voxels", "volume_ml",
-    "bbox_lo_0", "bbox_lo_1", "bbox_lo_2", "bbox_hi_0", "bbox_hi_1", "bbox_hi_2",
-    "centroid_0", "centroid_1", "centroid_2", "mean_hu", "std_hu",
-]
+
+def _components(binary: np.ndarray, label: int | None) -> list[tuple]:
+    components, _ = ndimage.label(binary, structure=_CONNECTIVITY_26)
+    return [(label, tuple(b.start for b in box[::-1]), components, index, box)
+            for index, box in enumerate(ndimage.find_objects(components), start=1)]
 
 
-def instance_map(mask: np.ndarray, case_id: str = "?") -> tuple[np.ndarray, list[dict]]:
-    """Number the lesions of a class-coded mask: 1..N in a stable order (class, then position).
+def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") -> tuple[np.ndarray, list[dict]]:
+    """Number the lesions of a mask 1..N.
+
+    ``class`` and ``binary`` masks are numbered in a stable order (class, then position);
+    an ``instance`` mask keeps its own numbers.
 
     Returns:
         An int32 volume where lesion ``k`` has value ``k``, and for each lesion a dict with its
-        ``instance`` number, ``label`` and bounding box (array slices).
+        ``instance`` number, ``label`` (None unless the mask is class-coded) and bounding box
+        (array slices).
 
     Raises:
-        ValueError: the mask has an unknown class code, naming the case.
+        ContractError: an unknown encoding, or a class-coded mask with an unknown code, naming the case.
     """
-    codes = set(np.unique(mask).tolist()) - {0}
-    unknown = codes - set(MASK_TO_LABEL)
-    if unknown:
-        raise ValueError(
-            f"case {case_id}: mask has unknown class codes {sorted(unknown)}; "
-            f"expected {sorted(MASK_TO_LABEL)} (1 cyst, 2 metastasis) and 0 for background"
-        )
-    found = []
-    for code in sorted(codes):
-        components, _ = ndimage.label(mask == code, structure=_CONNECTIVITY_26)
-        for index, box in enumerate(ndimage.find_objects(components), start=1):
-            found.append((MASK_TO_LABEL[code], tuple(b.start for b in box[::-1]), components, index, box))
-    found.sort(key=lambda f: (f[0], f[1]))
+    if encoding not in MASK_ENCODINGS:
+        raise ContractError(f"case {case_id}: unknown mask encoding {encoding!r}; one of {list(MASK_ENCODINGS)}")
+    if encoding == "instance":
+        if np.issubdtype(mask.dtype, np.floating) and not np.array_equal(mask, np.round(mask)):
+            raise ContractError(f"case {case_id}: an instance mask holds whole numbers, found fractions")
+        instances = np.asarray(mask).astype(np.int32)
+        if instances.min() < 0:
+            raise ContractError(f"case {case_id}: an instance mask holds no negative values, found {instances.min()}")
+        boxes = ndimage.find_objects(instances)
+        described = [{"instance": k, "label": None, "box": box} for k, box in enumerate(boxes, start=1) if box is not None]
+        return instances, described
+    if encoding == "binary":
+        found = _components(mask != 0, None)
+    else:
+        codes = set(np.unique(mask).tolist()) - {0}
+        unknown = codes - set(MASK_TO_LABEL)
+        if unknown:
+            raise ContractError(
+                f"case {case_id}: mask has unknown class codes {sorted(unknown)}; "
+                f"expected {sorted(MASK_TO_LABEL)} (1 cyst, 2 metastasis) and 0 for background"
+            )
+        found = [c for code in sorted(codes) for c in _components(mask == code, MASK_TO_LABEL[code])]
+    found.sort(key=lambda f: (-1 if f[0] is None else f[0], f[1]))
     instances = np.zeros(mask.shape, dtype=np.int32)
     described = []
     for number, (label, _, components, index, box) in enumerate(found, start=1):
@@ -55,44 +74,62 @@ def instance_map(mask: np.ndarray, case_id: str = "?") -> tuple[np.ndarray, list
     return instances, described
 
 
-def lesion_instances(
-    mask: np.ndarray,
+def lesion_labels(described: list[dict], types: Mapping[int, str] | None, case_id: str) -> dict[int, int | None]:
+    """Each lesion's model label: from the class-coded mask, else from its type (``lesion_types.csv``).
+
+    Raises:
+        ContractError: a type not in the contract's map, or a type given for a lesion the mask
+            does not hold, naming the case and the lesion.
+    """
+    types = dict(types or {})
+    present = {d["instance"] for d in described}
+    stray = sorted(set(types) - present)
+    if stray:
+        raise ContractError(f"case {case_id}: lesion type(s) given for lesion(s) {stray}, which its mask does not hold "
+                            f"(it holds {sorted(present)})")
+    labels = {}
+    for d in described:
+        label = d["label"]
+        if d["instance"] in types:
+            name = str(types[d["instance"]]).strip().lower()
+            if name not in LESION_TYPES:
+                raise ContractError(f"case {case_id}, lesion {d['instance']}: lesion type {types[d['instance']]!r} is not "
+                                    f"in the map; known types: {sorted(LESION_TYPES)}")
+            if label is not None and LESION_TYPES[name] != label:
+                raise ContractError(f"case {case_id}, lesion {d['instance']}: the type table says {name}, "
+                                    f"the class-coded mask says {LABEL_NAMES[label]}")
+            label = LESION_TYPES[name]
+        labels[d["instance"]] = label
+    return labels
+
+
+def lesion_rows(
+    instances: np.ndarray,
+    described: list[dict],
     image: np.ndarray,
     spacing: tuple[float, float, float],
     case_id: str,
     patient_key: str,
+    labels: Mapping[int, int | None] | None = None,
 ) -> pd.DataFrame:
-    """One row per lesion of one case, in ``instance_map`` order.
-
-    Args:
-        mask: class-coded label volume (values in ``MASK_TO_LABEL`` or 0).
-        image: the CT in HU, same shape as ``mask``.
-        spacing: voxel size in mm along the array axes.
-        case_id: written in the rows and used for ``lesion_id`` (``{case_id}-L{nn}``).
-        patient_key: the pseudonymous patient key.
-
-    Raises:
-        ValueError: shapes differ or the mask has an unknown class code, naming the case.
-    """
-    if mask.shape != image.shape:
-        raise ValueError(f"case {case_id}: mask shape {mask.shape} differs from image shape {image.shape}")
-    instances, described = instance_map(mask, case_id)
+    """One row per lesion (``contract.LESION_COLUMNS``): size, box, centroid, HU statistics, label."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
+    labels = labels or {}
     rows = []
     for lesion in described:
         box = lesion["box"]
         local = instances[box] == lesion["instance"]
         coords = np.argwhere(local)
         values = image[box][local].astype(np.float64)
-        label = lesion["label"]
+        label = labels.get(lesion["instance"], lesion["label"])
         rows.append(
             {
-                "lesion_id": f"{case_id}-L{lesion['instance']:02d}",
+                "lesion_id": lesion_id(case_id, lesion["instance"]),
                 "case_id": case_id,
                 "patient_key": patient_key,
                 "instance": lesion["instance"],
                 "label": label,
-                "label_name": LABEL_NAMES[label],
+                "label_name": LABEL_NAMES.get(label) if label is not None else None,
                 "n_voxels": int(local.sum()),
                 "volume_ml": float(local.sum()) * voxel_ml,
                 **{f"bbox_lo_{a}": int(box[a].start) for a in range(3)},
@@ -102,7 +139,38 @@ def lesion_instances(
                 "std_hu": float(values.std()),
             }
         )
-    return pd.DataFrame(rows, columns=LESION_COLUMNS)
+    table = pd.DataFrame(rows, columns=list(LESION_COLUMNS))
+    table["label"] = table["label"].astype("Int64")
+    return table
+
+
+def lesion_instances(
+    mask: np.ndarray,
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    case_id: str,
+    patient_key: str,
+    encoding: str = "class",
+    types: Mapping[int, str] | None = None,
+) -> pd.DataFrame:
+    """One row per lesion of one case, in ``instance_map`` order.
+
+    Args:
+        mask: the lesion segmentation, encoded as ``encoding`` says.
+        image: the CT in HU, same shape as ``mask``.
+        spacing: voxel size in mm along the array axes.
+        case_id: written in the rows and used for ``lesion_id`` (``{case_id}-L{nn}``).
+        patient_key: the pseudonymous patient key.
+        types: lesion number -> type (``lesion_types.csv``), where the mask does not say.
+
+    Raises:
+        ContractError: shapes differ, an unknown class code or lesion type, naming the case.
+    """
+    if mask.shape != image.shape:
+        raise ContractError(f"case {case_id}: mask shape {mask.shape} differs from image shape {image.shape}")
+    instances, described = instance_map(mask, case_id, encoding)
+    labels = lesion_labels(described, types, case_id)
+    return lesion_rows(instances, described, image, spacing, case_id, patient_key, labels)
 
 
 def bounding_box(row: pd.Series | dict, margin=(0, 0, 0)) -> tuple[slice, slice, slice]:

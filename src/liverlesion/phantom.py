@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 from scipy.special import ndtri
 
-from liverlesion import MASK_CYST, MASK_METASTASIS
+from liverlesion.contract import CASES_FILE, CASES_FILE_COLUMNS, COHORT_FILE, IMAGES_DIR, MASKS_DIR, MASK_CYST, MASK_METASTASIS
 from liverlesion.imaging import affine_from_spacing, save_nifti
 
 #: Bump whenever the bytes written for a given spec change (it is recorded in ``cohort.json``).
@@ -230,11 +230,9 @@ MIN_SIZE_SCALE = 0.2
 COHORT_STREAM = 2**32 - 1
 MAX_PATIENTS = 99_999
 
-CASES_FILE = "cases.csv"
-COHORT_FILE = "cohort.json"
-IMAGES_DIR = "images"
-MASKS_DIR = "masks"
-CASE_FIELDS = ("patient_key", "case_id", "image", "mask", "n_lesions")
+#: ``cases.csv`` as the phantom writes it: the contract's columns (class-coded masks, the default
+#: encoding) and the lesion count
+CASE_FIELDS = (*CASES_FILE_COLUMNS, "n_lesions")
 PATIENT_KEY_PREFIX = "PHX"
 
 DESCRIPTION = (

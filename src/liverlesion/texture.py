@@ -5,8 +5,7 @@ which features it used. This module gives a conventional, documented stand-in: f
 statistics over the whole 3D lesion, grey-level co-occurrence (Haralick-style) features on the
 lesion's largest axial cross-section, and an RBF SVM whose hyper-parameters are chosen on the
 validation split. It is pure (NumPy, scikit-image, scikit-learn) and reads cases only through
-``ingestion._load_case`` and ``lesions.instance_map``, so its lesions are numbered exactly as in the
-lesion table.
+``ingestion.load_case``, which numbers lesions as the lesion table does.
 
 Geometry: arrays are indexed (x, y, z) in canonical RAS+ (see ``imaging.load_nifti``), so axial
 slices are planes of constant array axis 2 (``AXIAL_AXIS``).
@@ -25,9 +24,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from liverlesion import LABEL_METASTASIS
-from liverlesion.ingestion import _load_case
-from liverlesion.lesions import bounding_box, instance_map
+from liverlesion.contract import LABEL_METASTASIS
+from liverlesion.ingestion import load_case
+from liverlesion.lesions import bounding_box
 
 Progress = Callable[[int, int, str], None] | None
 
@@ -240,8 +239,8 @@ def cohort_texture_table(
 ) -> pd.DataFrame:
     """Texture features of every lesion of a cohort, one row per lesion in lesion-table order.
 
-    Each case is loaded once (``ingestion._load_case``) and numbered with ``instance_map``, the
-    numbering ``segment_cases`` used, so ``instance`` picks the same voxels as the lesion table.
+    Each case is loaded once (``ingestion.load_case``), its lesions numbered as ``segment_cases``
+    numbered them, so ``instance`` picks the same voxels as the lesion table.
     Features are computed on the lesion's bounding box only: the mask selects the voxels and the
     GLCM ignores everything outside it, so the crop gives the same features as the whole volume.
 
@@ -265,8 +264,7 @@ def cohort_texture_table(
     by_case = lesions.groupby("case_id", sort=False)
     todo = [case for case in cases.itertuples(index=False) if case.case_id in by_case.groups]
     for i, case in enumerate(todo, start=1):
-        image, mask, spacing = _load_case(case)
-        instances, _ = instance_map(mask, case.case_id)
+        image, instances, spacing, _ = load_case(case)
         for lesion in by_case.get_group(case.case_id).itertuples(index=False):
             box = bounding_box(lesion._asdict())
             inside = instances[box] == lesion.instance

@@ -30,27 +30,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from liverlesion import LABEL_CYST, LABEL_METASTASIS, LABEL_NAMES
+from liverlesion.contract import (
+    AXES, CASE_COLUMNS, LABEL_CYST, LABEL_METASTASIS, LABEL_NAMES, LESION_COLUMNS, PATCH_CHANNELS,
+    PATCH_INDEX_COLUMNS, PATCH_STATS_COLUMNS,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-AXES = (0, 1, 2)
-CASE_COLUMNS = (
-    "patient_key", "case_id", "image_path", "mask_path",
-    "spacing_0", "spacing_1", "spacing_2", "shape_0", "shape_1", "shape_2",
-    "orientation", "data_version",
-)  # fmt: skip
-LESION_COLUMNS = (
-    "lesion_id", "case_id", "patient_key", "label", "label_name", "n_voxels", "volume_ml",
-    "bbox_lo_0", "bbox_lo_1", "bbox_lo_2", "bbox_hi_0", "bbox_hi_1", "bbox_hi_2",
-    "centroid_0", "centroid_1", "centroid_2", "mean_hu", "std_hu",
-)  # fmt: skip
-PATCH_INDEX_COLUMNS = ("lesion_id", "row", "main_axis", "main_slice", "pad_value")
-PATCH_STATS_COLUMNS = (
-    "lesion_id", "row", "channel", "mean", "std", "min", "max", "n_nonfinite", "height", "width",
-)  # fmt: skip
-PATCH_CHANNELS = 3  # the paper's three orthogonal planes
 #: Three on-disk axis codes, one from each of the pairs R/L, A/P, S/I, in any order ("RAS", "LPS", "PLS").
 ORIENTATION_REGEX = r"^(?=.*[RL])(?=.*[AP])(?=.*[SI])[RLAPSI]{3}$"
 
