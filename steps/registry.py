@@ -8,17 +8,39 @@ a failed run leaves neither a half-registered model nor a moved alias.
 from __future__ import annotations
 
 import json
+import tempfile
+import warnings
 from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
+import liverlesion
+from liverlesion import paths
+from liverlesion.predict import RESULT_COLUMNS
 from liverlesion.promotion import PromotionDecision, decide_promotion
 
 METRIC_TAG_PREFIX = "metric."
+#: the name of the pyfunc model in the run (and what ``models:/<name>@champion`` loads)
+PYFUNC_NAME = "lesion_classifier"
+#: the serving environment: the GPU-capable TensorFlow build (``tensorflow``, not ``tensorflow-cpu``,
+#: which a GPU server must not be pinned to), and what the domain package's inference path imports
+SERVING_PACKAGES = ("keras", "numpy", "pandas", "scipy", "scikit-image", "nibabel")
+SERVING_TENSORFLOW = "tensorflow==2.21.0"
+_RESULT_TYPES = {"instance": "long", "volume_ml": "double", "x_mm": "double", "y_mm": "double", "z_mm": "double",
+                 "p_metastasis": "double", "predicted": "long"}
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "mask"),
+                   ColSpec("string", "case_id", required=False), ColSpec("string", "mask_encoding", required=False)]),
+    outputs=Schema([ColSpec(_RESULT_TYPES.get(c, "string"), c) for c in RESULT_COLUMNS]),
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,44 @@ def model_card(lineage: dict[str, str], metrics: dict[str, float], input_shape) 
     return "\n".join(lines)
 
 
+def serving_requirements() -> list[str]:
+    """Pinned requirements of the served model: the installed versions, TensorFlow's GPU-capable build."""
+    return [SERVING_TENSORFLOW, *(f"{name}=={installed_version(name)}" for name in SERVING_PACKAGES)]
+
+
+def log_serving_model(model: keras.Model, settings: dict[str, Any]) -> str:
+    """Log the pyfunc that takes a CT and its lesion mask (``serving/lesion_classifier.py``) in the
+    active run: the Keras network, the patch settings and threshold, the domain package as code.
+
+    Returns:
+        The logged model's URI.
+    """
+    with tempfile.TemporaryDirectory(prefix="liverlesion-pyfunc-") as tmp:
+        network, config = Path(tmp) / "model.keras", Path(tmp) / "settings.json"
+        model.save(network)
+        config.write_text(json.dumps(settings, indent=2, sort_keys=True))
+        with warnings.catch_warnings():  # an input example would be a whole CT in base64: the signature says it
+            warnings.filterwarnings("ignore", message="An input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name=PYFUNC_NAME,
+                python_model=str(paths.code_root() / "serving" / "lesion_classifier.py"),
+                artifacts={"keras_model": str(network), "settings": str(config)},
+                code_paths=[str(Path(liverlesion.__file__).parent)],
+                signature=SIGNATURE,
+                pip_requirements=serving_requirements(),
+            )
+    return info.model_uri
+
+
+def serving_settings(model_name: str, lineage: dict[str, str]) -> dict[str, Any]:
+    """What the served model needs besides the network: the profile's patch settings and scoring."""
+    profile = json.loads(lineage["config"]) if "config" in lineage else {}
+    evaluate = profile.get("evaluate", {})
+    patches = profile.get("patches", {"margin_mm": 4.0, "canvas": [96, 80], "output_size": None, "square_pixels": True})
+    return {"model_name": model_name, "patches": patches, "threshold": evaluate.get("threshold", 0.5),
+            "precision": evaluate.get("precision", "auto"), "profile": profile.get("name", "")}
+
+
 def register_model_version(
     model: keras.Model,
     run_id: str,
@@ -67,18 +127,14 @@ def register_model_version(
     champion_alias: str,
     challenger_alias: str,
 ) -> Registration:
-    """Log ``model`` to MLflow run ``run_id``, register a version and apply the promotion gate."""
+    """Log ``model`` to MLflow run ``run_id`` as the pyfunc clients call, register a version and
+    apply the promotion gate."""
     client = MlflowClient()
     sample = model.inputs[0].shape
-    example_input = keras.ops.convert_to_numpy(keras.ops.zeros((1, *sample[1:])))
-    signature = infer_signature(example_input, model.predict(example_input, verbose=0))
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.keras.log_model(
-            model, name="model", signature=signature,
-            pip_requirements=[f"keras=={keras.__version__}", "tensorflow-cpu==2.21.0"],
-        )
+        model_uri = log_serving_model(model, serving_settings(model_name, lineage))
     tags = {**lineage, **{METRIC_TAG_PREFIX + k: f"{v:.6f}" for k, v in metrics.items()}}
-    version = mlflow.register_model(info.model_uri, model_name, tags=tags)
+    version = mlflow.register_model(model_uri, model_name, tags=tags)
     try:
         champion_version, champion_value = champion_metric(client, model_name, champion_alias, primary_metric)
         decision = decide_promotion(primary_metric, metrics[primary_metric], champion_value)
@@ -92,4 +148,4 @@ def register_model_version(
     except BaseException:
         client.delete_model_version(model_name, version.version)
         raise
-    return Registration(model_name, str(version.version), alias, decision, info.model_uri)
+    return Registration(model_name, str(version.version), alias, decision, model_uri)

@@ -49,8 +49,10 @@ def test_gate_moves_champion_only_on_improvement(store):
     assert str(v3.version) == "3"
     assert v3.tags["data_version"] == "abc" and v3.tags["metric.roc_auc"] == "0.900000"
     assert v3.tags["promotion"] == "champion" and v3.tags["compared_with"] == "v1"
-    loaded = mlflow.keras.load_model(f"models:/{NAME}@champion")
-    assert loaded.predict(np.zeros((1, 4, 4, 3)), verbose=0).shape == (1, 2)
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").unwrap_python_model()
+    network = served.predictor.model
+    assert network.predict(np.zeros((1, 4, 4, 3)), verbose=0).shape == (1, 2)
+    assert served.settings["model_name"] == NAME and served.settings["threshold"] == 0.5
 
 
 def test_failure_after_registration_leaves_nothing_behind(store):

@@ -24,9 +24,35 @@ app = typer.Typer(
         "  liverlesion export -p paper p.npz # patches for bench/train_gpu.py\n\n"
         "  liverlesion data                  # restore/regenerate data/ (DVC)\n\n"
         "  liverlesion models                # versions, aliases, lineage\n\n"
-        "  liverlesion generate /tmp/cohort --n-patients 8 --n-lesions 24"
+        "  liverlesion import /data/lits --layout lits --types types.csv   # real CT in (de-identified)\n\n"
+        "  liverlesion predict ct.nii.gz --mask lesions.nii.gz --out result/  # answers for one patient\n\n"
+        "  liverlesion generate /tmp/cohort --n-patients 8 --n-lesions 24\n\n"
+        "Exit codes: 0 done; 1 the work failed (a pipeline step, DVC, the registry); 2 a usage or input "
+        "error (bad option, profile or data), named in one line."
     ),
 )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from liverlesion import __version__
+
+        typer.echo(f"liverlesion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Liver lesion classification as a reproducible pipeline."""
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One line (or a short block) on standard error, no traceback, and the exit code."""
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -67,11 +93,18 @@ def _load(profile: str, overrides: list[str]):
         raise typer.Exit(2) from None
 
 
-def _prepare_data(profile, regenerate: bool = False):
+def _prepare_data(profile, regenerate: bool = False, data: Path | None = None):
     from liverlesion import paths
-    from liverlesion.datastore import DataStoreError, prepare_data
+    from liverlesion.datastore import DataStoreError, external_data, prepare_data
     from liverlesion.progress import progress_printer
 
+    if data is not None and data.resolve() != paths.data_dir().resolve():
+        try:
+            version = external_data(data)
+        except DataStoreError as err:
+            _fail(str(err))
+        typer.echo(version.describe())
+        return version
     try:
         version = prepare_data(
             paths.project_root(), profile.cohort, paths.dvc_remote(), progress_printer("generate"), regenerate
@@ -84,6 +117,9 @@ def _prepare_data(profile, regenerate: bool = False):
 
 
 ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="profile name in configs/ or a YAML path")]
+DataOption = Annotated[Path | None, typer.Option(
+    "--data", help="the cohort folder to use (default: the project's DVC-tracked data/); any folder holding "
+                   "cases.csv, also outside the checkout, versioned by its content hash")]
 SetOption = Annotated[list[str], typer.Option("--set", help="override a setting, e.g. --set train.epochs=2")]
 
 
@@ -92,15 +128,17 @@ def run(
     profile: ProfileOption = "quick",
     overrides: SetOption = [],  # noqa: B006 (typer needs a literal default)
     no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")] = False,
+    data: DataOption = None,
 ) -> None:
     """Run the whole training DAG and register the model in MLflow.
 
-    Examples: `liverlesion run`; `liverlesion run --profile paper`; `liverlesion run --set train.epochs=1`.
+    Examples: `liverlesion run`; `liverlesion run --profile paper`; `liverlesion run --set train.epochs=1`;
+    `liverlesion run --data /biobank/cohort --set ingest.on_bad_case=quarantine`.
     """
     env = _environment()
     config = _load(profile, overrides)
     _check_weights([("train.weights", config.train.weights, config.train.backbone)])
-    version = _prepare_data(config)
+    version = _prepare_data(config, data=data)
     started = time.perf_counter()
     pipeline_run = _run_pipeline(
         "training_pipeline", no_cache, data_dir=str(version.path), data_version=version.hash, profile=config,
@@ -189,6 +227,7 @@ def compare(
              "inception_resnet_v2_npw, inception_resnet_v2_ipw, inception_v3_npw, inception_v3_ipw")] = None,
     overrides: SetOption = [],  # noqa: B006
     no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")] = False,
+    data: DataOption = None,
 ) -> None:
     """Train and score the models of the paper's Table 2 side by side and write Table 2 with intervals.
 
@@ -209,7 +248,7 @@ def compare(
                     for entry in cnns if entry.pretrained],
                    hint="or compare without the IPW models: --models " + ",".join(
                        key for key in config.compare.models if not model_entry(key).pretrained))
-    version = _prepare_data(config)
+    version = _prepare_data(config, data=data)
     started = time.perf_counter()
     pipeline_run = _run_pipeline("comparison_pipeline", no_cache, data_dir=str(version.path),
                                  data_version=version.hash, profile=config)
@@ -230,6 +269,7 @@ def export(
     profile: ProfileOption = "quick",
     overrides: SetOption = [],  # noqa: B006
     no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run the data steps instead of reusing cached ones")] = False,
+    data: DataOption = None,
 ) -> None:
     """Write the validated, split patches of a profile to one .npz, for training off the pipeline.
 
@@ -242,7 +282,7 @@ def export(
 
     _environment()
     config = _load(profile, overrides)
-    version = _prepare_data(config)
+    version = _prepare_data(config, data=data)
     pipeline_run = _run_pipeline("patches_pipeline", no_cache, data_dir=str(version.path),
                                  data_version=version.hash, profile=config)
 
@@ -271,6 +311,240 @@ def data(
     """
     _environment()
     _prepare_data(_load(profile, overrides), regenerate)
+
+
+def _parse_name_map(pairs: list[str]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    name_map = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"{pair!r}: expected PATTERN=TYPE, e.g. 'livertumor*=metastasis'")
+        pattern, kind = pair.split("=", 1)
+        name_map[pattern.strip()] = kind.strip()
+    return name_map
+
+
+@app.command(name="import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="the source: a folder (lits, msd, dicom-seg, crlm, ircadb) or a manifest CSV")],
+    layout: Annotated[str, typer.Option(help="manifest, lits, msd, dicom-seg, crlm or ircadb")],
+    out: Annotated[Path | None, typer.Option(help="the cohort folder to write (default: the project's data/, "
+                                                  "then versioned with DVC)")] = None,
+    types: Annotated[Path | None, typer.Option(help="lesion types table: case, lesion, type (cyst or metastasis)")] = None,
+    default_type: Annotated[str | None, typer.Option(help="type of every lesion the table does not type")] = None,
+    name_map: Annotated[list[str], typer.Option("--map", help="structure/segment name map, PATTERN=TYPE "
+                                                             "(TYPE: cyst, metastasis, ignore); replaces the layout's")] = [],  # noqa: B006
+    root: Annotated[Path | None, typer.Option(help="manifest layout: the data root its paths are relative to")] = None,
+    append: Annotated[bool, typer.Option(help="add the cases to the cohort already there")] = False,
+    replace: Annotated[bool, typer.Option(help="replace the cohort in data/ (its version stays in DVC)")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="import the good cases and list the refused ones, instead of none")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the import report as JSON")] = False,
+) -> None:
+    """Convert real CT (DICOM, DICOM-SEG, NIfTI; public dataset layouts) into a de-identified cohort folder.
+
+    Needs LIVERLESION_PSEUDONYM_SECRET (patient keys are keyed-hash pseudonyms). Only voxels and
+    geometry are kept; no name, id, date, UID or source path is written. Importing into data/
+    versions it with DVC. Examples: `liverlesion import /data/3Dircadb1 --layout ircadb`;
+    `liverlesion import /data/lits --layout lits --types lits_types.csv --out /cohorts/lits`.
+    """
+    import json as json_module
+    import shutil
+
+    from liverlesion import paths
+    from liverlesion.contract import ContractError
+    from liverlesion.datastore import DataStoreError, configure_remote, version_data
+    from liverlesion.deid import pseudonymiser_from_env
+    from liverlesion.importers import import_cohort, read_types_table, scan_source
+    from liverlesion.progress import progress_printer
+
+    into_project = out is None
+    if into_project:
+        _environment()
+        out = paths.data_dir()
+    target = out
+    if replace:
+        if append:
+            _fail("--append and --replace exclude each other")
+        target = out.parent / f".{out.name}.replacing"
+        shutil.rmtree(target, ignore_errors=True)
+    elif out.exists() and any(out.iterdir()) and not append:
+        _fail(f"{out} already holds a cohort: --append adds the new cases to it, --replace replaces it"
+              + (" (the old version stays in DVC)" if into_project else ""))
+    try:
+        pseudonymiser = pseudonymiser_from_env()
+        cases = scan_source(source, layout, types=read_types_table(types), default_type=default_type,
+                            name_map=_parse_name_map(name_map), root=root)
+        settings = {"types_table": types is not None, "default_type": default_type,
+                    "name_map": _parse_name_map(name_map), "skip_bad": skip_bad}
+        report = import_cohort(cases, target, pseudonymiser, layout, settings, append=append, skip_bad=skip_bad,
+                               progress=None if as_json else progress_printer("import"))
+    except ContractError as err:
+        shutil.rmtree(target, ignore_errors=True) if replace else None
+        _fail(str(err))
+    if replace:
+        shutil.rmtree(out, ignore_errors=True)
+        target.replace(out)
+        report.out = out
+    summary = report.to_dict()
+    if into_project:
+        try:
+            configure_remote(paths.project_root(), paths.dvc_remote())
+            summary["data_version"] = version_data(paths.project_root())
+        except DataStoreError as err:
+            _fail(str(err), 1)
+    if as_json:
+        typer.echo(json_module.dumps(summary, indent=2))
+        return
+    typer.echo(f"imported {summary['cases']} case(s), {summary['lesions']} lesion(s) into {out}"
+               + (f" — DVC version {summary['data_version']} (commit data.dvc)" if into_project else ""))
+    for line in report.notes:
+        typer.echo(f"  note: {line}")
+    for line in report.refused:
+        typer.secho(f"  refused: {line}", fg="yellow")
+
+
+def _model_reference(model: str, name: str, version: str | None) -> str:
+    if version is not None:
+        return f"models:/{name}/{version}"
+    return model if model.startswith(("models:/", "runs:/")) or "/" in model else f"models:/{model}@champion"
+
+
+@app.command()
+def predict(
+    ct: Annotated[Path, typer.Argument(help="the CT: a NIfTI file (HU) or a folder holding one DICOM CT series")],
+    mask: Annotated[Path, typer.Option(help="its lesion mask: a NIfTI file on the CT's grid, or a DICOM-SEG file")],
+    out: Annotated[Path | None, typer.Option(help="folder for the results (default: ./prediction-<name>)")] = None,
+    model: Annotated[str, typer.Option(help="registered model name or MLflow model URI")] = "liver-lesion-classifier",
+    version: Annotated[str | None, typer.Option(help="a registered version instead of the 'champion' alias")] = None,
+    mask_encoding: Annotated[str, typer.Option(help="auto, binary, instance or class")] = "auto",
+    case_id: Annotated[str | None, typer.Option(help="the case's name in the results (default: from the file)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the per-lesion results as JSON")] = False,
+) -> None:
+    """Classify every lesion of one CT with the registered model (default: the champion).
+
+    Writes lesions.csv and lesions.json (volume, centroid in patient mm, P(metastasis), class, model
+    version), lesion_classes.nii.gz (each lesion coded 1 cyst / 2 metastasis, in the CT's own
+    geometry), lesion_map.png (the paper's Figure 5) and, for DICOM input, lesion_classes.seg.dcm
+    (a DICOM-SEG referencing the CT series, for a PACS viewer).
+    Example: `liverlesion predict ct.nii.gz --mask lesions.nii.gz --out result/`.
+    """
+    import json as json_module
+
+    env = _environment()
+    from liverlesion.contract import ContractError
+    from liverlesion.predict import metastasis_count
+
+    reference = _model_reference(model, model, version)
+    try:
+        predictor, resolved = _load_predictor(reference, env)
+        image, meta, series = _read_ct(ct)
+        name = case_id or (f"series-{series.headers[0].get('SeriesNumber', 1)}" if series is not None
+                           else ct.name.split(".nii")[0])
+        lesion_mask, encoding = _read_mask(mask, meta, series, mask_encoding, name)
+        prediction = predictor.predict(image, meta, lesion_mask, name, encoding)
+    except ContractError as err:
+        _fail(str(err))
+    out = out or Path(f"prediction-{name}")
+    extra = {"model": resolved, "model_name": predictor.model_name, "model_version": predictor.model_version,
+             "threshold": predictor.threshold, "precision": predictor.precision, "case_id": name,
+             "input": "DICOM series" if series is not None else "NIfTI"}
+    from liverlesion.predict import write_outputs
+
+    files = write_outputs(prediction, out, title=f"{name}: {predictor.model_name} v{predictor.model_version}", extra=extra)
+    if series is not None:
+        from liverlesion.dicomio import write_seg
+        from liverlesion.predict import class_volume
+
+        files["seg"] = write_seg(class_volume(prediction.instances, prediction.results),
+                                 {1: "cyst (predicted)", 2: "metastasis (predicted)"}, series,
+                                 out / "lesion_classes.seg.dcm")
+    results = prediction.results
+    if as_json:
+        typer.echo(files["json"].read_text())
+        return
+    typer.echo(f"{name}: {len(results)} lesion(s), {metastasis_count(results)} called metastasis, by "
+               f"{predictor.model_name} v{predictor.model_version} ({resolved}; P(metastasis) >= {predictor.threshold})")
+    for row in results.itertuples(index=False):
+        typer.echo(f"  {row.lesion_id}  {row.volume_ml:8.2f} mL  at ({row.x_mm:7.1f}, {row.y_mm:7.1f}, {row.z_mm:7.1f}) mm"
+                   f"  P(metastasis) {row.p_metastasis:.3f}  {row.predicted_class}")
+    typer.echo("  files: " + ", ".join(str(path) for path in files.values()))
+    typer.echo("  research use only, not for diagnostic use")
+
+
+def _load_predictor(reference: str, env: dict[str, str]):
+    """The registered pyfunc's predictor, with the model name and version it came from."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    name, version = "", ""
+    try:
+        if reference.startswith("models:/"):
+            body = reference[len("models:/"):]
+            if "@" in body:
+                name, alias = body.split("@", 1)
+                version = client.get_model_version_by_alias(name, alias).version
+            else:
+                name, version = body.split("/", 1)
+                client.get_model_version(name, version)
+        served = mlflow.pyfunc.load_model(reference).unwrap_python_model()
+    except MlflowException as err:
+        _fail(f"no model {reference} in {env['MLFLOW_TRACKING_URI']}: {err.message.splitlines()[0]}"
+              " (`liverlesion models` lists the registered versions)")
+    predictor = served.predictor
+    predictor.model_name, predictor.model_version = name or served.settings.get("model_name", ""), str(version)
+    return predictor, reference
+
+
+def _read_ct(path: Path):
+    """A CT from a NIfTI file or a DICOM series folder: (HU on canonical axes, meta, series or None)."""
+    from liverlesion.contract import ContractError
+    from liverlesion.imaging import check_hu, load_nifti
+
+    if path.is_dir():
+        from liverlesion.dicomio import read_ct_series
+
+        series = read_ct_series(path)
+        return series.hu, series.meta, series
+    if not path.exists():
+        raise ContractError(f"{path}: no such file or folder")
+    image, meta = load_nifti(path)
+    image, _ = check_hu(image, str(path))
+    return image, meta, None
+
+
+def _is_dicom(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(132)[128:132] == b"DICM"
+
+
+def _read_mask(path: Path, meta, series, encoding: str, name: str):
+    """The lesion mask: a NIfTI file on the CT's grid, or a DICOM-SEG of the series (lesion segments only)."""
+    from liverlesion.contract import ContractError
+    from liverlesion.predict import read_mask_nifti
+
+    if not path.is_file():
+        raise ContractError(f"{path}: no such mask file")
+    if _is_dicom(path):
+        if series is None:
+            raise ContractError(f"{path}: a DICOM-SEG needs its CT as a DICOM series folder, not a NIfTI file")
+        from liverlesion.dicomio import read_seg
+        from liverlesion.importers import NON_LESION_SEGMENTS, match_name
+
+        import numpy as np
+
+        instances = np.zeros(meta.shape, dtype=np.int32)
+        number = 0
+        for _, (label, segment) in sorted(read_seg(path, series).items()):
+            if match_name(label, NON_LESION_SEGMENTS) is None and segment.any():
+                number += 1
+                instances[segment & (instances == 0)] = number
+        return instances, "instance"
+    return read_mask_nifti(path, meta, f"case {name}"), encoding
 
 
 @app.command()

@@ -8,6 +8,7 @@ and says which it did. The DVC hash is the data version every later step records
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +35,8 @@ class DataStoreError(RuntimeError):
 @dataclass(frozen=True)
 class DataVersion:
     hash: str  # DVC's md5 of the data folder
-    source: str  # "existing", "restored" (DVC cache/remote) or "generated" (from the seed)
+    source: str  # "existing", "restored" (DVC cache/remote), "generated" (from the seed), "imported" or
+    # "external" (a cohort folder outside the project, versioned by its content hash)
     committed_hash: str | None  # the hash in data.dvc before this run
     path: Path
     note: str = ""  # e.g. a cohort made by another generator version
@@ -48,7 +50,11 @@ class DataVersion:
             "existing": "used the cohort already in",
             "restored": "restored the cohort from the DVC cache/remote into",
             "generated": "regenerated the embedded default cohort from its seed into",
+            "imported": "imported the cohort into",
+            "external": "used the cohort folder (outside the project's DVC)",
         }[self.source]
+        if self.source == "external":
+            return f"data: {how} {self.path} — content version {self.hash}"
         if self.committed_hash is None:
             status = f"{DVC_FILE} was new: commit it"
         elif self.matches_committed:
@@ -138,9 +144,45 @@ def prepare_data(
                 data.rmdir()
             generate_cohort(spec, data, progress=progress, workers=min(2, os.cpu_count() or 1))
     note = _check_spec(data, spec)
+    return DataVersion(hash=version_data(root), source=source, committed_hash=committed, path=data, note=note)
+
+
+def version_data(root: Path) -> str:
+    """``dvc add data`` and push it to the remote (configured before); the new hash.
+
+    Raises:
+        DataStoreError: DVC fails.
+    """
     _dvc(root, "add", DATA_FOLDER)
     _dvc(root, "push", "-r", REMOTE_NAME, DVC_FILE)
     version = dvc_hash(root)
     if version is None:
         raise DataStoreError(f"`dvc add {DATA_FOLDER}` left no hash in {root / DVC_FILE}")
-    return DataVersion(hash=version, source=source, committed_hash=committed, path=data, note=note)
+    return version
+
+
+def content_version(folder: Path) -> str:
+    """The version of a cohort folder that DVC does not track here: a SHA-256 over its files' paths
+    and bytes (``tree-<hex>``), so a changed file is a new version and ZenML does not reuse a step."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return "tree-" + digest.hexdigest()
+
+
+def external_data(folder: Path) -> DataVersion:
+    """A cohort folder chosen with ``--data`` (anywhere, also outside the checkout), by content hash.
+
+    Raises:
+        DataStoreError: no cohort there.
+    """
+    folder = Path(folder).resolve()
+    if not (folder / "cases.csv").exists():
+        raise DataStoreError(f"{folder}: no cases.csv: not a cohort folder (see the README's data contract; "
+                             "`liverlesion import` makes one)")
+    return DataVersion(hash=content_version(folder), source="external", committed_hash=None, path=folder)

@@ -1,0 +1,534 @@
+"""Importers: a hospital's or a public dataset's files in, a canonical, de-identified cohort folder out.
+
+Every layout is read into the same thing, one :class:`SourceCase` per CT (a CT in Hounsfield
+units on canonical RAS+ axes, its lesions numbered in an instance mask, and the lesions' types where
+known), and :func:`import_cohort` writes them in the contract's form (``liverlesion.contract``):
+``images/<case>.nii.gz`` (int16 HU), ``masks/<case>.nii.gz`` (instance mask), ``cases.csv``,
+``lesion_types.csv`` and ``cohort.json``. Patient and case keys are keyed-hash pseudonyms
+(``liverlesion.deid``); no header, path or name of the source is written. The cohort folder, not the
+raw files, is what DVC, ZenML and MLflow see.
+
+Layouts (``LAYOUTS``):
+
+| layout | source |
+| --- | --- |
+| ``manifest`` | a biobank's CSV (``patient_id, case, image, mask`` and optionally ``mask_encoding``), paths relative to its folder (or a data root); NIfTI |
+| ``lits`` | LiTS: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` (0 background, 1 liver, 2 tumour) |
+| ``msd`` | Medical Segmentation Decathlon (Task03 liver, Task08 hepatic vessel): ``imagesTr/``, ``labelsTr/``, ``dataset.json`` (the tumour label found by name); ``._*`` files skipped |
+| ``dicom-seg`` | DICOM CT series, each with a DICOM-SEG whose segments are lesions, named by a segment-name map |
+| ``crlm`` | TCIA Colorectal-Liver-Metastases: ``dicom-seg`` whose ``Tumor_n`` segments are metastases |
+| ``ircadb`` | 3D-IRCADb-01: ``3Dircadb1.N/PATIENT_DICOM/`` + ``MASKS_DICOM/<structure>/``, structures by a name map |
+
+Lesion types come from the layout (a segment or structure name map) or from a types table
+(``case, lesion, type``; ``case`` as the source names it, ``lesion`` numbered as
+``lesions.instance_map`` numbers the mask's lesions), or ``default_type``; a lesion with none is
+imported without a type (usable at inference, left out of training, and counted).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from liverlesion.contract import (
+    CASES_FILE, COHORT_FILE, IMAGES_DIR, LESION_TYPES, LESION_TYPES_COLUMNS, LESION_TYPES_FILE, MASK_ENCODINGS,
+    MASKS_DIR, ContractError,
+)
+from liverlesion.deid import Pseudonymiser, deidentification_record
+from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti
+from liverlesion.ingestion import contained_path
+from liverlesion.lesions import instance_map, lesion_labels
+
+Progress = Callable[[int, int, str], None] | None
+IMPORTER_VERSION = "1.0.0"
+#: a type in a name map that means "not a lesion to classify" (organs, vessels, resection beds)
+IGNORE = "ignore"
+LAYOUTS = ("manifest", "lits", "msd", "dicom-seg", "crlm", "ircadb")
+
+#: 3D-IRCADb-01 structure folders (lower case, glob): tumours and cysts of the liver. Everything
+#: else is not a liver lesion or not one to classify: organs and vessels, ``surretumor`` (adrenal
+#: tumour), ``tumor`` in some patients (adrenal), ``metastasectomie`` (a resection bed).
+#: Its tumours are not all colorectal metastases (some are primary liver tumours).
+IRCADB_NAME_MAP = {"livertumor*": "metastasis", "liverkyst*": "cyst", "livercyst*": "cyst"}
+#: TCIA Colorectal-Liver-Metastases DICOM-SEG segments: ``Tumor_n`` are metastases; ``Liver``,
+#: ``Liver Remnant``, ``Hepatic`` and ``Portal`` (veins) are not lesions
+CRLM_NAME_MAP = {"tumor*": "metastasis"}
+#: a generic DICOM-SEG: tumour or metastasis segments are metastases, cyst segments cysts
+DICOM_SEG_NAME_MAP = {"*metast*": "metastasis", "tumo*r*": "metastasis", "*cyst*": "cyst", "*kyst*": "cyst"}
+#: DICOM-SEG segments that are anatomy, not lesions (``liverlesion predict`` skips them)
+NON_LESION_SEGMENTS = {name: IGNORE for name in ("liver*", "hepatic*", "portal*", "*vein*", "*vessel*", "*artery*",
+                                                 "spleen*", "kidney*", "gallbladder*", "pancreas*", "body*")}
+#: LiTS and the Decathlon's liver / hepatic-vessel tasks: the tumour label
+LITS_TUMOUR_LABEL = 2
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+
+
+class ImportError_(ContractError):
+    """A source that cannot be imported; the message names the case (source path) and the problem."""
+
+
+@dataclass
+class CaseData:
+    """One CT read from a source: canonical HU, geometry, an instance mask, the lesions' types."""
+
+    hu: np.ndarray
+    meta: ImageMeta
+    instances: np.ndarray  # int32, 0 background, k = lesion k
+    types: dict[int, str]  # lesion number -> contract type; lesions without one have no type
+    notes: list[str] = field(default_factory=list)  # e.g. structures skipped, by name
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """A CT of the source before it is read: identifiers for pseudonyms (never written) and a reader."""
+
+    patient: str
+    case: str
+    where: str  # names the case in messages (the source path)
+    read: Callable[[], CaseData]
+
+
+@dataclass
+class ImportReport:
+    out: Path
+    layout: str
+    imported: list[dict]  # case_id, patient_key, lesions, typed, per type
+    refused: list[str]  # "<where>: <problem>"
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "layout": self.layout, "imported": self.imported, "refused": self.refused,
+                "notes": self.notes, "cases": len(self.imported),
+                "lesions": sum(c["lesions"] for c in self.imported)}
+
+
+# --- name maps and type tables ------------------------------------------------------------------
+
+
+def match_name(name: str, name_map: dict[str, str]) -> str | None:
+    """The type a structure or segment name maps to (first matching glob, case-insensitive), or None."""
+    lowered = name.strip().lower()
+    for pattern, kind in name_map.items():
+        if fnmatch.fnmatchcase(lowered, pattern.lower()):
+            return kind
+    return None
+
+
+def check_name_map(name_map: dict[str, str]) -> dict[str, str]:
+    """Refuse a map to a type the contract does not know."""
+    bad = {p: t for p, t in name_map.items() if t != IGNORE and t not in LESION_TYPES}
+    if bad:
+        raise ContractError(f"name map: unknown type(s) {bad}; known types: {sorted(LESION_TYPES)} or {IGNORE!r}")
+    return dict(name_map)
+
+
+def read_types_table(path: Path | None) -> dict[str, dict[int, str]]:
+    """A types table (``case, lesion, type``) as source case -> {lesion number: type}."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        raise ContractError(f"{path}: no such types table")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("case", "lesion", "type") if c not in table.columns]
+    if missing:
+        raise ContractError(f"{path}: missing column(s) {missing}; a types table has case, lesion, type")
+    types: dict[str, dict[int, str]] = {}
+    for row in table.itertuples(index=False):
+        if not row.lesion.strip().isdigit() or int(row.lesion) < 1:
+            raise ContractError(f"{path}: case {row.case}: lesion {row.lesion!r} is not a lesion number (1, 2, ...)")
+        types.setdefault(row.case.strip(), {})[int(row.lesion)] = row.type.strip()
+    return types
+
+
+def _types_for(instances_found: list[dict], given: dict[int, str], default_type: str | None, where: str) -> dict[int, str]:
+    """Each lesion's type from a table, else the default; unknown types and stray numbers refused."""
+    labels = lesion_labels(instances_found, given, where)  # raises on an unknown type or a stray lesion
+    types = {k: str(given[k]).strip().lower() for k in given}
+    if default_type is not None:
+        for k, label in labels.items():
+            types.setdefault(k, default_type)
+    return types
+
+
+def _components_as_instances(binary: np.ndarray, where: str) -> tuple[np.ndarray, list[dict]]:
+    return instance_map(binary.astype(np.uint8), where, "binary")
+
+
+# --- NIfTI layouts ------------------------------------------------------------------------------
+
+
+def _nifti_case(image: Path, mask: Path, where: str, to_instances: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]],
+                given: dict[int, str], default_type: str | None) -> CaseData:
+    hu, meta = load_nifti(image)
+    mask_array, mask_meta = load_nifti(mask)
+    if mask_array.shape != hu.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
+        raise ContractError(f"{where}: mask grid {mask_array.shape} differs from CT grid {hu.shape} (or their affines "
+                            "differ: the mask must lie on the CT's own voxels)")
+    instances, found = to_instances(mask_array)
+    return CaseData(hu, meta, instances, _types_for(found, given, default_type, where))
+
+
+def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dict[int, str]] | None = None,
+                  default_type: str | None = None) -> list[SourceCase]:
+    """A biobank's manifest CSV: ``patient_id, case, image, mask`` [``mask_encoding``], NIfTI paths relative to ``root``.
+
+    Raises:
+        ContractError: missing columns, a case listed twice, a path outside the root.
+    """
+    manifest = Path(manifest)
+    root = Path(root) if root is not None else manifest.parent
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    required = ("patient_id", "case", "image", "mask")
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ContractError(f"{manifest}: missing column(s) {missing}; a manifest has {list(required)} "
+                            "and optionally mask_encoding")
+    twice = sorted(set(table.loc[table["case"].duplicated(), "case"]))
+    if twice:
+        raise ContractError(f"{manifest}: duplicated case(s) {twice}")
+    types = types or {}
+    cases = []
+    for row in table.itertuples(index=False):
+        where = f"{manifest.name}: case {row.case}"
+        encoding = (getattr(row, "mask_encoding", "") or "class").strip()
+        if encoding not in MASK_ENCODINGS:
+            raise ContractError(f"{where}: unknown mask_encoding {encoding!r}; one of {list(MASK_ENCODINGS)}")
+        image = contained_path(root, row.image, f"{where}, image")
+        mask = contained_path(root, row.mask, f"{where}, mask")
+
+        def read(image=image, mask=mask, where=where, encoding=encoding, case=row.case) -> CaseData:
+            def to_instances(array):
+                instances, found = instance_map(array, where, encoding)
+                return instances, found
+            data = _nifti_case(image, mask, where, to_instances, types.get(case, {}), default_type)
+            if encoding == "class":  # the class-coded mask says the types itself
+                _, found = instance_map(load_nifti(mask)[0], where, "class")
+                data.types = {d["instance"]: ("cyst", "metastasis")[d["label"]] for d in found} | data.types
+            return data
+
+        cases.append(SourceCase(patient=row.patient_id, case=row.case, where=where, read=read))
+    return cases
+
+
+def _tumour_reader(image: Path, label: Path, where: str, tumour: int, given: dict[int, str],
+                   default_type: str | None) -> Callable[[], CaseData]:
+    def read() -> CaseData:
+        return _nifti_case(image, label, where, lambda a: _components_as_instances(np.asarray(a) == tumour, where),
+                           given, default_type)
+    return read
+
+
+def scan_lits(folder: Path, types: dict[str, dict[int, str]] | None = None,
+              default_type: str | None = None) -> list[SourceCase]:
+    """LiTS: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]``; tumour (label 2) components are lesions.
+
+    Each volume is its own patient (LiTS gives no patient ids). ``types`` keys: ``volume-N``.
+    """
+    folder = Path(folder)
+    volumes = {}
+    for path in sorted(folder.rglob("volume-*.nii*")):
+        if path.name.startswith("._"):
+            continue
+        volumes[_NIFTI.sub("", path.name)] = path
+    if not volumes:
+        raise ContractError(f"{folder}: no LiTS volume-N.nii[.gz] files")
+    cases = []
+    for name, volume in sorted(volumes.items(), key=lambda kv: int(kv[0].split("-")[1]) if kv[0].split("-")[1].isdigit() else 0):
+        number = name.split("-", 1)[1]
+        labels = [p for p in volume.parent.glob(f"segmentation-{number}.nii*") if not p.name.startswith("._")]
+        if not labels:
+            raise ContractError(f"{volume}: no segmentation-{number}.nii[.gz] beside it")
+        cases.append(SourceCase(f"lits-{number}", name, str(volume),
+                                _tumour_reader(volume, labels[0], str(volume), LITS_TUMOUR_LABEL,
+                                               (types or {}).get(name, {}), default_type)))
+    return cases
+
+
+def _msd_tumour_label(dataset_json: Path) -> int:
+    """The Decathlon task's tumour label, by its name in ``dataset.json`` (2 in Task03 and Task08)."""
+    if not dataset_json.exists():
+        return LITS_TUMOUR_LABEL
+    labels = json.loads(dataset_json.read_text()).get("labels", {})
+    for key, name in labels.items():
+        if re.search(r"tumou?r|cancer|lesion", str(name), re.IGNORECASE):
+            return int(key)
+    raise ContractError(f"{dataset_json}: no tumour label among {labels}")
+
+
+def scan_msd(folder: Path, types: dict[str, dict[int, str]] | None = None,
+             default_type: str | None = None) -> list[SourceCase]:
+    """The Medical Segmentation Decathlon: ``imagesTr/X.nii.gz`` + ``labelsTr/X.nii.gz``; ``._*`` skipped."""
+    folder = Path(folder)
+    tumour = _msd_tumour_label(folder / "dataset.json")
+    images = sorted(p for p in (folder / "imagesTr").glob("*.nii*") if not p.name.startswith("._"))
+    if not images:
+        raise ContractError(f"{folder}: no imagesTr/*.nii.gz (a Decathlon task folder has imagesTr/, labelsTr/, dataset.json)")
+    cases = []
+    for image in images:
+        name = _NIFTI.sub("", image.name)
+        label = folder / "labelsTr" / image.name
+        if not label.exists():
+            raise ContractError(f"{image}: no labelsTr/{image.name}")
+        cases.append(SourceCase(f"msd-{name}", name, str(image),
+                                _tumour_reader(image, label, str(image), tumour, (types or {}).get(name, {}), default_type)))
+    return cases
+
+
+# --- DICOM layouts ------------------------------------------------------------------------------
+
+
+def _stack_lesions(shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray, str]], where: str,
+                   components: bool) -> tuple[np.ndarray, dict[int, str]]:
+    """Named lesion masks (name, mask, type) into one instance mask; overlapping lesions refused."""
+    instances = np.zeros(shape, dtype=np.int32)
+    types: dict[int, str] = {}
+    owner: dict[int, str] = {}
+    number = 0
+    for name, mask, kind in masks:
+        parts = [mask]
+        if components:
+            numbered, found = _components_as_instances(mask, where)
+            parts = [numbered == d["instance"] for d in found]
+        for part in parts:
+            clash = np.unique(instances[part & (instances > 0)])
+            if clash.size:
+                raise ContractError(f"{where}: lesion structure {name!r} overlaps {owner[int(clash[0])]!r}; "
+                                    "a voxel belongs to one lesion")
+            number += 1
+            instances[part] = number
+            types[number] = kind
+            owner[number] = name
+    return instances, types
+
+
+def _dicom_seg_reader(ct_files: Sequence[Path], seg: Path, where: str, name_map: dict[str, str]) -> Callable[[], CaseData]:
+    def read() -> CaseData:
+        from liverlesion.dicomio import read_ct_series, read_seg
+
+        series = read_ct_series(ct_files)
+        segments = read_seg(seg, series)
+        kept, notes = [], []
+        for number, (label, mask) in sorted(segments.items()):
+            kind = match_name(label, name_map)
+            if kind is None or kind == IGNORE:
+                notes.append(f"segment {label!r} {'ignored by the name map' if kind else 'not in the name map: skipped'}")
+                continue
+            if mask.any():
+                kept.append((label, mask, kind))
+        instances, types = _stack_lesions(series.hu.shape, kept, where, components=False)
+        return CaseData(series.hu, series.meta, instances, types, notes)
+    return read
+
+
+def scan_dicom_seg(folder: Path, name_map: dict[str, str] | None = None) -> list[SourceCase]:
+    """Every DICOM-SEG under ``folder`` with the CT series it references; segments named by ``name_map``."""
+    import pydicom
+
+    from liverlesion.dicomio import find_series
+
+    folder = Path(folder)
+    name_map = check_name_map(name_map or DICOM_SEG_NAME_MAP)
+    series: dict[str, list[Path]] = {}  # find_series reads one folder; TCIA nests patient/study/series
+    for sub in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
+        for uid, files in find_series(sub).items():
+            series.setdefault(uid, []).extend(files)
+    if not series:
+        raise ContractError(f"{folder}: no DICOM files")
+    headers = {uid: pydicom.dcmread(files[0], stop_before_pixels=True) for uid, files in series.items()}
+    cases = []
+    for uid, files in series.items():
+        header = headers[uid]
+        if getattr(header, "Modality", "") != "SEG":
+            continue
+        referenced = [item.SeriesInstanceUID for item in getattr(header, "ReferencedSeriesSequence", [])]
+        targets = [r for r in referenced if r in series and getattr(headers[r], "Modality", "") == "CT"]
+        where = f"{files[0].parent} (segmentation series {getattr(header, 'SeriesNumber', '?')})"
+        if not targets:
+            raise ContractError(f"{where}: the CT series this DICOM-SEG references is not under {folder}")
+        ct = headers[targets[0]]
+        patient = str(getattr(ct, "PatientID", "") or getattr(ct, "PatientName", ""))
+        for seg_file in files:
+            cases.append(SourceCase(patient, f"{targets[0]}|{seg_file.name}", where,
+                                    _dicom_seg_reader(series[targets[0]], seg_file, where, name_map)))
+    if not cases:
+        raise ContractError(f"{folder}: no DICOM-SEG (Modality SEG) among {len(series)} series; lesion masks are needed")
+    return cases
+
+
+def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], CaseData]:
+    def read() -> CaseData:
+        from liverlesion.dicomio import read_ct_series, read_mask_series
+
+        where = str(patient_dir)
+        series = read_ct_series(patient_dir / "PATIENT_DICOM")
+        kept, notes = [], []
+        masks_dir = patient_dir / "MASKS_DICOM"
+        for structure in sorted(p for p in masks_dir.iterdir() if p.is_dir()) if masks_dir.is_dir() else []:
+            kind = match_name(structure.name, name_map)
+            if kind is None or kind == IGNORE:
+                notes.append(f"structure {structure.name!r} {'ignored by the name map' if kind else 'not a liver lesion: skipped'}")
+                continue
+            mask = read_mask_series(structure, series)
+            if mask.any():
+                kept.append((structure.name, mask, kind))
+        instances, types = _stack_lesions(series.hu.shape, kept, where, components=True)
+        return CaseData(series.hu, series.meta, instances, types, notes)
+    return read
+
+
+def scan_ircadb(folder: Path, name_map: dict[str, str] | None = None) -> list[SourceCase]:
+    """3D-IRCADb-01: one ``3Dircadb1.N`` folder per patient (or ``folder`` itself is one)."""
+    folder = Path(folder)
+    name_map = check_name_map(name_map or IRCADB_NAME_MAP)
+    patients = [folder] if (folder / "PATIENT_DICOM").is_dir() else sorted(
+        (p for p in folder.iterdir() if (p / "PATIENT_DICOM").is_dir()), key=lambda p: p.name)
+    if not patients:
+        raise ContractError(f"{folder}: no 3D-IRCADb patient folder (3Dircadb1.N/PATIENT_DICOM)")
+    return [SourceCase(f"ircadb-{p.name}", p.name, str(p), _ircadb_reader(p, name_map)) for p in patients]
+
+
+def scan_source(source: Path, layout: str, *, types: dict[str, dict[int, str]] | None = None,
+                default_type: str | None = None, name_map: dict[str, str] | None = None,
+                root: Path | None = None) -> list[SourceCase]:
+    """The cases of ``source`` read as ``layout`` (see the module's table)."""
+    if default_type is not None and default_type not in LESION_TYPES:
+        raise ContractError(f"default type {default_type!r} is not in the map; known types: {sorted(LESION_TYPES)}")
+    source = Path(source)
+    if not source.exists():
+        raise ContractError(f"{source}: no such file or folder")
+    if layout == "manifest":
+        return scan_manifest(source, root, types, default_type)
+    if layout == "lits":
+        return scan_lits(source, types, default_type)
+    if layout == "msd":
+        return scan_msd(source, types, default_type)
+    if layout == "dicom-seg":
+        return scan_dicom_seg(source, name_map)
+    if layout == "crlm":
+        return scan_dicom_seg(source, name_map or CRLM_NAME_MAP)
+    if layout == "ircadb":
+        return scan_ircadb(source, name_map)
+    raise ContractError(f"unknown layout {layout!r}; one of {list(LAYOUTS)}")
+
+
+# --- writing the cohort folder ------------------------------------------------------------------
+
+
+def _existing(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    cases = pd.read_csv(out / CASES_FILE, dtype=str, keep_default_na=False)
+    types_path = out / LESION_TYPES_FILE
+    types = (pd.read_csv(types_path, dtype=str, keep_default_na=False) if types_path.exists()
+             else pd.DataFrame(columns=list(LESION_TYPES_COLUMNS)))
+    meta_path = out / COHORT_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return cases, types, meta
+
+
+def import_cohort(
+    cases: Sequence[SourceCase],
+    out: Path,
+    pseudonymiser: Pseudonymiser,
+    layout: str,
+    settings: dict | None = None,
+    append: bool = False,
+    skip_bad: bool = False,
+    progress: Progress = None,
+) -> ImportReport:
+    """Read every source case, check it and write the cohort folder, all or nothing.
+
+    The new files are written to a staging folder beside ``out`` and moved in only when every case
+    has been read (or, with ``skip_bad``, the bad ones set aside and listed): a failed import leaves
+    ``out`` as it was.
+
+    Args:
+        append: add to the cohort already in ``out`` (its cases stay; a case already there is refused).
+        skip_bad: import the good cases and list the refused ones, instead of importing nothing.
+
+    Raises:
+        ContractError: ``out`` is not empty (and not ``append``), a case breaks the contract
+            (unless ``skip_bad``), or no case is left; every problem is named.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not append:
+        raise ContractError(f"{out} is not empty: import into a new folder, or add to its cohort with append")
+    if append and not (out / CASES_FILE).exists():
+        raise ContractError(f"{out}: no {CASES_FILE} to append to")
+    old_cases, old_types, old_meta = (_existing(out) if append else
+                                      (pd.DataFrame(columns=["patient_key", "case_id", "image", "mask", "mask_encoding"]),
+                                       pd.DataFrame(columns=list(LESION_TYPES_COLUMNS)), {}))
+    staging = out.parent / f".{out.name}.importing"
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / IMAGES_DIR).mkdir(parents=True)
+    (staging / MASKS_DIR).mkdir(parents=True)
+    rows, type_rows, refused, notes, imported = [], [], [], [], []
+    taken = set(old_cases["case_id"])
+    try:
+        for i, source in enumerate(cases, start=1):
+            try:
+                patient_key = pseudonymiser.patient_key(source.patient)
+                case_id = pseudonymiser.case_id(patient_key, source.case)
+                if case_id in taken:
+                    raise ContractError(f"{source.where}: duplicated case: it is already in the cohort as {case_id}")
+                data = source.read()
+                if data.instances.shape != data.hu.shape:
+                    raise ContractError(f"{source.where}: mask shape {data.instances.shape} differs from CT {data.hu.shape}")
+                hu, n_padding = check_hu(data.hu, source.where)
+                lesions = sorted(int(k) for k in np.unique(data.instances) if k)
+                if not lesions:
+                    raise ContractError(f"{source.where}: its mask holds no lesion")
+            except ContractError as err:
+                if not skip_bad:
+                    raise
+                refused.append(str(err))
+                continue
+            image, mask = f"{IMAGES_DIR}/{case_id}.nii.gz", f"{MASKS_DIR}/{case_id}.nii.gz"
+            save_nifti(np.round(hu).astype(np.int16), data.meta.affine, staging / image)
+            save_nifti(data.instances.astype(np.int16 if data.instances.max() < 2**15 else np.int32),
+                       data.meta.affine, staging / mask)
+            taken.add(case_id)
+            rows.append({"patient_key": patient_key, "case_id": case_id, "image": image, "mask": mask,
+                         "mask_encoding": "instance"})
+            typed = {k: t for k, t in data.types.items() if k in lesions}
+            type_rows += [{"case_id": case_id, "lesion": k, "type": t} for k, t in sorted(typed.items())]
+            notes += [f"case {case_id}: {note}" for note in data.notes]
+            if n_padding:
+                notes.append(f"case {case_id}: {n_padding} padding voxels (outside the field of view) set to air")
+            imported.append({"case_id": case_id, "patient_key": patient_key, "lesions": len(lesions),
+                             "typed": len(typed), **{kind: sum(t == kind for t in typed.values()) for kind in LESION_TYPES}})
+            if progress is not None:
+                progress(i, len(cases), case_id)
+        if not rows:
+            raise ContractError(f"no case of the source could be imported ({len(refused)} refused):\n  " + "\n  ".join(refused))
+        cases_table = pd.concat([old_cases, pd.DataFrame(rows)], ignore_index=True)
+        cases_table["mask_encoding"] = cases_table["mask_encoding"].replace("", "class").fillna("class")
+        types_table = pd.concat([old_types, pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS))], ignore_index=True)
+        imports = [*old_meta.get("imports", []), {
+            "importer_version": IMPORTER_VERSION, "layout": layout, "settings": settings or {},
+            "cases": len(rows), "lesions": sum(c["lesions"] for c in imported), "refused": len(refused)}]
+        meta = {"source": "liverlesion import", "imports": imports, "deidentification": deidentification_record(),
+                "mask_codes": "instance masks: 0 background, k = lesion k; types in lesion_types.csv",
+                "units": {"image": "HU (int16)", "spacing": "mm"}}
+        cases_table.to_csv(staging / CASES_FILE, index=False, lineterminator="\n")
+        types_table.to_csv(staging / LESION_TYPES_FILE, index=False, lineterminator="\n")
+        (staging / COHORT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # all read and written: move in (the tables last, so a cohort never lists a missing file)
+        out.mkdir(parents=True, exist_ok=True)
+        for sub in (IMAGES_DIR, MASKS_DIR):
+            (out / sub).mkdir(exist_ok=True)
+            for path in (staging / sub).iterdir():
+                path.replace(out / sub / path.name)
+        for name in (LESION_TYPES_FILE, COHORT_FILE, CASES_FILE):
+            (staging / name).replace(out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ImportReport(out, layout, imported, refused, notes)

@@ -1,0 +1,197 @@
+"""Answers for one new patient: a CT and its lesion mask in, per-lesion probabilities and a lesion map out.
+
+The preprocessing is the training preprocessing: lesions are numbered by ``lesions.instance_map``,
+described by ``lesions.lesion_rows`` and cut into patches by ``ingestion.case_patches``, the
+functions ``segment`` and ``extract_patches`` use; they are scored like ``evaluate`` scores
+(``inference.inference_model`` at the precision the profile asks for). The same lesion therefore
+gets the probability ``evaluate`` gave it.
+
+Outputs (:func:`write_outputs`): ``lesions.csv`` and ``lesions.json`` (one row per lesion), a
+label volume in the CT's own geometry coding each lesion by its predicted class (the contract's
+class codes: 1 cyst, 2 metastasis), and the paper's Figure 5 (``lesion_map.png``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from liverlesion.contract import LABEL_METASTASIS, LABEL_NAMES, MASK_CYST, MASK_METASTASIS, MASK_TO_LABEL, ContractError
+from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti, to_source_orientation
+from liverlesion.ingestion import case_patches
+from liverlesion.lesions import instance_map, lesion_rows
+
+#: ``auto``: 0/1 or 0/255 masks are binary (lesions = connected components), anything else instance-numbered
+MASK_ENCODINGS_AT_INFERENCE = ("auto", "binary", "instance", "class")
+RESULT_COLUMNS = (
+    "case_id", "lesion_id", "instance", "volume_ml", "x_mm", "y_mm", "z_mm", "p_metastasis", "predicted",
+    "predicted_class", "model_name", "model_version",
+)
+_LABEL_TO_MASK = {label: code for code, label in MASK_TO_LABEL.items()}
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """How patches are cut: the ``patches`` section of the profile the model was trained with."""
+
+    margin_mm: float
+    canvas: tuple[int, int]
+    output_size: tuple[int, int] | None
+    square_pixels: bool
+
+    @classmethod
+    def from_profile(cls, profile: dict[str, Any]) -> PatchSettings:
+        """From a profile as JSON (the ``config`` lineage tag of a registered version)."""
+        p = profile["patches"]
+        return cls(float(p["margin_mm"]), tuple(p["canvas"]), tuple(p["output_size"]) if p.get("output_size") else None,
+                   bool(p["square_pixels"]))
+
+
+@dataclass(frozen=True)
+class CasePrediction:
+    results: pd.DataFrame  # RESULT_COLUMNS
+    instances: np.ndarray  # int32 lesion numbers on the canonical grid
+    image: np.ndarray  # the CT in HU on the canonical grid
+    meta: ImageMeta
+
+
+def read_mask_nifti(path: Path, meta: ImageMeta, where: str) -> np.ndarray:
+    """A NIfTI lesion mask, checked to lie on the CT's grid.
+
+    Raises:
+        ContractError: unreadable, another grid, or empty, naming ``where``.
+    """
+    mask, mask_meta = load_nifti(path)
+    if mask.shape != meta.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
+        raise ContractError(f"{where}: mask grid {mask.shape} differs from CT grid {meta.shape} (or their affines "
+                            "differ: the mask must lie on the CT's own voxels)")
+    return mask
+
+
+def number_lesions(mask: np.ndarray, encoding: str, where: str) -> tuple[np.ndarray, list[dict]]:
+    """Lesions of a mask at inference: class codes only separate lesions, they are not used as answers."""
+    if encoding not in MASK_ENCODINGS_AT_INFERENCE:
+        raise ContractError(f"{where}: unknown mask encoding {encoding!r}; one of {list(MASK_ENCODINGS_AT_INFERENCE)}")
+    if encoding == "auto":
+        values = set(np.unique(mask).tolist())
+        encoding = "binary" if values <= {0, 1} or values <= {0, 255} else "instance"
+    instances, described = instance_map(mask, where, encoding)
+    if not described:
+        raise ContractError(f"{where}: its mask holds no lesion")
+    for d in described:
+        d["label"] = None
+    return instances, described
+
+
+def patient_mm(meta: ImageMeta, voxel: np.ndarray) -> np.ndarray:
+    """Voxel coordinates (canonical grid) -> DICOM patient coordinates in mm (LPS: x right-to-left,
+    y anterior-to-posterior, z inferior-to-superior), as a PACS viewer shows them."""
+    ras = (meta.affine @ np.c_[voxel, np.ones(len(voxel))].T).T[:, :3]
+    return ras * np.array([-1.0, -1.0, 1.0])
+
+
+class LesionPredictor:
+    """A trained classifier with the preprocessing it was trained with.
+
+    Args:
+        model: the Keras network as trained (float32).
+        patches: how its patches were cut.
+        threshold: P(metastasis) at or above which a lesion is called metastasis.
+        precision: ``auto``, ``float32`` or ``bfloat16`` (``inference.resolve_precision``).
+        model_name, model_version: written in every result row.
+    """
+
+    def __init__(self, model, patches: PatchSettings, threshold: float = 0.5, precision: str = "auto",
+                 model_name: str = "", model_version: str = ""):
+        from liverlesion.inference import inference_model, resolve_precision
+
+        self.model = model
+        self.patches = patches
+        self.threshold = float(threshold)
+        self.precision, self.precision_reason = resolve_precision(precision)
+        self._scorer = inference_model(model, self.precision)
+        self.model_name, self.model_version = model_name, str(model_version)
+
+    def score_patches(self, patches: np.ndarray) -> np.ndarray:
+        from liverlesion.training import predict_metastasis_probability
+
+        return predict_metastasis_probability(self._scorer, patches)
+
+    def predict(self, image: np.ndarray, meta: ImageMeta, mask: np.ndarray, case_id: str = "case",
+                mask_encoding: str = "auto") -> CasePrediction:
+        """Score every lesion of one case.
+
+        Args:
+            image: the CT in HU, canonical axes (``imaging.load_nifti`` or ``dicomio.read_ct_series``).
+            mask: the lesion segmentation on the same grid.
+
+        Raises:
+            ContractError: a mask on another grid, an empty mask, NaN or impossible CT numbers.
+        """
+        where = f"case {case_id}"
+        if mask.shape != image.shape:
+            raise ContractError(f"{where}: mask shape {mask.shape} differs from CT shape {image.shape}")
+        image, _ = check_hu(image, where)
+        instances, described = number_lesions(mask, mask_encoding, where)
+        lesions = lesion_rows(instances, described, image, meta.spacing, case_id, "")
+        p = self.patches
+        stacks, _ = case_patches(image, instances, meta.spacing, lesions, p.margin_mm, p.canvas, p.output_size,
+                                 p.square_pixels)
+        probability = self.score_patches(stacks)
+        predicted = (probability >= self.threshold).astype(int)
+        centroids = patient_mm(meta, lesions[[f"centroid_{a}" for a in range(3)]].to_numpy())
+        results = pd.DataFrame({
+            "case_id": case_id, "lesion_id": lesions["lesion_id"], "instance": lesions["instance"].astype(int),
+            "volume_ml": lesions["volume_ml"], "x_mm": centroids[:, 0], "y_mm": centroids[:, 1], "z_mm": centroids[:, 2],
+            "p_metastasis": probability.astype(float), "predicted": predicted,
+            "predicted_class": [LABEL_NAMES[int(k)] for k in predicted],
+            "model_name": self.model_name, "model_version": self.model_version,
+        }, columns=list(RESULT_COLUMNS))
+        return CasePrediction(results, instances, image, meta)
+
+
+def class_volume(instances: np.ndarray, results: pd.DataFrame) -> np.ndarray:
+    """Each lesion's voxels coded by its predicted class (``contract``: 1 cyst, 2 metastasis), 0 elsewhere."""
+    lookup = np.zeros(int(instances.max()) + 1, dtype=np.uint8)
+    for row in results.itertuples(index=False):
+        lookup[int(row.instance)] = _LABEL_TO_MASK[int(row.predicted)]
+    return lookup[instances]
+
+
+def write_outputs(prediction: CasePrediction, out: Path, title: str = "", extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """``lesions.csv``, ``lesions.json``, ``lesion_classes.nii.gz`` (the CT's own geometry) and ``lesion_map.png``.
+
+    Args:
+        extra: written into ``lesions.json`` beside the rows (model, input, settings).
+    """
+    from liverlesion.figure import lesion_map_figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = prediction.results
+    files = {"csv": out / "lesions.csv", "json": out / "lesions.json", "labels": out / "lesion_classes.nii.gz",
+             "figure": out / "lesion_map.png"}
+    results.to_csv(files["csv"], index=False, lineterminator="\n")
+    document = {**(extra or {}), "coordinates": "x_mm, y_mm, z_mm: lesion centroid in DICOM patient coordinates (LPS), mm",
+                "classes": {"cyst": MASK_CYST, "metastasis": MASK_METASTASIS},
+                "lesions": json.loads(results.to_json(orient="records"))}
+    files["json"].write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    volume, affine = to_source_orientation(class_volume(prediction.instances, results), prediction.meta)
+    save_nifti(volume, affine, files["labels"])
+    figure_rows = results.assign(**{f"centroid_{a}": 0.0 for a in range(3)})
+    for k, row in enumerate(results.itertuples(index=False)):
+        coords = np.argwhere(prediction.instances == row.instance).mean(axis=0)
+        for a in range(3):
+            figure_rows.loc[k, f"centroid_{a}"] = coords[a]
+    lesion_map_figure(prediction.image, prediction.meta.spacing, prediction.instances, figure_rows, files["figure"],
+                      title=title, threshold=float(extra.get("threshold", 0.5)) if extra else 0.5)
+    return files
+
+
+def metastasis_count(results: pd.DataFrame) -> int:
+    return int((results["predicted"] == LABEL_METASTASIS).sum())
