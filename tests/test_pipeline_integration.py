@@ -16,42 +16,15 @@ import yaml
 
 from liverlesion.inference import resolve_precision
 
+from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
+
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_PROFILE = {
-    "extends": "quick",
-    "name": "tiny",
-    "cohort": {"seed": 7, "n_patients": 12, "n_lesions": 36, "size_scale": 0.5},
-    "patches": {"output_size": [75, 75]},
-    "validation": {"patch_shape": [75, 75]},
-    "train": {"epochs": 1, "batch_size": 8},
-    "register": {"model_name": "tiny-liver-lesion"},
-}
-
-
-def cli(project: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("liverlesion")), *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=900,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"liverlesion {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
-    return done
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(REPO / "configs", root / "configs")
-    (root / "configs" / "tiny.yaml").write_text(yaml.safe_dump(TINY_PROFILE))
+    root, env = make_project(tmp_path_factory.mktemp("project"))
     bad = {**TINY_PROFILE, "name": "unbalanced", "validation": {"patch_shape": [75, 75], "min_metastasis_fraction": 0.9, "max_metastasis_fraction": 1.0}}
     (root / "configs" / "unbalanced.yaml").write_text(yaml.safe_dump(bad))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "LIVERLESION_"))}
-    env.update({"LIVERLESION_PROJECT": str(root), "LIVERLESION_HOME": str(root / "state"), "CUDA_VISIBLE_DEVICES": ""})
-    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-        subprocess.run(command, cwd=root, check=True)
-    (root / "data.dvc").write_text("")  # marks the project root; filled by `dvc add`
     return root, env
 
 
@@ -59,13 +32,6 @@ def project(tmp_path_factory):
 def first_run(project):
     root, env = project
     return cli(root, env, "run", "--profile", "tiny")
-
-
-def mlflow_client(root):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}"
-    return MlflowClient(uri, uri)
 
 
 def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_run):
@@ -249,3 +215,54 @@ def test_export_writes_the_validated_split_patches_with_their_lineage(project, f
     assert data.meta["data_version"] == version.tags["data_version"]
     assert sum(data.meta["counts"].values()) == 36 and data["train"].x.shape[1:] == (75, 75, 3)
     assert not set(data["train"].patient_key) & set(data["test"].patient_key)
+
+
+def test_predict_gives_the_probabilities_evaluate_gave_and_writes_its_outputs(project, first_run, tmp_path):
+    """One preprocessing path: the champion scores a test patient's lesions through `predict` exactly
+    as `evaluate` scored them in the pipeline."""
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    root, env = project
+    reports = Path(first_run.stdout.split("reports: ")[1].split()[0])
+    evaluated = pd.read_csv(reports / "test_predictions.csv")
+    case = evaluated["lesion_id"].iloc[0].rsplit("-L", 1)[0]
+    cases = pd.read_csv(root / "data" / "cases.csv").set_index("case_id")
+    out = tmp_path / "answer"
+    done = cli(root, env, "predict", str(root / "data" / cases.loc[case, "image"]), "--mask",
+               str(root / "data" / cases.loc[case, "mask"]), "--mask-encoding", "class", "--model", "tiny-liver-lesion",
+               "--case-id", case, "--out", str(out))
+    assert "by tiny-liver-lesion v1" in done.stdout
+    answered = pd.read_csv(out / "lesions.csv")
+    same = evaluated.merge(answered, on="lesion_id", suffixes=("_evaluate", "_predict"))
+    assert len(same) == (evaluated["lesion_id"].str.rsplit("-L", n=1).str[0] == case).sum() == len(answered)
+    np.testing.assert_allclose(same["p_metastasis_predict"], same["p_metastasis_evaluate"], rtol=0, atol=1e-6)
+    assert (answered["model_version"] == 1).all() and (answered["model_name"] == "tiny-liver-lesion").all()
+    # the label volume codes each lesion by its predicted class, on the CT's own grid
+    labels = nib.load(out / "lesion_classes.nii.gz")
+    ct = nib.load(root / "data" / cases.loc[case, "image"])
+    assert labels.shape == ct.shape and np.allclose(labels.affine, ct.affine)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}
+    document = json.loads((out / "lesions.json").read_text())
+    assert len(document["lesions"]) == len(answered) and "LPS" in document["coordinates"]
+    png = (out / "lesion_map.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_predict_refuses_bad_input_in_one_line(project, first_run, tmp_path):
+    root, env = project
+    cases = __import__("pandas").read_csv(root / "data" / "cases.csv")
+    image = root / "data" / cases["image"].iloc[0]
+    other_mask = root / "data" / cases["mask"].iloc[1]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(image.read_bytes()[:2000])
+    for args, expected in (
+        ([str(broken), "--mask", str(other_mask)], "not a readable NIfTI image"),
+        ([str(image), "--mask", str(other_mask)], "differs from CT grid"),
+        ([str(image), "--mask", str(tmp_path / "none.nii.gz")], "no such mask file"),
+        ([str(image), "--mask", str(other_mask), "--model", "no-such-model"], "no model models:/no-such-model@champion"),
+    ):
+        done = cli(root, env, "predict", *args, "--out", str(tmp_path / "x"), check=False)
+        assert done.returncode == 2, (args, done.stderr)
+        assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -436,12 +436,12 @@ def predict(
     from liverlesion.predict import metastasis_count
 
     reference = _model_reference(model, model, version)
-    try:
-        predictor, resolved = _load_predictor(reference, env)
+    try:  # the input first: a bad file is refused before the model is loaded
         image, meta, series = _read_ct(ct)
         name = case_id or (f"series-{series.headers[0].get('SeriesNumber', 1)}" if series is not None
                            else ct.name.split(".nii")[0])
         lesion_mask, encoding = _read_mask(mask, meta, series, mask_encoding, name)
+        predictor, resolved = _load_predictor(reference, env)
         prediction = predictor.predict(image, meta, lesion_mask, name, encoding)
     except ContractError as err:
         _fail(str(err))

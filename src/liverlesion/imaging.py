@@ -8,11 +8,13 @@ same DVC hash) whenever it is written.
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 from nibabel.filebasedimages import ImageFileError
+from nibabel.wrapstruct import WrapStructError
 import numpy as np
 
 from liverlesion.contract import HU_AIR, HU_IMPOSSIBLE_ABOVE, HU_IMPOSSIBLE_BELOW, ContractError
@@ -37,6 +39,22 @@ class ImageMeta:
         return float(np.prod(self.spacing)) / 1000.0
 
 
+#: ``sizeof_hdr`` of a NIfTI-1 header; NIfTI-2 has 540
+_NIFTI1_HEADER_SIZE = 348
+
+
+def _read_image(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The image of a NIfTI file; a ``.gz`` is decompressed to its end first, so a damaged file fails
+    its CRC check instead of loading with wrong voxels (nibabel stops reading before the trailer)."""
+    if not path.name.endswith(".gz"):
+        return nib.load(str(path))
+    if path.stat().st_size == 0:
+        raise ImageFileError(f"Empty file: '{path}'")  # as nibabel says it for a .nii
+    raw = gzip.decompress(path.read_bytes())
+    nifti1 = _NIFTI1_HEADER_SIZE in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+    return (nib.Nifti1Image if nifti1 else nib.Nifti2Image).from_bytes(raw)
+
+
 def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, ImageMeta]:
     """Load a 3D NIfTI volume reoriented to canonical RAS+ axes.
 
@@ -50,7 +68,7 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
     """
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        img = _read_image(path)
         shape = img.shape
         if len(shape) == 4 and shape[3] == 1:
             img = img.slicer[..., 0]
@@ -66,7 +84,7 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
         raise
     except FileNotFoundError:
         raise ContractError(f"{path}: no such file") from None
-    except (OSError, EOFError, ValueError, ImageFileError) as err:
+    except (OSError, EOFError, ValueError, ImageFileError, WrapStructError, zlib.error) as err:
         raise ContractError(f"{path}: not a readable NIfTI image ({type(err).__name__}: {err})") from None
     zooms = canonical.header.get_zooms()[:3]
     meta = ImageMeta(
