@@ -112,7 +112,7 @@ class CTSeries:
 
 
 # --- naming -----------------------------------------------------------------------------------
-def _mask_uids(text: str) -> str:
+def mask_uids(text: str) -> str:
     """``text`` (a path) with every component that is a DICOM UID replaced by ``<UID>``."""
     parts = re.split(r"([/\\])", text)
     out = []
@@ -123,7 +123,7 @@ def _mask_uids(text: str) -> str:
 
 
 def _file_name(path: Path) -> str:
-    return _mask_uids(path.name)
+    return mask_uids(path.name)
 
 
 def _series_where(folder_text: str, header: Dataset) -> str:
@@ -142,7 +142,7 @@ def _candidate_files(folder: Path) -> list[Path]:
     """The plain files directly inside ``folder``, by name (hidden AppleDouble ``._*`` included:
     they are recognised as non-DICOM by content, like any other stray file)."""
     if not folder.is_dir():
-        raise DicomSeriesError(f"{_mask_uids(str(folder))}: not a folder")
+        raise DicomSeriesError(f"{mask_uids(str(folder))}: not a folder")
     return sorted(p for p in folder.iterdir() if p.is_file())
 
 
@@ -225,7 +225,7 @@ def find_series(folder: Path) -> dict[str, list[Path]]:
         DicomSeriesError: ``folder`` is not a folder, or holds a truncated or corrupt DICOM file.
     """
     folder = Path(folder)
-    groups = _scan(_candidate_files(folder), _mask_uids(str(folder)))
+    groups = _scan(_candidate_files(folder), mask_uids(str(folder)))
     return {uid: [path for path, _ in members] for uid, members in groups.items()}
 
 
@@ -235,13 +235,13 @@ def _one_series(
     """(folder text, [(file, header)]) of the single series at ``path`` (folder or file list)."""
     if isinstance(path, (str, os.PathLike)):
         folder = Path(path)
-        folder_text = _mask_uids(str(folder))
+        folder_text = mask_uids(str(folder))
         files = _candidate_files(folder)
     else:
         files = [Path(p) for p in path]
         if not files:
             raise DicomSeriesError(f"(empty file list): no readable DICOM {kind} file")
-        folder_text = _mask_uids(os.path.commonpath([str(p.parent) for p in files]))
+        folder_text = mask_uids(os.path.commonpath([str(p.parent) for p in files]))
     groups = _scan(files, folder_text)
     if not groups:
         raise _refuse(folder_text, f"no readable DICOM {kind} file ({len(files)} files looked at)")
@@ -616,7 +616,7 @@ def read_seg(path: Path, reference: CTSeries) -> dict[int, tuple[str, np.ndarray
     import highdicom as hd
 
     path = Path(path)
-    where = _mask_uids(str(path))
+    where = mask_uids(str(path))
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:  # not a SEG, truncated, unsupported: refuse naming the file

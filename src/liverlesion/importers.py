@@ -310,20 +310,29 @@ def _stack_lesions(shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray
     return instances, types
 
 
+def _named_lesions(named: Sequence[tuple[str, Callable[[], np.ndarray]]], name_map: dict[str, str], what: str,
+                   unmatched: str) -> tuple[list[tuple[str, np.ndarray, str]], list[str]]:
+    """The masks whose names the map types as lesions, (name, mask, type); the others listed, not read."""
+    kept, notes = [], []
+    for name, load in named:
+        kind = match_name(name, name_map)
+        if kind is None or kind == IGNORE:
+            notes.append(f"{what} {name!r} {'ignored by the name map' if kind else unmatched}")
+            continue
+        mask = load()
+        if mask.any():
+            kept.append((name, mask, kind))
+    return kept, notes
+
+
 def _dicom_seg_reader(ct_files: Sequence[Path], seg: Path, where: str, name_map: dict[str, str]) -> Callable[[], CaseData]:
     def read() -> CaseData:
         from liverlesion.dicomio import read_ct_series, read_seg
 
         series = read_ct_series(ct_files)
         segments = read_seg(seg, series)
-        kept, notes = [], []
-        for number, (label, mask) in sorted(segments.items()):
-            kind = match_name(label, name_map)
-            if kind is None or kind == IGNORE:
-                notes.append(f"segment {label!r} {'ignored by the name map' if kind else 'not in the name map: skipped'}")
-                continue
-            if mask.any():
-                kept.append((label, mask, kind))
+        kept, notes = _named_lesions([(label, lambda mask=mask: mask) for _, (label, mask) in sorted(segments.items())],
+                                     name_map, "segment", "not in the name map: skipped")
         instances, types = _stack_lesions(series.hu.shape, kept, where, components=False)
         return CaseData(series.hu, series.meta, instances, types, notes)
     return read
@@ -333,7 +342,7 @@ def scan_dicom_seg(folder: Path, name_map: dict[str, str] | None = None) -> list
     """Every DICOM-SEG under ``folder`` with the CT series it references; segments named by ``name_map``."""
     import pydicom
 
-    from liverlesion.dicomio import find_series
+    from liverlesion.dicomio import find_series, mask_uids
 
     folder = Path(folder)
     name_map = check_name_map(name_map or DICOM_SEG_NAME_MAP)
@@ -351,7 +360,7 @@ def scan_dicom_seg(folder: Path, name_map: dict[str, str] | None = None) -> list
             continue
         referenced = [item.SeriesInstanceUID for item in getattr(header, "ReferencedSeriesSequence", [])]
         targets = [r for r in referenced if r in series and getattr(headers[r], "Modality", "") == "CT"]
-        where = f"{files[0].parent} (segmentation series {getattr(header, 'SeriesNumber', '?')})"
+        where = f"{mask_uids(str(files[0].parent))} (segmentation series {getattr(header, 'SeriesNumber', '?')})"
         if not targets:
             raise ContractError(f"{where}: the CT series this DICOM-SEG references is not under {folder}")
         ct = headers[targets[0]]
@@ -370,16 +379,10 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
 
         where = str(patient_dir)
         series = read_ct_series(patient_dir / "PATIENT_DICOM")
-        kept, notes = [], []
         masks_dir = patient_dir / "MASKS_DICOM"
-        for structure in sorted(p for p in masks_dir.iterdir() if p.is_dir()) if masks_dir.is_dir() else []:
-            kind = match_name(structure.name, name_map)
-            if kind is None or kind == IGNORE:
-                notes.append(f"structure {structure.name!r} {'ignored by the name map' if kind else 'not a liver lesion: skipped'}")
-                continue
-            mask = read_mask_series(structure, series)
-            if mask.any():
-                kept.append((structure.name, mask, kind))
+        structures = sorted(p for p in masks_dir.iterdir() if p.is_dir()) if masks_dir.is_dir() else []
+        kept, notes = _named_lesions([(s.name, lambda s=s: read_mask_series(s, series)) for s in structures],
+                                     name_map, "structure", "not a liver lesion: skipped")
         instances, types = _stack_lesions(series.hu.shape, kept, where, components=True)
         return CaseData(series.hu, series.meta, instances, types, notes)
     return read
