@@ -28,6 +28,8 @@ from liverlesion.predict import RESULT_COLUMNS
 from liverlesion.promotion import PromotionDecision, decide_promotion
 
 METRIC_TAG_PREFIX = "metric."
+#: decimals of the metric tags; the gate compares at this precision, the precision its record keeps
+METRIC_TAG_DECIMALS = 6
 #: the name of the pyfunc model in the run (and what ``models:/<name>@champion`` loads)
 PYFUNC_NAME = "lesion_classifier"
 #: the serving environment: the GPU-capable TensorFlow build (``tensorflow``, not ``tensorflow-cpu``,
@@ -133,11 +135,13 @@ def register_model_version(
     sample = model.inputs[0].shape
     with mlflow.start_run(run_id=run_id):
         model_uri = log_serving_model(model, serving_settings(model_name, lineage))
-    tags = {**lineage, **{METRIC_TAG_PREFIX + k: f"{v:.6f}" for k, v in metrics.items()}}
+    tags = {**lineage, **{METRIC_TAG_PREFIX + k: f"{v:.{METRIC_TAG_DECIMALS}f}" for k, v in metrics.items()}}
     version = mlflow.register_model(model_uri, model_name, tags=tags)
     try:
         champion_version, champion_value = champion_metric(client, model_name, champion_alias, primary_metric)
-        decision = decide_promotion(primary_metric, metrics[primary_metric], champion_value)
+        # the champion's value is its tag, rounded: round the candidate alike, or a tie (the same model
+        # retrained) would be promoted whenever rounding went down
+        decision = decide_promotion(primary_metric, round(metrics[primary_metric], METRIC_TAG_DECIMALS), champion_value)
         if champion_version is not None:
             client.set_model_version_tag(model_name, version.version, "compared_with", f"v{champion_version}")
         client.set_model_version_tag(model_name, version.version, "promotion", "champion" if decision.promote else "challenger")

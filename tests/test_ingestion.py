@@ -8,7 +8,6 @@ import pytest
 
 from liverlesion.imaging import affine_from_spacing, load_nifti, save_nifti
 from liverlesion.ingestion import CohortError, extract_cohort_patches, ingest_cases, load_case, segment_cases
-from liverlesion.lesions import instance_map
 from liverlesion.patches import lesion_patches
 from liverlesion.phantom import CohortSpec, generate_cohort
 

@@ -5,7 +5,6 @@ real DVC (git repo + local remote), real ZenML local store, real MLflow SQLite s
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -266,3 +265,44 @@ def test_predict_refuses_bad_input_in_one_line(project, first_run, tmp_path):
         done = cli(root, env, "predict", *args, "--out", str(tmp_path / "x"), check=False)
         assert done.returncode == 2, (args, done.stderr)
         assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_predict_batch_answers_a_folder_and_records_the_model_version(project, first_run):
+    import pandas as pd
+
+    root, env = project
+    done = cli(root, env, "predict-batch", "--model", "tiny-liver-lesion", "--profile", "tiny", "--json")
+    record = json.loads(done.stdout[done.stdout.index("{"):])
+    assert record["model_version"] == "1" and record["model_uri"] == "models:/tiny-liver-lesion/1"
+    assert record["cases"] == 12 and record["lesions"] == 36
+    answered = pd.read_csv(record["table"])
+    reports = Path(first_run.stdout.split("reports: ")[1].split()[0])
+    evaluated = pd.read_csv(reports / "test_predictions.csv")
+    same = evaluated.merge(answered, on="lesion_id", suffixes=("_evaluate", "_batch"))
+    assert len(same) == len(evaluated)
+    assert (same["p_metastasis_batch"] - same["p_metastasis_evaluate"]).abs().max() < 1e-6
+    assert (Path(record["outputs"]) / answered["case_id"].iloc[0] / "lesion_map.png").exists()
+    run = mlflow_client(root).get_run(record["mlflow_run_id"])
+    assert run.data.tags["job"] == "batch_inference" and run.data.tags["model_version"] == "1"
+
+
+def test_a_bad_case_stops_the_run_or_is_quarantined_by_configuration(project, first_run, tmp_path):
+    import pandas as pd
+
+    root, env = project
+    cohort = tmp_path / "cohort"
+    shutil.copytree(root / "data", cohort)
+    bad = pd.read_csv(cohort / "cases.csv").iloc[3]
+    image = cohort / bad["image"]
+    image.write_bytes(image.read_bytes()[:3000])  # truncated in transfer
+    stopped = cli(root, env, "export", "--profile", "tiny", "--data", str(cohort), str(tmp_path / "a.npz"), check=False)
+    assert stopped.returncode == 1
+    assert f"case {bad['case_id']}: " in stopped.stdout + stopped.stderr and not (tmp_path / "a.npz").exists()
+    kept = cli(root, env, "export", "--profile", "tiny", "--data", str(cohort), str(tmp_path / "b.npz"),
+               "--set", "ingest.on_bad_case=quarantine")
+    assert "QUARANTINED 1 case(s)" in kept.stdout + kept.stderr
+    from liverlesion.patchset import load_patch_set
+
+    exported = load_patch_set(tmp_path / "b.npz")
+    assert sum(exported.meta["counts"].values()) == 36 - int(bad["n_lesions"])
+    assert exported.meta["data_version"].startswith("tree-")  # a folder outside DVC: its content hash

@@ -66,3 +66,14 @@ def test_failure_after_registration_leaves_nothing_behind(store):
     versions = client.search_model_versions(f"name='{NAME}'")
     assert [str(v.version) for v in versions] == ["1"]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+
+def test_a_retrained_tie_is_not_promoted_even_where_the_tag_rounds_down(store):
+    client, experiment = store
+    auc = 2 / 9  # its tag, "0.222222", is below the value itself
+    register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": auc}, LINEAGE,
+                           "roc_auc", "champion", "challenger")
+    again = register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": auc}, LINEAGE,
+                                   "roc_auc", "champion", "challenger")
+    assert again.alias == "challenger" and not again.decision.promote
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"

@@ -26,6 +26,7 @@ app = typer.Typer(
         "  liverlesion models                # versions, aliases, lineage\n\n"
         "  liverlesion import /data/lits --layout lits --types types.csv   # real CT in (de-identified)\n\n"
         "  liverlesion predict ct.nii.gz --mask lesions.nii.gz --out result/  # answers for one patient\n\n"
+        "  liverlesion predict-batch --data /cohorts/new   # a folder of cases, as a ZenML run\n\n"
         "  liverlesion generate /tmp/cohort --n-patients 8 --n-lesions 24\n\n"
         "Exit codes: 0 done; 1 the work failed (a pipeline step, DVC, the registry); 2 a usage or input "
         "error (bad option, profile or data), named in one line."
@@ -404,10 +405,11 @@ def import_(
         typer.secho(f"  refused: {line}", fg="yellow")
 
 
-def _model_reference(model: str, name: str, version: str | None) -> str:
-    if version is not None:
-        return f"models:/{name}/{version}"
-    return model if model.startswith(("models:/", "runs:/")) or "/" in model else f"models:/{model}@champion"
+def _model_reference(model: str, version: str | None) -> str:
+    """``models:/<name>/<version>``, ``models:/<name>@champion``, or the URI given as it is."""
+    if model.startswith(("models:/", "runs:/")):
+        return model
+    return f"models:/{model}/{version}" if version is not None else f"models:/{model}@champion"
 
 
 @app.command()
@@ -429,13 +431,11 @@ def predict(
     (a DICOM-SEG referencing the CT series, for a PACS viewer).
     Example: `liverlesion predict ct.nii.gz --mask lesions.nii.gz --out result/`.
     """
-    import json as json_module
-
     env = _environment()
     from liverlesion.contract import ContractError
     from liverlesion.predict import metastasis_count
 
-    reference = _model_reference(model, model, version)
+    reference = _model_reference(model, version)
     try:  # the input first: a bad file is refused before the model is loaded
         image, meta, series = _read_ct(ct)
         name = case_id or (f"series-{series.headers[0].get('SeriesNumber', 1)}" if series is not None
@@ -470,6 +470,49 @@ def predict(
                    f"  P(metastasis) {row.p_metastasis:.3f}  {row.predicted_class}")
     typer.echo("  files: " + ", ".join(str(path) for path in files.values()))
     typer.echo("  research use only, not for diagnostic use")
+
+
+@app.command(name="predict-batch")
+def predict_batch(
+    data: Annotated[Path | None, typer.Option(help="the cohort folder of cases to answer (cases.csv; lesion types "
+                                                   "not needed); default: the project's data/")] = None,
+    model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
+    version: Annotated[str | None, typer.Option(help="a registered version instead of the 'champion' alias")] = None,
+    profile: ProfileOption = "quick",
+    overrides: SetOption = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="print the run's record as JSON")] = False,
+) -> None:
+    """Answer every case of a cohort folder with one registered model version, as a ZenML pipeline.
+
+    ingest -> predict_cases: each case gets the files `predict` writes, in
+    reports/<run>/predictions/<case>/, with one table of all lesions; the run records the model
+    version it used (step metadata, an MLflow run tagged job=batch_inference).
+    Example: `liverlesion predict-batch --data /cohorts/new-patients`.
+    """
+    import json as json_module
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    env = _environment()
+    config = _load(profile, overrides)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    try:  # a number, not an alias: the run (and its cache) is keyed by the version it used
+        number = version or client.get_model_version_by_alias(model, "champion").version
+        client.get_model_version(model, str(number))
+    except MlflowException as err:
+        _fail(f"no model version {model} {version or '@champion'} in {env['MLFLOW_TRACKING_URI']}: "
+              f"{err.message.splitlines()[0]}")
+    version_info = _prepare_data(config, data=data)
+    pipeline_run = _run_pipeline("batch_inference_pipeline", False, data_dir=str(version_info.path),
+                                 data_version=version_info.hash, profile=config, model_name=model,
+                                 model_version=str(number))
+    record = pipeline_run.steps["predict_cases"].outputs["inference_record"][0].load()
+    if as_json:
+        typer.echo(json_module.dumps(record, indent=2))
+        return
+    typer.echo(f"{record['cases']} case(s), {record['lesions']} lesion(s) answered by {model} v{number}: "
+               f"{record['table']}")
 
 
 def _load_predictor(reference: str, env: dict[str, str]):

@@ -71,10 +71,6 @@ LITS_TUMOUR_LABEL = 2
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
 
-class ImportError_(ContractError):
-    """A source that cannot be imported; the message names the case (source path) and the problem."""
-
-
 @dataclass
 class CaseData:
     """One CT read from a source: canonical HU, geometry, an instance mask, the lesions' types."""

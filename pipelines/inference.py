@@ -1,0 +1,15 @@
+"""ingest -> predict_cases: a folder of cases answered by one registered model version."""
+
+from zenml import pipeline
+
+from liverlesion.config import Profile
+from steps.ingest import ingest
+from steps.predict_cases import predict_cases
+
+
+@pipeline(enable_cache=True)
+def batch_inference_pipeline(data_dir: str, data_version: str, profile: Profile, model_name: str,
+                             model_version: str) -> None:
+    cases, _, _ = ingest(data_dir=data_dir, data_version=data_version, config=profile.ingest)
+    predict_cases(cases, model_name=model_name, model_version=model_version, data_version=data_version,
+                  experiment=profile.register.experiment)
