@@ -252,7 +252,7 @@ def test_predict_gives_the_probabilities_evaluate_gave_and_writes_its_outputs(pr
 def test_predict_refuses_bad_input_in_one_line(project, first_run, tmp_path):
     root, env = project
     cases = __import__("pandas").read_csv(root / "data" / "cases.csv")
-    image = root / "data" / cases["image"].iloc[0]
+    image, mask = root / "data" / cases["image"].iloc[0], root / "data" / cases["mask"].iloc[0]
     other_mask = root / "data" / cases["mask"].iloc[1]
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(image.read_bytes()[:2000])
@@ -260,7 +260,7 @@ def test_predict_refuses_bad_input_in_one_line(project, first_run, tmp_path):
         ([str(broken), "--mask", str(other_mask)], "not a readable NIfTI image"),
         ([str(image), "--mask", str(other_mask)], "differs from CT grid"),
         ([str(image), "--mask", str(tmp_path / "none.nii.gz")], "no such mask file"),
-        ([str(image), "--mask", str(other_mask), "--model", "no-such-model"], "no model models:/no-such-model@champion"),
+        ([str(image), "--mask", str(mask), "--model", "no-such-model"], "no model models:/no-such-model@champion"),
     ):
         done = cli(root, env, "predict", *args, "--out", str(tmp_path / "x"), check=False)
         assert done.returncode == 2, (args, done.stderr)
