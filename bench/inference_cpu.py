@@ -79,10 +79,11 @@ def agreement() -> None:
     """Both precisions on the latest training run's model and test split (project ZenML store)."""
     from liverlesion import paths
     from liverlesion.metrics import classification_metrics
+    from liverlesion_ops.environment import configure_environment
     from liverlesion.splitting import arrays_for_set
     from liverlesion.training import predict_metastasis_probability
 
-    paths.configure_environment()
+    configure_environment()
     sys.path.insert(0, str(paths.code_root()))
     from zenml.client import Client
     from zenml.utils import source_utils

@@ -75,10 +75,10 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def _environment() -> dict[str, str]:
     """Export the state locations, or stop with the reason (e.g. not inside the project)."""
-    from liverlesion import paths
+    from liverlesion_ops.environment import configure_environment
 
     try:
-        return paths.configure_environment()
+        return configure_environment()
     except FileNotFoundError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -96,7 +96,7 @@ def _load(profile: str, overrides: list[str]):
 
 def _prepare_data(profile, regenerate: bool = False, data: Path | None = None):
     from liverlesion import paths
-    from liverlesion.datastore import DataStoreError, external_data, prepare_data
+    from liverlesion_ops.datastore import DataStoreError, external_data, prepare_data
     from liverlesion.progress import progress_printer
 
     if data is not None and data.resolve() != paths.data_dir().resolve():
@@ -354,7 +354,7 @@ def import_(
 
     from liverlesion import paths
     from liverlesion.contract import ContractError
-    from liverlesion.datastore import DataStoreError, configure_remote, version_data
+    from liverlesion_ops.datastore import DataStoreError, configure_remote, version_data
     from liverlesion.deid import pseudonymiser_from_env
     from liverlesion.importers import import_cohort, read_types_table, scan_source
     from liverlesion.progress import progress_printer
