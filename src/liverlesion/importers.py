@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from liverlesion.contract import (
-    CASES_FILE, COHORT_FILE, IMAGES_DIR, LESION_TYPES, LESION_TYPES_COLUMNS, LESION_TYPES_FILE, MASK_ENCODINGS,
+    CASES_FILE, COHORT_FILE, IMAGES_DIR, LABEL_NAMES, LESION_TYPES, LESION_TYPES_COLUMNS, LESION_TYPES_FILE, MASK_ENCODINGS,
     MASKS_DIR, ContractError,
 )
 from liverlesion.deid import Pseudonymiser, deidentification_record
@@ -146,11 +146,12 @@ def read_types_table(path: Path | None) -> dict[str, dict[int, str]]:
 
 
 def _types_for(instances_found: list[dict], given: dict[int, str], default_type: str | None, where: str) -> dict[int, str]:
-    """Each lesion's type from a table, else the default; unknown types and stray numbers refused."""
+    """Each lesion's type: from the table or a class-coded mask, else the default; unknown types and stray
+    lesion numbers refused."""
     labels = lesion_labels(instances_found, given, where)  # raises on an unknown type or a stray lesion
-    types = {k: str(given[k]).strip().lower() for k in given}
+    types = {k: LABEL_NAMES[label] for k, label in labels.items() if label is not None}  # table or class code
     if default_type is not None:
-        for k, label in labels.items():
+        for k in labels:
             types.setdefault(k, default_type)
     return types
 
@@ -202,14 +203,8 @@ def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dic
         mask = contained_path(root, row.mask, f"{where}, mask")
 
         def read(image=image, mask=mask, where=where, encoding=encoding, case=row.case) -> CaseData:
-            def to_instances(array):
-                instances, found = instance_map(array, where, encoding)
-                return instances, found
-            data = _nifti_case(image, mask, where, to_instances, types.get(case, {}), default_type)
-            if encoding == "class":  # the class-coded mask says the types itself
-                _, found = instance_map(load_nifti(mask)[0], where, "class")
-                data.types = {d["instance"]: ("cyst", "metastasis")[d["label"]] for d in found} | data.types
-            return data
+            return _nifti_case(image, mask, where, lambda array: instance_map(array, where, encoding),
+                               types.get(case, {}), default_type)
 
         cases.append(SourceCase(patient=row.patient_id, case=row.case, where=where, read=read))
     return cases

@@ -55,6 +55,8 @@ class PatchSettings:
 @dataclass(frozen=True)
 class CasePrediction:
     results: pd.DataFrame  # RESULT_COLUMNS
+    lesions: pd.DataFrame  # contract.LESION_COLUMNS (voxel boxes and centroids), in the order of ``results``
+    threshold: float  # P(metastasis) at or above which ``predicted`` is 1
     instances: np.ndarray  # int32 lesion numbers on the canonical grid
     image: np.ndarray  # the CT in HU on the canonical grid
     meta: ImageMeta
@@ -152,7 +154,7 @@ class LesionPredictor:
             "predicted_class": [LABEL_NAMES[int(k)] for k in predicted],
             "model_name": self.model_name, "model_version": self.model_version,
         }, columns=list(RESULT_COLUMNS))
-        return CasePrediction(results, instances, image, meta)
+        return CasePrediction(results, lesions, self.threshold, instances, image, meta)
 
 
 def class_volume(instances: np.ndarray, results: pd.DataFrame) -> np.ndarray:
@@ -183,13 +185,10 @@ def write_outputs(prediction: CasePrediction, out: Path, title: str = "", extra:
     files["json"].write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     volume, affine = to_source_orientation(class_volume(prediction.instances, results), prediction.meta)
     save_nifti(volume, affine, files["labels"])
-    figure_rows = results.assign(**{f"centroid_{a}": 0.0 for a in range(3)})
-    for k, row in enumerate(results.itertuples(index=False)):
-        coords = np.argwhere(prediction.instances == row.instance).mean(axis=0)
-        for a in range(3):
-            figure_rows.loc[k, f"centroid_{a}"] = coords[a]
-    lesion_map_figure(prediction.image, prediction.meta.spacing, prediction.instances, figure_rows, files["figure"],
-                      title=title, threshold=float(extra.get("threshold", 0.5)) if extra else 0.5)
+    centroids = prediction.lesions[[f"centroid_{a}" for a in range(3)]].reset_index(drop=True)
+    lesion_map_figure(prediction.image, prediction.meta.spacing, prediction.instances,
+                      pd.concat([results.reset_index(drop=True), centroids], axis=1), files["figure"],
+                      title=title, threshold=prediction.threshold)
     return files
 
 
