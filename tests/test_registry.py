@@ -53,6 +53,10 @@ def test_gate_moves_champion_only_on_improvement(store):
     network = served.predictor.model
     assert network.predict(np.zeros((1, 4, 4, 3)), verbose=0).shape == (1, 2)
     assert served.settings["model_name"] == NAME and served.settings["threshold"] == 0.5
+    # the serving environment: the TensorFlow build that uses a GPU where there is one, not the CPU-only one
+    requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}@champion")
+    pinned = open(requirements).read().split()
+    assert "tensorflow==2.21.0" in pinned and not any(r.startswith("tensorflow-cpu") for r in pinned)
 
 
 def test_failure_after_registration_leaves_nothing_behind(store):
