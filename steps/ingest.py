@@ -4,8 +4,7 @@ import pandas as pd
 from zenml import log_metadata, step
 
 from liverlesion.config import IngestConfig
-from liverlesion.contract import LESION_TYPES_COLUMNS
-from liverlesion.ingestion import ingest_cases, read_lesion_types
+from liverlesion.ingestion import ingest_cases
 from liverlesion.progress import progress_printer
 from steps.tracking import run_reports_dir, zenml_run
 
@@ -24,9 +23,6 @@ def ingest(data_dir: str, data_version: str, config: IngestConfig) -> tuple[
     ingested = ingest_cases(data_dir, data_version, progress=progress_printer("ingest"),
                             quarantine=config.on_bad_case == "quarantine")
     cases, quarantined = ingested.cases, ingested.quarantined
-    types = read_lesion_types(data_dir, set(cases["case_id"]) | set(quarantined["case_id"]))
-    table = pd.DataFrame([(case, lesion, kind) for case, by_lesion in types.items() if case in set(cases["case_id"])
-                          for lesion, kind in sorted(by_lesion.items())], columns=list(LESION_TYPES_COLUMNS))
     if not quarantined.empty:
         path = run_reports_dir(zenml_run().name) / "quarantine.md"
         path.write_text("# Quarantined cases\n\n" f"{len(quarantined)} case(s) broke the data contract and were set aside "
@@ -37,4 +33,4 @@ def ingest(data_dir: str, data_version: str, config: IngestConfig) -> tuple[
             print(f"[ingest]   {row.problem}", flush=True)
     log_metadata({"data_version": data_version, "cases": len(cases), "patients": int(cases["patient_key"].nunique()),
                   "quarantined": quarantined["case_id"].tolist()})
-    return cases, table, quarantined
+    return cases, ingested.lesion_types, quarantined

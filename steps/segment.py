@@ -3,7 +3,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from liverlesion.ingestion import labelled_lesions, segment_cases
+from liverlesion.ingestion import labelled_lesions, segment_cases, types_by_case
 from liverlesion.progress import progress_printer
 
 
@@ -13,10 +13,8 @@ def segment(cases: pd.DataFrame, lesion_types: pd.DataFrame) -> Annotated[pd.Dat
 
     Training needs a label: lesions whose type is unknown are left out here, counted and named.
     """
-    types: dict[str, dict[int, str]] = {}
-    for row in lesion_types.itertuples(index=False):
-        types.setdefault(row.case_id, {})[int(row.lesion)] = row.type
-    lesions, untyped = labelled_lesions(segment_cases(cases, types, progress=progress_printer("segment")))
+    lesions, untyped = labelled_lesions(segment_cases(cases, types_by_case(lesion_types),
+                                                      progress=progress_printer("segment")))
     if not untyped.empty:
         print(f"[segment] {len(untyped)} lesion(s) have no type and are left out of training: "
               + ", ".join(untyped["lesion_id"]), flush=True)

@@ -40,6 +40,7 @@ class CohortError(ContractError):
 @dataclass(frozen=True)
 class Ingested:
     cases: pd.DataFrame  # contract.CASE_COLUMNS, the cases that passed
+    lesion_types: pd.DataFrame  # contract.LESION_TYPES_COLUMNS, of the cases that passed
     quarantined: pd.DataFrame  # QUARANTINE_COLUMNS, the cases set aside (empty unless quarantining)
 
 
@@ -128,10 +129,7 @@ def read_lesion_types(data_dir: str | Path, case_ids: set[str]) -> dict[str, dic
     if not twice.empty:
         raise CohortError(f"{path}: lesion(s) typed twice: "
                           + ", ".join(f"case {r.case_id} lesion {r.lesion}" for r in twice.itertuples()))
-    types: dict[str, dict[int, str]] = {}
-    for row in table.itertuples(index=False):
-        types.setdefault(row.case_id, {})[int(row.lesion)] = row.type
-    return types
+    return types_by_case(table)
 
 
 def _check_case(data_dir: Path, case, types: dict[int, str], data_version: str) -> dict:
@@ -197,8 +195,19 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
                           + "\n  ".join(p["problem"] for p in problems))
     if not rows:
         raise CohortError(f"{data_dir}: no case is left to ingest ({len(problems)} quarantined)")
+    kept = [row["case_id"] for row in rows]
+    type_rows = [(case, lesion, kind) for case in kept for lesion, kind in sorted(types.get(case, {}).items())]
     return Ingested(pd.DataFrame(rows, columns=list(CASE_COLUMNS)),
+                    pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS)),
                     pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)))
+
+
+def types_by_case(lesion_types: pd.DataFrame) -> dict[str, dict[int, str]]:
+    """A lesion-type table (``contract.LESION_TYPES_COLUMNS``) as case id -> {lesion number: type}."""
+    types: dict[str, dict[int, str]] = {}
+    for row in lesion_types.itertuples(index=False):
+        types.setdefault(row.case_id, {})[int(row.lesion)] = row.type
+    return types
 
 
 def load_case(case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], list[dict]]:
