@@ -98,7 +98,7 @@ def log_serving_model(model: keras.Model, settings: dict[str, Any]) -> str:
         model.save(network)
         config.write_text(json.dumps(settings, indent=2, sort_keys=True))
         with warnings.catch_warnings():  # an input example would be a whole CT in base64: the signature says it
-            warnings.filterwarnings("ignore", message="An input example was not provided")
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")  # (colour codes first)
             info = mlflow.pyfunc.log_model(
                 name=PYFUNC_NAME,
                 python_model=str(paths.code_root() / "serving" / "lesion_classifier.py"),
