@@ -277,8 +277,8 @@ def scan_msd(folder: Path, types: dict[str, dict[int, str]] | None = None,
 # --- DICOM layouts ------------------------------------------------------------------------------
 
 
-def _stack_lesions(shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray, str]], where: str,
-                   components: bool) -> tuple[np.ndarray, dict[int, str]]:
+def stack_lesions(shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray, str]], where: str,
+                  components: bool) -> tuple[np.ndarray, dict[int, str]]:
     """Named lesion masks (name, mask, type) into one instance mask; overlapping lesions refused."""
     instances = np.zeros(shape, dtype=np.int32)
     types: dict[int, str] = {}
@@ -324,7 +324,7 @@ def _dicom_seg_reader(ct_files: Sequence[Path], seg: Path, where: str, name_map:
         segments = read_seg(seg, series)
         kept, notes = _named_lesions([(label, lambda mask=mask: mask) for _, (label, mask) in sorted(segments.items())],
                                      name_map, "segment", "not in the name map: skipped")
-        instances, types = _stack_lesions(series.hu.shape, kept, where, components=False)
+        instances, types = stack_lesions(series.hu.shape, kept, where, components=False)
         return CaseData(series.hu, series.meta, instances, types, notes)
     return read
 
@@ -374,7 +374,7 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
         structures = sorted(p for p in masks_dir.iterdir() if p.is_dir()) if masks_dir.is_dir() else []
         kept, notes = _named_lesions([(s.name, lambda s=s: read_mask_series(s, series)) for s in structures],
                                      name_map, "structure", "not a liver lesion: skipped")
-        instances, types = _stack_lesions(series.hu.shape, kept, where, components=True)
+        instances, types = stack_lesions(series.hu.shape, kept, where, components=True)
         return CaseData(series.hu, series.meta, instances, types, notes)
     return read
 

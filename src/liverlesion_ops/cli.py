@@ -576,16 +576,11 @@ def _read_mask(path: Path, meta, series, encoding: str, name: str):
         if series is None:
             raise ContractError(f"{path}: a DICOM-SEG needs its CT as a DICOM series folder, not a NIfTI file")
         from liverlesion.dicomio import read_seg
-        from liverlesion.importers import NON_LESION_SEGMENTS, match_name
+        from liverlesion.importers import NON_LESION_SEGMENTS, match_name, stack_lesions
 
-        import numpy as np
-
-        instances = np.zeros(meta.shape, dtype=np.int32)
-        number = 0
-        for _, (label, segment) in sorted(read_seg(path, series).items()):
-            if match_name(label, NON_LESION_SEGMENTS) is None and segment.any():
-                number += 1
-                instances[segment & (instances == 0)] = number
+        lesions = [(label, segment, "") for _, (label, segment) in sorted(read_seg(path, series).items())
+                   if match_name(label, NON_LESION_SEGMENTS) is None and segment.any()]
+        instances, _ = stack_lesions(meta.shape, lesions, f"case {name}", components=False)  # as the import numbers them
         return instances, "instance"
     return read_mask_nifti(path, meta, f"case {name}"), encoding
 
