@@ -35,9 +35,7 @@ def predict_cases(
         mask, _ = load_nifti(case.mask_path)
         prediction = predictor.predict(image, meta, mask, case.case_id, case.mask_encoding)
         write_outputs(prediction, folder / case.case_id, title=f"{case.case_id}: {model_name} v{model_version}",
-                      extra={"model": uri, "model_name": model_name, "model_version": model_version,
-                             "threshold": predictor.threshold, "precision": predictor.precision,
-                             "case_id": case.case_id, "data_version": data_version})
+                      extra=predictor.record(model=uri, case_id=case.case_id, data_version=data_version))
         tables.append(prediction.results)
         report(i, len(cases), case.case_id)
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(RESULT_COLUMNS))

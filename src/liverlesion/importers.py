@@ -79,6 +79,7 @@ class CaseData:
     meta: ImageMeta
     instances: np.ndarray  # int32, 0 background, k = lesion k
     types: dict[int, str]  # lesion number -> contract type; lesions without one have no type
+    padding_voxels: int = 0  # scanner padding outside the field of view, set to air by ``check_hu``
     notes: list[str] = field(default_factory=list)  # e.g. structures skipped, by name
 
 
@@ -170,8 +171,9 @@ def _nifti_case(image: Path, mask: Path, where: str, to_instances: Callable[[np.
     if mask_array.shape != hu.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
         raise ContractError(f"{where}: mask grid {mask_array.shape} differs from CT grid {hu.shape} (or their affines "
                             "differ: the mask must lie on the CT's own voxels)")
+    hu, padding = check_hu(hu, where)
     instances, found = to_instances(mask_array)
-    return CaseData(hu, meta, instances, _types_for(found, given, default_type, where))
+    return CaseData(hu, meta, instances, _types_for(found, given, default_type, where), padding)
 
 
 def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dict[int, str]] | None = None,
@@ -325,7 +327,7 @@ def _dicom_seg_reader(ct_files: Sequence[Path], seg: Path, where: str, name_map:
         kept, notes = _named_lesions([(label, lambda mask=mask: mask) for _, (label, mask) in sorted(segments.items())],
                                      name_map, "segment", "not in the name map: skipped")
         instances, types = stack_lesions(series.hu.shape, kept, where, components=False)
-        return CaseData(series.hu, series.meta, instances, types, notes)
+        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes)
     return read
 
 
@@ -375,7 +377,7 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
         kept, notes = _named_lesions([(s.name, lambda s=s: read_mask_series(s, series)) for s in structures],
                                      name_map, "structure", "not a liver lesion: skipped")
         instances, types = stack_lesions(series.hu.shape, kept, where, components=True)
-        return CaseData(series.hu, series.meta, instances, types, notes)
+        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes)
     return read
 
 
@@ -476,7 +478,6 @@ def import_cohort(
                 data = source.read()
                 if data.instances.shape != data.hu.shape:
                     raise ContractError(f"{source.where}: mask shape {data.instances.shape} differs from CT {data.hu.shape}")
-                hu, n_padding = check_hu(data.hu, source.where)
                 lesions = sorted(int(k) for k in np.unique(data.instances) if k)
                 if not lesions:
                     raise ContractError(f"{source.where}: its mask holds no lesion")
@@ -486,7 +487,7 @@ def import_cohort(
                 refused.append(str(err))
                 continue
             image, mask = f"{IMAGES_DIR}/{case_id}.nii.gz", f"{MASKS_DIR}/{case_id}.nii.gz"
-            save_nifti(np.round(hu).astype(np.int16), data.meta.affine, staging / image)
+            save_nifti(np.round(data.hu).astype(np.int16), data.meta.affine, staging / image)
             save_nifti(data.instances.astype(np.int16 if data.instances.max() < 2**15 else np.int32),
                        data.meta.affine, staging / mask)
             taken.add(case_id)
@@ -495,8 +496,8 @@ def import_cohort(
             typed = {k: t for k, t in data.types.items() if k in lesions}
             type_rows += [{"case_id": case_id, "lesion": k, "type": t} for k, t in sorted(typed.items())]
             notes += [f"case {case_id}: {note}" for note in data.notes]
-            if n_padding:
-                notes.append(f"case {case_id}: {n_padding} padding voxels (outside the field of view) set to air")
+            if data.padding_voxels:
+                notes.append(f"case {case_id}: {data.padding_voxels} padding voxels (outside the field of view) set to air")
             imported.append({"case_id": case_id, "patient_key": patient_key, "lesions": len(lesions),
                              "typed": len(typed), **{kind: sum(t == kind for t in typed.values()) for kind in LESION_TYPES}})
             if progress is not None:

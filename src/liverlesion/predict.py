@@ -119,6 +119,11 @@ class LesionPredictor:
         self._scorer = inference_model(model, self.precision)
         self.model_name, self.model_version = model_name, str(model_version)
 
+    def record(self, **more: Any) -> dict[str, Any]:
+        """What answered, for the outputs: model name and version, threshold, precision (and ``more``)."""
+        return {"model_name": self.model_name, "model_version": self.model_version, "threshold": self.threshold,
+                "precision": self.precision, **more}
+
     def score_patches(self, patches: np.ndarray) -> np.ndarray:
         from liverlesion.training import predict_metastasis_probability
 

@@ -446,9 +446,7 @@ def predict(
     except ContractError as err:
         _fail(str(err))
     out = out or Path(f"prediction-{name}")
-    extra = {"model": resolved, "model_name": predictor.model_name, "model_version": predictor.model_version,
-             "threshold": predictor.threshold, "precision": predictor.precision, "case_id": name,
-             "input": "DICOM series" if series is not None else "NIfTI"}
+    extra = predictor.record(model=resolved, case_id=name, input="DICOM series" if series is not None else "NIfTI")
     from liverlesion.predict import write_outputs
 
     files = write_outputs(prediction, out, title=f"{name}: {predictor.model_name} v{predictor.model_version}", extra=extra)
