@@ -11,7 +11,9 @@ PROFILE ?= quick
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	# --compile-bytecode: every `liverlesion` process (a cron retrain, each test's subprocess) then
+	# starts from bytecode instead of compiling MLflow, ZenML and TensorFlow again (~6 s each)
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 

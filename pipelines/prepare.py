@@ -12,9 +12,14 @@ from steps.split import split
 from steps.validate import validate
 
 
-def prepare_patches(data_dir: str, data_version: str, profile: Profile) -> dict[str, Any]:
-    """Invoke the five data steps inside a pipeline; returns their outputs by name."""
-    cases, lesion_types, _ = ingest(data_dir=data_dir, data_version=data_version, config=profile.ingest)
+def prepare_patches(data_dir: str, data_version: str, profile: Profile, code_version: str) -> dict[str, Any]:
+    """Invoke the five data steps inside a pipeline; returns their outputs by name.
+
+    ``code_version`` (``lineage.code_version``) keys ingest's cache: ZenML keys a step by its own
+    source, not by the domain code it calls, so new code must re-run the data steps explicitly.
+    """
+    cases, lesion_types, _ = ingest(data_dir=data_dir, data_version=data_version, config=profile.ingest,
+                                    code_version=code_version)
     lesions = segment(cases, lesion_types)
     patches, patch_index = extract_patches(cases, lesions, config=profile.patches)
     report = validate(cases, lesions, patch_index, patches, rules=profile.validation)
@@ -24,6 +29,6 @@ def prepare_patches(data_dir: str, data_version: str, profile: Profile) -> dict[
 
 
 @pipeline(enable_cache=True)
-def patches_pipeline(data_dir: str, data_version: str, profile: Profile) -> None:
+def patches_pipeline(data_dir: str, data_version: str, profile: Profile, code_version: str) -> None:
     """The validated, split patches of a profile and nothing more (``liverlesion export``)."""
-    prepare_patches(data_dir, data_version, profile)
+    prepare_patches(data_dir, data_version, profile, code_version)

@@ -12,16 +12,18 @@ from steps.train import train
 
 
 @pipeline(enable_cache=True)
-def training_pipeline(data_dir: str, data_version: str, profile: Profile, profile_config: dict[str, Any]) -> None:
-    data = prepare_patches(data_dir, data_version, profile)
-    model, _, run_id = train(
+def training_pipeline(data_dir: str, data_version: str, profile: Profile, training_settings: dict[str, Any],
+                      code_version: str, fingerprint: str) -> None:
+    data = prepare_patches(data_dir, data_version, profile, code_version)
+    model, training, run_id = train(
         data["patches"], data["patch_index"], data["manifest"], data["manifest_hash"], config=profile.train,
         patch_config=profile.patches, profile=profile.name, experiment=profile.register.experiment,
-        data_version=data_version,
+        data_version=data_version, fingerprint=fingerprint,
     )
     metrics, _ = evaluate(model, data["patches"], data["patch_index"], data["manifest"], data["lesions"], run_id,
                           config=profile.evaluate)
     register(
-        model, metrics, run_id, data["manifest_hash"], data_version=data_version, profile=profile.name,
-        profile_config=profile_config, config=profile.register,
+        model, metrics, training, run_id, data["manifest"], data["manifest_hash"], data["cases"], data["lesions"],
+        data_dir=data_dir, data_version=data_version, profile=profile.name, training_settings=training_settings,
+        code_version=code_version, config=profile.register,
     )

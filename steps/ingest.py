@@ -10,12 +10,13 @@ from steps.tracking import run_reports_dir, zenml_run
 
 
 @step
-def ingest(data_dir: str, data_version: str, config: IngestConfig) -> tuple[
+def ingest(data_dir: str, data_version: str, config: IngestConfig, code_version: str = "") -> tuple[
     Annotated[pd.DataFrame, "cases"],
     Annotated[pd.DataFrame, "lesion_types"],
     Annotated[pd.DataFrame, "quarantined"],
 ]:
-    """Load and check every case; ``data_version`` (the DVC hash) keys the cache, so new data is re-ingested.
+    """Load and check every case; ``data_version`` (the DVC hash) keys the cache, so new data is re-ingested,
+    and ``code_version`` (the training code's hash), so new code re-runs the data steps.
 
     Bad cases stop the run, or with ``on_bad_case: quarantine`` are set aside and listed in
     ``reports/<run>/quarantine.md``: never dropped silently.

@@ -1,48 +1,104 @@
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import keras
+import pandas as pd
 from zenml import log_metadata, step
 
 from liverlesion import paths
 from liverlesion.config import RegisterConfig
-from liverlesion.lineage import config_hash, git_commit
-from steps.registry import register_model_version
+from liverlesion.contract import COHORT_FILE
+from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases, types_by_case
+from liverlesion.modelcard import build_model_card, cohort_summary, render_markdown, split_sizes
+from liverlesion.promotion import GateRules
+from liverlesion_ops.registry import CHAMPION, GateSet, register_and_gate
 from steps.tracking import use_tracking_store, zenml_run
+
+
+def gate_set(config: RegisterConfig, manifest: pd.DataFrame, manifest_hash: str, cases: pd.DataFrame,
+             lesions: pd.DataFrame) -> GateSet:
+    """The lesions both models are scored on: this run's test split, or the pinned evaluation cohort."""
+    folder = config.gate.evaluation_cohort
+    if folder is None:
+        test = manifest[manifest["set"] == "test"]
+        case_ids = set(lesions.loc[lesions["lesion_id"].isin(set(test["lesion_id"])), "case_id"])
+        return GateSet(test.set_index("lesion_id")["label"], cases[cases["case_id"].isin(case_ids)],
+                       f"the test split {manifest_hash[:12]} of this run ({len(test)} lesions, "
+                       f"{test['patient_key'].nunique()} patients)")
+    root = Path(folder) if Path(folder).is_absolute() else paths.project_root() / folder
+    ingested = ingest_cases(root, "pinned")
+    lesions, _ = labelled_lesions(segment_cases(ingested.cases, types_by_case(ingested.lesion_types)))
+    return GateSet(lesions.set_index("lesion_id")["label"], ingested.cases,
+                   f"the pinned evaluation cohort {root} ({len(lesions)} typed lesions, "
+                   f"{lesions['patient_key'].nunique()} patients)")
 
 
 @step
 def register(
     model: keras.Model,
     test_metrics: dict[str, Any],
+    training: dict[str, Any],
     mlflow_run_id: str,
+    split_manifest: pd.DataFrame,
     split_manifest_hash: str,
+    cases: pd.DataFrame,
+    lesions: pd.DataFrame,
+    data_dir: str,
     data_version: str,
     profile: str,
-    profile_config: dict[str, Any],
+    training_settings: dict[str, Any],
+    code_version: str,
     config: RegisterConfig,
 ) -> Annotated[dict[str, Any], "registration"]:
-    """A registered MLflow model version with its lineage; ``champion`` only through the gate."""
+    """A registered MLflow model version with its lineage and model card; aliases only through the gate.
+
+    Takes only what the model depends on and how it is filed (``training_settings``, not the whole
+    profile), so a change of an unrelated setting reuses this step; and registration is idempotent
+    per training run, so a re-run never registers a cached model twice. The gate scores the new
+    version and the champion by their registered artefacts on the same lesions. If it fails, the new
+    version is deleted again: no half-registered model, no moved alias.
+    """
     use_tracking_store()
     run = zenml_run()
+    commit = training["git_commit"]
     lineage = {
         "data_version": data_version,
         "split_manifest_hash": split_manifest_hash,
-        "git_commit": git_commit(paths.code_root()),
+        "git_commit": commit,
+        "git_dirty": str(commit.endswith("-dirty")).lower(),
+        "fingerprint": training["fingerprint"],
+        "code_version": code_version,
         "profile": profile,
-        "config_hash": config_hash(profile_config),
-        "config": json.dumps(profile_config, sort_keys=True, separators=(",", ":")),
+        "config": json.dumps(training_settings, sort_keys=True, separators=(",", ":")),
         "zenml_run_id": str(run.id),
         "zenml_run_name": run.name,
         "mlflow_run_id": mlflow_run_id,
     }
-    result = register_model_version(
-        model, mlflow_run_id, config.model_name, test_metrics["metrics"], lineage,
-        config.primary_metric, config.champion_alias, config.challenger_alias,
-    )
-    print(f"[register] {result.model_name} v{result.version} -> alias '{result.alias}': {result.decision.reason}", flush=True)
-    summary = {"model_name": result.model_name, "version": result.version, "alias": result.alias,
-               "promoted": result.decision.promote, "reason": result.decision.reason,
-               "model_uri": result.model_uri, "lineage": lineage}
-    log_metadata(summary)
+    meta_path = Path(data_dir) / COHORT_FILE
+    card = build_model_card(
+        profile={**training_settings, "name": profile}, metrics=test_metrics["metrics"],
+        intervals=test_metrics.get("intervals", {}), input_shape=tuple(model.inputs[0].shape[1:]),
+        n_parameters=int(training.get("parameters") or model.count_params()),
+        precision=test_metrics.get("inference_precision", ""), data_version=data_version,
+        cohort=cohort_summary(cases, lesions, json.loads(meta_path.read_text()) if meta_path.exists() else None),
+        split=split_sizes(split_manifest), lineage=lineage, model_name=config.model_name)
+    rules = GateRules(config.gate.primary_metric, config.gate.min_margin, dict(config.gate.floors))
+    name = config.model_name
+    result = register_and_gate(
+        model, mlflow_run_id, name, test_metrics["metrics"], lineage, {**training_settings, "name": profile}, card,
+        render_markdown(card), gate_set(config, split_manifest, split_manifest_hash, cases, lesions), rules,
+        config.experiment, context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]})
+    version = result["version"]
+    where = [a for a, v in result["aliases"].items() if v == version]
+    if not result["created"]:
+        print(f"[register] training run {mlflow_run_id} is registered already as {name} v{version} "
+              f"({result['decision'] or '?'}): no second version", flush=True)
+    else:
+        print(f"[register] {name} v{version} -> {result['decision']} ({', '.join(where) or 'no alias'}): "
+              f"{result['reason']}; scored on {result['scored_on']}", flush=True)
+    summary = {"model_name": name, "lineage": lineage, "champion_version": result["aliases"].get(CHAMPION),
+               **{k: result.get(k) for k in ("version", "created", "decision", "reason", "compared_with", "candidate",
+                                            "champion", "aliases", "model_uri")}}
+    log_metadata({k: v for k, v in summary.items() if v is not None})
     return summary

@@ -1,4 +1,6 @@
+import tempfile
 from dataclasses import fields
+from pathlib import Path
 from typing import Annotated, Any
 
 import keras
@@ -8,7 +10,9 @@ import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
 from zenml.enums import ArtifactType
 
+from liverlesion import paths
 from liverlesion.config import PatchConfig, TrainConfig
+from liverlesion.lineage import git_commit
 from liverlesion.model import build_model
 from liverlesion.splitting import arrays_for_set
 from liverlesion.training import Protocol, seed_everything, train_classifier
@@ -28,6 +32,7 @@ def train(
     experiment: str,
     data_version: str,
     model_key: str = "",
+    fingerprint: str = "",
 ) -> tuple[
     Annotated[keras.Model, ArtifactConfig(name="model", artifact_type=ArtifactType.MODEL)],
     Annotated[dict[str, Any], "training_history"],
@@ -36,11 +41,21 @@ def train(
     """A backbone + the paper's FC head on the train set, best validation epoch kept; tracked in MLflow.
 
     ``model_key`` (a Table 2 model, ``liverlesion compare``) names the MLflow run and tags it.
+    ``fingerprint`` (``lineage.training_fingerprint``: data version, training settings, code) keys
+    the cache, so new code retrains. The code's git commit is recorded here, when the model is
+    trained (a cached model keeps the commit that trained it), with the split manifest itself.
     """
     x_train, y_train, _ = arrays_for_set(patches, patch_index, split_manifest, "train")
     x_val, y_val, _ = arrays_for_set(patches, patch_index, split_manifest, "val")
     with start_tracked_run(experiment, model_key, profile, data_version, split_manifest_hash,
                            model=model_key or config.backbone) as active:
+        commit = git_commit(paths.code_root())
+        mlflow.set_tags({"git_commit": commit, "git_dirty": str(commit.endswith("-dirty")).lower(),
+                         "fingerprint": fingerprint})
+        with tempfile.TemporaryDirectory() as tmp:  # the patients and lesions of each set, for audits
+            manifest_path = Path(tmp) / "split_manifest.csv"
+            split_manifest.to_csv(manifest_path, index=False, lineterminator="\n")
+            mlflow.log_artifact(str(manifest_path), artifact_path="lineage")
         mlflow.log_params({**config.model_dump(), **{f"patch_{k}": v for k, v in patch_config.model_dump().items()},
                            "input_shape": str(x_train.shape[1:]), "n_train": len(y_train), "n_val": len(y_val)})
         seed_everything(config.seed)  # before the weights are initialised, not only before fitting
@@ -55,4 +70,5 @@ def train(
         mlflow.log_metrics({"best_epoch": best_epoch, "best_val_accuracy": history["val_accuracy"][best_epoch]})
     log_metadata({"mlflow_run_id": active.info.run_id, "best_epoch": best_epoch,
                   "best_val_accuracy": history["val_accuracy"][best_epoch], "parameters": int(model.count_params())})
-    return model, {"history": history, "best_epoch": best_epoch}, active.info.run_id
+    return model, {"history": history, "best_epoch": best_epoch, "git_commit": commit, "fingerprint": fingerprint,
+                   "parameters": int(model.count_params())}, active.info.run_id

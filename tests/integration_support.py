@@ -16,7 +16,8 @@ TINY_PROFILE = {
     "patches": {"output_size": [75, 75]},
     "validation": {"patch_shape": [75, 75]},
     "train": {"epochs": 1, "batch_size": 8},
-    "register": {"model_name": "tiny-liver-lesion"},
+    # one epoch on 12 patients: no floors, so that the first version becomes champion
+    "register": {"model_name": "tiny-liver-lesion", "gate": {"floors": {"recall": 0.0, "specificity": 0.0}}},
 }
 
 

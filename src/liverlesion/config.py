@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from liverlesion.phantom import CohortSpec
-from liverlesion.texture import C_GRID, GAMMA_GRID
+from liverlesion.contract import SVM_C_GRID as C_GRID, SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.validation import ValidationRules
 from liverlesion.zoo import TABLE2_MODELS, model_entry
 
@@ -127,16 +127,44 @@ class EvaluateConfig(_Section):
                             "auto: the fast path where the CPU has bfloat16 units, else float32")
 
 
+Metric = Literal["accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"]
+
+
+class GateConfig(_Section):
+    """``register.gate``: when a newly trained version replaces the champion.
+
+    Both are scored by their registered artefacts on the same lesions: the challenger's test split
+    (the champion re-scored on it), or ``evaluation_cohort`` when set. The challenger must pass
+    every floor, then beat the champion's ``primary_metric`` by more than ``min_margin``.
+    """
+
+    primary_metric: Metric = "roc_auc"
+    min_margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by more than this")
+    floors: dict[Metric, float] = Field(default_factory=dict, description="metric -> lowest value a champion may have "
+                                                                          "(recall is the sensitivity to metastases)")
+    evaluation_cohort: str | None = Field(None, description="a pinned cohort folder (cases.csv + lesion_types.csv) "
+                                                            "both models are scored on, instead of the test split")
+
+    @field_validator("floors")
+    @classmethod
+    def _floors_are_fractions(cls, floors: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in floors.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"floors are fractions in [0, 1]: {bad}")
+        return floors
+
+
 class RegisterConfig(_Section):
     """``register``: the MLflow registered model and its promotion gate."""
 
     model_name: str = "liver-lesion-classifier"
-    primary_metric: Literal[
-        "accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"
-    ] = "roc_auc"
-    champion_alias: str = "champion"
-    challenger_alias: str = "challenger"
+    gate: GateConfig = GateConfig()
     experiment: str = "liver-lesion-classification"
+
+
+#: the profile sections a trained model depends on (its fingerprint); the others (name, description,
+#: register, compare) change where a model is filed or what is compared, not the model
+TRAINING_SECTIONS = ("cohort", "ingest", "patches", "validation", "split", "train", "evaluate")
 
 
 # the section named after the `register` step shadows ABCMeta.register on the class; harmless
@@ -164,6 +192,10 @@ class Profile(_Section):
         if shape is not None and tuple(shape) != self.patches.size:
             raise ValueError(f"validation.patch_shape {tuple(shape)} differs from the patch size {self.patches.size}")
         return self
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings a trained model depends on (``TRAINING_SECTIONS``), as JSON."""
+        return self.model_dump(mode="json", include=set(TRAINING_SECTIONS))
 
 
 class ConfigError(ValueError):

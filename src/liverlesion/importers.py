@@ -18,6 +18,7 @@ Layouts (``LAYOUTS``):
 | ``dicom-seg`` | DICOM CT series, each with a DICOM-SEG whose segments are lesions, named by a segment-name map |
 | ``crlm`` | TCIA Colorectal-Liver-Metastases: ``dicom-seg`` whose ``Tumor_n`` segments are metastases |
 | ``ircadb`` | 3D-IRCADb-01: ``3Dircadb1.N/PATIENT_DICOM/`` + ``MASKS_DICOM/<structure>/``, structures by a name map |
+| ``cohort`` | a cohort folder in this project's contract (``cases.csv``, ``lesion_types.csv``; e.g. written by ``liverlesion generate`` or ``import --out``): new cases to add to ``data/`` |
 
 Lesion types come from the layout (a segment or structure name map) or from a types table
 (``case, lesion, type``; ``case`` as the source names it, ``lesion`` numbered as
@@ -44,14 +45,14 @@ from liverlesion.contract import (
 )
 from liverlesion.deid import Pseudonymiser, deidentification_record
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti
-from liverlesion.ingestion import contained_path
+from liverlesion.ingestion import contained_path, read_case_table, read_lesion_types
 from liverlesion.lesions import instance_map, lesion_labels
 
 Progress = Callable[[int, int, str], None] | None
 IMPORTER_VERSION = "1.0.0"
 #: a type in a name map that means "not a lesion to classify" (organs, vessels, resection beds)
 IGNORE = "ignore"
-LAYOUTS = ("manifest", "lits", "msd", "dicom-seg", "crlm", "ircadb")
+LAYOUTS = ("manifest", "lits", "msd", "dicom-seg", "crlm", "ircadb", "cohort")
 
 #: 3D-IRCADb-01 structure folders (lower case, glob): tumours and cysts of the liver. Everything
 #: else is not a liver lesion or not one to classify: organs and vessels, ``surretumor`` (adrenal
@@ -209,6 +210,32 @@ def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dic
                                types.get(case, {}), default_type)
 
         cases.append(SourceCase(patient=row.patient_id, case=row.case, where=where, read=read))
+    return cases
+
+
+def scan_cohort(folder: Path, default_type: str | None = None) -> list[SourceCase]:
+    """A cohort folder in this project's contract: its ``cases.csv`` and ``lesion_types.csv`` as they are
+    (the keys are pseudonymised again on import, like any source's).
+
+    Raises:
+        ContractError: the folder breaks the contract (``ingestion.read_case_table``).
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    table = read_case_table(folder)
+    types = read_lesion_types(folder, set(table["case_id"]))
+    cases = []
+    for row in table.itertuples(index=False):
+        where = f"{folder.name}: case {row.case_id}"
+        image = contained_path(folder, row.image, f"{where}, image")
+        mask = contained_path(folder, row.mask, f"{where}, mask")
+
+        def read(image=image, mask=mask, where=where, encoding=row.mask_encoding, case=row.case_id) -> CaseData:
+            return _nifti_case(image, mask, where, lambda array: instance_map(array, where, encoding),
+                               types.get(case, {}), default_type)
+
+        cases.append(SourceCase(patient=row.patient_key, case=row.case_id, where=where, read=read))
     return cases
 
 
@@ -413,6 +440,8 @@ def scan_source(source: Path, layout: str, *, types: dict[str, dict[int, str]] |
         return scan_dicom_seg(source, name_map or CRLM_NAME_MAP)
     if layout == "ircadb":
         return scan_ircadb(source, name_map)
+    if layout == "cohort":
+        return scan_cohort(source, default_type)
     raise ContractError(f"unknown layout {layout!r}; one of {list(LAYOUTS)}")
 
 

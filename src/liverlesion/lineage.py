@@ -1,4 +1,5 @@
-"""Lineage facts recorded with every registered model: code version, data version, split hash."""
+"""Lineage facts recorded with every registered model: code version, data version, split hash, and the
+fingerprint of what a training depends on (data version, training settings, code)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,24 @@ def config_hash(config: dict[str, Any]) -> str:
     """A short, stable hash of a JSON-able configuration."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+#: the code a trained model depends on: the domain package, the steps and pipelines, the served model,
+#: and the locked dependencies (not the command line, the docs or the tests)
+CODE_GLOBS = ("src/liverlesion/**/*.py", "steps/*.py", "pipelines/*.py", "serving/*.py", "requirements.lock")
+
+
+def code_version(root: Path) -> str:
+    """A SHA-256 over the paths and bytes of the training code (``CODE_GLOBS``) under ``root``: the
+    same for any checkout of the same code, committed or not (``code-<16 hex>``)."""
+    digest = hashlib.sha256()
+    files = sorted({path for pattern in CODE_GLOBS for path in Path(root).glob(pattern) if path.is_file()})
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return "code-" + digest.hexdigest()[:16]
+
+
+def training_fingerprint(data_version: str, training_settings: dict[str, Any], code: str) -> str:
+    """What a trained model depends on, as one key: a retrain with the same fingerprint would train the
+    same model (``fp-<16 hex>``)."""
+    return "fp-" + config_hash({"data_version": data_version, "settings": training_settings, "code": code})

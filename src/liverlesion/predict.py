@@ -162,6 +162,22 @@ class LesionPredictor:
         return CasePrediction(results, lesions, self.threshold, instances, image, meta)
 
 
+    def score_cases(self, cases: pd.DataFrame, lesion_ids: set[str] | None = None) -> pd.Series:
+        """P(metastasis) of the lesions of ingested cases (``contract.CASE_COLUMNS``), by lesion id.
+
+        Each CT is read once and cut as at training; ``lesion_ids`` limits the answer to those lesions,
+        e.g. a test split (pass only their cases: every case given is read).
+        """
+        answers = []
+        for case in cases.itertuples(index=False):
+            image, meta = load_nifti(case.image_path)
+            mask, _ = load_nifti(case.mask_path)
+            results = self.predict(image, meta, mask, case.case_id, case.mask_encoding).results
+            answers.append(results.set_index("lesion_id")["p_metastasis"])
+        scored = pd.concat(answers) if answers else pd.Series(dtype=float)
+        return scored if lesion_ids is None else scored[scored.index.isin(lesion_ids)]
+
+
 def class_volume(instances: np.ndarray, results: pd.DataFrame) -> np.ndarray:
     """Each lesion's voxels coded by its predicted class (``contract``: 1 cyst, 2 metastasis), 0 elsewhere."""
     lookup = np.zeros(int(instances.max()) + 1, dtype=np.uint8)

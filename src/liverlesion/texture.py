@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from liverlesion.contract import LABEL_METASTASIS
+from liverlesion.contract import LABEL_METASTASIS, SVM_C_GRID as C_GRID, SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.ingestion import load_case
 from liverlesion.lesions import bounding_box
 
@@ -283,11 +283,6 @@ def cohort_texture_table(
 # ---------------------------------------------------------------------------------------------
 # The SVM
 # ---------------------------------------------------------------------------------------------
-#: RBF SVM hyper-parameter grids, from most to least regularised; small because the validation
-#: split is small (tens of lesions) and a large grid would over-fit it. Features are standardised
-#: first, so gamma = 1 / n_features (~0.07 for 15 features) lies inside the gamma grid.
-C_GRID = (0.1, 1.0, 10.0, 100.0)
-GAMMA_GRID = (0.001, 0.01, 0.1, 1.0)
 DEFAULT_SEED = 2019
 #: Probability at or above which accuracy calls a metastasis (as ``metrics.classification_metrics``).
 THRESHOLD = 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -139,13 +140,47 @@ def run(
     env = _environment()
     config = _load(profile, overrides)
     _check_weights([("train.weights", config.train.weights, config.train.backbone)])
-    version = _prepare_data(config, data=data)
-    started = time.perf_counter()
-    pipeline_run = _run_pipeline(
-        "training_pipeline", no_cache, data_dir=str(version.path), data_version=version.hash, profile=config,
-        profile_config=config.model_dump(mode="json"),
-    )
+    with _training_lock(f"liverlesion run --profile {config.name}"):
+        version = _prepare_data(config, data=data)
+        started = time.perf_counter()
+        pipeline_run = _run_pipeline("training_pipeline", no_cache, **_training_parameters(config, version))
     _print_summary(pipeline_run, time.perf_counter() - started, env)
+
+
+@contextmanager
+def _training_lock(what: str):
+    """The project's training lock (one training or retraining at a time); exit 3 naming the holder."""
+    from liverlesion_ops.registry import RegistryError
+    from liverlesion_ops.retrain import EXIT_BUSY, training_lock
+
+    try:
+        lock = training_lock(what)
+        lock.__enter__()
+    except RegistryError as err:
+        _fail(f"{err}; try again when it has finished", EXIT_BUSY)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _training_parameters(config, version) -> dict[str, Any]:
+    """The training pipeline's parameters: the data, the profile, and the keys of what a model depends on."""
+    from liverlesion import paths
+    from liverlesion.lineage import code_version, training_fingerprint
+
+    code = code_version(paths.code_root())
+    settings = config.training_settings()
+    return {"data_dir": str(version.path), "data_version": version.hash, "profile": config,
+            "training_settings": settings, "code_version": code,
+            "fingerprint": training_fingerprint(version.hash, settings, code)}
+
+
+def _code_version() -> str:
+    from liverlesion import paths
+    from liverlesion.lineage import code_version
+
+    return code_version(paths.code_root())
 
 
 def _check_weights(entries: list[tuple[str, str | None, str]], hint: str = "") -> None:
@@ -201,12 +236,13 @@ def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
 
     typer.echo("")
     typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {elapsed:.0f}s", bold=True)
-    if step.status == ExecutionStatus.CACHED:
+    where = [alias for alias, v in registration["aliases"].items() if v == registration["version"]]
+    if step.status == ExecutionStatus.CACHED or not registration["created"]:
         typer.echo(f"  no retraining happened ({len(cached)} cached steps): no new model version; "
                    f"the latest model of these inputs is {registration['model_name']} v{registration['version']}")
     else:
-        typer.echo(f"  registered {registration['model_name']} version {registration['version']} "
-                   f"-> alias '{registration['alias']}' ({registration['reason']})")
+        typer.echo(f"  registered {registration['model_name']} version {registration['version']}: "
+                   f"{registration['decision']} -> alias {', '.join(where) or 'none'} ({registration['reason']})")
     intervals = evaluation.get("intervals", {})
     typer.echo(f"  test ({evaluation['n_test']} lesions; 95% patient-bootstrap intervals):")
     for name, value in evaluation["metrics"].items():
@@ -252,7 +288,7 @@ def compare(
     version = _prepare_data(config, data=data)
     started = time.perf_counter()
     pipeline_run = _run_pipeline("comparison_pipeline", no_cache, data_dir=str(version.path),
-                                 data_version=version.hash, profile=config)
+                                 data_version=version.hash, profile=config, code_version=_code_version())
     summary = pipeline_run.steps["compare_models"].outputs["table2"][0].load()
     typer.echo("")
     typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
@@ -285,7 +321,7 @@ def export(
     config = _load(profile, overrides)
     version = _prepare_data(config, data=data)
     pipeline_run = _run_pipeline("patches_pipeline", no_cache, data_dir=str(version.path),
-                                 data_version=version.hash, profile=config)
+                                 data_version=version.hash, profile=config, code_version=_code_version())
 
     def output(step: str, name: str):
         return pipeline_run.steps[step].outputs[name][0].load()
@@ -329,7 +365,7 @@ def _parse_name_map(pairs: list[str]) -> dict[str, str] | None:
 @app.command(name="import")
 def import_(
     source: Annotated[Path, typer.Argument(help="the source: a folder (lits, msd, dicom-seg, crlm, ircadb) or a manifest CSV")],
-    layout: Annotated[str, typer.Option(help="manifest, lits, msd, dicom-seg, crlm or ircadb")],
+    layout: Annotated[str, typer.Option(help="manifest, lits, msd, dicom-seg, crlm, ircadb, or cohort (a cohort folder of new cases, e.g. with --append)")],
     out: Annotated[Path | None, typer.Option(help="the cohort folder to write (default: the project's data/, "
                                                   "then versioned with DVC)")] = None,
     types: Annotated[Path | None, typer.Option(help="lesion types table: case, lesion, type (cyst or metastasis)")] = None,
@@ -581,6 +617,175 @@ def _read_mask(path: Path, meta, series, encoding: str, name: str):
         instances, _ = stack_lesions(meta.shape, lesions, f"case {name}", components=False)  # as the import numbers them
         return instances, "instance"
     return read_mask_nifti(path, meta, f"case {name}"), encoding
+
+
+@app.command()
+def retrain(
+    profile: ProfileOption = "quick",
+    overrides: SetOption = [],  # noqa: B006
+    force: Annotated[bool, typer.Option("--force", help="retrain even if a version was trained on this fingerprint")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the outcome as one JSON object on standard output "
+                                                         "(progress goes to standard error)")] = False,
+) -> None:
+    """Retrain if the data, the training settings or the code changed; gate and record the new version.
+
+    For a scheduler (cron, systemd timer; see infra/). It fingerprints what a training depends on
+    (the data version of data/, the profile's training settings, the training code); if a registered
+    version was trained on that fingerprint it does nothing and says so. Otherwise it runs the
+    training pipeline, whose register step gates the new version against the champion on the same
+    patients. Every outcome (nothing to do, trained, failed) is an MLflow run tagged job=retrain.
+    New data: `liverlesion import NEW_CASES --layout cohort --append`, then the next retrain trains.
+
+    Exit codes: 0 trained (promoted or not) or nothing to do; 1 the work failed (pipeline, DVC,
+    registry); 2 usage or input error; 3 another run or retrain holds the training lock (named).
+    """
+    from liverlesion_ops import retrain as job
+
+    started = time.perf_counter()
+    _environment()
+    config = _load(profile, overrides)
+    name = config.register.model_name
+    outcome: dict[str, Any] = {"profile": config.name, "model_name": name}
+    with _training_lock(f"liverlesion retrain --profile {config.name}"), redirect_stdout(
+            sys.stderr if as_json else sys.stdout):
+        version = _prepare_data(config)
+        parameters = _training_parameters(config, version)
+        outcome.update(fingerprint=parameters["fingerprint"], data_version=version.hash,
+                       code_version=parameters["code_version"])
+        trained = job.trained_on(name, parameters["fingerprint"])
+        if trained is not None and not force:
+            outcome.update(status="nothing-to-do", version=str(trained.version), decision=trained.tags.get("decision"),
+                           champion=job.champion_of(name),
+                           reason=f"v{trained.version} was trained on this fingerprint (data {version.hash[:12]}, "
+                                  f"{parameters['code_version']}, profile {config.name})")
+        else:
+            _check_weights([("train.weights", config.train.weights, config.train.backbone)])
+            try:
+                pipeline_run = _run_pipeline("training_pipeline", force, **parameters)
+            except typer.Exit:
+                outcome.update(status="failed", error="the training pipeline failed (see above)",
+                               seconds=time.perf_counter() - started)
+                job.record(config.register.experiment, outcome)
+                raise
+            registration = pipeline_run.steps["register"].outputs["registration"][0].load()
+            outcome.update(status="trained", version=registration["version"], decision=registration["decision"],
+                           reason=registration["reason"], champion=registration["aliases"].get("champion"),
+                           zenml_run_name=pipeline_run.name)
+        outcome["seconds"] = round(time.perf_counter() - started, 1)
+        outcome["mlflow_run_id"] = job.record(config.register.experiment, outcome)
+    if as_json:
+        typer.echo(json.dumps(outcome, indent=2, sort_keys=True))
+        return
+    if outcome["status"] == "nothing-to-do":
+        typer.echo(f"retrain: nothing to do — {outcome['reason']}; champion v{outcome['champion']} "
+                   f"({outcome['seconds']:.1f}s; recorded as MLflow run {outcome['mlflow_run_id']})")
+    else:
+        typer.echo(f"retrain: trained {name} v{outcome['version']}: {outcome['decision']} ({outcome['reason']}); "
+                   f"champion v{outcome['champion']} ({outcome['seconds']:.0f}s; MLflow run {outcome['mlflow_run_id']})")
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded on the versions and in an MLflow run)")]
+
+
+def _registry_action(action, as_json: bool, *args) -> None:
+    from liverlesion_ops.registry import RegistryError
+
+    _environment()
+    try:
+        result = action(*args)
+    except RegistryError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    aliases = ", ".join(f"{alias} v{v}" for alias, v in sorted(result["aliases"].items()))
+    if result["job"] == "promote":
+        was = f"v{result['previous_champion']}" if result["previous_champion"] else "none"
+        typer.echo(f"promoted v{result['version']} to champion (was {was}) by {result['by']} "
+                   f"at {result['at']}: {result['reason']}\n  aliases: {aliases}")
+    else:
+        typer.echo(f"rolled back: champion v{result['rolled_back']} -> v{result['version']} by {result['by']} at "
+                   f"{result['at']}: {result['reason']}\n  aliases: {aliases}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="the registered version to make champion (e.g. 3)")],
+    reason: ReasonOption,
+    model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the decision's run")] = "liver-lesion-classification",
+    as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
+) -> None:
+    """Make a version the champion by hand; the former champion becomes previous_champion.
+
+    Recorded on the versions (decision, reason, by, at) and as an MLflow run (job=promote); serialised
+    with every other registry decision by a lock, so two racing promotions leave exactly one champion.
+    Example: `liverlesion promote 3 --reason "validated on the March cohort"`.
+    """
+    from liverlesion_ops.registry import promote as action
+
+    _registry_action(action, as_json, model, version.lstrip("v"), reason, experiment)
+
+
+@app.command()
+def rollback(
+    reason: ReasonOption,
+    model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the decision's run")] = "liver-lesion-classification",
+    as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
+) -> None:
+    """Give the champion alias back to previous_champion (which then names the version rolled back).
+
+    Recorded like `promote` (job=rollback). Example: `liverlesion rollback --reason "false negatives on ward 3"`.
+    """
+    from liverlesion_ops.registry import rollback as action
+
+    _registry_action(action, as_json, model, reason, experiment)
+
+
+@app.command()
+def audit(
+    ref: Annotated[str | None, typer.Argument(help="a version (3, v3) or an alias (@champion); default @champion")] = None,
+    model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
+    as_json: Annotated[bool, typer.Option("--json", help="print the audit as JSON")] = False,
+    restore: Annotated[Path | None, typer.Option(help="materialise the version's exact data in this new folder "
+                                                      "(from the DVC cache or remote) and check its hash")] = None,
+) -> None:
+    """The lineage of a model version: data version (and whether DVC still holds it), code, settings,
+    runs, the patients of each split; then the workspace's data held against it.
+
+    Examples: `liverlesion audit`; `liverlesion audit @previous_champion --json`;
+    `liverlesion audit 3 --restore /tmp/v3-data`. Exit codes: 0 done; 1 --restore failed (data gone,
+    or a hash mismatch); 2 no such version or alias.
+    """
+    from liverlesion import paths
+    from liverlesion_ops.audit import audit as build, render
+    from liverlesion_ops.registry import RegistryError
+
+    _environment()
+    root = paths.project_root()
+    try:
+        report = build(model, ref, root)
+    except RegistryError as err:
+        _fail(str(err))
+    if restore is not None:
+        from liverlesion_ops import dvcobjects
+
+        data_version = report["data"]["version"]
+        if report["data"]["kind"] != "dvc":
+            _fail(f"v{report['version']} was trained on {data_version}, a folder outside DVC: nothing to restore", 1)
+        try:
+            verified = dvcobjects.restore(root, data_version, restore)
+        except (FileExistsError, ValueError, dvcobjects.DvcObjectsError) as err:
+            _fail(f"cannot restore the data of v{report['version']}: {err}", 1)
+        report["restored"] = {"path": str(restore), "verified_version": verified}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    typer.echo(render(report))
+    if restore is not None:
+        typer.echo(f"  restored: {restore} holds exactly data version {report['restored']['verified_version']} "
+                   "(every file's md5 and the listing's hash checked)")
 
 
 @app.command()

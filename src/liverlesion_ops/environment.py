@@ -23,6 +23,7 @@ def configure_environment() -> dict[str, str]:
         "ZENML_ENABLE_REPO_INIT_WARNINGS": "false",
         "ZENML_LOGGING_VERBOSITY": os.environ.get("ZENML_LOGGING_VERBOSITY", "WARN"),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
     }
     os.environ.update(values)
     return values

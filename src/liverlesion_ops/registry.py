@@ -1,0 +1,481 @@
+"""The MLflow model registry: versions, the aliases that say where they stand, and every decision.
+
+Aliases: ``champion`` (what ``predict`` and serving load), ``challenger`` (the latest version that
+passed the floors but not the margin), ``previous_champion`` (the champion before the current one:
+what ``rollback`` returns to).
+
+A version is registered with every lineage tag at once (idempotent per training run: a cached model
+re-registered by a re-run step gets no second version). Decisions (the gate's, a manual promotion,
+a rollback) are taken under a registry lock, recorded on the versions (tags) and as an MLflow run
+(tag ``job``), and only then do aliases move. MLflow's alias update is last-writer-wins, so the lock
+serialises deciders on this machine, and every move is verified by reading the aliases back. The
+record and the moves are written to a journal first: a decider killed half-way is completed by the
+next one that takes the lock, so no interrupted decision leaves one alias moved and another not.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import re
+import socket
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from filelock import FileLock, Timeout
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+import liverlesion
+from liverlesion import paths
+from liverlesion.predict import RESULT_COLUMNS
+from liverlesion.promotion import DECIMALS, Decision, GateRules, decide, gate_scores
+from liverlesion_ops.tracking import ensure_experiment, use_tracking_store
+
+CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
+METRIC_TAG_PREFIX = "metric."
+#: the name of the pyfunc model in the run (and what ``models:/<name>@champion`` loads)
+PYFUNC_NAME = "lesion_classifier"
+#: the serving environment: the GPU-capable TensorFlow build (``tensorflow``, not ``tensorflow-cpu``,
+#: which a GPU server must not be pinned to), and what the domain package's inference path imports
+SERVING_PACKAGES = ("keras", "numpy", "pandas", "scipy", "scikit-image", "nibabel")
+SERVING_TENSORFLOW = "tensorflow==2.21.0"
+_RESULT_TYPES = {"instance": "long", "volume_ml": "double", "x_mm": "double", "y_mm": "double", "z_mm": "double",
+                 "p_metastasis": "double", "predicted": "long"}
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "mask"),
+                   ColSpec("string", "case_id", required=False), ColSpec("string", "mask_encoding", required=False)]),
+    outputs=Schema([ColSpec(_RESULT_TYPES.get(c, "string"), c) for c in RESULT_COLUMNS]),
+)
+#: how long a decider waits for another one to finish before giving up
+LOCK_TIMEOUT_S = 900
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (no such version, no previous champion, lock held)."""
+
+
+def client() -> MlflowClient:
+    """A client of the project's tracking and registry store (one per store: opening one costs ~2 s)."""
+    return _client(use_tracking_store())
+
+
+@functools.lru_cache(maxsize=4)
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(uri, uri)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def who() -> str:
+    """The person or job deciding: ``$LIVERLESION_USER`` or the login name, with the host."""
+    return f"{os.environ.get('LIVERLESION_USER') or getpass.getuser()}@{socket.gethostname()}"
+
+
+# --- the lock -------------------------------------------------------------------------------------
+
+def _lock_base(kind: str, name: str) -> Path:
+    folder = paths.state_home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{kind}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
+
+
+def holder(kind: str, name: str) -> dict[str, Any] | None:
+    """Who holds (or last held) a lock: pid, host, user, since, what."""
+    path = _lock_base(kind, name).with_suffix(".holder.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def exclusive(kind: str, name: str, what: str, timeout: float) -> Iterator[None]:
+    """A machine-wide lock (``<state>/locks/<kind>-<name>.lock``) naming its holder.
+
+    Raises:
+        RegistryError: another process held it for ``timeout`` seconds; the message names it.
+    """
+    base = _lock_base(kind, name)
+    lock = FileLock(str(base.with_suffix(".lock")))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        held = holder(kind, name) or {}
+        raise RegistryError(
+            f"the {kind} lock of {name} is held by pid {held.get('pid', '?')} on {held.get('host', '?')} "
+            f"({held.get('user', '?')}, since {held.get('since', '?')}: {held.get('what', '?')})") from None
+    try:
+        base.with_suffix(".holder.json").write_text(json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "user": who(), "since": now(), "what": what}))
+        yield
+    finally:
+        lock.release()
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+def serving_requirements() -> list[str]:
+    """Pinned requirements of the served model: the installed versions, TensorFlow's GPU-capable build."""
+    return [SERVING_TENSORFLOW, *(f"{name}=={installed_version(name)}" for name in SERVING_PACKAGES)]
+
+
+def serving_settings(model_name: str, profile: dict[str, Any]) -> dict[str, Any]:
+    """What the served model needs besides the network: the profile's patch settings and scoring."""
+    evaluate = profile.get("evaluate", {})
+    return {"model_name": model_name, "patches": profile["patches"], "threshold": evaluate.get("threshold", 0.5),
+            "precision": evaluate.get("precision", "auto"), "profile": profile.get("name", "")}
+
+
+def log_serving_model(model, settings: dict[str, Any], card: dict[str, Any], card_markdown: str) -> str:
+    """Log the pyfunc that takes a CT and its lesion mask (``serving/lesion_classifier.py``) in the
+    active run: the Keras network, the patch settings and threshold, the domain package as code, and
+    the model card (``model_card.md`` and ``model_card.json`` among its artifacts).
+
+    Returns:
+        The logged model's URI.
+    """
+    with tempfile.TemporaryDirectory(prefix="liverlesion-pyfunc-") as tmp:
+        files = {"keras_model": Path(tmp) / "model.keras", "settings": Path(tmp) / "settings.json",
+                 "model_card": Path(tmp) / "model_card.md", "model_card_json": Path(tmp) / "model_card.json"}
+        model.save(files["keras_model"])
+        files["settings"].write_text(json.dumps(settings, indent=2, sort_keys=True))
+        files["model_card"].write_text(card_markdown, encoding="utf-8")
+        files["model_card_json"].write_text(json.dumps(card, indent=2, sort_keys=True), encoding="utf-8")
+        with warnings.catch_warnings():  # an input example would be a whole CT in base64: the signature says it
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")  # (colour codes first)
+            info = mlflow.pyfunc.log_model(
+                name=PYFUNC_NAME,
+                python_model=str(paths.code_root() / "serving" / "lesion_classifier.py"),
+                artifacts={key: str(path) for key, path in files.items()},
+                code_paths=[str(Path(liverlesion.__file__).parent)],
+                signature=SIGNATURE,
+                pip_requirements=serving_requirements(),
+            )
+        mlflow.log_artifact(str(files["model_card"]), artifact_path="model_card")
+        mlflow.log_artifact(str(files["model_card_json"]), artifact_path="model_card")
+    return info.model_uri
+
+
+def version_of_run(mlflow_client: MlflowClient, name: str, run_id: str):
+    """The version already registered from training run ``run_id`` (None if there is none)."""
+    found = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+@dataclass(frozen=True)
+class Registered:
+    version: str
+    model_uri: str
+    created: bool  # False: the training run had been registered before (a re-run of a cached model)
+
+
+def register_version(model, run_id: str, name: str, metrics: dict[str, float], lineage: dict[str, str],
+                     profile: dict[str, Any], card: dict[str, Any], card_markdown: str) -> Registered:
+    """Log the served model in training run ``run_id`` and register it with every lineage and metric tag.
+
+    Idempotent per training run: if ``run_id`` already has a version, that version is returned.
+    """
+    mlflow_client = client()
+    existing = version_of_run(mlflow_client, name, run_id)
+    if existing is not None:
+        return Registered(str(existing.version), existing.source, created=False)
+    with mlflow.start_run(run_id=run_id):
+        model_uri = log_serving_model(model, serving_settings(name, profile), card, card_markdown)
+    tags = {**lineage, **{METRIC_TAG_PREFIX + k: f"{v:.{DECIMALS}f}" for k, v in metrics.items()}}
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    try:
+        mlflow_client.update_model_version(name, version.version, description=card_markdown)
+    except BaseException:
+        mlflow_client.delete_model_version(name, version.version)
+        raise
+    return Registered(str(version.version), model_uri, created=True)
+
+
+def alias_version(mlflow_client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(mlflow_client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def aliases(mlflow_client: MlflowClient, name: str) -> dict[str, str]:
+    return {alias: str(v) for alias, v in mlflow_client.get_registered_model(name).aliases.items()}
+
+
+def check_version(mlflow_client: MlflowClient, name: str, version: str):
+    try:
+        return mlflow_client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(f"no version {version} of registered model {name!r} "
+                            "(`liverlesion models` lists them)") from None
+
+
+# --- decisions: journal, record, aliases -----------------------------------------------------------
+
+def _journal(name: str) -> Path:
+    return _lock_base("registry", name).with_suffix(".pending.json")
+
+
+def _apply(mlflow_client: MlflowClient, name: str, entry: dict[str, Any]) -> None:
+    """Write a decision's tags and MLflow run (once: keyed by its id) and move the aliases; verify."""
+    for version, tags in entry["tags"].items():
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(name, version, key, value)
+    run = entry["run"]
+    experiment = ensure_experiment(run["experiment"])
+    done = mlflow_client.search_runs([experiment], f"tags.decision_id = '{entry['id']}'")
+    if not done:
+        active = mlflow_client.create_run(experiment, run_name=run["name"],
+                                          tags={**run["tags"], "decision_id": entry["id"]})
+        run_id = active.info.run_id
+        for key, value in run["params"].items():
+            mlflow_client.log_param(run_id, key, value)
+        for key, value in run["metrics"].items():
+            mlflow_client.log_metric(run_id, key, value)
+        mlflow_client.set_terminated(run_id)
+    for alias, version in entry["aliases"].items():
+        if version is None:
+            if alias_version(mlflow_client, name, alias) is not None:
+                mlflow_client.delete_registered_model_alias(name, alias)
+        else:
+            mlflow_client.set_registered_model_alias(name, alias, version)
+    now_held = aliases(mlflow_client, name)
+    wrong = {a: now_held.get(a) for a, v in entry["aliases"].items() if now_held.get(a) != v}
+    if wrong:  # someone moved an alias outside the lock (another machine): say so, do not guess
+        raise RegistryError(f"{name}: aliases read back as {wrong} after setting {entry['aliases']}: another "
+                            "client changed them at the same time; check `liverlesion models` and decide again")
+
+
+def _recover(mlflow_client: MlflowClient, name: str) -> str | None:
+    """Complete a decision whose decider was killed after writing its journal (roll forward)."""
+    path = _journal(name)
+    if not path.exists():
+        return None
+    entry = json.loads(path.read_text())
+    versions = {v for v in (*entry["tags"], *entry["aliases"].values()) if v is not None}
+    if all(_exists(mlflow_client, name, v) for v in versions):
+        _apply(mlflow_client, name, entry)
+        note = f"completed an interrupted decision ({entry['run']['name']}, {entry['id']})"
+    else:
+        note = f"dropped an interrupted decision about a version that no longer exists ({entry['id']})"
+    path.unlink()
+    return note
+
+
+def _exists(mlflow_client: MlflowClient, name: str, version: str) -> bool:
+    try:
+        mlflow_client.get_model_version(name, version)
+        return True
+    except MlflowException:
+        return False
+
+
+def decide_and_record(mlflow_client: MlflowClient, name: str, entry: dict[str, Any]) -> None:
+    """Journal, then apply, a decision (under the registry lock)."""
+    entry = {"id": uuid.uuid4().hex, **entry}
+    path = _journal(name)
+    path.write_text(json.dumps(entry))
+    _apply(mlflow_client, name, entry)
+    path.unlink()
+
+
+@contextmanager
+def registry_lock(name: str, what: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[MlflowClient]:
+    """The registry lock of model ``name``; an interrupted decision is completed first."""
+    with exclusive("registry", name, what, timeout):
+        mlflow_client = client()
+        note = _recover(mlflow_client, name)
+        if note:
+            print(f"[registry] {note}", flush=True)
+        yield mlflow_client
+
+
+def _decision_tags(decision: str, reason: str, job: str, by: str, at: str, **more: str) -> dict[str, str]:
+    return {"decision": decision, "decision_reason": reason, "decision_job": job, "decision_by": by,
+            "decision_at": at, **more}
+
+
+# --- the gate ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GateSet:
+    """The lesions the gate scores both models on: labels by lesion id, the cases holding them."""
+
+    labels: pd.Series
+    cases: pd.DataFrame
+    description: str  # e.g. "the test split of v3 (46 lesions, 13 patients)"
+
+
+def load_predictor(name: str, version: str):
+    """The registered artefact of a version, as ``predict`` uses it."""
+    served = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+    predictor = served.predictor
+    predictor.model_name, predictor.model_version = name, str(version)
+    return predictor
+
+
+def score_version(name: str, version: str, gate_set: GateSet) -> tuple[dict[str, float], str]:
+    """A version's metrics on the gate's lesions, by its registered artefact; and the precision used."""
+    predictor = load_predictor(name, version)
+    probability = predictor.score_cases(gate_set.cases, set(gate_set.labels.index))
+    return gate_scores(gate_set.labels, probability, predictor.threshold), predictor.precision
+
+
+def gate(name: str, version: str, gate_set: GateSet, rules: GateRules, experiment: str, job: str,
+         context: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score version ``version`` and the champion on the same lesions, decide, record, move aliases.
+
+    Returns:
+        The decision's record: outcome, reason, both versions' figures, the aliases afterwards.
+    """
+    with registry_lock(name, f"gate of v{version} ({job})") as mlflow_client:
+        champion = alias_version(mlflow_client, name, CHAMPION)
+        candidate, precision = score_version(name, version, gate_set)
+        incumbent, incumbent_precision = (score_version(name, champion, gate_set) if champion is not None
+                                          else (None, None))
+        decision: Decision = decide(candidate, incumbent, rules)
+        at, by = now(), who()
+        figures = {f"gate.candidate.{k}": f"{v:.{DECIMALS}f}" for k, v in candidate.items()}
+        if incumbent is not None:
+            figures.update({f"gate.champion.{k}": f"{v:.{DECIMALS}f}" for k, v in incumbent.items()})
+        scored_on = (f"{gate_set.description}; scored by the registered artefacts in {precision}"
+                     + (f" (champion: {incumbent_precision})" if incumbent_precision not in (None, precision) else ""))
+        tags = _decision_tags(decision.outcome, decision.reason, job, by, at, **figures,
+                              compared_with=f"v{champion}" if champion else "none", gate_scored_on=scored_on,
+                              gate_rules=json.dumps({"primary_metric": rules.primary_metric,
+                                                     "min_margin": rules.min_margin, "floors": dict(rules.floors)}))
+        moves: dict[str, str | None] = {}
+        if decision.outcome == "promoted":
+            moves = {CHAMPION: version}
+            if champion is not None:
+                moves[PREVIOUS_CHAMPION] = champion
+            if alias_version(mlflow_client, name, CHALLENGER) == version:
+                moves[CHALLENGER] = None
+        elif decision.outcome == "challenger":
+            moves = {CHALLENGER: version}
+        metrics = {f"candidate_{k}": v for k, v in candidate.items()}
+        metrics.update({f"champion_{k}": v for k, v in (incumbent or {}).items()})
+        entry = {
+            "tags": {version: tags},
+            "aliases": moves,
+            "run": {"experiment": experiment, "name": f"gate-v{version}",
+                    "tags": {"job": job, "model_name": name, "model_version": version, "decision": decision.outcome,
+                             "decision_reason": decision.reason, "compared_with": tags["compared_with"],
+                             "decision_by": by, **(context or {})},
+                    "params": {"primary_metric": rules.primary_metric, "min_margin": rules.min_margin,
+                               "floors": json.dumps(dict(rules.floors)), "scored_on": scored_on[:500]},
+                    "metrics": {k: v for k, v in metrics.items() if v == v}},  # MLflow refuses no NaN, but keep it clean
+        }
+        decide_and_record(mlflow_client, name, entry)
+        return {"version": version, "decision": decision.outcome, "reason": decision.reason,
+                "compared_with": champion, "candidate": candidate, "champion": incumbent, "scored_on": scored_on,
+                "aliases": aliases(mlflow_client, name)}
+
+
+# --- manual decisions -----------------------------------------------------------------------------
+
+def promote(name: str, version: str, reason: str, experiment: str) -> dict[str, Any]:
+    """Make ``version`` the champion by hand (a person's decision, recorded with who, when and why).
+
+    Raises:
+        RegistryError: no such version, it is the champion already, or the lock is held too long.
+    """
+    with registry_lock(name, f"promote v{version}") as mlflow_client:
+        check_version(mlflow_client, name, version)
+        champion = alias_version(mlflow_client, name, CHAMPION)
+        if champion == str(version):
+            raise RegistryError(f"{name} v{version} is the champion already")
+        at, by = now(), who()
+        moves: dict[str, str | None] = {CHAMPION: str(version)}
+        if champion is not None:
+            moves[PREVIOUS_CHAMPION] = champion
+        if alias_version(mlflow_client, name, CHALLENGER) == str(version):
+            moves[CHALLENGER] = None
+        tags = {str(version): _decision_tags("promoted", reason, "promote", by, at,
+                                             compared_with=f"v{champion}" if champion else "none")}
+        if champion is not None:
+            tags[champion] = _decision_tags("superseded", f"v{version} promoted by hand: {reason}", "promote", by, at)
+        decide_and_record(mlflow_client, name, {
+            "tags": tags, "aliases": moves,
+            "run": {"experiment": experiment, "name": f"promote-v{version}",
+                    "tags": {"job": "promote", "model_name": name, "model_version": str(version),
+                             "decision": "promoted", "decision_reason": reason, "decision_by": by,
+                             "previous_champion": champion or "none"},
+                    "params": {}, "metrics": {}},
+        })
+        return {"job": "promote", "version": str(version), "previous_champion": champion, "reason": reason,
+                "by": by, "at": at, "aliases": aliases(mlflow_client, name)}
+
+
+def rollback(name: str, reason: str, experiment: str) -> dict[str, Any]:
+    """Give the champion alias back to ``previous_champion`` (and ``previous_champion`` to the version
+    rolled back, so a second rollback undoes the first); recorded with who, when and why.
+
+    Raises:
+        RegistryError: there is no previous champion, or the lock is held too long.
+    """
+    with registry_lock(name, "rollback") as mlflow_client:
+        champion = alias_version(mlflow_client, name, CHAMPION)
+        previous = alias_version(mlflow_client, name, PREVIOUS_CHAMPION)
+        if previous is None or champion is None:
+            raise RegistryError(f"{name} has no {PREVIOUS_CHAMPION} to roll back to "
+                                f"(champion: {('v' + champion) if champion else 'none'})")
+        at, by = now(), who()
+        tags = {previous: _decision_tags("restored", reason, "rollback", by, at, compared_with=f"v{champion}"),
+                champion: _decision_tags("rolled_back", reason, "rollback", by, at)}
+        decide_and_record(mlflow_client, name, {
+            "tags": tags, "aliases": {CHAMPION: previous, PREVIOUS_CHAMPION: champion},
+            "run": {"experiment": experiment, "name": f"rollback-v{champion}-to-v{previous}",
+                    "tags": {"job": "rollback", "model_name": name, "model_version": previous,
+                             "decision": "rolled_back", "decision_reason": reason, "decision_by": by,
+                             "rolled_back_version": champion},
+                    "params": {}, "metrics": {}},
+        })
+        return {"job": "rollback", "version": previous, "rolled_back": champion, "reason": reason, "by": by,
+                "at": at, "aliases": aliases(mlflow_client, name)}
+
+
+def register_and_gate(model, run_id: str, name: str, metrics: dict[str, float], lineage: dict[str, str],
+                      profile: dict[str, Any], card: dict[str, Any], card_markdown: str, gate_set: GateSet,
+                      rules: GateRules, experiment: str, context: dict[str, str] | None = None) -> dict[str, Any]:
+    """Register a trained model and pass it through the gate, all or nothing.
+
+    If the gate fails (an error, an interruption) before any alias names the new version, the
+    version is deleted again: no half-registered model, no moved alias. A training run registered
+    before (a re-run of a cached model) is not registered or gated again.
+
+    Returns:
+        ``{"version", "created", "decision", "reason", "aliases", "model_uri", ...}`` (the gate's record
+        when the version is new).
+    """
+    registered = register_version(model, run_id, name, metrics, lineage, profile, card, card_markdown)
+    mlflow_client = client()
+    if not registered.created:
+        tags = mlflow_client.get_model_version(name, registered.version).tags
+        return {"version": registered.version, "created": False, "decision": tags.get("decision", ""),
+                "reason": tags.get("decision_reason", ""), "aliases": aliases(mlflow_client, name),
+                "model_uri": registered.model_uri}
+    try:
+        result = gate(name, registered.version, gate_set, rules, experiment, job="gate", context=context)
+    except BaseException:
+        if registered.version not in aliases(mlflow_client, name).values():
+            mlflow_client.delete_model_version(name, registered.version)
+        raise
+    return {**result, "created": True, "model_uri": registered.model_uri}
