@@ -6,32 +6,12 @@ import keras
 import pandas as pd
 from zenml import log_metadata, step
 
-from liverlesion import paths
 from liverlesion.config import RegisterConfig
 from liverlesion.contract import COHORT_FILE
-from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases, types_by_case
 from liverlesion.modelcard import build_model_card, cohort_summary, render_markdown, split_sizes
 from liverlesion.promotion import GateRules
-from liverlesion_ops.registry import CHAMPION, GateSet, register_and_gate
+from liverlesion_ops.registry import CHAMPION, cohort_gate_set, register_and_gate, split_gate_set
 from steps.tracking import use_tracking_store, zenml_run
-
-
-def gate_set(config: RegisterConfig, manifest: pd.DataFrame, manifest_hash: str, cases: pd.DataFrame,
-             lesions: pd.DataFrame) -> GateSet:
-    """The lesions both models are scored on: this run's test split, or the pinned evaluation cohort."""
-    folder = config.gate.evaluation_cohort
-    if folder is None:
-        test = manifest[manifest["set"] == "test"]
-        case_ids = set(lesions.loc[lesions["lesion_id"].isin(set(test["lesion_id"])), "case_id"])
-        return GateSet(test.set_index("lesion_id")["label"], cases[cases["case_id"].isin(case_ids)],
-                       f"the test split {manifest_hash[:12]} of this run ({len(test)} lesions, "
-                       f"{test['patient_key'].nunique()} patients)")
-    root = Path(folder) if Path(folder).is_absolute() else paths.project_root() / folder
-    ingested = ingest_cases(root, "pinned")
-    lesions, _ = labelled_lesions(segment_cases(ingested.cases, types_by_case(ingested.lesion_types)))
-    return GateSet(lesions.set_index("lesion_id")["label"], ingested.cases,
-                   f"the pinned evaluation cohort {root} ({len(lesions)} typed lesions, "
-                   f"{lesions['patient_key'].nunique()} patients)")
 
 
 @step
@@ -84,11 +64,13 @@ def register(
         cohort=cohort_summary(cases, lesions, json.loads(meta_path.read_text()) if meta_path.exists() else None),
         split=split_sizes(split_manifest), lineage=lineage, model_name=config.model_name)
     rules = GateRules(config.gate.primary_metric, config.gate.min_margin, dict(config.gate.floors))
+    gate_set = (split_gate_set(split_manifest, split_manifest_hash, cases, lesions)
+                if config.gate.evaluation_cohort is None else cohort_gate_set(config.gate.evaluation_cohort))
     name = config.model_name
     result = register_and_gate(
         model, mlflow_run_id, name, test_metrics["metrics"], lineage, {**training_settings, "name": profile}, card,
-        render_markdown(card), gate_set(config, split_manifest, split_manifest_hash, cases, lesions), rules,
-        config.experiment, context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]})
+        render_markdown(card), gate_set, rules, config.experiment,
+        context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]})
     version = result["version"]
     where = [a for a, v in result["aliases"].items() if v == version]
     if not result["created"]:

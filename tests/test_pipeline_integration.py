@@ -37,7 +37,7 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     root, _ = project
     out = first_run.stdout
     assert "regenerated the embedded default cohort" in out
-    assert "registered tiny-liver-lesion version 1 -> alias 'champion'" in out
+    assert "registered tiny-liver-lesion version 1: promoted -> alias champion" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
 
     data_hash = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
@@ -46,12 +46,26 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     assert str(version.version) == "1"
     tags = version.tags
     assert tags["data_version"] == data_hash
-    for key in ("split_manifest_hash", "git_commit", "config_hash", "zenml_run_id", "profile"):
+    for key in ("split_manifest_hash", "git_commit", "fingerprint", "code_version", "zenml_run_id", "profile"):
         assert tags[key], key
     assert len(tags["split_manifest_hash"]) == 64
     assert json.loads(tags["config"])["cohort"]["n_patients"] == 12
     assert tags["git_commit"] != "unknown" and tags["profile"] == "tiny"
+    assert tags["git_dirty"] == str(tags["git_commit"].endswith("-dirty")).lower()
     run = client.get_run(version.run_id)
+    # lineage recorded when the model was trained: the commit, the fingerprint, the split itself
+    assert run.data.tags["git_commit"] == tags["git_commit"] and run.data.tags["fingerprint"] == tags["fingerprint"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "lineage")} == {"lineage/split_manifest.csv"}
+    # the first version passed the gate, and the decision is recorded on it and as a run
+    assert tags["decision"] == "promoted" and tags["compared_with"] == "none" and tags["decision_job"] == "gate"
+    assert "the test split" in tags["gate_scored_on"] and "gate.candidate.roc_auc" in tags
+    experiment = client.get_experiment_by_name("liver-lesion-classification")
+    gate_runs = client.search_runs([experiment.experiment_id], "tags.job = 'gate' and tags.model_version = '1'")
+    assert len(gate_runs) == 1 and gate_runs[0].data.tags["decision"] == "promoted"
+    # the model card names what was trained, in the version's description and beside the model
+    assert "InceptionV3" in version.description and "Intended use" in version.description
+    card = json.loads(open(client.download_artifacts(run.info.run_id, "model_card/model_card.json")).read())
+    assert card["data"]["version"] == data_hash and card["model"]["backbone"] == "InceptionV3"
     metrics = run.data.metrics
     for name in ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"):
         assert 0.0 <= metrics[f"test_{name}"] <= 1.0, name
@@ -110,9 +124,21 @@ def test_retraining_registers_a_second_version_through_the_gate(project, first_r
     # gate keeps the champion and the new version becomes the challenger
     assert second_auc == first_auc
     assert second.tags["metric.accuracy"] == versions[0].tags["metric.accuracy"]
-    assert str(champion.version) == "1" and second.tags["promotion"] == "challenger"
+    assert str(champion.version) == "1" and second.tags["decision"] == "challenger"
     assert str(client.get_model_version_by_alias("tiny-liver-lesion", "challenger").version) == "2"
     assert second.tags["compared_with"] == "v1"
+    # both scored by their registered artefacts on the same patients: the same model, the same figures
+    metrics = ("accuracy", "roc_auc", "recall", "specificity")
+    assert {m: second.tags[f"gate.candidate.{m}"] for m in metrics} == {m: second.tags[f"gate.champion.{m}"] for m in metrics}
+
+
+def test_a_setting_that_does_not_change_the_model_registers_no_second_version(project, first_run):
+    root, env = project
+    before = len(mlflow_client(root).search_model_versions("name='tiny-liver-lesion'"))
+    again = cli(root, env, "run", "--profile", "tiny", "--set", "compare.models=[svm_texture]",
+                "--set", "register.gate.min_margin=0.05")
+    assert "no retraining happened" in again.stdout
+    assert len(mlflow_client(root).search_model_versions("name='tiny-liver-lesion'")) == before
 
 
 def test_validation_failure_stops_before_training_with_a_readable_report(project, first_run):

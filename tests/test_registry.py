@@ -1,83 +1,406 @@
-"""The MLflow registration is all or nothing, against a real SQLite MLflow store."""
+"""The model registry against a real SQLite MLflow store: registration, the gate on the same
+patients, manual promotion and rollback, the lock between deciders and the journal that completes an
+interrupted decision.
+
+The models are tiny Keras networks whose figures are known by construction: ``swap(A)`` is A with
+the two output columns exchanged, so P_swap = 1 - P_A and ROC AUC_swap = 1 - AUC_A on any lesion set.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.registry import register_model_version
+from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases, types_by_case
+from liverlesion.phantom import CohortSpec, generate_cohort
+from liverlesion.predict import LesionPredictor, PatchSettings
+from liverlesion.promotion import GateRules, gate_scores
+from liverlesion_ops import registry
+from liverlesion_ops.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, GateSet, RegistryError
+from liverlesion_ops.tracking import ensure_experiment
 
-NAME = "test-model"
+NAME = "test-lesion-classifier"
+EXPERIMENT = "test-registry"
 LINEAGE = {"data_version": "abc", "split_manifest_hash": "def", "git_commit": "123"}
+METRICS = {"accuracy": 0.5, "balanced_accuracy": 0.5, "f1": 0.5, "roc_auc": 0.5, "precision": 0.5, "recall": 0.5,
+           "specificity": 0.5}
+PROFILE = {"name": "test", "patches": {"margin_mm": 2.0, "canvas": [24, 24], "output_size": None, "square_pixels": True},
+           "evaluate": {"threshold": 0.5, "precision": "float32"}}
+INPUT = (24, 24, 3)
+#: model A's weights: seed and scale chosen so that its probabilities spread over (0, 1) and its ROC AUC
+#: on the cohort below is under 0.5 (so swap(A) beats it) and differs between the two halves
+MODEL_SEED, WEIGHT_SCALE = 4, 0.05
+COHORT = CohortSpec(seed=3, n_patients=4, n_lesions=12, size_scale=0.4)
+FIRST_HALF = {"PHX-001", "PHX-002"}
+
+
+# --- the cohort and the models --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cohort:
+    full: GateSet
+    s1: GateSet  # the lesions of patients 1-2
+    s2: GateSet  # the lesions of patients 3-4
+
+
+def gate_set(cases: pd.DataFrame, lesions: pd.DataFrame, description: str) -> GateSet:
+    labels = lesions.set_index("lesion_id")["label"].astype(int)
+    return GateSet(labels, cases[cases["case_id"].isin(lesions["case_id"])].reset_index(drop=True),
+                   f"{description} ({len(labels)} lesions)")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Cohort:
+    folder = generate_cohort(COHORT, tmp_path_factory.mktemp("registry-cohort") / "cohort")
+    ingested = ingest_cases(folder, "v")
+    lesions, _ = labelled_lesions(segment_cases(ingested.cases, types_by_case(ingested.lesion_types)))
+    first = lesions["patient_key"].isin(FIRST_HALF)
+    assert first.any() and (~first).any()
+    for part in (lesions, lesions[first], lesions[~first]):  # ROC AUC needs both classes
+        assert set(part["label"]) == {0, 1}
+    return Cohort(gate_set(ingested.cases, lesions, "all lesions"),
+                  gate_set(ingested.cases, lesions[first], "S1: patients 1-2"),
+                  gate_set(ingested.cases, lesions[~first], "S2: patients 3-4"))
+
+
+def dense_model(kernel: np.ndarray, bias: np.ndarray) -> keras.Model:
+    inputs = keras.Input(INPUT)
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
+def weights_a() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(MODEL_SEED)
+    return rng.normal(size=(int(np.prod(INPUT)), 2)) * WEIGHT_SCALE, np.zeros(2)
+
+
+def model_a() -> keras.Model:
+    return dense_model(*weights_a())
+
+
+def swap_a() -> keras.Model:
+    """A with its output columns exchanged: P(metastasis) = 1 - P_A(metastasis)."""
+    kernel, bias = weights_a()
+    return dense_model(kernel[:, ::-1].copy(), bias[::-1].copy())
+
+
+def constant_model(p: float) -> keras.Model:
+    """P(metastasis) = p for every lesion."""
+    return dense_model(np.zeros((int(np.prod(INPUT)), 2)), np.log([1 - p, p]))
+
+
+def scores(model: keras.Model, gate: GateSet) -> dict[str, float]:
+    """A model's gate figures computed here, without the registry (the expected values)."""
+    predictor = LesionPredictor(model, PatchSettings.from_profile(PROFILE), 0.5, "float32")
+    return gate_scores(gate.labels, predictor.score_cases(gate.cases, set(gate.labels.index)), 0.5)
+
+
+@pytest.fixture(scope="module")
+def expected(cohort) -> dict[str, dict[str, float]]:
+    """Model A's figures on the three sets (the preconditions of the tests are checked here)."""
+    a = model_a()
+    figures = {"full": scores(a, cohort.full), "s1": scores(a, cohort.s1), "s2": scores(a, cohort.s2)}
+    assert figures["full"]["roc_auc"] < 0.5  # swap(A) beats A
+    assert figures["s1"]["roc_auc"] != pytest.approx(figures["s2"]["roc_auc"], abs=1e-3)
+    return figures
+
+
+# --- the store -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Store:
+    client: MlflowClient
+    experiment_id: str
+    home: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite database with its tables created (MLflow's migrations take seconds), to copy."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("empty-store")
+    SqlAlchemyStore(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri())
+    return folder / "mlflow.db"
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield MlflowClient(uri, uri), experiment
+def store(tmp_path, monkeypatch, empty_store) -> Store:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data.dvc").write_text("")
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "LIVERLESION_HOME": str(tmp_path / "state"),
+           "LIVERLESION_PROJECT": str(project), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    experiment_id = ensure_experiment(EXPERIMENT)  # artifacts under LIVERLESION_HOME (a SQLite store)
+    assert Path(mlflow.get_experiment(experiment_id).artifact_location.removeprefix("file://")).is_relative_to(tmp_path)
+    yield Store(registry.client(), experiment_id, tmp_path / "state", env)
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
-def tiny_model():
-    inputs = keras.Input((4, 4, 3))
-    x = keras.layers.Flatten()(inputs)
-    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+def new_run(store: Store) -> str:
+    """A training run for one registration."""
+    return store.client.create_run(store.experiment_id).info.run_id
 
 
-def new_run(experiment):
-    with mlflow.start_run(experiment_id=experiment) as run:
-        return run.info.run_id
+def register(store: Store, model, gate: GateSet, rules: GateRules = GateRules(), run_id: str | None = None) -> dict:
+    return registry.register_and_gate(model, run_id or new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card",
+                                      gate, rules, EXPERIMENT)
 
 
-def test_gate_moves_champion_only_on_improvement(store):
-    client, experiment = store
-    first = register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": 0.7}, LINEAGE,
-                                   "roc_auc", "champion", "challenger")
-    assert first.version == "1" and first.alias == "champion"
-    worse = register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": 0.6}, LINEAGE,
-                                   "roc_auc", "champion", "challenger")
-    assert worse.alias == "challenger"
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
-    better = register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": 0.9}, LINEAGE,
-                                    "roc_auc", "champion", "challenger")
-    assert better.alias == "champion"
-    v3 = client.get_model_version_by_alias(NAME, "champion")
-    assert str(v3.version) == "3"
-    assert v3.tags["data_version"] == "abc" and v3.tags["metric.roc_auc"] == "0.900000"
-    assert v3.tags["promotion"] == "champion" and v3.tags["compared_with"] == "v1"
-    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").unwrap_python_model()
-    network = served.predictor.model
-    assert network.predict(np.zeros((1, 4, 4, 3)), verbose=0).shape == (1, 2)
-    assert served.settings["model_name"] == NAME and served.settings["threshold"] == 0.5
-    # the serving environment: the TensorFlow build that uses a GPU where there is one, not the CPU-only one
-    requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}@champion")
-    pinned = open(requirements).read().split()
-    assert "tensorflow==2.21.0" in pinned and not any(r.startswith("tensorflow-cpu") for r in pinned)
+def register_only(store: Store, model) -> str:
+    return registry.register_version(model, new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card").version
 
 
-def test_failure_after_registration_leaves_nothing_behind(store):
-    client, experiment = store
-    register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": 0.7}, LINEAGE,
-                           "roc_auc", "champion", "challenger")
-    with pytest.raises(KeyError):
-        # the gate's metric is missing: fails after the version was created
-        register_model_version(tiny_model(), new_run(experiment), NAME, {"accuracy": 0.99}, LINEAGE,
-                               "roc_auc", "champion", "challenger")
-    versions = client.search_model_versions(f"name='{NAME}'")
-    assert [str(v.version) for v in versions] == ["1"]
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+def aliases(store: Store) -> dict[str, str]:
+    return registry.aliases(store.client, NAME)
 
 
-def test_a_retrained_tie_is_not_promoted_even_where_the_tag_rounds_down(store):
-    client, experiment = store
-    auc = 2 / 9  # its tag, "0.222222", is below the value itself
-    register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": auc}, LINEAGE,
-                           "roc_auc", "champion", "challenger")
-    again = register_model_version(tiny_model(), new_run(experiment), NAME, {"roc_auc": auc}, LINEAGE,
-                                   "roc_auc", "champion", "challenger")
-    assert again.alias == "challenger" and not again.decision.promote
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+def tags(store: Store, version: str) -> dict[str, str]:
+    return store.client.get_model_version(NAME, version).tags
+
+
+def recorded(store: Store, version: str, who: str) -> dict[str, float]:
+    """The gate figures recorded on a version (``who``: candidate or champion)."""
+    prefix = f"gate.{who}."
+    return {k.removeprefix(prefix): float(v) for k, v in tags(store, version).items() if k.startswith(prefix)}
+
+
+def decision_runs(store: Store, job: str) -> list:
+    return store.client.search_runs([store.experiment_id], f"tags.job = '{job}'")
+
+
+def versions(store: Store) -> list[str]:
+    return sorted(str(v.version) for v in store.client.search_model_versions(f"name='{NAME}'"))
+
+
+def journal(store: Store) -> Path:
+    return store.home / "locks" / f"registry-{NAME}.pending.json"
+
+
+# --- the gate ----------------------------------------------------------------------------------------
+
+def test_the_gate_decides_on_the_same_lesions_and_moves_aliases(store, cohort, expected):
+    first = register(store, model_a(), cohort.full)
+    assert first["version"] == "1" and first["created"] and first["decision"] == "promoted"
+    assert aliases(store) == {CHAMPION: "1"}
+    assert tags(store, "1")["compared_with"] == "none" and recorded(store, "1", "champion") == {}
+    assert recorded(store, "1", "candidate") == pytest.approx(expected["full"], abs=1e-6)
+
+    # swap(A) beats A, but not by the margin asked for: kept as challenger
+    kept = register(store, swap_a(), cohort.full, GateRules(min_margin=0.9))
+    assert kept["decision"] == "challenger" and "by more than 0.9000" in kept["reason"]
+    assert aliases(store) == {CHAMPION: "1", CHALLENGER: "2"}
+    candidate, champion = recorded(store, "2", "candidate"), recorded(store, "2", "champion")
+    assert candidate["roc_auc"] == pytest.approx(1 - champion["roc_auc"], abs=1e-6)
+    assert champion == pytest.approx(expected["full"], abs=1e-6)
+
+    # the same network without a margin: promoted iff its figure beats the champion's
+    swapped = register(store, swap_a(), cohort.full)
+    candidate, champion = recorded(store, "3", "candidate"), recorded(store, "3", "champion")
+    assert candidate["roc_auc"] == pytest.approx(1 - champion["roc_auc"], abs=1e-6)
+    assert (swapped["decision"] == "promoted") == (candidate["roc_auc"] > champion["roc_auc"])
+    assert swapped["decision"] == "promoted"  # AUC_A < 0.5 (checked in `expected`)
+    assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "2"}
+    v3 = tags(store, "3")
+    assert v3["decision"] == "promoted" and v3["compared_with"] == "v1" and v3["decision_job"] == "gate"
+    assert v3["gate_scored_on"].startswith(cohort.full.description)
+    assert json.loads(v3["gate_rules"]) == {"primary_metric": "roc_auc", "min_margin": 0.0, "floors": {}}
+    assert v3["data_version"] == "abc" and v3["metric.roc_auc"] == "0.500000"  # lineage and training figures
+
+    # the champion's own weights again: a tie is not an improvement
+    tie = register(store, swap_a(), cohort.full)
+    assert tie["decision"] == "challenger" and "does not beat" in tie["reason"]
+    assert recorded(store, "4", "candidate") == recorded(store, "4", "champion")
+    assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "4"}
+
+    # below a floor: refused, and no alias names it
+    refused = register(store, constant_model(0.3), cohort.full, GateRules(floors={"recall": 0.5}))
+    assert refused["decision"] == "refused" and "recall 0.0000 < floor 0.5000" in refused["reason"]
+    assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "4"}
+    assert tags(store, "5")["decision"] == "refused" and versions(store) == ["1", "2", "3", "4", "5"]
+
+    # every decision is an MLflow run, keyed by its id
+    runs = decision_runs(store, "gate")
+    assert {r.data.tags["model_version"]: r.data.tags["decision"] for r in runs} == {
+        "1": "promoted", "2": "challenger", "3": "promoted", "4": "challenger", "5": "refused"}
+    assert len({r.data.tags["decision_id"] for r in runs}) == 5
+    assert all(r.data.tags["model_name"] == NAME and r.info.status == "FINISHED" for r in runs)
+    gate_v3 = next(r for r in runs if r.data.tags["model_version"] == "3")
+    assert gate_v3.data.metrics["candidate_roc_auc"] == pytest.approx(1 - expected["full"]["roc_auc"], abs=1e-6)
+    assert gate_v3.data.metrics["champion_roc_auc"] == pytest.approx(expected["full"]["roc_auc"], abs=1e-6)
+    assert not journal(store).exists()
+
+
+def test_the_champion_is_rescored_on_the_challengers_patients(store, cohort, expected):
+    register(store, model_a(), cohort.s1)
+    on_s1 = recorded(store, "1", "candidate")
+    assert on_s1 == pytest.approx(expected["s1"], abs=1e-6)
+
+    second = register(store, swap_a(), cohort.s2)
+    champion, candidate = recorded(store, "2", "champion"), recorded(store, "2", "candidate")
+    assert champion == pytest.approx(expected["s2"], abs=1e-6)  # A's figures on S2 ...
+    assert champion["roc_auc"] != pytest.approx(on_s1["roc_auc"], abs=1e-3)  # ... not those it was promoted with
+    assert candidate["roc_auc"] == pytest.approx(1 - champion["roc_auc"], abs=1e-6)
+    assert tags(store, "2")["gate_scored_on"].startswith(cohort.s2.description)
+    assert second["scored_on"].startswith(cohort.s2.description)
+    assert second["decision"] == ("promoted" if candidate["roc_auc"] > champion["roc_auc"] else "challenger")
+
+
+def test_registration_is_idempotent_per_training_run(store, cohort):
+    run_id = new_run(store)
+    first = register(store, model_a(), cohort.full, run_id=run_id)
+    again = register(store, model_a(), cohort.full, run_id=run_id)
+    assert first["created"] and not again["created"]
+    assert again["version"] == first["version"] == "1" and again["decision"] == "promoted"
+    assert versions(store) == ["1"] and len(decision_runs(store, "gate")) == 1
+    # the served model: its settings, and the GPU-capable TensorFlow pinned (not the CPU-only build)
+    version = store.client.get_model_version(NAME, "1")
+    assert version.description == "card" and version.run_id == run_id
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}@champion")).read_text().split()
+    assert registry.SERVING_TENSORFLOW in requirements
+    assert not any(r.startswith("tensorflow-cpu") for r in requirements)
+
+
+def test_a_failing_gate_leaves_nothing_behind(store, cohort):
+    register(store, model_a(), cohort.full)
+    labels = pd.concat([cohort.full.labels, pd.Series({"case_999-L01": 1})])
+    broken = GateSet(labels, cohort.full.cases, "a set with a lesion no case holds")
+    with pytest.raises(ValueError, match="were not scored"):
+        register(store, swap_a(), broken)
+    assert versions(store) == ["1"]
+    assert aliases(store) == {CHAMPION: "1"}
+    assert len(decision_runs(store, "gate")) == 1 and not journal(store).exists()
+
+
+# --- manual decisions ----------------------------------------------------------------------------------
+
+def test_promote_and_rollback_by_hand(store):
+    for _ in range(3):
+        register_only(store, model_a())
+    with pytest.raises(RegistryError, match="no previous_champion to roll back to \\(champion: none\\)"):
+        registry.rollback(NAME, "nothing to roll back", EXPERIMENT)
+
+    first = registry.promote(NAME, "1", "the first one", EXPERIMENT)
+    assert first["previous_champion"] is None and aliases(store) == {CHAMPION: "1"}
+    with pytest.raises(RegistryError, match="no previous_champion to roll back to \\(champion: v1\\)"):
+        registry.rollback(NAME, "nothing to roll back", EXPERIMENT)
+    with pytest.raises(RegistryError, match="v1 is the champion already"):
+        registry.promote(NAME, "1", "again", EXPERIMENT)
+    with pytest.raises(RegistryError, match="no version 9"):
+        registry.promote(NAME, "9", "no such version", EXPERIMENT)
+
+    reason = "validated on the March cohort"
+    result = registry.promote(NAME, "2", reason, EXPERIMENT)
+    assert result["previous_champion"] == "1" and result["reason"] == reason
+    assert aliases(store) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"} == result["aliases"]
+    promoted, superseded = tags(store, "2"), tags(store, "1")
+    assert promoted["decision"] == "promoted" and promoted["decision_reason"] == reason
+    assert promoted["decision_job"] == "promote" and promoted["compared_with"] == "v1"
+    assert promoted["decision_by"] and promoted["decision_by"] == result["by"]
+    assert datetime.fromisoformat(promoted["decision_at"]).tzinfo is not None
+    assert superseded["decision"] == "superseded" and reason in superseded["decision_reason"]
+    assert "v2" in superseded["decision_reason"]
+    runs = {r.data.tags["model_version"]: r.data.tags for r in decision_runs(store, "promote")}
+    assert set(runs) == {"1", "2"}
+    assert runs["2"]["decision_reason"] == reason and runs["2"]["previous_champion"] == "1"
+    assert runs["1"]["previous_champion"] == "none"
+
+    back = registry.rollback(NAME, "false negatives on ward 3", EXPERIMENT)
+    assert back["version"] == "1" and back["rolled_back"] == "2"
+    assert aliases(store) == {CHAMPION: "1", PREVIOUS_CHAMPION: "2"}
+    assert tags(store, "1")["decision"] == "restored" and tags(store, "2")["decision"] == "rolled_back"
+    assert tags(store, "1")["decision_reason"] == "false negatives on ward 3"
+    assert tags(store, "1")["decision_job"] == "rollback" and tags(store, "1")["compared_with"] == "v2"
+
+    registry.rollback(NAME, "undo the rollback", EXPERIMENT)  # a second rollback undoes the first
+    assert aliases(store) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
+    assert tags(store, "2")["decision"] == "restored" and tags(store, "1")["decision"] == "rolled_back"
+    rollbacks = decision_runs(store, "rollback")
+    assert sorted((r.data.tags["model_version"], r.data.tags["rolled_back_version"]) for r in rollbacks) == [
+        ("1", "2"), ("2", "1")]
+    assert all(r.data.tags["decision"] == "rolled_back" for r in rollbacks)
+
+    # promoting the challenger by hand takes the challenger alias away from it
+    store.client.set_registered_model_alias(NAME, CHALLENGER, "3")
+    registry.promote(NAME, "3", "the challenger after all", EXPERIMENT)
+    assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "2"}
+    assert not journal(store).exists()
+
+
+def test_two_concurrent_promotions_leave_exactly_one_champion(store):
+    register_only(store, model_a())
+    register_only(store, model_a())
+    command = str(Path(sys.executable).with_name("liverlesion"))
+    env = {**os.environ, **store.env}
+    processes = {version: subprocess.Popen(
+        [command, "promote", version, "--reason", f"race {version}", "--model", NAME, "--experiment", EXPERIMENT,
+         "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for version in ("1", "2")}
+    outputs = {version: process.communicate(timeout=300) for version, process in processes.items()}
+    for version, process in processes.items():
+        assert process.returncode == 0, outputs[version]
+    results = {version: json.loads(out[out.index("{"):]) for version, (out, _) in outputs.items()}
+
+    now = aliases(store)
+    winner = now[CHAMPION]
+    loser = {"1": "2", "2": "1"}[winner]
+    assert now == {CHAMPION: winner, PREVIOUS_CHAMPION: loser}
+    # serialised: the second saw the first as champion, the first saw none
+    assert results[winner]["previous_champion"] == loser and results[loser]["previous_champion"] is None
+    assert tags(store, winner)["decision"] == "promoted" and tags(store, loser)["decision"] == "superseded"
+    runs = decision_runs(store, "promote")
+    assert sorted(r.data.tags["model_version"] for r in runs) == ["1", "2"]
+    assert not journal(store).exists()
+
+
+def test_an_interrupted_decision_is_completed_by_the_next_decider(store, monkeypatch, capsys):
+    register_only(store, model_a())
+    register_only(store, model_a())
+    registry.promote(NAME, "1", "the first one", EXPERIMENT)
+    original = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def dies_on_the_second_move(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_registered_model_alias", dies_on_the_second_move)
+        with pytest.raises(KeyboardInterrupt):
+            registry.promote(NAME, "2", "killed half-way", EXPERIMENT)
+    assert len(calls) == 2
+    assert aliases(store) == {CHAMPION: "2"}  # half moved: previous_champion is missing
+    assert journal(store).exists()
+    pending = json.loads(journal(store).read_text())
+    assert pending["aliases"] == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
+
+    capsys.readouterr()
+    with registry.registry_lock(NAME, "x"):
+        pass
+    assert "completed an interrupted decision" in capsys.readouterr().out
+    assert aliases(store) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
+    assert not journal(store).exists()
+    assert tags(store, "2")["decision"] == "promoted" and tags(store, "1")["decision"] == "superseded"
+    keyed = store.client.search_runs([store.experiment_id], f"tags.decision_id = '{pending['id']}'")
+    assert len(keyed) == 1 and keyed[0].data.tags["job"] == "promote"
+    assert len(decision_runs(store, "promote")) == 2

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from liverlesion.contract import CASES_FILE_COLUMNS, DEFAULT_MASK_ENCODING
+
 CASES_TABLE = "cases.csv"
 LESION_TYPES_TABLE = "lesion_types.csv"
 DEFAULT_REMOTE = "local"
@@ -507,6 +509,10 @@ def _cohort(session: _Session, version: str) -> tuple[Manifest, dict[str, dict[s
                       ("patient_key", "case_id", "image", "mask")):
         if row["case_id"] in cases:
             raise DvcObjectsError(f"data version {version}: case {row['case_id']!r} appears twice in {CASES_TABLE}")
+        # the contract's fields only, with its default encoding: a column added by a later append (or an
+        # empty cell) is not a change of the case
+        row = {k: row.get(k, "") for k in (*CASES_FILE_COLUMNS, "mask_encoding")}
+        row["mask_encoding"] = row["mask_encoding"] or DEFAULT_MASK_ENCODING
         cases[row["case_id"]] = row
     types: dict[str, list[tuple]] = {}
     if LESION_TYPES_TABLE in listing.files:

@@ -323,6 +323,31 @@ class GateSet:
     description: str  # e.g. "the test split of v3 (46 lesions, 13 patients)"
 
 
+def split_gate_set(manifest: pd.DataFrame, manifest_hash: str, cases: pd.DataFrame, lesions: pd.DataFrame) -> GateSet:
+    """The test split of a run (``splitting`` manifest; ``lesions`` maps lesion ids to cases)."""
+    test = manifest[manifest["set"] == "test"]
+    case_ids = set(lesions.loc[lesions["lesion_id"].isin(set(test["lesion_id"])), "case_id"])
+    return GateSet(test.set_index("lesion_id")["label"], cases[cases["case_id"].isin(case_ids)],
+                   f"the test split {manifest_hash[:12]} of this run ({len(test)} lesions, "
+                   f"{test['patient_key'].nunique()} patient(s))")
+
+
+def cohort_gate_set(folder: str | Path) -> GateSet:
+    """A pinned evaluation cohort (a cohort folder; relative paths from the project root): its typed lesions.
+
+    Raises:
+        ContractError: the folder breaks the data contract, naming the case.
+    """
+    from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases, types_by_case
+
+    root = Path(folder) if Path(folder).is_absolute() else paths.project_root() / folder
+    ingested = ingest_cases(root, "pinned")
+    lesions, _ = labelled_lesions(segment_cases(ingested.cases, types_by_case(ingested.lesion_types)))
+    return GateSet(lesions.set_index("lesion_id")["label"], ingested.cases,
+                   f"the pinned evaluation cohort {root} ({len(lesions)} typed lesions, "
+                   f"{lesions['patient_key'].nunique()} patient(s))")
+
+
 def load_predictor(name: str, version: str):
     """The registered artefact of a version, as ``predict`` uses it."""
     served = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()

@@ -1,0 +1,194 @@
+"""The three operational jobs on a real project (git, DVC with a local remote, ZenML, MLflow):
+scheduled retraining (``retrain``, its lock, exit codes, the crontab and systemd lines as written),
+appending cases to the versioned cohort, and data-versioning audits (``audit``, ``--restore``,
+garbage-collected data). Registry decisions are tested in ``test_registry.py``.
+"""
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from integration_support import REPO, cli, make_project, mlflow_client
+
+pytestmark = pytest.mark.integration
+
+MODEL = "tiny-liver-lesion"
+INSTALL = "/opt/liverlesion"  # where infra/ assumes the checkout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project whose ``quick`` profile is the tiny one, so that infra/'s lines run as written."""
+    root, env = make_project(tmp_path_factory.mktemp("ops"))
+    from liverlesion.config import load_profile
+
+    tiny = load_profile(root / "configs" / "tiny.yaml").model_dump(mode="json")
+    tiny.update(name="quick", description="the tiny test profile under the default name")
+    (root / "configs" / "quick.yaml").write_text(yaml.safe_dump(tiny))
+    env["LIVERLESION_PSEUDONYM_SECRET"] = "test-secret-for-pseudonyms"
+    (root / ".venv").symlink_to(Path(sys.executable).parents[1])  # the checkout's venv, as `make install` leaves it
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def first_retrain(project):
+    root, env = project
+    return json.loads(cli(root, env, "retrain", "--json").stdout)
+
+
+def retrain_runs(root, status=None):
+    client = mlflow_client(root)
+    experiment = client.get_experiment_by_name("liver-lesion-classification")
+    query = "tags.job = 'retrain'" + (f" and tags.retrain_status = '{status}'" if status else "")
+    return client.search_runs([experiment.experiment_id], query)
+
+
+def test_retrain_trains_gates_and_records_then_does_nothing_when_nothing_changed(project, first_retrain):
+    root, env = project
+    assert first_retrain["status"] == "trained" and first_retrain["version"] == "1"
+    assert first_retrain["decision"] == "promoted" and first_retrain["champion"] == "1"
+    assert first_retrain["fingerprint"].startswith("fp-")
+    version = mlflow_client(root).get_model_version(MODEL, "1")
+    assert version.tags["fingerprint"] == first_retrain["fingerprint"]
+
+    again = cli(root, env, "retrain")
+    assert again.returncode == 0 and "retrain: nothing to do — v1 was trained on this fingerprint" in again.stdout
+    assert len(mlflow_client(root).search_model_versions(f"name='{MODEL}'")) == 1
+    (noop,) = retrain_runs(root, "nothing-to-do")
+    assert noop.data.tags["fingerprint"] == first_retrain["fingerprint"] and noop.data.tags["version"] == "1"
+    assert len(retrain_runs(root, "trained")) == 1
+
+
+def test_a_second_retrain_is_refused_while_the_lock_is_held(project, first_retrain):
+    root, env = project
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from liverlesion_ops.retrain import training_lock\nimport time\n"
+         "with training_lock('a long training'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = cli(root, env, "retrain", check=False)
+        assert busy.returncode == 3, busy.stderr
+        assert f"held by pid {holder.pid}" in busy.stderr and "a long training" in busy.stderr
+        assert "Traceback" not in busy.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_audit_gives_the_lineage_of_the_champion_and_restores_its_exact_data(project, first_retrain, tmp_path):
+    root, env = project
+    report = json.loads(cli(root, env, "audit", "--model", MODEL, "--json").stdout)
+    data_hash = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert report["version"] == "1" and report["aliases"] == ["champion"]
+    assert report["data"]["version"] == data_hash
+    assert report["data"]["cache_state"] == "complete" and report["data"]["remote_state"] == "complete"
+    assert report["workspace"]["same_data"] is True
+    assert report["split"]["matches_recorded_hash"] is True
+    sets = report["split"]["sets"]
+    assert sum(s["lesions"] for s in sets.values()) == 36
+    assert not set(sets["train"]["patients"]) & set(sets["test"]["patients"])
+    assert report["code"]["git_commit"] and report["fingerprint"] == first_retrain["fingerprint"]
+    assert report["configuration"]["train"]["epochs"] == 1
+    assert report["decision"]["outcome"] == "promoted"
+
+    restored = tmp_path / "v1-data"
+    text = cli(root, env, "audit", "@champion", "--model", MODEL, "--restore", str(restored)).stdout
+    assert "same data as this version" in text and f"holds exactly data version {data_hash}" in text
+    for path in (root / "data").rglob("*"):
+        if path.is_file():
+            assert (restored / path.relative_to(root / "data")).read_bytes() == path.read_bytes(), path
+
+    missing = cli(root, env, "audit", "v99", "--model", MODEL, check=False)
+    assert missing.returncode == 2 and "no v99 of registered model" in missing.stderr
+
+
+def test_appended_cases_are_versioned_audited_and_trained_on(project, first_retrain, tmp_path):
+    root, env = project
+    before = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    new = tmp_path / "new-cases"
+    cli(root, env, "generate", str(new), "--n-patients", "2", "--n-lesions", "6", "--seed", "11")
+    added = json.loads(cli(root, env, "import", str(new), "--layout", "cohort", "--append", "--json").stdout)
+    assert added["cases"] == 2 and added["data_version"] != before
+
+    audit = json.loads(cli(root, env, "audit", "--model", MODEL, "--json").stdout)
+    changes = audit["workspace"]["changes"]
+    assert audit["workspace"]["same_data"] is False
+    assert len(changes["added"]) == 2 and changes["removed"] == [] and changes["changed"] == []
+    text = cli(root, env, "audit", "--model", MODEL).stdout
+    assert "2 case(s) added, 0 removed, 0 changed" in text
+
+    second = json.loads(cli(root, env, "retrain", "--json").stdout)
+    assert second["status"] == "trained" and second["version"] == "2"
+    assert second["data_version"] == added["data_version"] and second["fingerprint"] != first_retrain["fingerprint"]
+    assert second["decision"] in ("promoted", "challenger", "refused")
+    version = mlflow_client(root).get_model_version(MODEL, "2")
+    assert version.tags["decision"] == second["decision"] and version.tags["compared_with"] == "v1"
+    assert len(retrain_runs(root, "trained")) == 2
+
+
+def test_the_crontab_and_systemd_lines_run_as_written(project, first_retrain):
+    root, env = project
+    cron = [line for line in (REPO / "infra" / "cron" / "liverlesion-retrain.cron").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert len(cron) == 1
+    fields = cron[0].split(None, 5)
+    assert len(fields) == 6 and fields[:5] == ["17", "2", "*", "*", "*"]
+    command = fields[5].replace(INSTALL, str(root))
+    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "retrain: nothing to do" in (root / ".liverlesion" / "retrain.log").read_text()
+
+    unit = (REPO / "infra" / "systemd" / "liverlesion-retrain.service").read_text()
+    settings = dict(re.findall(r"^(\w+)=(.*)$", unit, re.MULTILINE))
+    assert settings["Type"] == "oneshot" and settings["SuccessExitStatus"] == "3"
+    timer = (REPO / "infra" / "systemd" / "liverlesion-retrain.timer").read_text()
+    assert "OnCalendar=*-*-* 02:17:00" in timer
+    unit_env = dict(pair.split("=", 1) for pair in shlex.split(settings["Environment"]))
+    done = subprocess.run(shlex.split(settings["ExecStart"].replace(INSTALL, str(root))),
+                          cwd=settings["WorkingDirectory"].replace(INSTALL, str(root)), env={**env, **unit_env},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "retrain: nothing to do" in done.stdout, done.stderr
+
+
+def test_retrain_exit_codes_for_a_failure_and_a_usage_error(project, first_retrain):
+    root, env = project
+    bad = cli(root, env, "retrain", "--profile", "nonesuch", check=False)
+    assert bad.returncode == 2 and "no profile 'nonesuch'" in bad.stderr and "Traceback" not in bad.stderr
+    failed = cli(root, env, "retrain", "--set", "validation.min_metastasis_fraction=0.95",
+                 "--set", "validation.max_metastasis_fraction=1.0", check=False)
+    assert failed.returncode == 1 and "failed in step(s) validate" in failed.stderr
+    assert len(retrain_runs(root, "failed")) == 1
+
+
+def test_audit_says_plainly_when_the_data_of_a_version_was_garbage_collected(project, first_retrain, tmp_path):
+    root, env = project
+    versions = mlflow_client(root).search_model_versions(f"name='{MODEL}'")
+    if len(versions) < 2:
+        pytest.skip("needs the version trained after cases were appended")
+    dvc_env = {**env, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([sys.executable, "-m", "dvc", "gc", "--workspace", "--cloud", "-r", "local", "--force"],
+                   cwd=root, env=dvc_env, check=True, capture_output=True)
+    report = json.loads(cli(root, env, "audit", "1", "--model", MODEL, "--json").stdout)
+    assert report["data"]["restorable"] is False
+    assert "in neither the DVC cache nor the remote" in report["data"]["problem"]
+    assert "garbage-collected" in cli(root, env, "audit", "1", "--model", MODEL).stdout
+    gone = cli(root, env, "audit", "1", "--model", MODEL, "--restore", str(tmp_path / "gone"), check=False)
+    assert gone.returncode == 1 and "cannot restore the data of v1" in gone.stderr
+    assert not (tmp_path / "gone").exists()
+
+
+def test_the_zenml_schedule_form_uses_kubeflow_six_field_cron_and_refuses_the_local_orchestrator(project):
+    root, env = project
+    script = str(REPO / "infra" / "zenml" / "schedule.py")
+    dry = subprocess.run([sys.executable, script, "--flavor", "kubeflow", "--dry-run"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and json.loads(dry.stdout)["cron_expression"] == "0 17 2 * * *"
+    local = subprocess.run([sys.executable, script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert local.returncode == 2 and "the local orchestrator does not run ZenML schedules" in local.stderr
