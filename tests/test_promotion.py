@@ -48,8 +48,6 @@ def test_a_nan_candidate_never_replaces_a_champion():
     assert not decide(figures(math.nan), figures(math.nan), GateRules()).promote
 
 
-@pytest.mark.xfail(strict=True, reason="decide() promotes a NaN primary metric when there is no champion yet, "
-                                       "although its docstring says a NaN candidate value never passes")
 def test_a_nan_first_version_is_not_promoted():
     assert not decide(figures(math.nan), None, GateRules()).promote
 
@@ -106,7 +104,5 @@ def test_gate_scores_refuse_a_set_that_was_not_fully_scored():
         gate_scores(labels, probability, 0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="decide() adds min_margin to the rounded champion value in floating point: "
-                                       "0.7 + 0.1 == 0.7999999999999999, so a gain of exactly the margin promotes")
 def test_a_gain_of_exactly_the_margin_is_not_more_than_it():
     assert decide(figures(0.8), figures(0.7), GateRules(min_margin=0.1)).outcome == "challenger"

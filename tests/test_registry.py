@@ -52,6 +52,7 @@ class Cohort:
     full: GateSet
     s1: GateSet  # the lesions of patients 1-2
     s2: GateSet  # the lesions of patients 3-4
+    folder: Path  # the cohort folder itself (a pinned evaluation cohort)
 
 
 def gate_set(cases: pd.DataFrame, lesions: pd.DataFrame, description: str) -> GateSet:
@@ -71,7 +72,7 @@ def cohort(tmp_path_factory) -> Cohort:
         assert set(part["label"]) == {0, 1}
     return Cohort(gate_set(ingested.cases, lesions, "all lesions"),
                   gate_set(ingested.cases, lesions[first], "S1: patients 1-2"),
-                  gate_set(ingested.cases, lesions[~first], "S2: patients 3-4"))
+                  gate_set(ingested.cases, lesions[~first], "S2: patients 3-4"), Path(folder))
 
 
 def dense_model(kernel: np.ndarray, bias: np.ndarray) -> keras.Model:
@@ -218,7 +219,9 @@ def test_the_gate_decides_on_the_same_lesions_and_moves_aliases(store, cohort, e
     assert candidate["roc_auc"] == pytest.approx(1 - champion["roc_auc"], abs=1e-6)
     assert (swapped["decision"] == "promoted") == (candidate["roc_auc"] > champion["roc_auc"])
     assert swapped["decision"] == "promoted"  # AUC_A < 0.5 (checked in `expected`)
-    assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "2"}
+    # the challenger lost to the champion now replaced: no contender until the next one
+    assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1"}
+    assert tags(store, "1")["decision"] == "superseded" and "v3 passed the gate" in tags(store, "1")["decision_reason"]
     v3 = tags(store, "3")
     assert v3["decision"] == "promoted" and v3["compared_with"] == "v1" and v3["decision_job"] == "gate"
     assert v3["gate_scored_on"].startswith(cohort.full.description)
@@ -262,6 +265,16 @@ def test_the_champion_is_rescored_on_the_challengers_patients(store, cohort, exp
     assert tags(store, "2")["gate_scored_on"].startswith(cohort.s2.description)
     assert second["scored_on"].startswith(cohort.s2.description)
     assert second["decision"] == ("promoted" if candidate["roc_auc"] > champion["roc_auc"] else "challenger")
+
+
+def test_a_pinned_evaluation_cohort_is_read_from_its_folder(store, cohort, expected):
+    pinned = registry.cohort_gate_set(cohort.folder)
+    assert pinned.description.startswith(f"the pinned evaluation cohort {cohort.folder}")
+    assert sorted(pinned.labels.index) == sorted(cohort.full.labels.index)
+    assert (pinned.labels.loc[cohort.full.labels.index] == cohort.full.labels).all()
+    first = register(store, model_a(), pinned)
+    assert first["scored_on"].startswith("the pinned evaluation cohort")
+    assert recorded(store, "1", "candidate") == pytest.approx(expected["full"], abs=1e-6)
 
 
 def test_registration_is_idempotent_per_training_run(store, cohort):

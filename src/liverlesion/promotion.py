@@ -57,13 +57,15 @@ def decide(candidate: Mapping[str, float], champion: Mapping[str, float] | None,
         return Decision("refused", "refused by floor: " + "; ".join(low))
     metric = rules.primary_metric
     value = round(candidate[metric], DECIMALS)
+    if math.isnan(value):  # e.g. ROC AUC on lesions of one class: nothing to stand on, also for a first version
+        held = "no champion yet" if champion is None else f"the champion's is {_fmt(round(champion[metric], DECIMALS))}"
+        return Decision("challenger", f"{metric} is NaN on the gate's lesions; {held}")
     if champion is None:
         return Decision("promoted", f"first version to pass the gate: no champion yet ({metric} {_fmt(value)})")
     incumbent = round(champion[metric], DECIMALS)
-    if math.isnan(value):
-        return Decision("challenger", f"{metric} is NaN; the champion's is {_fmt(incumbent)}")
     margin = f" by more than {rules.min_margin:.4f}" if rules.min_margin else ""
-    if math.isnan(incumbent) or value > incumbent + rules.min_margin:
+    # the gain is compared at the same precision as the values: 0.8 vs 0.7 is a gain of 0.1, not more
+    if math.isnan(incumbent) or round(value - incumbent, DECIMALS) > rules.min_margin:
         return Decision("promoted", f"{metric} {_fmt(value)} beats the champion's {_fmt(incumbent)}{margin}")
     return Decision("challenger", f"{metric} {_fmt(value)} does not beat the champion's {_fmt(incumbent)}{margin}")
 

@@ -211,6 +211,9 @@ def _run_pipeline(name: str, no_cache: bool, **parameters):
     source_utils.set_custom_source_root(str(code))
     import pipelines
 
+    if name == "training_pipeline":  # called under the training lock: any run still "running" was killed
+        _close_killed_runs(name)
+
     try:
         pipeline_run = getattr(pipelines, name).with_options(enable_cache=not no_cache)(**parameters)
     except Exception as err:  # the step's own error and log were printed above by ZenML
@@ -222,6 +225,41 @@ def _run_pipeline(name: str, no_cache: bool, **parameters):
             typer.secho(f"nothing was trained or registered; the validation report: {report}", fg="red", err=True)
         raise typer.Exit(1) from None
     return Client().get_pipeline_run(pipeline_run.id)
+
+
+def _close_killed_runs(pipeline: str) -> None:
+    """Mark the runs of a killed process as failed (ZenML) and killed (their MLflow runs).
+
+    Only under the training lock: no other training of this project can be alive, so a training run
+    still "in progress" is what a SIGKILL or a crash left. ZenML's local store has no heartbeat and
+    would show it running forever. Its completed steps stay cached; its unfinished ones published
+    nothing, so nothing partial is ever reused.
+    """
+    from datetime import datetime, timezone
+
+    from mlflow.tracking import MlflowClient
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+    from zenml.models import PipelineRunUpdate, StepRunUpdate
+
+    client = Client()
+    stale = client.list_pipeline_runs(pipeline_name=pipeline, in_progress=True, size=100).items
+    if not stale:
+        return
+    now = datetime.now(timezone.utc)
+    tracking = MlflowClient()
+    for run in stale:
+        for step in run.steps.values():
+            if not step.status.is_finished:
+                client.zen_store.update_run_step(step.id, StepRunUpdate(status=ExecutionStatus.FAILED, end_time=now))
+        client.zen_store.update_run(run.id, PipelineRunUpdate(status=ExecutionStatus.FAILED,
+                                                              status_reason="its process was killed"))
+        for experiment in tracking.search_experiments():
+            for left in tracking.search_runs([experiment.experiment_id],
+                                             f"attributes.status = 'RUNNING' and tags.zenml_run_id = '{run.id}'"):
+                tracking.set_terminated(left.info.run_id, "KILLED")
+        typer.secho(f"note: pipeline run {run.name} was left running by a killed process: marked failed (its "
+                    "MLflow runs killed); its completed steps are reused from cache", fg="yellow")
 
 
 def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:

@@ -387,18 +387,21 @@ def gate(name: str, version: str, gate_set: GateSet, rules: GateRules, experimen
                               gate_rules=json.dumps({"primary_metric": rules.primary_metric,
                                                      "min_margin": rules.min_margin, "floors": dict(rules.floors)}))
         moves: dict[str, str | None] = {}
+        version_tags = {version: tags}
         if decision.outcome == "promoted":
             moves = {CHAMPION: version}
             if champion is not None:
                 moves[PREVIOUS_CHAMPION] = champion
-            if alias_version(mlflow_client, name, CHALLENGER) == version:
-                moves[CHALLENGER] = None
+                version_tags[champion] = _decision_tags("superseded", f"v{version} passed the gate: {decision.reason}",
+                                                        job, by, at)
+            if alias_version(mlflow_client, name, CHALLENGER) is not None:
+                moves[CHALLENGER] = None  # it lost to the champion now replaced: no contender until the next one
         elif decision.outcome == "challenger":
             moves = {CHALLENGER: version}
         metrics = {f"candidate_{k}": v for k, v in candidate.items()}
         metrics.update({f"champion_{k}": v for k, v in (incumbent or {}).items()})
         entry = {
-            "tags": {version: tags},
+            "tags": version_tags,
             "aliases": moves,
             "run": {"experiment": experiment, "name": f"gate-v{version}",
                     "tags": {"job": job, "model_name": name, "model_version": version, "decision": decision.outcome,
