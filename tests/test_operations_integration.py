@@ -89,7 +89,7 @@ def test_audit_gives_the_lineage_of_the_champion_and_restores_its_exact_data(pro
     assert report["version"] == "1" and report["aliases"] == ["champion"]
     assert report["data"]["version"] == data_hash
     assert report["data"]["cache_state"] == "complete" and report["data"]["remote_state"] == "complete"
-    assert report["workspace"]["same_data"] is True
+    assert report["workspace"]["same_data"] is True and report["workspace"]["unversioned_changes"] is False
     assert report["split"]["matches_recorded_hash"] is True
     sets = report["split"]["sets"]
     assert sum(s["lesions"] for s in sets.values()) == 36

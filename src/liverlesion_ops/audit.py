@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from liverlesion.contract import LABEL_NAMES
 from liverlesion.splitting import SETS, manifest_hash
 from liverlesion_ops import dvcobjects
-from liverlesion_ops.datastore import dvc_hash
+from liverlesion_ops.datastore import DVC_FILE, dvc_hash
 from liverlesion_ops.registry import CHAMPION, RegistryError, aliases, client
 
 MANIFEST_ARTIFACT = "lineage/split_manifest.csv"
@@ -81,10 +84,22 @@ def data_lineage(root: Path, version: str) -> dict[str, Any]:
     return entry
 
 
+def unversioned_changes(root: Path) -> bool | None:
+    """Whether ``data/`` differs from what ``data.dvc`` records (``dvc status``); None if DVC cannot say."""
+    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", DVC_FILE], cwd=root, capture_output=True,
+                          text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    try:
+        return bool(json.loads(done.stdout or "null")) if done.returncode == 0 else None
+    except ValueError:
+        return None
+
+
 def workspace(root: Path, version: str) -> dict[str, Any]:
-    """The project's current data (``data.dvc``) held against the version's: same, or which cases changed."""
+    """The project's current data (``data.dvc``) held against the version's: same, or which cases changed;
+    and whether ``data/`` holds changes not yet versioned."""
     current = dvc_hash(root)
-    entry: dict[str, Any] = {"data_version": current, "same_data": current == version}
+    entry: dict[str, Any] = {"data_version": current, "same_data": current == version,
+                             "unversioned_changes": unversioned_changes(root) if current is not None else None}
     if current is None or current == version or version.startswith("tree-"):
         return entry
     try:
@@ -165,6 +180,8 @@ def render(report: dict[str, Any]) -> str:
     else:
         line(f"  split manifest: {split.get('problem')}")
     line(f"  workspace: data.dvc holds {ws['data_version']}")
+    if ws.get("unversioned_changes"):
+        line("    note: data/ holds changes not yet versioned (`liverlesion data` versions them); compared here: data.dvc")
     if ws["same_data"]:
         line("    same data as this version")
     elif "changes" in ws:

@@ -28,9 +28,13 @@ app = typer.Typer(
         "  liverlesion import /data/lits --layout lits --types types.csv   # real CT in (de-identified)\n\n"
         "  liverlesion predict ct.nii.gz --mask lesions.nii.gz --out result/  # answers for one patient\n\n"
         "  liverlesion predict-batch --data /cohorts/new   # a folder of cases, as a ZenML run\n\n"
+        "  liverlesion retrain                # for cron: trains only if data, settings or code changed\n\n"
+        "  liverlesion promote 3 --reason '...'   /   liverlesion rollback --reason '...'\n\n"
+        "  liverlesion audit @champion        # which data, code and patients trained it\n\n"
         "  liverlesion generate /tmp/cohort --n-patients 8 --n-lesions 24\n\n"
         "Exit codes: 0 done; 1 the work failed (a pipeline step, DVC, the registry); 2 a usage or input "
-        "error (bad option, profile or data), named in one line."
+        "error (bad option, profile, data or version), named in one line; 3 another run or retrain holds the "
+        "project's training lock."
     ),
 )
 
@@ -686,40 +690,42 @@ def retrain(
     outcome: dict[str, Any] = {"profile": config.name, "model_name": name}
     with _training_lock(f"liverlesion retrain --profile {config.name}"), redirect_stdout(
             sys.stderr if as_json else sys.stdout):
-        version = _prepare_data(config)
-        parameters = _training_parameters(config, version)
-        outcome.update(fingerprint=parameters["fingerprint"], data_version=version.hash,
-                       code_version=parameters["code_version"])
-        trained = job.trained_on(name, parameters["fingerprint"])
-        if trained is not None and not force:
-            outcome.update(status="nothing-to-do", version=str(trained.version), decision=trained.tags.get("decision"),
-                           champion=job.champion_of(name),
-                           reason=f"v{trained.version} was trained on this fingerprint (data {version.hash[:12]}, "
-                                  f"{parameters['code_version']}, profile {config.name})")
-        else:
-            _check_weights([("train.weights", config.train.weights, config.train.backbone)])
-            try:
+        try:
+            version = _prepare_data(config)
+            parameters = _training_parameters(config, version)
+            outcome.update(fingerprint=parameters["fingerprint"], data_version=version.hash,
+                           code_version=parameters["code_version"])
+            trained = job.trained_on(name, parameters["fingerprint"])
+            if trained is not None and not force:
+                outcome.update(status="nothing-to-do", version=str(trained.version),
+                               decision=trained.tags.get("decision"), champion=job.champion_of(name),
+                               reason=f"v{trained.version} was trained on this fingerprint (data {version.hash[:12]}, "
+                                      f"{parameters['code_version']}, profile {config.name})")
+            else:
+                _check_weights([("train.weights", config.train.weights, config.train.backbone)])
                 pipeline_run = _run_pipeline("training_pipeline", force, **parameters)
-            except typer.Exit:
-                outcome.update(status="failed", error="the training pipeline failed (see above)",
-                               seconds=time.perf_counter() - started)
+                registration = pipeline_run.steps["register"].outputs["registration"][0].load()
+                outcome.update(status="trained", version=registration["version"], decision=registration["decision"],
+                               reason=registration["reason"], champion=registration["aliases"].get("champion"),
+                               zenml_run_name=pipeline_run.name)
+        except typer.Exit as stop:
+            if stop.exit_code == 1:  # the work failed (DVC, the pipeline): a scheduler's failure, recorded
+                outcome.update(status="failed", error="DVC or the training pipeline failed (see above)",
+                               seconds=round(time.perf_counter() - started, 1))
                 job.record(config.register.experiment, outcome)
-                raise
-            registration = pipeline_run.steps["register"].outputs["registration"][0].load()
-            outcome.update(status="trained", version=registration["version"], decision=registration["decision"],
-                           reason=registration["reason"], champion=registration["aliases"].get("champion"),
-                           zenml_run_name=pipeline_run.name)
+            raise
         outcome["seconds"] = round(time.perf_counter() - started, 1)
         outcome["mlflow_run_id"] = job.record(config.register.experiment, outcome)
     if as_json:
         typer.echo(json.dumps(outcome, indent=2, sort_keys=True))
         return
+    champion = f"v{outcome['champion']}" if outcome.get("champion") else "none"
     if outcome["status"] == "nothing-to-do":
-        typer.echo(f"retrain: nothing to do — {outcome['reason']}; champion v{outcome['champion']} "
+        typer.echo(f"retrain: nothing to do — {outcome['reason']}; champion {champion} "
                    f"({outcome['seconds']:.1f}s; recorded as MLflow run {outcome['mlflow_run_id']})")
     else:
         typer.echo(f"retrain: trained {name} v{outcome['version']}: {outcome['decision']} ({outcome['reason']}); "
-                   f"champion v{outcome['champion']} ({outcome['seconds']:.0f}s; MLflow run {outcome['mlflow_run_id']})")
+                   f"champion {champion} ({outcome['seconds']:.0f}s; MLflow run {outcome['mlflow_run_id']})")
 
 
 ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded on the versions and in an MLflow run)")]
