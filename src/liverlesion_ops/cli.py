@@ -263,7 +263,7 @@ def _close_killed_runs(pipeline: str) -> None:
                                              f"attributes.status = 'RUNNING' and tags.zenml_run_id = '{run.id}'"):
                 tracking.set_terminated(left.info.run_id, "KILLED")
         typer.secho(f"note: pipeline run {run.name} was left running by a killed process: marked failed (its "
-                    "MLflow runs killed); its completed steps are reused from cache", fg="yellow")
+                    "MLflow runs killed); its completed steps are reused from cache", fg="yellow", err=True)
 
 
 def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
