@@ -36,7 +36,7 @@ SPEC = CohortSpec(seed=3, n_patients=2, n_lesions=5, size_scale=0.4)
 SECRET = "test-secret-0123456789abcdef"
 MARGIN_MM = 4.0
 CANVAS = (96, 80)
-LAYOUTS = ("lits", "msd", "manifest", "crlm", "ircadb")
+LAYOUTS = ("lits", "msd", "manifest", "crlm", "ircadb", "cohort")
 #: the second phantom patient's DICOM header: another patient
 IDENTIFYING_2 = {**IDENTIFYING, "PatientName": "ROE^RICHARD", "PatientID": "MRN-775533",
                  "PatientBirthDate": "19610730", "AccessionNumber": "ACC-66234"}
@@ -231,6 +231,7 @@ def sources(workdir, phantom):
         "manifest": {"source": write_manifest(workdir / "src" / "biobank", patients)},
         "crlm": {"source": write_crlm(workdir / "src" / "CRLM", patients), "name_map": CRLM_WITH_CYSTS},
         "ircadb": {"source": write_ircadb(workdir / "src" / "3Dircadb1", patients)},
+        "cohort": {"source": phantom[0]},  # a cohort folder of new cases, as `import --layout cohort --append` takes
     }
 
 

@@ -195,22 +195,28 @@ def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dic
     twice = sorted(set(table.loc[table["case"].duplicated(), "case"]))
     if twice:
         raise ContractError(f"{manifest}: duplicated case(s) {twice}")
-    types = types or {}
     cases = []
     for row in table.itertuples(index=False):
         where = f"{manifest.name}: case {row.case}"
         encoding = (getattr(row, "mask_encoding", "") or "class").strip()
         if encoding not in MASK_ENCODINGS:
             raise ContractError(f"{where}: unknown mask_encoding {encoding!r}; one of {list(MASK_ENCODINGS)}")
-        image = contained_path(root, row.image, f"{where}, image")
-        mask = contained_path(root, row.mask, f"{where}, mask")
-
-        def read(image=image, mask=mask, where=where, encoding=encoding, case=row.case) -> CaseData:
-            return _nifti_case(image, mask, where, lambda array: instance_map(array, where, encoding),
-                               types.get(case, {}), default_type)
-
-        cases.append(SourceCase(patient=row.patient_id, case=row.case, where=where, read=read))
+        cases.append(_nifti_source(root, row.patient_id, row.case, row.image, row.mask, encoding, where,
+                                   (types or {}).get(row.case, {}), default_type))
     return cases
+
+
+def _nifti_source(root: Path, patient: str, case: str, image: str, mask: str, encoding: str, where: str,
+                  types: dict[int, str], default_type: str | None) -> SourceCase:
+    """One NIfTI CT and its mask listed in a table (paths relative to ``root``, kept inside it)."""
+    image_path = contained_path(root, image, f"{where}, image")
+    mask_path = contained_path(root, mask, f"{where}, mask")
+
+    def read() -> CaseData:
+        return _nifti_case(image_path, mask_path, where, lambda array: instance_map(array, where, encoding), types,
+                           default_type)
+
+    return SourceCase(patient=patient, case=case, where=where, read=read)
 
 
 def scan_cohort(folder: Path, default_type: str | None = None) -> list[SourceCase]:
@@ -225,18 +231,9 @@ def scan_cohort(folder: Path, default_type: str | None = None) -> list[SourceCas
         folder = folder.parent
     table = read_case_table(folder)
     types = read_lesion_types(folder, set(table["case_id"]))
-    cases = []
-    for row in table.itertuples(index=False):
-        where = f"{folder.name}: case {row.case_id}"
-        image = contained_path(folder, row.image, f"{where}, image")
-        mask = contained_path(folder, row.mask, f"{where}, mask")
-
-        def read(image=image, mask=mask, where=where, encoding=row.mask_encoding, case=row.case_id) -> CaseData:
-            return _nifti_case(image, mask, where, lambda array: instance_map(array, where, encoding),
-                               types.get(case, {}), default_type)
-
-        cases.append(SourceCase(patient=row.patient_key, case=row.case_id, where=where, read=read))
-    return cases
+    return [_nifti_source(folder, row.patient_key, row.case_id, row.image, row.mask, row.mask_encoding,
+                          f"{folder.name}: case {row.case_id}", types.get(row.case_id, {}), default_type)
+            for row in table.itertuples(index=False)]
 
 
 def _tumour_reader(image: Path, label: Path, where: str, tumour: int, given: dict[int, str],
