@@ -64,8 +64,12 @@ def register(
         cohort=cohort_summary(cases, lesions, json.loads(meta_path.read_text()) if meta_path.exists() else None),
         split=split_sizes(split_manifest), lineage=lineage, model_name=config.model_name)
     rules = GateRules(config.gate.primary_metric, config.gate.min_margin, dict(config.gate.floors))
-    gate_set = (split_gate_set(split_manifest, split_manifest_hash, cases, lesions)
-                if config.gate.evaluation_cohort is None else cohort_gate_set(config.gate.evaluation_cohort))
+    pinned = config.gate.evaluation_cohort
+
+    def gate_set():
+        return (split_gate_set(split_manifest, split_manifest_hash, cases, lesions) if pinned is None
+                else cohort_gate_set(pinned))
+
     name = config.model_name
     result = register_and_gate(
         model, mlflow_run_id, name, test_metrics["metrics"], lineage, {**training_settings, "name": profile}, card,

@@ -51,6 +51,13 @@ def write(path: Path, data: bytes | str) -> None:
     path.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
+def add_and_push(root: Path) -> str:
+    """``dvc add data`` and push it: the new data version."""
+    dvc(root, "add", "data")
+    dvc(root, "push", "-r", "local")
+    return version(root)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project with data version A (cases c1-c3) and B (c3 removed, c4 added, c2's mask changed)."""
@@ -69,10 +76,7 @@ def project(tmp_path_factory):
     write(data / "cases.csv", CASES_A)
     write(data / "lesion_types.csv", TYPES_A)
     write(data / "cohort.json", '{"cohort": "A"}')
-    files_a = files_of(data)
-    dvc(root, "add", "data")
-    dvc(root, "push", "-r", "local")
-    version_a = version(root)
+    files_a, version_a = files_of(data), add_and_push(root)
 
     write(data / "masks" / "c2.nii.gz", b"a corrected mask of c2")
     (data / "images" / "c3.nii.gz").unlink()
@@ -82,10 +86,7 @@ def project(tmp_path_factory):
     write(data / "cases.csv", CASES_B)
     write(data / "lesion_types.csv", TYPES_B)
     write(data / "cohort.json", '{"cohort": "B"}')
-    files_b = files_of(data)
-    dvc(root, "add", "data")
-    dvc(root, "push", "-r", "local")
-    version_b = version(root)
+    files_b, version_b = files_of(data), add_and_push(root)
     assert version_a != version_b
     return {"base": base, "root": root, "A": version_a, "B": version_b, "files_A": files_a, "files_B": files_b}
 

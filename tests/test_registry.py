@@ -163,7 +163,7 @@ def new_run(store: Store) -> str:
 
 def register(store: Store, model, gate: GateSet, rules: GateRules = GateRules(), run_id: str | None = None) -> dict:
     return registry.register_and_gate(model, run_id or new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card",
-                                      gate, rules, EXPERIMENT)
+                                      lambda: gate, rules, EXPERIMENT)
 
 
 def register_only(store: Store, model) -> str:

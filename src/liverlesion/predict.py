@@ -161,7 +161,6 @@ class LesionPredictor:
         }, columns=list(RESULT_COLUMNS))
         return CasePrediction(results, lesions, self.threshold, instances, image, meta)
 
-
     def score_cases(self, cases: pd.DataFrame, lesion_ids: set[str] | None = None) -> pd.Series:
         """P(metastasis) of the lesions of ingested cases (``contract.CASE_COLUMNS``), by lesion id.
 

@@ -24,7 +24,7 @@ import socket
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -481,9 +481,13 @@ def rollback(name: str, reason: str, experiment: str) -> dict[str, Any]:
 
 
 def register_and_gate(model, run_id: str, name: str, metrics: dict[str, float], lineage: dict[str, str],
-                      profile: dict[str, Any], card: dict[str, Any], card_markdown: str, gate_set: GateSet,
-                      rules: GateRules, experiment: str, context: dict[str, str] | None = None) -> dict[str, Any]:
+                      profile: dict[str, Any], card: dict[str, Any], card_markdown: str,
+                      gate_set: Callable[[], GateSet], rules: GateRules, experiment: str,
+                      context: dict[str, str] | None = None) -> dict[str, Any]:
     """Register a trained model and pass it through the gate, all or nothing.
+
+    ``gate_set`` makes the gate's lesions when they are needed (a pinned cohort is read from disk),
+    not when the training run was registered before.
 
     If the gate fails (an error, an interruption) before any alias names the new version, the
     version is deleted again: no half-registered model, no moved alias. A training run registered
@@ -501,7 +505,7 @@ def register_and_gate(model, run_id: str, name: str, metrics: dict[str, float], 
                 "reason": tags.get("decision_reason", ""), "aliases": aliases(mlflow_client, name),
                 "model_uri": registered.model_uri}
     try:
-        result = gate(name, registered.version, gate_set, rules, experiment, job="gate", context=context)
+        result = gate(name, registered.version, gate_set(), rules, experiment, job="gate", context=context)
     except BaseException:
         if registered.version not in aliases(mlflow_client, name).values():
             mlflow_client.delete_model_version(name, registered.version)
