@@ -15,7 +15,7 @@ from liverlesion.config import PatchConfig, TrainConfig
 from liverlesion.lineage import git_commit
 from liverlesion.model import build_model
 from liverlesion.splitting import arrays_for_set
-from liverlesion.training import Protocol, seed_everything, train_classifier
+from liverlesion.training import Protocol, best_epoch, seed_everything, train_classifier
 from steps.materializers import KerasModelMaterializer
 from steps.tracking import start_tracked_run
 
@@ -66,9 +66,11 @@ def train(
             model, x_train, y_train, x_val, y_val, protocol,
             on_epoch=lambda epoch, logs: mlflow.log_metrics(logs, step=epoch),
         )
-        best_epoch = int(np.argmax(history["val_accuracy"]))
-        mlflow.log_metrics({"best_epoch": best_epoch, "best_val_accuracy": history["val_accuracy"][best_epoch]})
-    log_metadata({"mlflow_run_id": active.info.run_id, "best_epoch": best_epoch,
-                  "best_val_accuracy": history["val_accuracy"][best_epoch], "parameters": int(model.count_params())})
-    return model, {"history": history, "best_epoch": best_epoch, "git_commit": commit, "fingerprint": fingerprint,
+        kept = best_epoch(history[protocol.monitor], protocol.mode, protocol.tie_break)
+        chosen = {"best_epoch": kept, "best_val_accuracy": history["val_accuracy"][kept],
+                  "best_val_loss": history["val_loss"][kept]}
+        mlflow.log_metrics(chosen)
+    log_metadata({"mlflow_run_id": active.info.run_id, **chosen, "chosen_by": f"{protocol.monitor}, ties to the {protocol.tie_break}",
+                  "parameters": int(model.count_params())})
+    return model, {"history": history, "best_epoch": kept, "git_commit": commit, "fingerprint": fingerprint,
                    "parameters": int(model.count_params())}, active.info.run_id

@@ -73,8 +73,22 @@ class TrainConfig(_Section):
     flips: bool = True
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 2019
+    monitor: Literal["val_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="what chooses the kept epoch, cuts the rate and stops early (the paper: "
+                                    "val_accuracy, which on a few dozen validation lesions often ties)")
+    tie_break: Literal["first", "last"] = Field("first", description="among epochs that tie on the monitor, keep "
+                                                                     "the first (Keras, the paper) or the last")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant (cut only by lr_patience) or a cosine decay to 0 over the epochs")
     full_batches: bool = Field(False, description="top the train set up to whole batches, validate in one batch "
                                                   "(one compiled step on JAX)")
+
+
+    @model_validator(mode="after")
+    def _one_rate_policy(self) -> "TrainConfig":
+        if self.lr_schedule == "cosine" and self.lr_patience is not None:
+            raise ValueError("lr_schedule cosine sets the rate of every step: set lr_patience to null")
+        return self
 
 
 class CompareConfig(_Section):

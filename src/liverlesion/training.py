@@ -5,19 +5,24 @@ The paper's protocol (Perdigon Romero et al., ISBI 2019, section 3.3) is express
 improvement down to 1e-10, early stopping after 50 such epochs with the best weights restored, at
 most 103 epochs of batch 8, and on-the-fly augmentation (rotation up to 30 degrees, shifts up to
 25 pixels, horizontal and vertical flips) as Keras preprocessing layers, so that they run wherever
-the model runs. Nothing here imports TensorFlow, ZenML or MLflow.
+the model runs. Choosing the epoch by validation accuracy on a few dozen lesions is a coin toss
+between epochs that tie; a protocol may choose by validation loss instead, break ties towards the
+later epoch, and decay the rate along a cosine (the ``quick`` profile does all three). Nothing here imports TensorFlow, ZenML or MLflow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
 
 MONITOR = "val_accuracy"  # the paper schedules and stops on validation accuracy
+#: what an epoch can be chosen by: the paper's validation accuracy, or the validation loss (lower is
+#: better), which moves with every lesion's probability rather than with the few that cross 0.5
+MONITORS = ("val_accuracy", "val_loss")
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -50,10 +55,74 @@ class Protocol:
     flips: bool = True
     label_smoothing: float = 0.0
     seed: int = 2019
+    # Which epoch's weights are kept: the best by ``monitor``; among equal values the first (the
+    # paper's Keras callbacks) or the last (more training behind it, and a tie on 45 validation
+    # lesions is common). The same monitor drives the rate cuts and early stopping.
+    monitor: Literal["val_accuracy", "val_loss"] = MONITOR
+    tie_break: Literal["first", "last"] = "first"
+    # "constant": the rate stays (cut only by lr_patience); "cosine": it decays along a half cosine
+    # from learning_rate to 0 over the epochs, so a short run ends with small, steady steps
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     # Every training batch full and validation in one batch, so a compiling backend (JAX) traces
     # one train step and one eval step instead of one more per odd batch size: the training set is
     # topped up to a multiple of the batch with randomly repeated lesions (seeded; < 1 batch).
     full_batches: bool = False
+
+    def __post_init__(self):
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor {self.monitor!r}: expected one of {MONITORS}")
+        if self.lr_schedule == "cosine" and self.lr_patience is not None:
+            raise ValueError("lr_schedule 'cosine' sets the rate of every step; it cannot also be cut on a plateau "
+                             "(set lr_patience to null)")
+
+    @property
+    def mode(self) -> str:
+        """``min`` for a loss, ``max`` for an accuracy."""
+        return "min" if self.monitor.endswith("loss") else "max"
+
+
+def best_epoch(values: Sequence[float], mode: str = "max", tie_break: str = "first") -> int:
+    """The index of the best value (``mode`` max or min); among equal ones the first or the last.
+
+    NaN is never best (a diverged epoch); all NaN gives the last epoch.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no epoch to choose from")
+    finite = np.where(np.isnan(values), -np.inf if mode == "max" else np.inf, values)
+    target = finite.max() if mode == "max" else finite.min()
+    if not np.isfinite(target):
+        return int(values.size - 1)
+    hits = np.flatnonzero(finite == target)
+    return int(hits[0] if tie_break == "first" else hits[-1])
+
+
+class KeepBestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the best epoch by ``protocol.monitor`` and puts them back when training ends.
+
+    Unlike Keras's ``EarlyStopping(restore_best_weights=True)`` a tie can go to the later epoch, and
+    the chosen epoch is the one ``best_epoch`` names in the history.
+    """
+
+    def __init__(self, monitor: str, mode: str, tie_break: str):
+        super().__init__()
+        self.monitor, self.mode, self.tie_break = monitor, mode, tie_break
+        self.values: list[float] = []
+        self.best_weights = None
+        self.chosen: int | None = None
+
+    def on_train_begin(self, logs=None):
+        self.values, self.best_weights, self.chosen = [], None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values.append(float((logs or {}).get(self.monitor, np.nan)))
+        best = best_epoch(self.values, self.mode, self.tie_break)
+        if best == len(self.values) - 1:
+            self.best_weights, self.chosen = self.model.get_weights(), best
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
 def paper_protocol(**changes) -> Protocol:
@@ -96,10 +165,18 @@ def training_model(model: keras.Model, protocol: Protocol) -> keras.Model:
     return keras.Model(inputs, model(augmentation(model.input_shape[1:], protocol)(inputs)), name="training")
 
 
-def compile_for_training(trainable: keras.Model, protocol: Protocol) -> keras.Model:
-    """Adam at the protocol's rate, categorical cross-entropy (optionally smoothed), accuracy."""
+def compile_for_training(trainable: keras.Model, protocol: Protocol, steps_per_epoch: int | None = None) -> keras.Model:
+    """Adam at the protocol's rate (or its cosine schedule), categorical cross-entropy (optionally smoothed), accuracy.
+
+    ``steps_per_epoch`` is needed by the cosine schedule (its length is ``epochs`` x that).
+    """
+    rate = protocol.learning_rate
+    if protocol.lr_schedule == "cosine":
+        if not steps_per_epoch:
+            raise ValueError("the cosine schedule needs steps_per_epoch")
+        rate = keras.optimizers.schedules.CosineDecay(protocol.learning_rate, decay_steps=protocol.epochs * steps_per_epoch)
     trainable.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=protocol.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=protocol.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -116,22 +193,17 @@ def top_up_to_full_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: 
     return np.concatenate([x, x[extra]]), np.concatenate([y, y[extra]])
 
 
-def protocol_callbacks(protocol: Protocol, checkpoint: Path | None = None) -> list[keras.callbacks.Callback]:
-    """Learning-rate halving, early stopping with the best weights restored, the best checkpoint."""
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(
-            monitor=MONITOR, mode="max", restore_best_weights=True,
-            # without early stopping, patience = epochs: it only restores the best epoch's weights
-            patience=protocol.early_stopping_patience if protocol.early_stopping_patience is not None else protocol.epochs,
-        )
-    ]
+def protocol_callbacks(protocol: Protocol) -> list[keras.callbacks.Callback]:
+    """The best epoch's weights kept, learning-rate halving, early stopping."""
+    callbacks: list[keras.callbacks.Callback] = [KeepBestEpoch(protocol.monitor, protocol.mode, protocol.tie_break)]
+    if protocol.early_stopping_patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=protocol.monitor, mode=protocol.mode,
+                                                       patience=protocol.early_stopping_patience))
     if protocol.lr_patience is not None:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=MONITOR, mode="max", factor=protocol.lr_factor, patience=protocol.lr_patience,
+            monitor=protocol.monitor, mode=protocol.mode, factor=protocol.lr_factor, patience=protocol.lr_patience,
             min_lr=protocol.min_lr, min_delta=0.0,
         ))
-    if checkpoint is not None:
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=MONITOR, mode="max", save_best_only=True))
     return callbacks
 
 
@@ -156,7 +228,6 @@ def train_classifier(
     y_val: np.ndarray,
     protocol: Protocol,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    checkpoint: Path | None = None,
     verbose: int = 2,
     extra_callbacks: list[keras.callbacks.Callback] = (),
 ) -> dict[str, list[float]]:
@@ -169,12 +240,13 @@ def train_classifier(
         The per-epoch history (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``learning_rate``).
     """
     seed_everything(protocol.seed)
-    trainable = compile_for_training(training_model(model, protocol), protocol)
     validation_batch_size = None
     if protocol.full_batches:
         x_train, y_train = top_up_to_full_batches(x_train, y_train, protocol.batch_size, protocol.seed)
         validation_batch_size = len(x_val)
-    callbacks = protocol_callbacks(protocol, checkpoint)
+    trainable = compile_for_training(training_model(model, protocol), protocol,
+                                     steps_per_epoch=-(-len(x_train) // protocol.batch_size))
+    callbacks = protocol_callbacks(protocol)
     if on_epoch is not None:
         callbacks.append(EpochReporter(on_epoch))
     callbacks.extend(extra_callbacks)
