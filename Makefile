@@ -30,7 +30,7 @@ test: install
 ## figures: wall time by step, patch extraction, CPU inference
 bench: install
 	$(BIN)/python bench/pipeline_steps.py
-	$(BIN)/python bench/patch_extraction.py
+	$(BIN)/python bench/data_steps.py
 	$(BIN)/python bench/inference_cpu.py
 
 ## re-resolve the pinned dependencies (after editing pyproject.toml)

@@ -24,7 +24,7 @@ def comparison_pipeline(data_dir: str, data_version: str, profile: Profile, code
     predictions, run_ids = [], []
     for key in profile.compare.models:
         if model_entry(key).kind == "texture_svm":
-            features = texture_features(data["cases"], data["lesions"])
+            features = texture_features(data["lesions"], data["crops"])
             _, scored, run_id = train_texture_svm(
                 features, data["manifest"], data["lesions"], data["manifest_hash"], config=profile.compare,
                 evaluate_config=profile.evaluate, seed=profile.train.seed, model_key=key, id=f"train_{key}", **common,

@@ -18,13 +18,14 @@ def prepare_patches(data_dir: str, data_version: str, profile: Profile, code_ver
     ``code_version`` (``lineage.code_version``) keys ingest's cache: ZenML keys a step by its own
     source, not by the domain code it calls, so new code must re-run the data steps explicitly.
     """
-    cases, lesion_types, _ = ingest(data_dir=data_dir, data_version=data_version, config=profile.ingest,
-                                    code_version=code_version)
-    lesions = segment(cases, lesion_types)
-    patches, patch_index = extract_patches(cases, lesions, config=profile.patches)
+    # the crops keep the largest margin a later step needs: the patches' (texture needs none)
+    cases, lesion_types, _, crops = ingest(data_dir=data_dir, data_version=data_version, config=profile.ingest,
+                                           crop_margin_mm=profile.patches.margin_mm, code_version=code_version)
+    lesions = segment(cases, lesion_types, crops)
+    patches, patch_index = extract_patches(lesions, crops, config=profile.patches)
     report = validate(cases, lesions, patch_index, patches, rules=profile.validation)
     manifest, manifest_hash = split(lesions, report, config=profile.split)
-    return {"cases": cases, "lesions": lesions, "patches": patches, "patch_index": patch_index,
+    return {"cases": cases, "crops": crops, "lesions": lesions, "patches": patches, "patch_index": patch_index,
             "manifest": manifest, "manifest_hash": manifest_hash}
 
 

@@ -1,4 +1,4 @@
-"""A Keras materializer: models are stored as native ``.keras`` files, not pickles."""
+"""Materializers: Keras models as native ``.keras`` files, lesion crops as one ``.npz``; no pickles."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import os
 from typing import Any, ClassVar
 
 import keras
+import numpy as np
 from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
+from liverlesion.crops import LesionCrops
+
 MODEL_FILE = "model.keras"
+CROPS_FILE = "crops.npz"
 
 
 class KerasModelMaterializer(BaseMaterializer):
@@ -36,3 +40,21 @@ class KerasModelMaterializer(BaseMaterializer):
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
         }
+
+
+class LesionCropsMaterializer(BaseMaterializer):
+    """The per-lesion crops as flat arrays and a JSON index in one uncompressed ``.npz`` (fast to write and read)."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (LesionCrops,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+
+    def load(self, data_type: type[Any]) -> LesionCrops:
+        with fileio.open(os.path.join(self.uri, CROPS_FILE), "rb") as handle, np.load(handle) as arrays:
+            return LesionCrops.from_arrays({name: arrays[name] for name in arrays.files})
+
+    def save(self, data: LesionCrops) -> None:
+        with fileio.open(os.path.join(self.uri, CROPS_FILE), "wb") as handle:
+            np.savez(handle, **data.to_arrays())
+
+    def extract_metadata(self, data: LesionCrops) -> dict[str, Any]:
+        return {"lesions": len(data), "margin_mm": data.margin_mm, "megabytes": round(data.nbytes / 1e6, 1)}

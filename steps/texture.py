@@ -5,6 +5,7 @@ import pandas as pd
 from zenml import log_metadata, step
 
 from liverlesion.config import CompareConfig, EvaluateConfig
+from liverlesion.crops import LesionCrops
 from liverlesion.evaluation import evaluate_test_set
 from liverlesion.progress import progress_printer
 from liverlesion.texture import TextureSVM, cohort_texture_table, features_for_set
@@ -13,9 +14,9 @@ from steps.tracking import run_reports_dir, start_tracked_run, zenml_run
 
 
 @step
-def texture_features(cases: pd.DataFrame, lesions: pd.DataFrame) -> Annotated[pd.DataFrame, "texture_features"]:
-    """First-order HU statistics and GLCM (Haralick-style) features of every lesion."""
-    table = cohort_texture_table(cases, lesions, progress=progress_printer("texture_features"))
+def texture_features(lesions: pd.DataFrame, crops: LesionCrops) -> Annotated[pd.DataFrame, "texture_features"]:
+    """First-order HU statistics and GLCM (Haralick-style) features of every lesion, from the ingested crops."""
+    table = cohort_texture_table(lesions, crops, progress=progress_printer("texture_features"))
     log_metadata({"lesions": len(table), "features": len(table.columns) - 1})
     return table
 

@@ -83,9 +83,10 @@ def lesion_types_of(class_mask: np.ndarray, binary: np.ndarray) -> dict[int, str
 def run_pipeline(folder: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """ingest -> segment -> extract_patches on a cohort folder; lesions and patches in a layout-free
     order (size, label, position), since case and lesion ids are pseudonyms of the source's ids."""
-    cases = ingest_cases(folder, "test").cases
-    lesions = segment_cases(cases, read_lesion_types(folder, set(cases["case_id"])))
-    patches, index = extract_cohort_patches(cases, lesions, MARGIN_MM, CANVAS, None)
+    ingested = ingest_cases(folder, "test", crop_margin_mm=MARGIN_MM)
+    cases = ingested.cases
+    lesions = segment_cases(cases, ingested.crops, read_lesion_types(folder, set(cases["case_id"])))
+    patches, index = extract_cohort_patches(lesions, ingested.crops, MARGIN_MM, CANVAS, None)
     assert list(index["lesion_id"]) == list(lesions["lesion_id"])
     order = np.lexsort((lesions["centroid_2"], lesions["centroid_1"], lesions["centroid_0"],
                         lesions["label"].to_numpy(dtype=float), lesions["n_voxels"]))
@@ -636,8 +637,9 @@ def test_append_adds_cases_and_refuses_the_same_source_twice(tmp_path, secret):
     assert table["patient_key"].nunique() == 2  # c3 joins c1's patient
     assert len(pd.read_csv(out / LESION_TYPES_FILE)) == 6
     assert [i["cases"] for i in json.loads((out / COHORT_FILE).read_text())["imports"]] == [2, 1]
-    ingested = ingest_cases(out, "test").cases
-    assert len(segment_cases(ingested, read_lesion_types(out, set(ingested["case_id"])))) == 6
+    ingested = ingest_cases(out, "test")
+    assert len(segment_cases(ingested.cases, ingested.crops,
+                             read_lesion_types(out, set(ingested.cases["case_id"])))) == 6
 
     before = tree(out)
     with pytest.raises(ContractError, match=r"case c1: duplicated case: it is already in the cohort as P[0-9a-f]+-"):
@@ -667,4 +669,4 @@ def test_ingestion_quarantines_a_bad_case_only_when_asked(tmp_path):
     assert list(ingested.cases["case_id"]) == ["good1", "good2"]
     assert list(ingested.quarantined["case_id"]) == ["bad"]
     assert "NaN" in ingested.quarantined["problem"][0]
-    assert len(segment_cases(ingested.cases)) == 4
+    assert len(segment_cases(ingested.cases, ingested.crops)) == 4 and len(ingested.crops) == 4

@@ -6,10 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from liverlesion.imaging import affine_from_spacing, load_nifti, save_nifti
-from liverlesion.ingestion import CohortError, extract_cohort_patches, ingest_cases, load_case, segment_cases
+import liverlesion.imaging
+import liverlesion.ingestion
+from liverlesion.crops import LesionCrops
+from liverlesion.imaging import affine_from_spacing, check_hu, load_nifti, save_nifti
+from liverlesion.ingestion import CohortError, extract_cohort_patches, ingest_cases, segment_cases
+from liverlesion.lesions import instance_map, lesion_instances
 from liverlesion.patches import lesion_patches
 from liverlesion.phantom import CohortSpec, generate_cohort
+from liverlesion.texture import cohort_texture_table, texture_features
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +34,84 @@ def test_ingest_records_geometry_and_version(cohort):
     assert row.hu_min >= -1024 and row.hu_max > 100
 
 
-def test_cut_patches_equal_patches_from_the_whole_volume(cohort):
-    cases = ingest_cases(cohort, "v").cases
-    lesions = segment_cases(cases)
-    assert len(lesions) == 7 and set(lesions["label"]) == {0, 1}
-    patches, index = extract_cohort_patches(cases, lesions, 4.0, (96, 80), None, True)
+def whole_case(case):
+    """One ingested case read whole, as the steps read it before crops: HU image, lesion numbers, spacing."""
+    image, meta = load_nifti(case.image_path)
+    image, _ = check_hu(image, case.case_id)
+    mask, _ = load_nifti(case.mask_path)
+    instances, _ = instance_map(mask, case.case_id, case.mask_encoding)
+    return image, mask, instances, meta.spacing
+
+
+def test_everything_cut_from_crops_equals_the_whole_volume(cohort):
+    """The lesion table, the patches and the texture features from the crops are those of the whole CT."""
+    ingested = ingest_cases(cohort, "v", crop_margin_mm=4.0)
+    cases, crops = ingested.cases, ingested.crops
+    lesions = segment_cases(cases, crops)
+    assert len(lesions) == 7 and set(lesions["label"]) == {0, 1} and len(crops) == 7
+    patches, index = extract_cohort_patches(lesions, crops, 4.0, (96, 80), None, True)
     assert patches.shape == (7, 96, 80, 3) and index["row"].tolist() == list(range(7))
+    texture = cohort_texture_table(lesions, crops).set_index("lesion_id")
     for case in cases.itertuples(index=False):
-        image, instances, spacing, _ = load_case(case)
-        for lesion in lesions[lesions["case_id"] == case.case_id].itertuples(index=False):
+        image, mask, instances, spacing = whole_case(case)
+        ours = lesions[lesions["case_id"] == case.case_id].reset_index(drop=True)
+        whole_table = lesion_instances(mask, image, spacing, case.case_id, case.patient_key, case.mask_encoding)
+        pd.testing.assert_frame_equal(ours, whole_table)
+        for lesion in ours.itertuples(index=False):
+            voxels = np.argwhere(instances == lesion.instance)
+            assert lesion.n_voxels == len(voxels) and lesion.bbox_lo_2 == voxels[:, 2].min()
+            assert lesion.mean_hu == pytest.approx(image[instances == lesion.instance].astype(np.float64).mean())
             whole, info = lesion_patches(image, instances == lesion.instance, spacing, 4.0, (96, 80), None, True)
             row = index[index["lesion_id"] == lesion.lesion_id].iloc[0]
-            np.testing.assert_allclose(patches[row["row"]], whole, atol=1e-5)
+            np.testing.assert_array_equal(patches[row["row"]], whole)
             assert (row["main_axis"], row["main_slice"], row["center_0"], row["center_1"], row["center_2"]) == (
                 info.main_axis, info.main_slice, info.center_0, info.center_1, info.center_2)
+            assert texture.loc[lesion.lesion_id].to_dict() == texture_features(image, instances == lesion.instance, spacing)
+
+
+def test_each_ct_and_mask_is_decompressed_once_by_the_data_steps(cohort, monkeypatch):
+    reads = []
+    real = liverlesion.imaging.load_nifti
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(liverlesion.imaging, "load_nifti", counting)
+    monkeypatch.setattr(liverlesion.ingestion, "load_nifti", counting)
+    ingested = ingest_cases(cohort, "v", crop_margin_mm=4.0, workers=1)
+    lesions = segment_cases(ingested.cases, ingested.crops)
+    extract_cohort_patches(lesions, ingested.crops, 4.0, (96, 80), None, True)
+    cohort_texture_table(lesions, ingested.crops)
+    files = [*ingested.cases["image_path"], *ingested.cases["mask_path"]]
+    assert sorted(reads) == sorted(files)
+
+
+def test_parallel_ingestion_gives_the_same_cases_and_crops(cohort):
+    one = ingest_cases(cohort, "v", crop_margin_mm=2.0, workers=1)
+    two = ingest_cases(cohort, "v", crop_margin_mm=2.0, workers=2)
+    pd.testing.assert_frame_equal(one.cases, two.cases)
+    assert list(one.crops) == list(two.crops)
+    for lid, crop in one.crops.items():
+        other = two.crops[lid]
+        assert crop.origin == other.origin and crop.mask_label == other.mask_label
+        np.testing.assert_array_equal(crop.image, other.image)
+        np.testing.assert_array_equal(crop.mask, other.mask)
+
+
+def test_crops_survive_their_flat_storage_and_refuse_a_smaller_margin(cohort):
+    ingested = ingest_cases(cohort, "v", crop_margin_mm=1.0, workers=1)
+    again = LesionCrops.from_arrays(ingested.crops.to_arrays())
+    assert again.margin_mm == 1.0 and list(again) == list(ingested.crops)
+    for lid, crop in ingested.crops.items():
+        assert again[lid].origin == crop.origin and again[lid].spacing == crop.spacing
+        np.testing.assert_array_equal(again[lid].image, crop.image)
+        np.testing.assert_array_equal(again[lid].mask, crop.mask)
+    lesions = segment_cases(ingested.cases, again)
+    with pytest.raises(ValueError, match="crops keep 1.0 mm around each lesion, the patches need 4.0 mm"):
+        extract_cohort_patches(lesions, again, 4.0, (96, 80), None, True)
+    with pytest.raises(KeyError, match="no crop of lesion nope-L01"):
+        again["nope-L01"]
 
 
 def test_missing_table_and_columns(tmp_path):

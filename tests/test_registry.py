@@ -65,7 +65,7 @@ def gate_set(cases: pd.DataFrame, lesions: pd.DataFrame, description: str) -> Ga
 def cohort(tmp_path_factory) -> Cohort:
     folder = generate_cohort(COHORT, tmp_path_factory.mktemp("registry-cohort") / "cohort")
     ingested = ingest_cases(folder, "v")
-    lesions, _ = labelled_lesions(segment_cases(ingested.cases, types_by_case(ingested.lesion_types)))
+    lesions, _ = labelled_lesions(segment_cases(ingested.cases, ingested.crops, types_by_case(ingested.lesion_types)))
     first = lesions["patient_key"].isin(FIRST_HALF)
     assert first.any() and (~first).any()
     for part in (lesions, lesions[first], lesions[~first]):  # ROC AUC needs both classes

@@ -204,14 +204,14 @@ def test_svm_needs_both_classes_and_a_fit():
 def cohort(tmp_path_factory):
     out = generate_cohort(CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4),
                           tmp_path_factory.mktemp("tex") / "data")
-    cases = ingest_cases(out, "v").cases
-    return cases, segment_cases(cases)
+    ingested = ingest_cases(out, "v")
+    return ingested.cases, segment_cases(ingested.cases, ingested.crops), ingested.crops
 
 
 def test_cohort_table_has_one_finite_row_per_lesion(cohort):
-    cases, lesions = cohort
+    cases, lesions, crops = cohort
     calls = []
-    table = cohort_texture_table(cases, lesions, progress=lambda *a: calls.append(a))
+    table = cohort_texture_table(lesions, crops, progress=lambda *a: calls.append(a))
     assert table.columns.tolist() == ["lesion_id", *TEXTURE_FEATURES]
     assert table["lesion_id"].tolist() == lesions["lesion_id"].tolist()
     assert np.isfinite(table[list(TEXTURE_FEATURES)].to_numpy()).all()
@@ -222,14 +222,16 @@ def test_cohort_table_has_one_finite_row_per_lesion(cohort):
     assert [c[2] for c in calls] == cases["case_id"].tolist()
     # lesion order follows the lesion table, not the case loop
     reordered = lesions.iloc[::-1].reset_index(drop=True)
-    pd.testing.assert_frame_equal(cohort_texture_table(cases, reordered),
+    pd.testing.assert_frame_equal(cohort_texture_table(reordered, crops),
                                   table.iloc[::-1].reset_index(drop=True))
 
 
-def test_cohort_table_names_a_lesion_without_its_case(cohort):
-    cases, lesions = cohort
-    with pytest.raises(ValueError, match="not in the case table"):
-        cohort_texture_table(cases.iloc[1:], lesions)
+def test_cohort_table_names_a_lesion_without_its_crop(cohort):
+    _, lesions, crops = cohort
+    stray = lesions.copy()
+    stray.loc[0, "lesion_id"] = "elsewhere-L01"
+    with pytest.raises(KeyError, match="no crop of lesion elsewhere-L01"):
+        cohort_texture_table(stray, crops)
 
 
 def test_features_for_set_follow_the_manifest_order():

@@ -1,4 +1,4 @@
-"""Cohort ingestion and the per-case loops of ``segment`` and ``extract_patches``.
+"""Cohort ingestion, the one pass that reads the CTs, and the per-lesion work of ``segment`` and ``extract_patches``.
 
 The cohort folder follows ``liverlesion.contract``: ``cases.csv`` (``patient_key, case_id, image,
 mask`` and optionally ``mask_encoding``), one CT per case as NIfTI in Hounsfield units, one lesion
@@ -10,11 +10,19 @@ missing column, a case listed twice, one file claimed by two patients) always st
 problems of one case (an unreadable or truncated file, a 2D image, a mask on another grid, an empty
 mask, NaN or impossible CT numbers, a path outside the cohort folder, an unknown lesion type)
 stop it too, unless the run quarantines bad cases: then they are set aside and reported.
+
+Each CT and mask is decompressed once, here: while a case is in memory it is checked, its lesions
+are numbered and each lesion's box is cut (``liverlesion.crops``) with the largest margin a later
+step needs. ``segment_cases`` and ``extract_cohort_patches`` are pure functions of those crops.
+Cases are read by worker processes, one per core.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,8 +33,9 @@ from liverlesion.contract import (
     CASE_COLUMNS, CASES_FILE, CASES_FILE_COLUMNS, DEFAULT_MASK_ENCODING, LESION_COLUMNS, LESION_TYPES_COLUMNS,
     LESION_TYPES_FILE, MASK_ENCODINGS, PATCH_INDEX_COLUMNS, ContractError,
 )
+from liverlesion.crops import LesionCrop, LesionCrops, cut_crops
 from liverlesion.imaging import check_hu, load_nifti
-from liverlesion.lesions import bounding_box, instance_map, lesion_labels, lesion_rows
+from liverlesion.lesions import bounding_box, crop_rows, instance_map, lesion_labels
 from liverlesion.patches import lesion_patches
 
 Progress = Callable[[int, int, str], None] | None
@@ -42,6 +51,7 @@ class Ingested:
     cases: pd.DataFrame  # contract.CASE_COLUMNS, the cases that passed
     lesion_types: pd.DataFrame  # contract.LESION_TYPES_COLUMNS, of the cases that passed
     quarantined: pd.DataFrame  # QUARANTINE_COLUMNS, the cases set aside (empty unless quarantining)
+    crops: LesionCrops  # every lesion of the cases that passed, cut with the asked margin
 
 
 def _report(progress: Progress, i: int, n: int, case_id: str) -> None:
@@ -132,15 +142,20 @@ def read_lesion_types(data_dir: str | Path, case_ids: set[str]) -> dict[str, dic
     return types_by_case(table)
 
 
-def _check_case(data_dir: Path, case, types: dict[int, str], data_version: str) -> dict:
-    """Read one case and check it against the contract; its row of the case table.
+def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version: str,
+                crop_margin_mm: float) -> tuple[dict, list[LesionCrop]]:
+    """Read one case, check it against the contract and cut its lesions' crops.
+
+    Returns:
+        Its row of the case table and its crops.
 
     Raises:
         ContractError: the first problem of this case, naming it.
     """
-    where = f"case {case.case_id}"
-    image_path = contained_path(data_dir, case.image, f"{where}, image")
-    mask_path = contained_path(data_dir, case.mask, f"{where}, mask")
+    case_id = case["case_id"]
+    where = f"case {case_id}"
+    image_path = contained_path(data_dir, case["image"], f"{where}, image")
+    mask_path = contained_path(data_dir, case["mask"], f"{where}, mask")
     try:
         image, meta = load_nifti(image_path)
         mask, mask_meta = load_nifti(mask_path)
@@ -152,14 +167,14 @@ def _check_case(data_dir: Path, case, types: dict[int, str], data_version: str) 
     hu, _ = check_hu(image, where)
     if not np.any(mask):
         raise ContractError(f"{where}: its mask holds no lesion")
-    _, described = instance_map(mask, case.case_id, case.mask_encoding)
-    lesion_labels(described, types, case.case_id)  # an unknown type or a stray lesion number is this case's problem
-    return {
-        "patient_key": str(case.patient_key),
-        "case_id": str(case.case_id),
+    instances, described = instance_map(mask, case_id, case["mask_encoding"])
+    lesion_labels(described, types, case_id)  # an unknown type or a stray lesion number is this case's problem
+    row = {
+        "patient_key": str(case["patient_key"]),
+        "case_id": str(case_id),
         "image_path": str(image_path),
         "mask_path": str(mask_path),
-        "mask_encoding": case.mask_encoding,
+        "mask_encoding": case["mask_encoding"],
         **{f"spacing_{a}": meta.spacing[a] for a in range(3)},
         **{f"shape_{a}": meta.shape[a] for a in range(3)},
         "orientation": meta.orientation,
@@ -167,14 +182,27 @@ def _check_case(data_dir: Path, case, types: dict[int, str], data_version: str) 
         "hu_max": float(hu.max()),
         "data_version": data_version,
     }
+    return row, cut_crops(hu, instances, described, meta.spacing, str(case_id), crop_margin_mm)
+
+
+def _check_case_job(args: tuple) -> tuple[dict, list[LesionCrop]] | str:
+    """``_check_case`` in a worker process: a contract problem comes back as its message."""
+    try:
+        return _check_case(*args)
+    except ContractError as err:
+        return str(err)
 
 
 def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = None,
-                 quarantine: bool = False) -> Ingested:
-    """Load every case (canonical RAS orientation), check it, record its geometry and the data version.
+                 quarantine: bool = False, crop_margin_mm: float = 0.0, workers: int | None = None) -> Ingested:
+    """Read every case once (canonical RAS orientation): check it, record its geometry, cut its lesions.
 
     Args:
         quarantine: set bad cases aside (listed in ``Ingested.quarantined``) instead of stopping.
+        crop_margin_mm: the margin around each lesion's box that the crops keep (the largest any
+            later step needs: the patch margin).
+        workers: processes reading cases in parallel (default: one per core; 1 reads here).
+            The result does not depend on it.
 
     Raises:
         CohortError: a problem of the tables; or of any case unless ``quarantine``, listing every
@@ -183,13 +211,25 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
     data_dir = Path(data_dir)
     table = read_case_table(data_dir)
     types = read_lesion_types(data_dir, set(table["case_id"]))
-    rows, problems = [], []
-    for i, case in enumerate(table.itertuples(index=False), start=1):
-        try:
-            rows.append(_check_case(data_dir, case, types.get(case.case_id, {}), data_version))
-        except ContractError as err:
-            problems.append({"case_id": case.case_id, "patient_key": case.patient_key, "problem": str(err)})
-        _report(progress, i, len(table), str(case.case_id))
+    cases = table.to_dict("records")
+    jobs = [(data_dir, case, types.get(case["case_id"], {}), data_version, crop_margin_mm) for case in cases]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    rows, crops, problems = [], [], []
+
+    def collect(results):
+        for i, (case, result) in enumerate(zip(cases, results), start=1):
+            if isinstance(result, str):
+                problems.append({"case_id": case["case_id"], "patient_key": case["patient_key"], "problem": result})
+            else:
+                rows.append(result[0])
+                crops.extend(result[1])
+            _report(progress, i, len(cases), str(case["case_id"]))
+
+    if workers <= 1:
+        collect(map(_check_case_job, jobs))
+    else:  # spawn: the step's process may hold threads (ZenML, TensorFlow) that fork would copy half-way
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            collect(pool.map(_check_case_job, jobs))
     if problems and not quarantine:
         raise CohortError(f"{len(problems)} case(s) of {data_dir} break the data contract:\n  "
                           + "\n  ".join(p["problem"] for p in problems))
@@ -199,7 +239,8 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
     type_rows = [(case, lesion, kind) for case in kept for lesion, kind in sorted(types.get(case, {}).items())]
     return Ingested(pd.DataFrame(rows, columns=list(CASE_COLUMNS)),
                     pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS)),
-                    pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)))
+                    pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)),
+                    LesionCrops(crops, crop_margin_mm))
 
 
 def types_by_case(lesion_types: pd.DataFrame) -> dict[str, dict[int, str]]:
@@ -210,40 +251,30 @@ def types_by_case(lesion_types: pd.DataFrame) -> dict[str, dict[int, str]]:
     return types
 
 
-def load_case(case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], list[dict]]:
-    """One ingested case: the CT in HU (float32, padding as air), its lesions numbered, the spacing.
-
-    Returns:
-        ``(image, instances, spacing, described)``: ``instances`` and ``described`` as
-        ``lesions.instance_map`` gives them for the case's mask encoding.
-    """
-    image, meta = load_nifti(case.image_path, dtype=np.float32)
-    image, _ = check_hu(image, f"case {case.case_id}")
-    mask, _ = load_nifti(case.mask_path)
-    instances, described = instance_map(mask, case.case_id, case.mask_encoding)
-    return image, instances, meta.spacing, described
-
-
-def segment_cases(cases: pd.DataFrame, types: dict[str, dict[int, str]] | None = None,
+def segment_cases(cases: pd.DataFrame, crops: LesionCrops, types: dict[str, dict[int, str]] | None = None,
                   progress: Progress = None) -> pd.DataFrame:
-    """The lesion table from the reference masks: one row per lesion, labelled where the type is known.
+    """The lesion table from the reference masks' crops: one row per lesion, labelled where the type is known.
 
     Args:
+        crops: ``ingest_cases``'s crops of these cases.
         types: case id -> {lesion number: type} (``read_lesion_types``), for masks that are not
             class-coded.
 
     Raises:
-        CohortError: a case has no lesion, an unknown mask code or lesion type, naming the case.
+        CohortError: a case has no lesion, an unknown lesion type, naming the case.
     """
     tables = []
     types = types or {}
+    by_case: dict[str, list[LesionCrop]] = {}
+    for crop in crops.values():
+        by_case.setdefault(crop.case_id, []).append(crop)
     for i, case in enumerate(cases.itertuples(index=False), start=1):
-        image, instances, spacing, described = load_case(case)
-        labels = lesion_labels(described, types.get(case.case_id, {}), case.case_id)
-        table = lesion_rows(instances, described, image, spacing, case.case_id, case.patient_key, labels)
-        if table.empty:
+        found = sorted(by_case.get(case.case_id, []), key=lambda c: c.instance)
+        if not found:
             raise CohortError(f"case {case.case_id}: its mask holds no lesion")
-        tables.append(table)
+        described = [{"instance": c.instance, "label": c.mask_label} for c in found]
+        labels = lesion_labels(described, types.get(case.case_id, {}), case.case_id)
+        tables.append(crop_rows(found, case.patient_key, labels))
         _report(progress, i, len(cases), case.case_id)
     table = pd.concat(tables, ignore_index=True)[list(LESION_COLUMNS)]
     table["label"] = table["label"].astype("Int64")
@@ -258,6 +289,36 @@ def labelled_lesions(lesions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     return labelled, lesions[~known].reset_index(drop=True)
 
 
+def crop_patches(
+    crops: list[LesionCrop],
+    margin_mm: float,
+    canvas: tuple[int, int],
+    output_size: tuple[int, int] | None,
+    square_pixels: bool = True,
+) -> tuple[np.ndarray, list[dict]]:
+    """The three orthogonal patches of each crop, in order: the one preprocessing path.
+
+    ``extract_patches`` (training, evaluation) and ``predict`` both cut patches here, so a lesion
+    gets the same patches whichever way it comes in. A crop holds the lesion's box plus at least
+    ``margin_mm`` (clipped at the volume's edge), so the patch geometry finds there what it would
+    find in the whole volume; positions are given in the volume's voxels.
+
+    Returns:
+        ``(patches (n, rows, cols, 3) float32, patch-index rows without "row")``.
+    """
+    size = tuple(output_size or canvas)
+    stacks = np.zeros((len(crops), *size, 3), dtype=np.float32)
+    rows = []
+    for k, crop in enumerate(crops):
+        lo = crop.origin
+        stack, info = lesion_patches(crop.image, crop.mask, crop.spacing, margin_mm, canvas, output_size, square_pixels)
+        info = replace(info, main_slice=info.main_slice + lo[info.main_axis],
+                       center_0=info.center_0 + lo[0], center_1=info.center_1 + lo[1], center_2=info.center_2 + lo[2])
+        stacks[k] = stack
+        rows.append({"lesion_id": crop.lesion_id, **info.as_row()})
+    return stacks, rows
+
+
 def case_patches(
     image: np.ndarray,
     instances: np.ndarray,
@@ -268,61 +329,46 @@ def case_patches(
     output_size: tuple[int, int] | None,
     square_pixels: bool = True,
 ) -> tuple[np.ndarray, list[dict]]:
-    """The three orthogonal patches of each lesion of one case, in the order of ``lesions``.
-
-    The one preprocessing path: ``extract_patches`` (training, evaluation) and ``predict`` both
-    cut patches here, so a lesion gets the same patches whichever way it comes in.
-
-    Returns:
-        ``(patches (n, rows, cols, 3) float32, patch-index rows without "row")``.
-    """
-    size = tuple(output_size or canvas)
-    stacks = np.zeros((len(lesions), *size, 3), dtype=np.float32)
-    rows = []
-    margin = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
-    for k, lesion in enumerate(lesions.itertuples(index=False)):
-        # cut around the lesion first: the patch geometry then never scans the whole volume
-        box = bounding_box(lesion._asdict(), margin)
-        lo = [b.start for b in box]
-        stack, info = lesion_patches(
-            image[box], instances[box] == lesion.instance, spacing, margin_mm, canvas, output_size, square_pixels
-        )
-        info = replace(info, main_slice=info.main_slice + lo[info.main_axis],
-                       center_0=info.center_0 + lo[0], center_1=info.center_1 + lo[1], center_2=info.center_2 + lo[2])
-        stacks[k] = stack
-        rows.append({"lesion_id": lesion.lesion_id, **info.as_row()})
-    return stacks, rows
+    """The three orthogonal patches of each lesion of one whole case, in the order of ``lesions`` (``crop_patches``)."""
+    case_id = str(lesions["case_id"].iloc[0]) if len(lesions) else ""
+    described = [{"instance": int(r.instance), "label": None, "box": bounding_box(r._asdict())}
+                 for r in lesions.itertuples(index=False)]
+    return crop_patches(cut_crops(image, instances, described, spacing, case_id, margin_mm), margin_mm, canvas,
+                        output_size, square_pixels)
 
 
 def extract_cohort_patches(
-    cases: pd.DataFrame,
     lesions: pd.DataFrame,
+    crops: LesionCrops,
     margin_mm: float,
     canvas: tuple[int, int],
     output_size: tuple[int, int] | None,
     square_pixels: bool = True,
     progress: Progress = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Three orthogonal patches for every lesion, in lesion-table order.
+    """Three orthogonal patches for every lesion, in lesion-table order, from the ingested crops.
 
     Returns:
         ``patches`` (N, rows, cols, 3) float32 and the patch index (``lesion_id``, ``row`` and how
         each stack was cut).
+
+    Raises:
+        ValueError: the crops were cut with less margin than the patches need (re-run ingest).
     """
+    if crops.margin_mm < margin_mm:
+        raise ValueError(f"the crops keep {crops.margin_mm} mm around each lesion, the patches need {margin_mm} mm: "
+                         "ingest with crop_margin_mm at least the patch margin")
+    lesions = lesions.reset_index(drop=True)
     size = tuple(output_size or canvas)
     patches = np.zeros((len(lesions), *size, 3), dtype=np.float32)
     index_rows = []
-    row_of = {lesion_id: row for row, lesion_id in enumerate(lesions["lesion_id"])}
-    by_case = lesions.groupby("case_id", sort=False)
-    for i, case in enumerate(cases.itertuples(index=False), start=1):
-        if case.case_id not in by_case.groups:
-            continue
-        image, instances, spacing, _ = load_case(case)
-        group = by_case.get_group(case.case_id)
-        stacks, rows = case_patches(image, instances, spacing, group, margin_mm, canvas, output_size, square_pixels)
-        for stack, row in zip(stacks, rows):
-            patches[row_of[row["lesion_id"]]] = stack
-            index_rows.append({"row": row_of[row["lesion_id"]], **row})
-        _report(progress, i, len(cases), case.case_id)
+    by_case = list(lesions.groupby("case_id", sort=False))
+    for i, (case_id, group) in enumerate(by_case, start=1):
+        stacks, rows = crop_patches([crops[lid] for lid in group["lesion_id"]], margin_mm, canvas, output_size,
+                                    square_pixels)
+        for row_number, stack, row in zip(group.index, stacks, rows):
+            patches[row_number] = stack
+            index_rows.append({"row": row_number, **row})
+        _report(progress, i, len(by_case), str(case_id))
     index = pd.DataFrame(index_rows, columns=list(PATCH_INDEX_COLUMNS)).sort_values("row").reset_index(drop=True)
     return patches, index

@@ -10,12 +10,13 @@ masks the label comes from a lesion-type table, and a lesion without one has no 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from liverlesion.crops import LesionCrop, cut_crops
 from liverlesion.contract import (
     LABEL_NAMES, LESION_COLUMNS, LESION_TYPES, MASK_ENCODINGS, MASK_TO_LABEL, ContractError, lesion_id,
 )
@@ -103,6 +104,43 @@ def lesion_labels(described: list[dict], types: Mapping[int, str] | None, case_i
     return labels
 
 
+def crop_rows(crops: Iterable[LesionCrop], patient_key: str, labels: Mapping[int, int | None] | None = None) -> pd.DataFrame:
+    """One row per lesion crop (``contract.LESION_COLUMNS``): size, box, centroid, HU statistics, label.
+
+    Args:
+        labels: lesion number -> label, where the crop's class-coded mask does not give one.
+    """
+    labels = labels or {}
+    rows = []
+    for crop in crops:
+        coords = np.argwhere(crop.mask)
+        origin = np.asarray(crop.origin)
+        lo, hi = coords.min(axis=0) + origin, coords.max(axis=0) + 1 + origin
+        values = crop.image[crop.mask].astype(np.float64)
+        label = labels.get(crop.instance, crop.mask_label)
+        n_voxels = int(len(coords))
+        rows.append(
+            {
+                "lesion_id": crop.lesion_id,
+                "case_id": crop.case_id,
+                "patient_key": patient_key,
+                "instance": crop.instance,
+                "label": label,
+                "label_name": LABEL_NAMES.get(label) if label is not None else None,
+                "n_voxels": n_voxels,
+                "volume_ml": float(n_voxels) * (float(np.prod(crop.spacing)) / 1000.0),
+                **{f"bbox_lo_{a}": int(lo[a]) for a in range(3)},
+                **{f"bbox_hi_{a}": int(hi[a]) for a in range(3)},
+                **{f"centroid_{a}": float(coords[:, a].mean() + origin[a]) for a in range(3)},
+                "mean_hu": float(values.mean()),
+                "std_hu": float(values.std()),
+            }
+        )
+    table = pd.DataFrame(rows, columns=list(LESION_COLUMNS))
+    table["label"] = table["label"].astype("Int64")
+    return table
+
+
 def lesion_rows(
     instances: np.ndarray,
     described: list[dict],
@@ -112,36 +150,8 @@ def lesion_rows(
     patient_key: str,
     labels: Mapping[int, int | None] | None = None,
 ) -> pd.DataFrame:
-    """One row per lesion (``contract.LESION_COLUMNS``): size, box, centroid, HU statistics, label."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    labels = labels or {}
-    rows = []
-    for lesion in described:
-        box = lesion["box"]
-        local = instances[box] == lesion["instance"]
-        coords = np.argwhere(local)
-        values = image[box][local].astype(np.float64)
-        label = labels.get(lesion["instance"], lesion["label"])
-        rows.append(
-            {
-                "lesion_id": lesion_id(case_id, lesion["instance"]),
-                "case_id": case_id,
-                "patient_key": patient_key,
-                "instance": lesion["instance"],
-                "label": label,
-                "label_name": LABEL_NAMES.get(label) if label is not None else None,
-                "n_voxels": int(local.sum()),
-                "volume_ml": float(local.sum()) * voxel_ml,
-                **{f"bbox_lo_{a}": int(box[a].start) for a in range(3)},
-                **{f"bbox_hi_{a}": int(box[a].stop) for a in range(3)},
-                **{f"centroid_{a}": float(coords[:, a].mean() + box[a].start) for a in range(3)},
-                "mean_hu": float(values.mean()),
-                "std_hu": float(values.std()),
-            }
-        )
-    table = pd.DataFrame(rows, columns=list(LESION_COLUMNS))
-    table["label"] = table["label"].astype("Int64")
-    return table
+    """One row per lesion of a whole volume (``contract.LESION_COLUMNS``), through ``crop_rows``."""
+    return crop_rows(cut_crops(image, instances, described, spacing, case_id, 0.0), patient_key, labels)
 
 
 def lesion_instances(

@@ -4,8 +4,8 @@ Perdigon Romero et al. (ISBI 2019) compare their network with a texture-based SV
 which features it used. This module gives a conventional, documented stand-in: first-order HU
 statistics over the whole 3D lesion, grey-level co-occurrence (Haralick-style) features on the
 lesion's largest axial cross-section, and an RBF SVM whose hyper-parameters are chosen on the
-validation split. It is pure (NumPy, scikit-image, scikit-learn) and reads cases only through
-``ingestion.load_case``, which numbers lesions as the lesion table does.
+validation split. It is pure (NumPy, scikit-image, scikit-learn) and reads no file: it works on
+the per-lesion crops ingestion cut (``liverlesion.crops``).
 
 Geometry: arrays are indexed (x, y, z) in canonical RAS+ (see ``imaging.load_nifti``), so axial
 slices are planes of constant array axis 2 (``AXIAL_AXIS``).
@@ -14,7 +14,7 @@ slices are planes of constant array axis 2 (``AXIAL_AXIS``).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from liverlesion.contract import LABEL_METASTASIS, SVM_C_GRID as C_GRID, SVM_GAMMA_GRID as GAMMA_GRID
-from liverlesion.ingestion import load_case
-from liverlesion.lesions import bounding_box
+from liverlesion.crops import LesionCrop
 
 Progress = Callable[[int, int, str], None] | None
 
@@ -231,51 +230,37 @@ def texture_features(
 
 
 def cohort_texture_table(
-    cases: pd.DataFrame,
     lesions: pd.DataFrame,
+    crops: Mapping[str, LesionCrop],
     levels: int = DEFAULT_LEVELS,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     progress: Progress = None,
 ) -> pd.DataFrame:
     """Texture features of every lesion of a cohort, one row per lesion in lesion-table order.
 
-    Each case is loaded once (``ingestion.load_case``), its lesions numbered as ``segment_cases``
-    numbered them, so ``instance`` picks the same voxels as the lesion table.
-    Features are computed on the lesion's bounding box only: the mask selects the voxels and the
+    Computed on each lesion's crop (``ingestion.ingest_cases``): the mask selects the voxels and the
     GLCM ignores everything outside it, so the crop gives the same features as the whole volume.
 
     Args:
-        cases: ``ingest_cases`` output (``case_id``, ``image_path``, ``mask_path``).
-        lesions: ``segment_cases`` output (``lesion_id``, ``case_id``, ``instance``, ``bbox_*``).
+        lesions: ``segment_cases`` output (``lesion_id``, ``case_id``).
+        crops: the ingested crops by lesion id (``crops.LesionCrops``).
         levels, hu_window: as in ``texture_features``.
-        progress: called as ``progress(done, total, case_id)`` after each case with lesions.
+        progress: called as ``progress(done, total, case_id)`` after each case.
 
     Returns:
         Columns ``lesion_id`` and ``TEXTURE_FEATURES``, rows in the order of ``lesions``.
 
     Raises:
-        ValueError: a lesion's case is missing from ``cases``, or its instance holds no voxel in
-            its bounding box (the lesion table does not match the masks), naming the lesion.
+        KeyError: a lesion has no crop (the lesion table does not match the ingested cases), naming it.
     """
-    missing = sorted(set(lesions["case_id"]) - set(cases["case_id"]))
-    if missing:
-        raise ValueError(f"lesions refer to case(s) {missing} that are not in the case table")
     rows: dict[str, dict[str, float]] = {}
-    by_case = lesions.groupby("case_id", sort=False)
-    todo = [case for case in cases.itertuples(index=False) if case.case_id in by_case.groups]
-    for i, case in enumerate(todo, start=1):
-        image, instances, spacing, _ = load_case(case)
-        for lesion in by_case.get_group(case.case_id).itertuples(index=False):
-            box = bounding_box(lesion._asdict())
-            inside = instances[box] == lesion.instance
-            if not inside.any():
-                raise ValueError(
-                    f"lesion {lesion.lesion_id}: instance {lesion.instance} has no voxel in its bounding box; "
-                    "the lesion table does not match the masks (re-run segment)"
-                )
-            rows[lesion.lesion_id] = texture_features(image[box], inside, spacing, levels, hu_window)
+    by_case = list(lesions.groupby("case_id", sort=False))
+    for i, (case_id, group) in enumerate(by_case, start=1):
+        for lid in group[ID_COLUMN]:
+            crop = crops[lid]
+            rows[lid] = texture_features(crop.image, crop.mask, crop.spacing, levels, hu_window)
         if progress is not None:
-            progress(i, len(todo), case.case_id)
+            progress(i, len(by_case), str(case_id))
     table = pd.DataFrame([{ID_COLUMN: lid, **rows[lid]} for lid in lesions[ID_COLUMN]])
     return table.reindex(columns=[ID_COLUMN, *TEXTURE_FEATURES])
 
