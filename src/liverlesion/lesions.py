@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from liverlesion.crops import LesionCrop, cut_crops
 from liverlesion.contract import (
-    LABEL_NAMES, LESION_COLUMNS, LESION_TYPES, MASK_ENCODINGS, MASK_TO_LABEL, ContractError, lesion_id,
+    LABEL_NAMES, LESION_COLUMNS, LESION_TYPES, MASK_ENCODINGS, MASK_TO_LABEL, ContractError,
 )
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
