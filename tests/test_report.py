@@ -105,9 +105,25 @@ def test_whole_patients_are_resampled_not_lesions():
     result = bootstrap_metrics(y_true, prob, groups, n_boot=2000).set_index("metric")
     assert result.loc["accuracy", "estimate"] == pytest.approx(0.9)
     assert result.loc["accuracy", "lower"] == 0.0 and result.loc["accuracy", "upper"] == 1.0
-    # ROC AUC is defined only in {A, B} resamples (about half); the ratio metrics use them all.
-    assert 850 < result.loc["roc_auc", "n_boot_valid"] < 1150
-    assert (result.drop(index="roc_auc")["n_boot_valid"] == 2000).all()
+    # ROC AUC and balanced accuracy need both classes: only {A, B} resamples (about half); recall
+    # needs a metastasis (A drawn, about 3/4), specificity a cyst (B drawn, about 3/4); accuracy,
+    # F1 and precision (every lesion is called metastasis) are defined in every resample.
+    valid = result["n_boot_valid"]
+    assert 850 < valid["roc_auc"] < 1150 and 850 < valid["balanced_accuracy"] < 1150
+    assert 1350 < valid["recall"] < 1650 and 1350 < valid["specificity"] < 1650
+    assert valid["recall"] + valid["specificity"] - valid["balanced_accuracy"] == 2000
+    assert (valid[["accuracy", "f1", "precision"]] == 2000).all()
+
+
+def test_a_resample_without_cysts_says_nothing_about_specificity():
+    # Patient A: 9 metastases, patient B: 1 cyst, every lesion called right. A resample {A, A} has
+    # no cyst: its specificity is undefined, not 0, so the interval stays at the estimate, 1.
+    y_true = np.array([1] * 9 + [0])
+    prob = np.array([0.9] * 9 + [0.1])
+    result = bootstrap_metrics(y_true, prob, np.array(["A"] * 9 + ["B"]), n_boot=2000).set_index("metric")
+    for name in ("specificity", "recall", "balanced_accuracy", "accuracy", "roc_auc"):
+        assert (result.loc[name, "lower"], result.loc[name, "estimate"], result.loc[name, "upper"]) == (1.0, 1.0, 1.0)
+    assert result.loc["specificity", "n_boot_valid"] < 2000
 
 
 def test_resample_weights_are_whole_patients():

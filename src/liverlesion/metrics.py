@@ -2,7 +2,7 @@
 
 Positive class: metastasis (label 1). Sensitivity is the recall of metastases, specificity the
 recall of cysts. Every threshold metric derives from ``confusion_counts``; ROC AUC comes from
-scikit-learn on the probabilities.
+scikit-learn on the probabilities. The bootstrap (``report``) uses the same formulas on its counts.
 """
 
 from __future__ import annotations
@@ -31,37 +31,54 @@ def confusion_counts(y_true, y_pred) -> ConfusionCounts:
     return ConfusionCounts(tp=int(tp), fp=int(fp), fn=int(fn), tn=int(tn))
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den else 0.0
+def metrics_from_counts(tp, fp, fn, tn, undefined: float = 0.0) -> dict[str, np.ndarray]:
+    """The six threshold metrics of Table 2 from confusion counts: the one place they are defined.
+
+    Works on scalars or on arrays of counts (one per bootstrap resample, possibly weighted).
+
+    Args:
+        undefined: the value of a ratio whose denominator is 0 (precision with no positive call,
+            specificity with no cyst, ...), and of every metric built on one. A single test set
+            reports 0 (scikit-learn's ``zero_division=0``); a bootstrap passes NaN, so that a
+            resample without cysts says nothing about specificity instead of claiming it is 0.
+    """
+    tp, fp, fn, tn = (np.asarray(v, dtype=float) for v in (tp, fp, fn, tn))
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, undefined, dtype=float), where=den != 0)
+
+    precision = ratio(tp, tp + fp)
+    recall = ratio(tp, tp + fn)
+    specificity = ratio(tn, tn + fp)
+    return {
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+        "balanced_accuracy": (recall + specificity) / 2.0,
+        # 2PR / (P + R) = 2TP / (2TP + FP + FN): 0 when metastases were all missed, undefined only
+        # when there is neither a metastasis nor a metastasis call
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+    }
 
 
-def classification_metrics(y_true, probability, threshold: float = 0.5) -> dict[str, float]:
+def classification_metrics(y_true, probability, threshold: float = 0.5, undefined: float = 0.0) -> dict[str, float]:
     """The seven metrics of the paper's Table 2 for metastasis probabilities.
 
     Args:
         y_true: 0 cyst, 1 metastasis.
         probability: predicted probability of metastasis.
         threshold: probability at or above which a lesion is called a metastasis.
+        undefined: a ratio with a zero denominator (``metrics_from_counts``); 0 by default.
 
-    A ratio with a zero denominator (e.g. precision with no positive call) is reported as 0;
     ROC AUC with a single class present is NaN.
     """
     y_true = np.asarray(y_true).astype(int)
     probability = np.asarray(probability, dtype=float)
-    y_pred = (probability >= threshold).astype(int)
-    c = confusion_counts(y_true, y_pred)
-    precision = _ratio(c.tp, c.tp + c.fp)
-    recall = _ratio(c.tp, c.tp + c.fn)
-    specificity = _ratio(c.tn, c.tn + c.fp)
-    return {
-        "accuracy": _ratio(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
-        "balanced_accuracy": (recall + specificity) / 2.0,
-        "f1": _ratio(2 * precision * recall, precision + recall),
-        "roc_auc": float(roc_auc_score(y_true, probability)) if len(set(y_true)) == 2 else float("nan"),
-        "precision": precision,
-        "recall": recall,
-        "specificity": specificity,
-    }
+    c = confusion_counts(y_true, (probability >= threshold).astype(int))
+    values = {k: float(v) for k, v in metrics_from_counts(c.tp, c.fp, c.fn, c.tn, undefined).items()}
+    values["roc_auc"] = float(roc_auc_score(y_true, probability)) if len(set(y_true)) == 2 else float("nan")
+    return {name: values[name] for name in METRIC_NAMES}
 
 
 def best_threshold_accuracy(values: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from liverlesion.metrics import METRIC_NAMES, classification_metrics
+from liverlesion.metrics import METRIC_NAMES, classification_metrics, metrics_from_counts
 
 #: Human-readable column headers, in the order of ``METRIC_NAMES`` (the paper's Table 2 order).
 METRIC_LABELS = {
@@ -89,25 +89,17 @@ def _patient_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) 
 def _weighted_metrics(y_true: np.ndarray, probability: np.ndarray, weights: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     """``classification_metrics`` for many resamples at once, each given as lesion weights.
 
-    Mirrors ``liverlesion.metrics.classification_metrics`` exactly (zero denominator -> 0,
-    ROC AUC NaN when one class is absent); ``bootstrap_metrics`` verifies the mirror on every
-    call. ROC AUC is the Mann-Whitney statistic (ties count 1/2), which equals scikit-learn's
-    trapezoidal ROC AUC on the materialised resample.
+    The threshold metrics come from ``metrics.metrics_from_counts`` on weighted confusion counts,
+    with NaN where a metric is undefined in a resample (no cyst drawn: no specificity); ROC AUC
+    is the Mann-Whitney statistic (ties count 1/2), which equals scikit-learn's trapezoidal ROC AUC
+    on the materialised resample, NaN when one class is absent. ``bootstrap_metrics`` checks a few
+    resamples against ``classification_metrics`` on every call.
     """
     w = weights.astype(float)
     positive = y_true == 1
     called = probability >= threshold
-    tp = w @ (positive & called)
-    fn = w @ (positive & ~called)
-    fp = w @ (~positive & called)
-    tn = w @ (~positive & ~called)
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den != 0)
-
-    precision = ratio(tp, tp + fp)
-    recall = ratio(tp, tp + fn)
-    specificity = ratio(tn, tn + fp)
+    metrics = metrics_from_counts(tp=w @ (positive & called), fp=w @ (~positive & called),
+                                  fn=w @ (positive & ~called), tn=w @ (~positive & ~called), undefined=np.nan)
 
     p_pos, p_neg = probability[positive], probability[~positive]
     beats = (p_pos[:, None] > p_neg[None, :]) + 0.5 * (p_pos[:, None] == p_neg[None, :])
@@ -116,16 +108,7 @@ def _weighted_metrics(y_true: np.ndarray, probability: np.ndarray, weights: np.n
     concordant = np.einsum("bi,ij,bj->b", w_pos, beats, w_neg)
     roc_auc = np.full(len(w), np.nan)
     np.divide(concordant, pairs, out=roc_auc, where=pairs > 0)
-
-    return {
-        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
-        "balanced_accuracy": (recall + specificity) / 2.0,
-        "f1": ratio(2 * precision * recall, precision + recall),
-        "roc_auc": roc_auc,
-        "precision": precision,
-        "recall": recall,
-        "specificity": specificity,
-    }
+    return {**metrics, "roc_auc": roc_auc}
 
 
 def _check_against_reference(y_true, probability, weights, threshold, fast: dict[str, np.ndarray]) -> None:
@@ -138,7 +121,7 @@ def _check_against_reference(y_true, probability, weights, threshold, fast: dict
         raise RuntimeError(f"bootstrap metrics {sorted(fast)} differ from METRIC_NAMES {sorted(METRIC_NAMES)}")
     for b in range(min(_N_REFERENCE_CHECKS, len(weights))):
         rows = np.repeat(np.arange(len(y_true)), weights[b])
-        reference = classification_metrics(y_true[rows], probability[rows], threshold=threshold)
+        reference = classification_metrics(y_true[rows], probability[rows], threshold=threshold, undefined=np.nan)
         for name in METRIC_NAMES:
             if not np.isclose(fast[name][b], reference[name], rtol=0.0, atol=1e-9, equal_nan=True):
                 raise RuntimeError(
@@ -178,8 +161,9 @@ def bootstrap_metrics(
         One row per metric, in ``METRIC_NAMES`` order, with columns ``metric``, ``estimate``
         (``classification_metrics`` on the full sample), ``lower``, ``upper`` and
         ``n_boot_valid`` (resamples in which the metric is defined: ROC AUC needs both classes,
-        so one-class resamples are left out for AUC only; the ratio metrics keep
-        ``metrics.py``'s zero-denominator-is-0 convention and use every resample).
+        specificity a cyst, recall a metastasis, precision a lesion called metastasis; a
+        resample where a metric is undefined is left out of that metric's interval, never
+        counted as 0).
         ``DataFrame.attrs`` holds ``n_boot``, ``n_patients``, ``n_lesions``, ``confidence``,
         ``seed`` and ``threshold`` for the report. A percentile interval need not contain the
         estimate when the bootstrap distribution is skewed; lower/upper are NaN where no
