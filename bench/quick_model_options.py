@@ -6,7 +6,10 @@ cached for the later options. For each option it prints the test metrics of the 
 trained (read from its MLflow run), the kept epoch, and the pipeline seconds: the data steps of the
 uncached first run plus this run's train, evaluate and register steps.
 
-Usage: python bench/quick_model_options.py [--only NAME ...] [--keep-state DIR]
+With ``--seeds`` each option is trained once per seed (``train.seed``), to show how much of a
+difference between options is the luck of one initialisation on a 46-lesion test split.
+
+Usage: python bench/quick_model_options.py [--only NAME ...] [--seeds 2019 1 2] [--keep-state DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ OPTIONS: dict[str, list[str]] = {
                                 "train.lr_schedule=cosine", "train.augment=false"],
     "24 ep, val_loss, cosine": ["train.epochs=24", "train.monitor=val_loss", "train.tie_break=last",
                                 "train.lr_schedule=cosine", "train.augment=false"],
+    "12 ep, val_loss, cosine, augment": ["train.epochs=12", "train.monitor=val_loss", "train.tie_break=last",
+                                         "train.lr_schedule=cosine", "train.augment=true", "train.rotation_deg=30",
+                                         "train.shift_px=10", "train.flips=true"],
+    "16 ep, val_loss, cosine, augment": ["train.epochs=16", "train.monitor=val_loss", "train.tie_break=last",
+                                         "train.lr_schedule=cosine", "train.augment=true", "train.rotation_deg=30",
+                                         "train.shift_px=10", "train.flips=true"],
     "24 ep, val_loss, cosine, augment": ["train.epochs=24", "train.monitor=val_loss", "train.tie_break=last",
                                          "train.lr_schedule=cosine", "train.augment=true", "train.rotation_deg=30",
                                          "train.shift_px=10", "train.flips=true"],
@@ -65,6 +74,8 @@ def run_option(cli: Path, env: dict[str, str], query_env: dict[str, str], overri
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="option names to run (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[], help="train each option with these seeds "
+                                                                          "(default: the profile's)")
     parser.add_argument("--keep-state", type=Path, help="state folder to use (default: a temporary one)")
     args = parser.parse_args()
     state = args.keep_state or Path(tempfile.mkdtemp(prefix="liverlesion-bench-options-"))
@@ -77,10 +88,10 @@ def main() -> None:
     data_seconds = None
     print(f"# quick profile options, {os.cpu_count()} CPU cores; pipeline s = data steps (uncached) + train, "
           "evaluate, register")
-    header = f"{'option':<42} {'kept':>4} {'train s':>7} {'pipeline s':>10} " + " ".join(f"{m:>11}" for m in METRICS)
+    header = f"{'option':<42} {'seed':>5} {'kept':>4} {'train s':>7} {'pipeline s':>10} " + " ".join(f"{m:>11}" for m in METRICS)
     print(header)
-    for name in names:
-        found = run_option(cli, env, query_env, OPTIONS[name])
+    for name, seed in [(n, s) for n in names for s in (args.seeds or [None])]:
+        found = run_option(cli, env, query_env, OPTIONS[name] + ([f"train.seed={seed}"] if seed is not None else []))
         steps = found["steps"]
         if data_seconds is None:
             if found["cached"]:
@@ -88,7 +99,7 @@ def main() -> None:
             data_seconds = sum(steps[s] for s in DATA_STEPS)
         pipeline = data_seconds + sum(steps[s] for s in MODEL_STEPS)
         m = found["metrics"]
-        print(f"{name:<42} {int(m.get('best_epoch', -1)) + 1:>4} {steps['train']:>7.0f} {pipeline:>10.0f} "
+        print(f"{name:<42} {seed if seed is not None else '-':>5} {int(m.get('best_epoch', -1)) + 1:>4} {steps['train']:>7.0f} {pipeline:>10.0f} "
               + " ".join(f"{m.get('test_' + k, float('nan')):>11.3f}" for k in METRICS), flush=True)
 
 

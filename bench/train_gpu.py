@@ -43,6 +43,7 @@ from liverlesion.metrics import classification_metrics  # noqa: E402
 from liverlesion.model import build_model  # noqa: E402
 from liverlesion.patchset import load_patch_set  # noqa: E402
 from liverlesion.training import (  # noqa: E402
+    best_epoch,
     compile_for_training,
     paper_protocol,
     predict_metastasis_probability,
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch = max(args.inference_batches + [1])
         tiled = np.resize(sets["test"].x, (max(batch, len(sets["test"])), *sets["test"].x.shape[1:]))
         probability = predict_metastasis_probability(model, tiled, batch_size=batch)[: len(sets["test"])]
-        best = int(np.argmax(history["val_accuracy"]))
+        best = best_epoch(history[protocol.monitor], protocol.mode, protocol.tie_break)
         results.add("paper_protocol", {
             "wall_s": wall, "build_s": built, "first_epoch_s": clock.times[0],
             "later_epoch_median_s": statistics.median(clock.times[1:]) if len(clock.times) > 1 else None,

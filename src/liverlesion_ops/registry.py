@@ -342,7 +342,7 @@ def cohort_gate_set(folder: str | Path) -> GateSet:
 
     root = Path(folder) if Path(folder).is_absolute() else paths.project_root() / folder
     ingested = ingest_cases(root, "pinned")
-    lesions, _ = labelled_lesions(segment_cases(ingested.cases, types_by_case(ingested.lesion_types)))
+    lesions, _ = labelled_lesions(segment_cases(ingested.cases, ingested.crops, types_by_case(ingested.lesion_types)))
     return GateSet(lesions.set_index("lesion_id")["label"], ingested.cases,
                    f"the pinned evaluation cohort {root} ({len(lesions)} typed lesions, "
                    f"{lesions['patient_key'].nunique()} patient(s))")
