@@ -1,4 +1,5 @@
-# The two commands of the README: `make run` (the main job) and `make test` (the test suite).
+# The two commands of the README: `make run` (the main job) and `make test` (the test suite, without
+# the tests marked slow); `make test-all` runs every test (what CI runs: `.ci/run`).
 # Both set up everything on a fresh machine that has only Python 3.11, pip, gcc, make and git.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 PROFILE ?= quick
 
-.PHONY: run test install lock bench clean-state
+.PHONY: run test test-all install lock bench clean-state
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +24,12 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/liverlesion run --profile $(PROFILE)
 
-## the test suite (unit + integration through the real pipeline in an isolated state)
+## the test suite (unit + integration through the real pipeline in an isolated state), without the slow tier
 test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+## every test, the slow tier too (Table 2's five models, the default job's thresholds, operations, resume, real data)
+test-all: install
 	$(BIN)/python -m pytest -q
 
 ## figures: wall time by step, patch extraction, CPU inference

@@ -16,7 +16,7 @@ import yaml
 
 from integration_support import REPO, cli, make_project, mlflow_client
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "tiny-liver-lesion"
 INSTALL = "/opt/liverlesion"  # where infra/ assumes the checkout

@@ -110,6 +110,7 @@ def test_second_run_is_cached_and_registers_nothing(project, first_run):
     assert len(versions) == 1
 
 
+@pytest.mark.slow
 def test_retraining_registers_a_second_version_through_the_gate(project, first_run):
     root, env = project
     cli(root, env, "run", "--profile", "tiny", "--no-cache")
@@ -187,6 +188,7 @@ def test_compare_stops_before_any_work_when_imagenet_weights_are_missing(project
     assert "pipeline run" not in done.stdout  # nothing ran
 
 
+@pytest.mark.slow
 def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(project, first_run, stand_in_imagenet_weights):
     root, env = project
     done = cli(root, env, "compare", "--profile", "tiny",

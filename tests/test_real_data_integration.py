@@ -38,7 +38,7 @@ from liverlesion.imaging import load_nifti
 from liverlesion.lesions import instance_map
 from liverlesion.phantom import CohortSpec, generate_cohort
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SECRET = "integration-test-custodian-secret-7f3a"
 ORIENTATIONS = ("axial", "axial_flipped", "feet_first")

@@ -24,7 +24,7 @@ import yaml
 
 from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROFILE = "resume"
 MODEL_NAME = "resume-liver-lesion"

@@ -44,6 +44,7 @@ def backend_or_skip(backend: str) -> None:
         pytest.skip(f"{reason} to test bench/train_gpu.py under KERAS_BACKEND={backend}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend):
     backend_or_skip(backend)
