@@ -4,7 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from liverlesion.training import Protocol, augmentation, paper_protocol, protocol_callbacks, train_classifier
+from liverlesion.config import TrainConfig
+from liverlesion.training import (
+    KeepBestEpoch, Protocol, augmentation, best_epoch, paper_protocol, protocol_callbacks, train_classifier,
+)
 
 
 def tiny_model(shape=(8, 8, 3)):
@@ -143,3 +146,77 @@ def test_full_batches_top_up_with_repeats_only():
     np.testing.assert_array_equal(yt, xt[:, 0] % 2)  # labels follow their patches
     same, _ = top_up_to_full_batches(x[:8], y[:8], 8, seed=1)
     assert len(same) == 8
+
+
+def test_the_best_epoch_breaks_ties_as_asked_and_never_picks_nan():
+    accuracy = [0.6, 0.82, 0.7, 0.82, 0.75]
+    assert best_epoch(accuracy, "max", "first") == 1 and best_epoch(accuracy, "max", "last") == 3
+    loss = [1.5, 0.39, float("nan"), 0.39, 0.5]
+    assert best_epoch(loss, "min", "first") == 1 and best_epoch(loss, "min", "last") == 3
+    assert best_epoch([float("nan"), 0.2], "min") == 1 and best_epoch([float("nan")] * 3, "max") == 2
+    with pytest.raises(ValueError, match="no epoch"):
+        best_epoch([], "max")
+
+
+def test_a_tie_goes_to_the_later_epoch_and_its_weights_are_kept():
+    """Validation accuracy that no training can change ties at every epoch: the last epoch's weights
+    are kept with tie_break last, the first epoch's with first (the paper's Keras behaviour)."""
+    x, y, xv, yv = stuck_data()
+    for tie_break, expected in (("last", -1), ("first", 0)):
+        model = tiny_model()
+        recorded = []
+
+        class Snapshot(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                recorded.append([w.copy() for w in self.model.get_weights()])
+
+        history = train_classifier(model, x, y, xv, yv, Protocol(epochs=4, batch_size=8, tie_break=tie_break,
+                                                                 learning_rate=1e-2),
+                                   verbose=0, extra_callbacks=[Snapshot()])
+        assert len(set(history["val_accuracy"])) == 1
+        assert not np.allclose(recorded[0][0], recorded[-1][0])  # the weights did move
+        for now, kept in zip(model.get_weights(), recorded[expected]):
+            np.testing.assert_allclose(now, kept)
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Every epoch's weights and learning rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights, self.rates = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([w.copy() for w in self.model.get_weights()])
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+def test_choosing_by_validation_loss_keeps_the_lowest_loss_epoch():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(32, 8, 8, 3)).astype("float32"), rng.integers(0, 2, 32)
+    xv, yv = rng.normal(size=(16, 8, 8, 3)).astype("float32"), rng.integers(0, 2, 16)
+    protocol = Protocol(epochs=6, batch_size=8, monitor="val_loss", tie_break="last", learning_rate=5e-2)
+    model, snapshots = tiny_model(), Snapshots()
+    history = train_classifier(model, x, y, xv, yv, protocol, verbose=0, extra_callbacks=[snapshots])
+    kept = int(np.argmin(history["val_loss"]))
+    assert kept < len(history["val_loss"]) - 1  # an earlier epoch: its weights had to be put back
+    for now, best in zip(model.get_weights(), snapshots.weights[kept]):
+        np.testing.assert_allclose(now, best)
+
+
+def test_the_cosine_schedule_decays_the_rate_to_zero_over_the_run():
+    x, y, xv, yv = stuck_data(n=32)
+    snapshots = Snapshots()
+    train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=4, batch_size=8, lr_schedule="cosine", learning_rate=1e-2),
+                     verbose=0, extra_callbacks=[snapshots])
+    rates = snapshots.rates  # after 1, 2, 3, 4 of 4 epochs: 1e-2 * (1 + cos(pi * k / 4)) / 2
+    np.testing.assert_allclose(rates, [1e-2 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3, 4)], atol=1e-7)
+
+
+def test_a_cosine_schedule_cannot_also_be_cut_on_a_plateau():
+    with pytest.raises(ValueError, match="cosine"):
+        Protocol(lr_schedule="cosine", lr_patience=10)
+    with pytest.raises(ValueError, match="lr_patience"):
+        TrainConfig(lr_schedule="cosine", lr_patience=10)
+    with pytest.raises(ValueError, match="monitor"):
+        Protocol(monitor="val_auc")

@@ -7,7 +7,8 @@ most 103 epochs of batch 8, and on-the-fly augmentation (rotation up to 30 degre
 25 pixels, horizontal and vertical flips) as Keras preprocessing layers, so that they run wherever
 the model runs. Choosing the epoch by validation accuracy on a few dozen lesions is a coin toss
 between epochs that tie; a protocol may choose by validation loss instead, break ties towards the
-later epoch, and decay the rate along a cosine (the ``quick`` profile does all three). Nothing here imports TensorFlow, ZenML or MLflow.
+later epoch, and decay the rate along a cosine (the ``quick`` profile does all three).
+Nothing here imports TensorFlow, ZenML or MLflow.
 """
 
 from __future__ import annotations
