@@ -51,13 +51,13 @@ def main() -> None:
     print(f"# data steps ({args.profile} profile): {len(cases)} cases ({voxels:.1f} M voxels on average), {n} lesions, "
           f"patches {patches.shape[1:]}, crops {crops.nbytes / 1e6:.1f} MB with a {crops.margin_mm:g} mm margin; "
           f"{cores} CPU cores")
-    print(f"{'step':<44} {'seconds':>8} {'lesions/s':>10}")
+    print(f"{'step':<48} {'seconds':>8} {'lesions/s':>10}")
     for label, seconds in (("ingest: read, check, label, crop (1 process)", t_serial),
                            (f"ingest: read, check, label, crop ({cores} processes)", t_parallel),
                            ("segment: lesion table from crops", t_segment),
                            ("extract_patches: patches from crops", t_extract),
                            ("texture_features: features from crops", t_texture)):
-        print(f"{label:<44} {seconds:>8.2f} {n / seconds:>10.1f}")
+        print(f"{label:<48} {seconds:>8.2f} {n / seconds:>10.1f}")
     print(f"ingest speed-up with {cores} processes: {t_serial / t_parallel:.2f}x")
     if args.generation:
         with tempfile.TemporaryDirectory() as tmp:

@@ -35,9 +35,10 @@ def timed_run(profile: str, state: Path, code: Path | None = None) -> tuple[floa
     """(command seconds, seconds by step, the command's output) of one uncached run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
     env["LIVERLESION_HOME"] = str(state)
-    if code is not None:  # another checkout's code: its packages first on the path, its steps as ZenML's source
+    if code is not None:  # another checkout: its packages first on the path, its steps as ZenML's source, its profile
         env["PYTHONPATH"] = str(code / "src")
         env["LIVERLESION_CODE"] = str(code)
+        profile = str(code / "configs" / f"{profile}.yaml")
     cli = Path(sys.executable).with_name("liverlesion")
     start = time.perf_counter()
     done = subprocess.run([str(cli), "run", "--profile", profile, "--no-cache"], env=env, text=True, capture_output=True)
