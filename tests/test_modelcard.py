@@ -206,10 +206,14 @@ def test_sections_follow_the_profile(quick):
     text = render_markdown(card)
     assert text.startswith("# liver-lesion-classifier v3\n")
     assert "0123abcd" in text and "1234567890abcdef" in text
-    paper_like = card_for(profile({"train": {"augment": True, "lr_patience": 10, "early_stopping_patience": 50}}))
+    assert card["training"]["lr_schedule"] == f"cosine decay from 0.001 to 0 over the {quick['train']['epochs']} epochs"
+    assert card["training"]["early_stopping"].endswith("the epoch with the lowest validation loss kept (of equal ones the last)")
+    paper_like = card_for(profile({"train": {"augment": True, "lr_patience": 10, "early_stopping_patience": 50,
+                                             "lr_schedule": "constant", "monitor": "val_accuracy", "tie_break": "first"}}))
     assert "rotation up to 30 deg" in paper_like["training"]["augmentation"]
-    assert "x0.5 after 10 epochs" in paper_like["training"]["lr_schedule"]
-    assert paper_like["training"]["early_stopping"].startswith("after 50 epochs")
+    assert "x0.5 after 10 epochs without a validation-accuracy gain" in paper_like["training"]["lr_schedule"]
+    assert paper_like["training"]["early_stopping"].startswith("after 50 epochs without a validation-accuracy gain")
+    assert paper_like["training"]["early_stopping"].endswith("best validation accuracy kept (of equal ones the first)")
 
 
 def test_json_round_trip_is_unchanged(quick, resnet):

@@ -295,6 +295,7 @@ def test_predict_refuses_bad_input_in_one_line(project, first_run, tmp_path):
         assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_predict_batch_answers_a_folder_and_records_the_model_version(project, first_run):
     import pandas as pd
 
@@ -314,6 +315,7 @@ def test_predict_batch_answers_a_folder_and_records_the_model_version(project, f
     assert run.data.tags["job"] == "batch_inference" and run.data.tags["model_version"] == "1"
 
 
+@pytest.mark.slow
 def test_a_bad_case_stops_the_run_or_is_quarantined_by_configuration(project, first_run, tmp_path):
     import pandas as pd
 

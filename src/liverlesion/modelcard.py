@@ -212,16 +212,20 @@ def _head(dense_units: int, dropout: float) -> str:
 
 def _training(train: dict, profile: dict) -> dict[str, Any]:
     epochs = train.get("epochs")
-    if train.get("lr_patience"):
-        schedule = (f"x{train.get('lr_factor', 0.5):g} after {train['lr_patience']} epochs without a validation-accuracy "
+    monitor = {"val_loss": "validation-loss", "val_accuracy": "validation-accuracy"}[train.get("monitor", "val_accuracy")]
+    kept = (f"the epoch with the {'lowest validation loss' if monitor == 'validation-loss' else 'best validation accuracy'}"
+            f" kept (of equal ones the {train.get('tie_break', 'first')})")
+    if train.get("lr_schedule") == "cosine":
+        schedule = f"cosine decay from {train.get('learning_rate'):g} to 0 over the {epochs} epochs"
+    elif train.get("lr_patience"):
+        schedule = (f"x{train.get('lr_factor', 0.5):g} after {train['lr_patience']} epochs without a {monitor} "
                     f"gain, down to {train.get('min_lr', 0):g}")
     else:
         schedule = "constant"
     if train.get("early_stopping_patience"):
-        stopping = (f"after {train['early_stopping_patience']} epochs without a validation-accuracy gain; "
-                    "the best epoch's weights restored")
+        stopping = f"after {train['early_stopping_patience']} epochs without a {monitor} gain; {kept}"
     else:
-        stopping = f"none: all {epochs} epochs run, the best validation-accuracy epoch's weights kept"
+        stopping = f"none: all {epochs} epochs run, {kept}"
     if train.get("augment"):
         augmentation = (f"random rotation up to {train.get('rotation_deg', 0):g} deg, shift up to "
                         f"{train.get('shift_px', 0)} px" + (", horizontal and vertical flips" if train.get("flips") else ""))
