@@ -6,7 +6,7 @@ import pytest
 
 from liverlesion.config import TrainConfig
 from liverlesion.training import (
-    KeepBestEpoch, Protocol, augmentation, best_epoch, paper_protocol, protocol_callbacks, train_classifier,
+    Protocol, augmentation, best_epoch, paper_protocol, protocol_callbacks, train_classifier,
 )
 
 
