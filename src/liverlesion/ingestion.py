@@ -265,11 +265,8 @@ def segment_cases(cases: pd.DataFrame, crops: LesionCrops, types: dict[str, dict
     """
     tables = []
     types = types or {}
-    by_case: dict[str, list[LesionCrop]] = {}
-    for crop in crops.values():
-        by_case.setdefault(crop.case_id, []).append(crop)
     for i, case in enumerate(cases.itertuples(index=False), start=1):
-        found = sorted(by_case.get(case.case_id, []), key=lambda c: c.instance)
+        found = sorted(crops.of_case(case.case_id), key=lambda c: c.instance)
         if not found:
             raise CohortError(f"case {case.case_id}: its mask holds no lesion")
         described = [{"instance": c.instance, "label": c.mask_label} for c in found]
