@@ -110,16 +110,15 @@ class KeepBestEpoch(keras.callbacks.Callback):
         self.monitor, self.mode, self.tie_break = monitor, mode, tie_break
         self.values: list[float] = []
         self.best_weights = None
-        self.chosen: int | None = None
 
     def on_train_begin(self, logs=None):
-        self.values, self.best_weights, self.chosen = [], None, None
+        self.values, self.best_weights = [], None
 
     def on_epoch_end(self, epoch, logs=None):
         self.values.append(float((logs or {}).get(self.monitor, np.nan)))
         best = best_epoch(self.values, self.mode, self.tie_break)
         if best == len(self.values) - 1:
-            self.best_weights, self.chosen = self.model.get_weights(), best
+            self.best_weights = self.model.get_weights()
 
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
