@@ -18,8 +18,9 @@ from steps.train import train
 
 
 @pipeline(enable_cache=True)
-def comparison_pipeline(data_dir: str, data_version: str, profile: Profile, code_version: str) -> None:
-    data = prepare_patches(data_dir, data_version, profile, code_version)
+def comparison_pipeline(data_dir: str, data_version: str, profile: Profile, code_version: str,
+                        segmenter_uri: str = "") -> None:
+    data = prepare_patches(data_dir, data_version, profile, code_version, segmenter_uri)
     common = {"profile": profile.name, "experiment": profile.register.experiment, "data_version": data_version}
     predictions, run_ids = [], []
     for key in profile.compare.models:

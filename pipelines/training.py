@@ -1,4 +1,4 @@
-"""ingest -> segment -> extract_patches -> validate -> split -> train -> evaluate -> register"""
+"""ingest -> segment -> extract_patches -> validate -> split -> train -> evaluate (+ evaluate_segmentation) -> register"""
 
 from typing import Any
 
@@ -7,21 +7,24 @@ from zenml import pipeline
 from liverlesion.config import Profile
 from pipelines.prepare import prepare_patches
 from steps.evaluate import evaluate
+from steps.evaluate_segmentation import evaluate_segmentation
 from steps.register import register
 from steps.train import train
 
 
 @pipeline(enable_cache=True)
 def training_pipeline(data_dir: str, data_version: str, profile: Profile, training_settings: dict[str, Any],
-                      code_version: str, fingerprint: str) -> None:
-    data = prepare_patches(data_dir, data_version, profile, code_version)
+                      code_version: str, fingerprint: str, segmenter_uri: str = "") -> None:
+    data = prepare_patches(data_dir, data_version, profile, code_version, segmenter_uri)
     model, training, run_id = train(
         data["patches"], data["patch_index"], data["manifest"], data["manifest_hash"], config=profile.train,
         patch_config=profile.patches, profile=profile.name, experiment=profile.register.experiment,
         data_version=data_version, fingerprint=fingerprint,
     )
-    metrics, _ = evaluate(model, data["patches"], data["patch_index"], data["manifest"], data["lesions"], run_id,
-                          config=profile.evaluate)
+    metrics, predictions = evaluate(model, data["patches"], data["patch_index"], data["manifest"], data["lesions"],
+                                    run_id, config=profile.evaluate)
+    evaluate_segmentation(data["segmentation_cases"], data["segmentation_lesions"], data["manifest"], predictions,
+                          run_id, segment=profile.segment, threshold=profile.evaluate.threshold)
     register(
         model, metrics, training, run_id, data["manifest"], data["manifest_hash"], data["cases"], data["lesions"],
         data_dir=data_dir, data_version=data_version, profile=profile.name, training_settings=training_settings,

@@ -7,28 +7,41 @@ from liverlesion.config import IngestConfig
 from liverlesion.crops import LesionCrops
 from liverlesion.ingestion import ingest_cases
 from liverlesion.progress import progress_printer
+from liverlesion.segmentation import SegmentSettings, segmentation_summary
 from steps.materializers import LesionCropsMaterializer
 from steps.tracking import run_reports_dir, zenml_run
 
 
 @step(output_materializers={"crops": LesionCropsMaterializer})
-def ingest(data_dir: str, data_version: str, config: IngestConfig, crop_margin_mm: float, code_version: str = "") -> tuple[
+def ingest(data_dir: str, data_version: str, config: IngestConfig, crop_margin_mm: float, code_version: str = "",
+           segment: SegmentSettings = SegmentSettings(), segmenter_uri: str = "") -> tuple[
     Annotated[pd.DataFrame, "cases"],
     Annotated[pd.DataFrame, "lesion_types"],
     Annotated[pd.DataFrame, "quarantined"],
     Annotated[LesionCrops, "crops"],
+    Annotated[pd.DataFrame, "segmentation_cases"],
+    Annotated[pd.DataFrame, "segmentation_lesions"],
 ]:
-    """Read and check every case once, and cut each lesion's box with ``crop_margin_mm`` around it.
+    """Read and check every case once, segment it if asked, and cut each lesion's box with ``crop_margin_mm``.
 
     The only step that opens a CT: the later ones work on the crops. ``data_version`` (the DVC
     hash) keys the cache, so new data is re-ingested, and ``code_version`` (the training code's
-    hash), so new code re-runs the data steps.
+    hash), so new code re-runs the data steps. With ``segment.method`` classical or learned, the
+    lesions are the automatic ones, measured against the reference masks in the same pass;
+    ``segmenter_uri`` is the learned cascade's registered version (``models:/<name>/<version>``,
+    resolved before the run, so a new champion is never served from cache).
 
     Bad cases stop the run, or with ``on_bad_case: quarantine`` are set aside and listed in
     ``reports/<run>/quarantine.md``: never dropped silently.
     """
+    cascade_dir = None
+    if segment.method == "learned":
+        from liverlesion_ops.segmenters import download_cascade
+
+        cascade_dir = download_cascade(segmenter_uri)
     ingested = ingest_cases(data_dir, data_version, progress=progress_printer("ingest"),
-                            quarantine=config.on_bad_case == "quarantine", crop_margin_mm=crop_margin_mm)
+                            quarantine=config.on_bad_case == "quarantine", crop_margin_mm=crop_margin_mm,
+                            segment=segment, cascade_dir=cascade_dir)
     cases, quarantined = ingested.cases, ingested.quarantined
     if not quarantined.empty:
         path = run_reports_dir(zenml_run().name) / "quarantine.md"
@@ -38,7 +51,16 @@ def ingest(data_dir: str, data_version: str, config: IngestConfig, crop_margin_m
         print(f"[ingest] QUARANTINED {len(quarantined)} case(s), listed in {path}:", flush=True)
         for row in quarantined.itertuples():
             print(f"[ingest]   {row.problem}", flush=True)
+    measured = {}
+    if segment.automatic:
+        measured = segmentation_summary(ingested.segmentation_cases, ingested.segmentation_lesions)
+        print(f"[ingest] {segment.method} segmentation: liver Dice {measured['liver_dice']:.3f}, lesion Dice "
+              f"{measured['lesion_dice']:.3f}, {measured['found_lesions']}/{measured['reference_lesions']} reference "
+              f"lesions found, {measured['invented_lesions']} invented, {measured['seconds_per_case']:.1f} s per CT",
+              flush=True)
     log_metadata({"data_version": data_version, "cases": len(cases), "patients": int(cases["patient_key"].nunique()),
                   "quarantined": quarantined["case_id"].tolist(), "lesion_crops": len(ingested.crops),
-                  "crop_margin_mm": crop_margin_mm})
-    return cases, ingested.lesion_types, quarantined, ingested.crops
+                  "crop_margin_mm": crop_margin_mm, "segment_method": segment.method, "segmenter": segmenter_uri,
+                  "segmentation": measured})
+    return (cases, ingested.lesion_types, quarantined, ingested.crops, ingested.segmentation_cases,
+            ingested.segmentation_lesions)

@@ -44,6 +44,7 @@ def make_tables(n_cases: int = 3, lesions_per_case: int = 2, shape: tuple[int, i
             "image_path": [f"data/images/C{c:03d}.nii.gz" for c in range(n_cases)],
             "mask_path": [f"data/masks/C{c:03d}.nii.gz" for c in range(n_cases)],
             "mask_encoding": "class",
+            "liver_mask_path": "",
             "spacing_0": 0.78,
             "spacing_1": 0.78,
             "spacing_2": 2.5,

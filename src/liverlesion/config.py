@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from liverlesion.phantom import CohortSpec
 from liverlesion.contract import SVM_C_GRID as C_GRID, SVM_GAMMA_GRID as GAMMA_GRID
+from liverlesion.segmentation import SegmentSettings
+from liverlesion.segnet import CascadeSettings
 from liverlesion.validation import ValidationRules
 from liverlesion.zoo import TABLE2_MODELS, model_entry
 
@@ -178,7 +180,7 @@ class RegisterConfig(_Section):
 
 #: the profile sections a trained model depends on (its fingerprint); the others (name, description,
 #: register, compare) change where a model is filed or what is compared, not the model
-TRAINING_SECTIONS = ("cohort", "ingest", "patches", "validation", "split", "train", "evaluate")
+TRAINING_SECTIONS = ("cohort", "ingest", "segment", "patches", "validation", "split", "train", "evaluate")
 
 
 # the section named after the `register` step shadows ABCMeta.register on the class; harmless
@@ -192,6 +194,9 @@ class Profile(_Section):
     description: str = ""
     cohort: CohortSpec = CohortSpec()
     ingest: IngestConfig = IngestConfig()
+    segment: SegmentSettings = SegmentSettings()
+    segmenter: CascadeSettings = CascadeSettings()  # the learned cascade (`liverlesion train-segmenter`)
+    segment_experiment: str = "liver-lesion-segmentation"
     patches: PatchConfig = PatchConfig()
     validation: ValidationRules = ValidationRules()
     split: SplitConfig = SplitConfig()

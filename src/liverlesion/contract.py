@@ -9,7 +9,7 @@ The cohort folder (``data/``, versioned by DVC; written by the phantom generator
 
 | file | what |
 | --- | --- |
-| ``cases.csv`` | one row per CT: ``patient_key, case_id, image, mask`` (paths relative to the folder) and optionally ``mask_encoding`` |
+| ``cases.csv`` | one row per CT: ``patient_key, case_id, image, mask`` (paths relative to the folder) and optionally ``mask_encoding`` and ``liver_mask`` (a reference liver segmentation, 0 outside, lesions inside it included: what automatic segmentation is measured and trained against) |
 | ``lesion_types.csv`` | optional: ``case_id, lesion, type``: the type of lesion ``lesion`` (its value in an instance mask) |
 | ``cohort.json`` | how the folder was made (generator or importer, settings, de-identification record) |
 
@@ -60,7 +60,8 @@ LESION_TYPES_FILE = "lesion_types.csv"
 COHORT_FILE = "cohort.json"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
-#: columns ``cases.csv`` must have; ``mask_encoding`` and others are optional
+LIVERS_DIR = "livers"
+#: columns ``cases.csv`` must have; ``mask_encoding`` and ``liver_mask`` (and others) are optional
 CASES_FILE_COLUMNS = ("patient_key", "case_id", "image", "mask")
 LESION_TYPES_COLUMNS = ("case_id", "lesion", "type")
 
@@ -68,7 +69,7 @@ LESION_TYPES_COLUMNS = ("case_id", "lesion", "type")
 AXES = (0, 1, 2)
 #: ``ingest``: one row per CT
 CASE_COLUMNS = (
-    "patient_key", "case_id", "image_path", "mask_path", "mask_encoding",
+    "patient_key", "case_id", "image_path", "mask_path", "mask_encoding", "liver_mask_path",
     "spacing_0", "spacing_1", "spacing_2", "shape_0", "shape_1", "shape_2",
     "orientation", "hu_min", "hu_max", "data_version",
 )  # fmt: skip

@@ -74,10 +74,14 @@ def cut_crops(image: np.ndarray, instances: np.ndarray, described: list[dict], s
 
 
 class LesionCrops(Mapping[str, LesionCrop]):
-    """The crops of a cohort by lesion id, cut with ``margin_mm``; stored as two flat arrays and an index."""
+    """The crops of a cohort by lesion id, cut with ``margin_mm``; stored as two flat arrays and an index.
 
-    def __init__(self, crops: Iterable[LesionCrop], margin_mm: float):
+    ``source`` is where the lesions came from: ``reference`` masks or an automatic segmentation method.
+    """
+
+    def __init__(self, crops: Iterable[LesionCrop], margin_mm: float, source: str = "reference"):
         self.margin_mm = float(margin_mm)
+        self.source = str(source)
         self._crops: dict[str, LesionCrop] = {}
         for crop in crops:
             if crop.lesion_id in self._crops:
@@ -112,7 +116,7 @@ class LesionCrops(Mapping[str, LesionCrop]):
         return {
             "image": np.concatenate([c.image.ravel() for c in crops]) if crops else np.zeros(0, np.float32),
             "mask": np.concatenate([c.mask.ravel() for c in crops]) if crops else np.zeros(0, bool),
-            "index": np.array(json.dumps({"margin_mm": self.margin_mm, "crops": index})),
+            "index": np.array(json.dumps({"margin_mm": self.margin_mm, "source": self.source, "crops": index})),
         }
 
     @classmethod
@@ -131,4 +135,4 @@ class LesionCrops(Mapping[str, LesionCrop]):
             at += size
         if at != image.size or image.size != mask.size:
             raise ValueError(f"crop arrays hold {image.size} image and {mask.size} mask values, the index {at}")
-        return cls(crops, meta["margin_mm"])
+        return cls(crops, meta["margin_mm"], meta.get("source", "reference"))

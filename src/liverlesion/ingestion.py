@@ -11,9 +11,10 @@ problems of one case (an unreadable or truncated file, a 2D image, a mask on ano
 mask, NaN or impossible CT numbers, a path outside the cohort folder, an unknown lesion type)
 stop it too, unless the run quarantines bad cases: then they are set aside and reported.
 
-Each CT and mask is decompressed once, here: while a case is in memory it is checked, its lesions
-are numbered and each lesion's box is cut (``liverlesion.crops``) with the largest margin a later
-step needs. ``segment_cases`` and ``extract_cohort_patches`` are pure functions of those crops.
+Each CT and mask is decompressed once, here: while a case is in memory it is checked, segmented
+if the run asks for automatic segmentation (``liverlesion.segmentation``, measured against the
+reference masks at the same time), its lesions are numbered and each lesion's box is cut
+(``liverlesion.crops``) with the largest margin a later step needs. ``segment_cases`` and ``extract_cohort_patches`` are pure functions of those crops.
 Cases are read by worker processes, one per core.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -37,6 +39,10 @@ from liverlesion.crops import LesionCrop, LesionCrops, cut_crops
 from liverlesion.imaging import check_hu, load_nifti
 from liverlesion.lesions import bounding_box, crop_rows, instance_map, lesion_labels
 from liverlesion.patches import lesion_patches
+from liverlesion.segmentation import (
+    SEGMENTATION_CASE_COLUMNS, SEGMENTATION_LESION_COLUMNS, SegmentSettings, automatic_segmentation, compare_to_reference,
+    load_cascade,
+)
 
 Progress = Callable[[int, int, str], None] | None
 QUARANTINE_COLUMNS = ("case_id", "patient_key", "problem")
@@ -52,6 +58,8 @@ class Ingested:
     lesion_types: pd.DataFrame  # contract.LESION_TYPES_COLUMNS, of the cases that passed
     quarantined: pd.DataFrame  # QUARANTINE_COLUMNS, the cases set aside (empty unless quarantining)
     crops: LesionCrops  # every lesion of the cases that passed, cut with the asked margin
+    segmentation_cases: pd.DataFrame  # segmentation.SEGMENTATION_CASE_COLUMNS (empty for reference masks)
+    segmentation_lesions: pd.DataFrame  # segmentation.SEGMENTATION_LESION_COLUMNS (empty for reference masks)
 
 
 def _report(progress: Progress, i: int, n: int, case_id: str) -> None:
@@ -89,6 +97,8 @@ def read_case_table(data_dir: str | Path) -> pd.DataFrame:
         raise CohortError(f"{table_path}: missing column(s) {missing}; required: {list(CASES_FILE_COLUMNS)}")
     if "mask_encoding" not in table.columns:
         table["mask_encoding"] = DEFAULT_MASK_ENCODING
+    if "liver_mask" not in table.columns:
+        table["liver_mask"] = ""
     table["mask_encoding"] = table["mask_encoding"].replace("", DEFAULT_MASK_ENCODING)
     problems = []
     for column in ("patient_key", "case_id", "image", "mask"):
@@ -142,12 +152,29 @@ def read_lesion_types(data_dir: str | Path, case_ids: set[str]) -> dict[str, dic
     return types_by_case(table)
 
 
-def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version: str,
-                crop_margin_mm: float) -> tuple[dict, list[LesionCrop]]:
-    """Read one case, check it against the contract and cut its lesions' crops.
+def _read_on_grid(path: Path, meta, where: str, what: str) -> np.ndarray:
+    """A mask that must lie on the CT's own voxels."""
+    try:
+        mask, mask_meta = load_nifti(path)
+    except ContractError as err:
+        raise ContractError(f"{where}: {err}") from None
+    if mask.shape != meta.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
+        raise ContractError(f"{where}: {what} grid {mask.shape} differs from CT grid {meta.shape} (or their "
+                            "affines differ: the mask must lie on the CT's own voxels)")
+    return mask
+
+
+def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version: str, crop_margin_mm: float,
+                segment: SegmentSettings, cascade_dir: str | None) -> tuple[dict, list[LesionCrop], dict | None, list[dict]]:
+    """Read one case, check it against the contract, segment it if asked, and cut its lesions' crops.
+
+    With an automatic ``segment`` method the lesions are the automatic ones, each labelled by the
+    reference lesion that holds most of it (none: invented), and the case is measured against its
+    reference masks (``segmentation.compare_to_reference``).
 
     Returns:
-        Its row of the case table and its crops.
+        Its row of the case table, its crops, and its segmentation measures (case row, lesion rows;
+        None and [] for ``reference``).
 
     Raises:
         ContractError: the first problem of this case, naming it.
@@ -156,25 +183,24 @@ def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version:
     where = f"case {case_id}"
     image_path = contained_path(data_dir, case["image"], f"{where}, image")
     mask_path = contained_path(data_dir, case["mask"], f"{where}, mask")
+    liver_path = contained_path(data_dir, case["liver_mask"], f"{where}, liver mask") if case.get("liver_mask") else None
     try:
         image, meta = load_nifti(image_path)
-        mask, mask_meta = load_nifti(mask_path)
     except ContractError as err:
         raise ContractError(f"{where}: {err}") from None
-    if mask.shape != image.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
-        raise ContractError(f"{where}: mask grid {mask.shape} differs from CT grid {image.shape} (or their "
-                            "affines differ: the mask must lie on the CT's own voxels)")
+    mask = _read_on_grid(mask_path, meta, where, "mask")
     hu, _ = check_hu(image, where)
     if not np.any(mask):
         raise ContractError(f"{where}: its mask holds no lesion")
     instances, described = instance_map(mask, case_id, case["mask_encoding"])
-    lesion_labels(described, types, case_id)  # an unknown type or a stray lesion number is this case's problem
+    labels = lesion_labels(described, types, case_id)  # an unknown type or a stray lesion number is this case's problem
     row = {
         "patient_key": str(case["patient_key"]),
         "case_id": str(case_id),
         "image_path": str(image_path),
         "mask_path": str(mask_path),
         "mask_encoding": case["mask_encoding"],
+        "liver_mask_path": str(liver_path) if liver_path else "",
         **{f"spacing_{a}": meta.spacing[a] for a in range(3)},
         **{f"shape_{a}": meta.shape[a] for a in range(3)},
         "orientation": meta.orientation,
@@ -182,10 +208,22 @@ def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version:
         "hu_max": float(hu.max()),
         "data_version": data_version,
     }
-    return row, cut_crops(hu, instances, described, meta.spacing, str(case_id), crop_margin_mm)
+    if not segment.automatic:
+        return row, cut_crops(hu, instances, described, meta.spacing, str(case_id), crop_margin_mm), None, []
+    liver = _read_on_grid(liver_path, meta, where, "liver mask") != 0 if liver_path else None
+    started = time.perf_counter()
+    automatic = automatic_segmentation(hu, meta.spacing, segment, load_cascade(cascade_dir))
+    auto_instances, auto_described = instance_map(automatic.lesions.astype(np.uint8), case_id, "binary")
+    measures, lesion_rows_, auto_labels = compare_to_reference(
+        str(case_id), str(case["patient_key"]), segment.method, meta.spacing, automatic, auto_instances, instances,
+        labels, liver, segment.detection_dice, time.perf_counter() - started)
+    for lesion in auto_described:
+        lesion["label"] = auto_labels[lesion["instance"]]
+    crops = cut_crops(hu, auto_instances, auto_described, meta.spacing, str(case_id), crop_margin_mm)
+    return row, crops, measures, lesion_rows_
 
 
-def _check_case_job(args: tuple) -> tuple[dict, list[LesionCrop]] | str:
+def _check_case_job(args: tuple) -> tuple[dict, list[LesionCrop], dict | None, list[dict]] | str:
     """``_check_case`` in a worker process: a contract problem comes back as its message."""
     try:
         return _check_case(*args)
@@ -194,10 +232,14 @@ def _check_case_job(args: tuple) -> tuple[dict, list[LesionCrop]] | str:
 
 
 def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = None,
-                 quarantine: bool = False, crop_margin_mm: float = 0.0, workers: int | None = None) -> Ingested:
+                 quarantine: bool = False, crop_margin_mm: float = 0.0, workers: int | None = None,
+                 segment: SegmentSettings | None = None, cascade_dir: str | None = None) -> Ingested:
     """Read every case once (canonical RAS orientation): check it, record its geometry, cut its lesions.
 
     Args:
+        segment: where the lesions come from (default: the reference masks); an automatic method
+            segments each CT here, while it is in memory, and measures it against the reference.
+        cascade_dir: the learned cascade's folder (``segnet.Cascade.save``), for ``learned``.
         quarantine: set bad cases aside (listed in ``Ingested.quarantined``) instead of stopping.
         crop_margin_mm: the margin around each lesion's box that the crops keep (the largest any
             later step needs: the patch margin).
@@ -212,9 +254,13 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
     table = read_case_table(data_dir)
     types = read_lesion_types(data_dir, set(table["case_id"]))
     cases = table.to_dict("records")
-    jobs = [(data_dir, case, types.get(case["case_id"], {}), data_version, crop_margin_mm) for case in cases]
+    segment = segment or SegmentSettings()
+    if segment.method == "learned" and cascade_dir is None:
+        raise ValueError("segment method learned needs the cascade's folder (cascade_dir)")
+    jobs = [(data_dir, case, types.get(case["case_id"], {}), data_version, crop_margin_mm, segment, cascade_dir)
+            for case in cases]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
-    rows, crops, problems = [], [], []
+    rows, crops, problems, measured, outcomes = [], [], [], [], []
 
     def collect(results):
         for i, (case, result) in enumerate(zip(cases, results), start=1):
@@ -223,6 +269,9 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
             else:
                 rows.append(result[0])
                 crops.extend(result[1])
+                if result[2] is not None:
+                    measured.append(result[2])
+                outcomes.extend(result[3])
             _report(progress, i, len(cases), str(case["case_id"]))
 
     if workers <= 1:
@@ -240,7 +289,9 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
     return Ingested(pd.DataFrame(rows, columns=list(CASE_COLUMNS)),
                     pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS)),
                     pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)),
-                    LesionCrops(crops, crop_margin_mm))
+                    LesionCrops(crops, crop_margin_mm, source=segment.method),
+                    pd.DataFrame(measured, columns=list(SEGMENTATION_CASE_COLUMNS)),
+                    pd.DataFrame(outcomes, columns=list(SEGMENTATION_LESION_COLUMNS)))
 
 
 def types_by_case(lesion_types: pd.DataFrame) -> dict[str, dict[int, str]]:
@@ -253,21 +304,23 @@ def types_by_case(lesion_types: pd.DataFrame) -> dict[str, dict[int, str]]:
 
 def segment_cases(cases: pd.DataFrame, crops: LesionCrops, types: dict[str, dict[int, str]] | None = None,
                   progress: Progress = None) -> pd.DataFrame:
-    """The lesion table from the reference masks' crops: one row per lesion, labelled where the type is known.
+    """The lesion table from the ingested crops: one row per lesion, labelled where the type is known.
 
     Args:
-        crops: ``ingest_cases``'s crops of these cases.
-        types: case id -> {lesion number: type} (``read_lesion_types``), for masks that are not
-            class-coded.
+        crops: ``ingest_cases``'s crops of these cases: of the reference masks, or of an automatic
+            segmentation (``crops.source``), whose lesions already carry their reference lesion's label.
+        types: case id -> {lesion number: type} (``read_lesion_types``), for reference masks that
+            are not class-coded.
 
     Raises:
-        CohortError: a case has no lesion, an unknown lesion type, naming the case.
+        CohortError: a case's reference mask has no lesion, an unknown lesion type, naming the case.
     """
     tables = []
-    types = types or {}
+    automatic = crops.source != "reference"
+    types = {} if automatic else (types or {})
     for i, case in enumerate(cases.itertuples(index=False), start=1):
         found = sorted(crops.of_case(case.case_id), key=lambda c: c.instance)
-        if not found:
+        if not found and not automatic:  # an automatic segmentation may find nothing: its measures count that
             raise CohortError(f"case {case.case_id}: its mask holds no lesion")
         described = [{"instance": c.instance, "label": c.mask_label} for c in found]
         labels = lesion_labels(described, types.get(case.case_id, {}), case.case_id)

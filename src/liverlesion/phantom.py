@@ -40,11 +40,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 from scipy.special import ndtri
 
-from liverlesion.contract import CASES_FILE, CASES_FILE_COLUMNS, COHORT_FILE, IMAGES_DIR, MASKS_DIR, MASK_CYST, MASK_METASTASIS
+from liverlesion.contract import (
+    CASES_FILE, CASES_FILE_COLUMNS, COHORT_FILE, IMAGES_DIR, LIVERS_DIR, MASK_CYST, MASK_METASTASIS, MASKS_DIR,
+)
 from liverlesion.imaging import affine_from_spacing, save_nifti
 
 #: Bump whenever the bytes written for a given spec change (it is recorded in ``cohort.json``).
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "1.2.0"
 
 Progress = Callable[[int, int, str], None]
 
@@ -231,13 +233,14 @@ COHORT_STREAM = 2**32 - 1
 MAX_PATIENTS = 99_999
 
 #: ``cases.csv`` as the phantom writes it: the contract's columns (class-coded masks, the default
-#: encoding) and the lesion count
-CASE_FIELDS = (*CASES_FILE_COLUMNS, "n_lesions")
+#: encoding), the reference liver mask (0/1, lesions included) and the lesion count
+CASE_FIELDS = (*CASES_FILE_COLUMNS, "liver_mask", "n_lesions")
 PATIENT_KEY_PREFIX = "PHX"
 
 DESCRIPTION = (
     "Synthetic portal-venous liver CT phantoms (int16 HU, RAS) with lesion masks (0 background, "
-    "1 cyst, 2 metastasis; one 26-connected component per lesion, lesions at least 2 voxels apart), "
+    "1 cyst, 2 metastasis; one 26-connected component per lesion, lesions at least 2 voxels apart) and "
+    "liver masks (1 liver, lesions included), "
     "shaped like the Perdigon Romero et al. (ISBI 2019) biobank: per-patient spacing, liver with "
     "vessels, water-like cysts, heterogeneous hypoattenuating metastases with rims and necrosis, "
     "partial volume and correlated noise. Not patient data; not for diagnostic use."
@@ -1116,9 +1119,12 @@ def _write_case(spec: CohortSpec, plan: PatientPlan, out_dir: Path) -> dict[str,
     case = generate_patient(spec, plan)
     image = f"{IMAGES_DIR}/{case.case_id}.nii.gz"
     mask = f"{MASKS_DIR}/{case.case_id}.nii.gz"
+    liver = f"{LIVERS_DIR}/{case.case_id}.nii.gz"
     save_nifti(case.image, case.affine, out_dir / image)
     save_nifti(case.mask, case.affine, out_dir / mask)
-    return {"patient_key": case.patient_key, "case_id": case.case_id, "image": image, "mask": mask, "n_lesions": len(case.lesions)}
+    save_nifti(case.liver.astype(np.uint8), case.affine, out_dir / liver)
+    return {"patient_key": case.patient_key, "case_id": case.case_id, "image": image, "mask": mask, "liver_mask": liver,
+            "n_lesions": len(case.lesions)}
 
 
 def _write_case_job(args: tuple[dict, PatientPlan, str]) -> dict[str, str | int]:
@@ -1134,6 +1140,7 @@ def cohort_metadata(spec: CohortSpec) -> dict:
         "spec": spec.model_dump(mode="json"),
         "description": DESCRIPTION,
         "mask_codes": {"background": 0, "cyst": MASK_CYST, "metastasis": MASK_METASTASIS},
+        "liver_mask_codes": {"background": 0, "liver": 1},
         "n_cases": spec.n_patients,
         "n_lesions": spec.n_lesions,
         "n_cysts": spec.n_cysts,

@@ -61,6 +61,32 @@ def split_lesions(
     return table[MANIFEST_COLUMNS]
 
 
+def split_like_reference(lesions: pd.DataFrame, reference: pd.DataFrame, val_fraction: float = 0.2,
+                         test_fraction: float = 0.2, seed: int = 2019) -> pd.DataFrame:
+    """The manifest of automatically segmented ``lesions``, on the patients the reference lesions split.
+
+    Each patient goes where ``split_lesions`` sends it on its reference lesions (``lesion_id,
+    patient_key, label``, the typed ones), so that every segmentation method is trained and tested
+    on the same patients, whatever lesions it finds.
+
+    Raises:
+        SplitError: a patient with no reference lesion, or a set left without both classes.
+    """
+    typed = reference[reference["label"].notna()].astype({"label": np.int64})
+    of_patient = split_lesions(typed, val_fraction, test_fraction, seed).groupby("patient_key")["set"].first()
+    table = lesions[["lesion_id", "patient_key", "label"]].sort_values("lesion_id").reset_index(drop=True)
+    unknown = sorted(set(table["patient_key"]) - set(of_patient.index))
+    if unknown:
+        raise SplitError(f"patient(s) {unknown[:10]} have automatic lesions but no typed reference lesion to split by")
+    table["set"] = table["patient_key"].map(of_patient)
+    for name in SETS:
+        present = set(table.loc[table["set"] == name, "label"])
+        if len(present) < 2:
+            raise SplitError(f"the {name} set holds only label(s) {sorted(present)} among the automatic lesions: "
+                             "the segmentation missed every lesion of a class there")
+    return table[MANIFEST_COLUMNS]
+
+
 def check_patient_disjoint(manifest: pd.DataFrame) -> None:
     """Raise if any patient has lesions in two sets, naming the patients."""
     sets_per_patient = manifest.groupby("patient_key")["set"].nunique()
@@ -102,3 +128,9 @@ def arrays_for_set(
         raise ValueError(f"{len(missing)} lesion(s) of the {name} set have no patches, e.g. {missing[:3]}")
     rows = [row_of[lid] for lid in chosen["lesion_id"]]
     return patches[rows], chosen["label"].to_numpy(dtype=np.int32), chosen["lesion_id"].tolist()
+
+
+def cases_in_sets(cases: pd.DataFrame, manifest: pd.DataFrame, sets: tuple[str, ...]) -> pd.DataFrame:
+    """The cases (``contract.CASE_COLUMNS``) of the patients the manifest puts in ``sets``."""
+    patients = set(manifest.loc[manifest["set"].isin(sets), "patient_key"])
+    return cases[cases["patient_key"].isin(patients)].reset_index(drop=True)

@@ -175,9 +175,25 @@ def _training_parameters(config, version) -> dict[str, Any]:
 
     code = code_version(paths.code_root())
     settings = config.training_settings()
+    segmenter = _segmenter_uri(config)
+    if segmenter:  # the model depends on the cascade that found its lesions
+        settings["segment"]["resolved_model"] = segmenter
     return {"data_dir": str(version.path), "data_version": version.hash, "profile": config,
             "training_settings": settings, "code_version": code,
-            "fingerprint": training_fingerprint(version.hash, settings, code)}
+            "fingerprint": training_fingerprint(version.hash, settings, code), "segmenter_uri": segmenter}
+
+
+def _segmenter_uri(config) -> str:
+    """The registered cascade a ``learned`` run segments with (``models:/<name>/<version>``), else ""."""
+    if config.segment.method != "learned":
+        return ""
+    from liverlesion_ops.registry import RegistryError
+    from liverlesion_ops.segmenters import resolve_segmenter
+
+    try:
+        return resolve_segmenter(config.segment.learned_model)
+    except RegistryError as err:
+        _fail(str(err))
 
 
 def _code_version() -> str:
@@ -330,7 +346,8 @@ def compare(
     version = _prepare_data(config, data=data)
     started = time.perf_counter()
     pipeline_run = _run_pipeline("comparison_pipeline", no_cache, data_dir=str(version.path),
-                                 data_version=version.hash, profile=config, code_version=_code_version())
+                                 data_version=version.hash, profile=config, code_version=_code_version(),
+                                 segmenter_uri=_segmenter_uri(config))
     summary = pipeline_run.steps["compare_models"].outputs["table2"][0].load()
     typer.echo("")
     typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
@@ -339,6 +356,47 @@ def compare(
     typer.echo(f"\n  reports: {Path(summary['files']['md']).parent}")
     typer.echo(f"  MLflow runs (experiment '{config.register.experiment}'): table2 {summary['mlflow_run_id']}; "
                + ", ".join(f"{key} {run}" for key, run in summary["model_runs"].items()))
+    typer.echo(f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
+
+
+@app.command(name="train-segmenter")
+def train_segmenter(
+    profile: ProfileOption = "quick",
+    overrides: SetOption = [],  # noqa: B006
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")] = False,
+    data: DataOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the registration and test measures as JSON")] = False,
+) -> None:
+    """Train the learned segmentation cascade (liver U-Net, then lesion U-Net) and register it in MLflow.
+
+    It learns from the reference masks (lesion masks and the cohort's liver_mask column) of the
+    training and validation patients, is measured on the test patients (the classifier's split),
+    and becomes the champion of segment.learned_model's registered model when its test lesion Dice
+    is at least the champion's. Then `liverlesion run --set segment.method=learned` uses it.
+    Example: `liverlesion train-segmenter --set segmenter.epochs=8`.
+    """
+    env = _environment()
+    config = _load(profile, overrides)
+    # the cascade learns from the reference masks, whatever the profile segments with (the rest of
+    # segment, its post-processing and detection settings, measures it)
+    config = config.model_copy(update={"segment": config.segment.model_copy(update={"method": "reference"})})
+    with _training_lock(f"liverlesion train-segmenter --profile {config.name}"):
+        version = _prepare_data(config, data=data)
+        started = time.perf_counter()
+        pipeline_run = _run_pipeline("segmenter_pipeline", no_cache, data_dir=str(version.path),
+                                     data_version=version.hash, profile=config, code_version=_code_version())
+    result = pipeline_run.steps["train_segmenter"].outputs["segmenter_registration"][0].load()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    test = result["test"]
+    typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
+                bold=True)
+    typer.echo(f"  {result['model_name']} v{result['version']}: {result.get('decision', 'already registered')}"
+               f"{' (' + result['reason'] + ')' if result.get('reason') else ''}; champion v{result['champion']}")
+    typer.echo(f"  test patients ({test['cases']} CTs): liver Dice {test['liver_dice']:.3f}, ASSD "
+               f"{test['liver_assd_mm']:.2f} mm; lesion Dice {test['lesion_dice']:.3f}; detection recall "
+               f"{test['detection_recall']:.3f}; {test['false_positives_per_patient']:.2f} invented lesions per patient")
     typer.echo(f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
 
 
@@ -363,7 +421,8 @@ def export(
     config = _load(profile, overrides)
     version = _prepare_data(config, data=data)
     pipeline_run = _run_pipeline("patches_pipeline", no_cache, data_dir=str(version.path),
-                                 data_version=version.hash, profile=config, code_version=_code_version())
+                                 data_version=version.hash, profile=config, code_version=_code_version(),
+                                 segmenter_uri=_segmenter_uri(config))
 
     def output(step: str, name: str):
         return pipeline_run.steps[step].outputs[name][0].load()
@@ -493,8 +552,13 @@ def _model_reference(model: str, version: str | None) -> str:
 @app.command()
 def predict(
     ct: Annotated[Path, typer.Argument(help="the CT: a NIfTI file (HU) or a folder holding one DICOM CT series")],
-    mask: Annotated[Path, typer.Option(help="its lesion mask: a NIfTI file on the CT's grid, or a DICOM-SEG file")],
+    mask: Annotated[Path | None, typer.Option(help="its lesion mask: a NIfTI file on the CT's grid, or a DICOM-SEG file; "
+                                                   "without one, the lesions are segmented automatically (--segment)")] = None,
     out: Annotated[Path | None, typer.Option(help="folder for the results (default: ./prediction-<name>)")] = None,
+    segment: Annotated[str, typer.Option(help="without --mask: classical (thresholds and morphology) or learned "
+                                              "(the registered cascade)")] = "classical",
+    segmenter: Annotated[str, typer.Option(help="with --segment learned: the cascade as <model>@<alias> or "
+                                                "<model>@<version>")] = "liverlesion-segmenter@champion",
     model: Annotated[str, typer.Option(help="registered model name or MLflow model URI")] = "liver-lesion-classifier",
     version: Annotated[str | None, typer.Option(help="a registered version instead of the 'champion' alias")] = None,
     mask_encoding: Annotated[str, typer.Option(help="auto, binary, instance or class")] = "auto",
@@ -506,28 +570,43 @@ def predict(
     Writes lesions.csv and lesions.json (volume, centroid in patient mm, P(metastasis), class, model
     version), lesion_classes.nii.gz (each lesion coded 1 cyst / 2 metastasis, in the CT's own
     geometry), lesion_map.png (the paper's Figure 5) and, for DICOM input, lesion_classes.seg.dcm
-    (a DICOM-SEG referencing the CT series, for a PACS viewer).
-    Example: `liverlesion predict ct.nii.gz --mask lesions.nii.gz --out result/`.
+    (a DICOM-SEG referencing the CT series, for a PACS viewer). Without --mask the lesions come from
+    automatic segmentation (--segment classical or learned), and liver.nii.gz (the liver found) is
+    written too; lesions.json says which segmentation found them.
+    Examples: `liverlesion predict ct.nii.gz --mask lesions.nii.gz --out result/`;
+    `liverlesion predict ct.nii.gz --segment learned --out result/`.
     """
     env = _environment()
     from liverlesion.contract import ContractError
     from liverlesion.predict import metastasis_count
 
     reference = _model_reference(model, version)
+    if mask is None and segment not in ("classical", "learned"):
+        _fail(f"--segment {segment!r}: without --mask, classical or learned")
+    automatic = None
     try:  # the input first: a bad file is refused before the model is loaded
         image, meta, series = _read_ct(ct)
         name = case_id or (f"series-{series.headers[0].get('SeriesNumber', 1)}" if series is not None
                            else ct.name.split(".nii")[0])
-        lesion_mask, encoding = _read_mask(mask, meta, series, mask_encoding, name)
+        if mask is not None:
+            lesion_mask, encoding = _read_mask(mask, meta, series, mask_encoding, name)
+        else:
+            automatic, segmented_by = _segment_automatically(image, meta, segment, segmenter, name)
+            lesion_mask, encoding = automatic.lesions.astype("uint8"), "binary"
         predictor, resolved = _load_predictor(reference, env)
         prediction = predictor.predict(image, meta, lesion_mask, name, encoding)
     except ContractError as err:
         _fail(str(err))
     out = out or Path(f"prediction-{name}")
-    extra = predictor.record(model=resolved, case_id=name, input="DICOM series" if series is not None else "NIfTI")
+    extra = predictor.record(model=resolved, case_id=name, input="DICOM series" if series is not None else "NIfTI",
+                             lesions_from="the given mask" if automatic is None else segmented_by)
     from liverlesion.predict import write_outputs
 
     files = write_outputs(prediction, out, title=f"{name}: {predictor.model_name} v{predictor.model_version}", extra=extra)
+    if automatic is not None:
+        from liverlesion.imaging import save_nifti, to_source_orientation
+
+        files["liver"] = save_nifti(*to_source_orientation(automatic.liver.astype("uint8"), meta), out / "liver.nii.gz")
     if series is not None:
         from liverlesion.dicomio import write_seg
         from liverlesion.predict import class_volume
@@ -639,6 +718,34 @@ def _read_ct(path: Path):
 def _is_dicom(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(132)[128:132] == b"DICM"
+
+
+def _segment_automatically(image, meta, method: str, segmenter: str, name: str):
+    """The liver and lesions of a CT by ``method`` (default settings); and what segmented it, in words.
+
+    Raises:
+        ContractError: the segmentation found no liver or no lesion, naming the case.
+    """
+    from liverlesion.contract import ContractError
+    from liverlesion.segmentation import SegmentSettings, automatic_segmentation, load_cascade
+
+    settings = SegmentSettings(method=method, learned_model=segmenter)
+    cascade, by = None, f"{method} segmentation"
+    if method == "learned":
+        from liverlesion_ops.registry import RegistryError
+        from liverlesion_ops.segmenters import download_cascade, resolve_segmenter
+
+        try:
+            uri = resolve_segmenter(segmenter)
+        except RegistryError as err:
+            _fail(str(err))
+        cascade, by = load_cascade(download_cascade(uri)), f"learned segmentation ({uri})"
+    found = automatic_segmentation(image, meta.spacing, settings, cascade)
+    if not found.liver.any():
+        raise ContractError(f"case {name}: the {by} found no liver in this CT")
+    if not found.lesions.any():
+        raise ContractError(f"case {name}: the {by} found no lesion in the liver; give a mask (--mask) if there is one")
+    return found, by
 
 
 def _read_mask(path: Path, meta, series, encoding: str, name: str):

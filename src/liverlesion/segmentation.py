@@ -1,0 +1,391 @@
+"""Automatic segmentation of the liver and its lesions, and how far a segmentation is from a reference.
+
+Three methods give a case's lesions (``SegmentSettings.method``):
+
+- ``reference``: the masks someone drew (the cohort's ``mask`` files), as they are.
+- ``classical``: no training. The liver is the largest component of the smoothed CT inside a soft-
+  tissue HU window, opened to cut it from its neighbours and closed and hole-filled so that the
+  lesions inside it belong to it. Lesion seeds are voxels away from the liver's edge (where it blurs
+  into darker neighbours) and darker than the liver's own median by more than ``hypodense_hu`` (and
+  than its noise); each is grown to the level half-way between its core and the liver (a partial-
+  volume edge), and components too small, too thin or lying mostly in the edge band are dropped.
+  The defaults were chosen on cases 1-30 of the default phantom cohort (``bench/segmentation.py``).
+- ``learned``: the cascade of ``liverlesion.segnet`` (a liver U-Net, then a lesion U-Net on the
+  liver's crop) gives two probability maps; they become masks here, with the same size filters.
+
+Measures (``compare_to_reference``): Dice and the average symmetric surface distance (ASSD, mm)
+of the liver and of all lesions together; a reference lesion counts as *found* when one automatic
+lesion overlaps it with a Dice of at least ``detection_dice``; an automatic lesion takes the
+class of the reference lesion that holds most of its voxels, and is *invented* (a false positive)
+when no reference lesion holds half of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage
+
+SEGMENT_METHODS = ("reference", "classical", "learned")
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+#: per case, how the automatic segmentation compares with the reference (``compare_to_reference``)
+SEGMENTATION_CASE_COLUMNS = (
+    "case_id", "patient_key", "method", "liver_dice", "liver_assd_mm", "lesion_dice", "lesion_assd_mm",
+    "reference_lesions", "found_lesions", "automatic_lesions", "invented_lesions", "seconds",
+)  # fmt: skip
+#: per lesion, reference and automatic: ``kind`` is ``reference`` (found or missed) or ``automatic``
+#: (matched, i.e. mostly inside a reference lesion, or invented)
+SEGMENTATION_LESION_COLUMNS = (
+    "case_id", "patient_key", "kind", "instance", "lesion_id", "label", "volume_ml", "best_dice", "partner",
+    "outcome",
+)  # fmt: skip
+
+
+class SegmentSettings(BaseModel):
+    """``segment``: where the lesions come from, and how the automatic ones are measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["reference", "classical", "learned"] = Field(
+        "reference", description="reference: the cohort's masks; classical: HU thresholds and morphology, no "
+                                 "training; learned: the registered liver/lesion U-Net cascade")
+    learned_model: str = Field("liverlesion-segmenter@champion",
+                               description="learned: the registered cascade as <model name>@<alias> or @<version>")
+    liver_hu: tuple[float, float] = Field((60.0, 220.0), description="classical: HU window of enhanced liver "
+                                                                     "(vessels included)")
+    smoothing_mm: float = Field(1.0, ge=0, description="classical: Gaussian smoothing before thresholds")
+    liver_opening_mm: float = Field(4.0, ge=0, description="classical: opening that cuts the liver from neighbours")
+    liver_closing_mm: float = Field(6.0, ge=0, description="classical: closing that takes edge lesions in")
+    not_tissue_hu: float = Field(-50.0, description="classical: below this (fat, lung, air) is never liver nor lesion")
+    hypodense_hu: float = Field(35.0, gt=0, description="classical: a lesion seed is at least this much below the "
+                                                        "liver's median")
+    liver_edge_mm: float = Field(6.0, ge=0, description="classical: no lesion seed this close to the liver's edge "
+                                                        "(where the liver blurs into its darker neighbours)")
+    noise_factor: float = Field(3.5, ge=0, description="classical: ... and at least this many times the liver's "
+                                                       "robust standard deviation (noise) below it")
+    hyperdense_hu: float | None = Field(None, gt=0, description="classical: also seed lesions this much above the "
+                                                                "liver (None: only hypodense lesions)")
+    min_lesion_ml: float = Field(0.01, ge=0, description="smaller components are dropped (both automatic methods)")
+    max_elongation: float = Field(6.0, gt=1, description="components longer than this times their width are "
+                                                          "dropped (vessels, the liver's rim)")
+    detection_dice: float = Field(0.2, gt=0, le=1, description="a reference lesion is found when an automatic one "
+                                                               "overlaps it with at least this Dice")
+
+    @property
+    def automatic(self) -> bool:
+        return self.method != "reference"
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """An automatic segmentation of one CT: the liver and a binary lesion mask (inside it)."""
+
+    liver: np.ndarray
+    lesions: np.ndarray
+
+
+def _ball(radius_mm: float, spacing) -> np.ndarray:
+    """An ellipsoidal structuring element of ``radius_mm`` on a grid of ``spacing``."""
+    radii = np.maximum(np.floor(radius_mm / np.asarray(spacing, dtype=float)), 0).astype(int)
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    inside = sum((g / max(r, 1)) ** 2 if r > 0 else g.astype(float) ** 2 for g, r in zip(grids, radii))
+    return inside <= 1.0
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask, structure=_CONNECTIVITY_26)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Holes filled in 3D and in every axial slice (a lesion at the dome is a hole only in-plane)."""
+    filled = ndimage.binary_fill_holes(mask)
+    for k in range(filled.shape[2]):
+        filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
+    return filled
+
+
+def _elongation(coords: np.ndarray, spacing) -> float:
+    """Longest over shortest principal extent (mm) of a component's voxels; 1 for a ball."""
+    if len(coords) < 4:
+        return 1.0
+    points = coords * np.asarray(spacing, dtype=float)
+    eigen = np.sort(np.linalg.eigvalsh(np.cov(points.T)))
+    voxel_floor = (np.min(spacing) / 2.0) ** 2  # a one-voxel-thin component is not infinitely thin
+    return float(np.sqrt(eigen[-1] / max(eigen[0], voxel_floor)))
+
+
+def filter_lesions(lesions: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
+    """Drop components smaller than ``min_lesion_ml`` or more elongated than ``max_elongation``."""
+    labels, n = ndimage.label(lesions, structure=_CONNECTIVITY_26)
+    if n == 0:
+        return lesions.astype(bool)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    keep = np.zeros(n + 1, dtype=bool)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        coords = np.argwhere(labels[box] == k)
+        keep[k] = len(coords) * voxel_ml >= settings.min_lesion_ml and _elongation(coords, spacing) <= settings.max_elongation
+    return keep[labels]
+
+
+def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
+    """The liver of a smoothed CT: HU window, opening, largest component, closing, holes filled."""
+    lo, hi = settings.liver_hu
+    window = (smoothed >= lo) & (smoothed <= hi)
+    if settings.liver_opening_mm > 0:
+        window = ndimage.binary_opening(window, structure=_ball(settings.liver_opening_mm, spacing))
+    liver = largest_component(window)
+    if settings.liver_closing_mm > 0:
+        ball = _ball(settings.liver_closing_mm, spacing)
+        pad = [(r, r) for r in np.array(ball.shape) // 2]  # closing must not be cut short at the volume's edge
+        liver = ndimage.binary_closing(np.pad(liver, pad), structure=ball)[tuple(slice(p, -p or None) for p, _ in pad)]
+    return fill_holes(liver) & (smoothed >= settings.not_tissue_hu)
+
+
+def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
+    """Lesions inside ``liver``: seeds below (or above) its median, grown to the half-way level, filtered."""
+    if not liver.any():
+        return np.zeros(liver.shape, dtype=bool)
+    values = smoothed[liver]
+    median = float(np.median(values))
+    noise = 1.4826 * float(np.median(np.abs(values - median)))  # robust: vessels and lesions are outliers
+    inner = liver
+    if settings.liver_edge_mm > 0:
+        inner = ndimage.binary_erosion(liver, structure=_ball(settings.liver_edge_mm, spacing))
+    seeds = inner & (smoothed < median - max(settings.hypodense_hu, settings.noise_factor * noise))
+    if settings.hyperdense_hu is not None:
+        seeds |= inner & (smoothed > median + max(settings.hyperdense_hu, settings.noise_factor * noise))
+    labels, n = ndimage.label(seeds, structure=_CONNECTIVITY_26)
+    lesions = np.zeros(liver.shape, dtype=bool)
+    grow = np.ceil(3.0 / np.asarray(spacing, dtype=float)).astype(int)  # a partial-volume edge is ~1-2 voxels
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        wide = tuple(slice(max(b.start - g, 0), min(b.stop + g, s)) for b, g, s in zip(box, grow, liver.shape))
+        seed = labels[wide] == k
+        core = float(np.median(smoothed[wide][seed]))
+        level = (core + median) / 2.0  # the edge of a lesion blurred into the liver
+        region = liver[wide] & ((smoothed[wide] <= level) if core < median else (smoothed[wide] >= level))
+        grown, _ = ndimage.label(region, structure=_CONNECTIVITY_26)
+        keep = np.unique(grown[seed & (grown > 0)])
+        lesion = np.isin(grown, keep[keep > 0])
+        if inner[wide][lesion].mean() >= 0.5:  # else a piece of the liver's blurred rim, not a lesion
+            lesions[wide] |= lesion
+    return filter_lesions(lesions, spacing, settings)
+
+
+def classical_segmentation(image: np.ndarray, spacing, settings: SegmentSettings) -> Segmentation:
+    """The liver and its lesions from a CT (HU, canonical axes) by thresholds and morphology alone."""
+    sigma = settings.smoothing_mm / np.asarray(spacing, dtype=float)
+    smoothed = ndimage.gaussian_filter(image.astype(np.float32), sigma) if settings.smoothing_mm > 0 else image
+    liver = segment_liver(smoothed, spacing, settings)
+    return Segmentation(liver, segment_lesions(smoothed, liver, spacing, settings))
+
+
+def masks_from_probabilities(liver_probability: np.ndarray, lesion_probability: np.ndarray, spacing,
+                             settings: SegmentSettings) -> Segmentation:
+    """The learned cascade's maps as masks: the liver's largest component, lesions inside it, filtered."""
+    liver = fill_holes(largest_component(liver_probability >= 0.5))
+    lesions = filter_lesions((lesion_probability >= 0.5) & liver, spacing, settings)
+    return Segmentation(liver, lesions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures
+# ---------------------------------------------------------------------------------------------
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks; 1 when both are empty (nothing to find, nothing found)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, structure=_CONNECTIVITY_26, border_value=0)
+
+
+def assd(a: np.ndarray, b: np.ndarray, spacing) -> float:
+    """Average symmetric surface distance (mm) of two masks; NaN when either is empty."""
+    if not a.any() or not b.any():
+        return float("nan")
+    box = ndimage.find_objects((a | b).astype(np.uint8))[0]
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    a, b = a[box], b[box]
+    surface_a, surface_b = _surface(a), _surface(b)
+    to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing)[surface_a]
+    to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing)[surface_b]
+    return float((to_b.sum() + to_a.sum()) / (len(to_b) + len(to_a)))
+
+
+def _overlaps(reference: np.ndarray, automatic: np.ndarray) -> np.ndarray:
+    """Voxel counts of every (reference lesion, automatic lesion) pair, row and column 0 = background."""
+    n_ref, n_auto = int(reference.max()) + 1, int(automatic.max()) + 1
+    pairs = reference.astype(np.int64).ravel() * n_auto + automatic.astype(np.int64).ravel()
+    return np.bincount(pairs, minlength=n_ref * n_auto).reshape(n_ref, n_auto)
+
+
+def match_lesions(reference: np.ndarray, automatic: np.ndarray, detection_dice: float) -> tuple[dict, dict]:
+    """How the numbered lesions of two masks (``lesions.instance_map``) correspond.
+
+    Returns:
+        ``(by_reference, by_automatic)``: reference lesion -> (best Dice, that automatic lesion or 0,
+        found); automatic lesion -> (the reference lesion holding most of it or 0, best Dice, matched).
+    """
+    counts = _overlaps(reference, automatic)
+    sizes_ref, sizes_auto = counts.sum(axis=1), counts.sum(axis=0)
+    pair_dice = 2.0 * counts / np.maximum(sizes_ref[:, None] + sizes_auto[None, :], 1)
+    by_reference, by_automatic = {}, {}
+    for r in range(1, counts.shape[0]):
+        if sizes_ref[r] == 0:
+            continue
+        a = int(np.argmax(pair_dice[r, 1:])) + 1 if counts.shape[1] > 1 else 0
+        best = float(pair_dice[r, a]) if a else 0.0
+        by_reference[r] = (best, a if best > 0 else 0, best >= detection_dice)
+    for a in range(1, counts.shape[1]):
+        if sizes_auto[a] == 0:
+            continue
+        r = int(np.argmax(counts[1:, a])) + 1 if counts.shape[0] > 1 else 0
+        share = counts[r, a] / sizes_auto[a] if r else 0.0
+        best = float(pair_dice[1:, a].max()) if counts.shape[0] > 1 else 0.0
+        by_automatic[a] = (r if share >= 0.5 else 0, best, share >= 0.5)
+    return by_reference, by_automatic
+
+
+def compare_to_reference(case_id: str, patient_key: str, method: str, spacing, automatic: Segmentation,
+                         auto_instances: np.ndarray, reference_instances: np.ndarray,
+                         reference_labels: dict[int, int | None], reference_liver: np.ndarray | None,
+                         detection_dice: float, seconds: float) -> tuple[dict, list[dict], dict[int, int | None]]:
+    """One case's segmentation measures, its per-lesion outcomes and the labels the automatic lesions take.
+
+    Args:
+        auto_instances, reference_instances: the two lesion masks numbered (``lesions.instance_map``).
+        reference_labels: reference lesion -> model label (None where its type is unknown).
+        reference_liver: the reference liver mask, where the cohort has one.
+
+    Returns:
+        ``(case row (SEGMENTATION_CASE_COLUMNS), lesion rows (SEGMENTATION_LESION_COLUMNS),
+        automatic lesion -> label (None: invented, or its reference lesion's type is unknown))``.
+    """
+    from liverlesion.contract import lesion_id
+
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    by_reference, by_automatic = match_lesions(reference_instances, auto_instances, detection_dice)
+    ref_sizes = np.bincount(reference_instances.ravel(), minlength=int(reference_instances.max()) + 1)
+    auto_sizes = np.bincount(auto_instances.ravel(), minlength=int(auto_instances.max()) + 1)
+    rows = []
+    for r, (best, partner, found) in sorted(by_reference.items()):
+        rows.append({"case_id": case_id, "patient_key": patient_key, "kind": "reference", "instance": r,
+                     "lesion_id": f"{lesion_id(case_id, r)}-ref", "label": reference_labels.get(r),
+                     "volume_ml": float(ref_sizes[r]) * voxel_ml, "best_dice": best,
+                     "partner": lesion_id(case_id, partner) if partner else "", "outcome": "found" if found else "missed"})
+    labels = {}
+    for a, (r, best, matched) in sorted(by_automatic.items()):
+        labels[a] = reference_labels.get(r) if matched else None
+        rows.append({"case_id": case_id, "patient_key": patient_key, "kind": "automatic", "instance": a,
+                     "lesion_id": lesion_id(case_id, a), "label": labels[a], "volume_ml": float(auto_sizes[a]) * voxel_ml,
+                     "best_dice": best, "partner": f"{lesion_id(case_id, r)}-ref" if matched else "",
+                     "outcome": "matched" if matched else "invented"})
+    reference_lesions = reference_instances > 0
+    case = {
+        "case_id": case_id, "patient_key": patient_key, "method": method,
+        "liver_dice": dice(automatic.liver, reference_liver) if reference_liver is not None else float("nan"),
+        "liver_assd_mm": assd(automatic.liver, reference_liver, spacing) if reference_liver is not None else float("nan"),
+        "lesion_dice": dice(automatic.lesions, reference_lesions),
+        "lesion_assd_mm": assd(automatic.lesions, reference_lesions, spacing),
+        "reference_lesions": len(by_reference), "found_lesions": sum(f for _, _, f in by_reference.values()),
+        "automatic_lesions": len(by_automatic), "invented_lesions": sum(not m for _, _, m in by_automatic.values()),
+        "seconds": float(seconds),
+    }
+    return case, rows, labels
+
+
+def segmentation_summary(cases: pd.DataFrame, lesions: pd.DataFrame) -> dict[str, float]:
+    """The cohort's segmentation figures: mean per-case Dice and ASSD, detection recall, false positives per patient.
+
+    Args:
+        cases: ``SEGMENTATION_CASE_COLUMNS`` rows; ``lesions``: ``SEGMENTATION_LESION_COLUMNS`` rows.
+    """
+    reference = lesions[lesions["kind"] == "reference"]
+    automatic = lesions[lesions["kind"] == "automatic"]
+    patients = max(cases["patient_key"].nunique(), 1)
+    summary = {
+        "cases": int(len(cases)), "patients": int(cases["patient_key"].nunique()),
+        "liver_dice": float(cases["liver_dice"].mean()), "liver_assd_mm": float(cases["liver_assd_mm"].mean()),
+        "lesion_dice": float(cases["lesion_dice"].mean()), "lesion_assd_mm": float(cases["lesion_assd_mm"].mean()),
+        "reference_lesions": int(len(reference)), "found_lesions": int((reference["outcome"] == "found").sum()),
+        "detection_recall": float((reference["outcome"] == "found").mean()) if len(reference) else float("nan"),
+        "automatic_lesions": int(len(automatic)), "invented_lesions": int((automatic["outcome"] == "invented").sum()),
+        "false_positives_per_patient": float((automatic["outcome"] == "invented").sum() / patients),
+        "seconds_per_case": float(cases["seconds"].mean()),
+    }
+    for name, label in (("cyst", 0), ("metastasis", 1)):
+        of_class = reference[reference["label"] == label]
+        summary[f"detection_recall_{name}"] = float((of_class["outcome"] == "found").mean()) if len(of_class) else float("nan")
+    return summary
+
+
+def automatic_segmentation(image: np.ndarray, spacing, settings: SegmentSettings, cascade=None) -> Segmentation:
+    """The liver and lesions of a CT by ``settings.method`` (``classical``, or ``learned`` with ``cascade``).
+
+    Args:
+        cascade: a ``liverlesion.segnet.Cascade`` (the registered learned model); only for ``learned``.
+    """
+    if settings.method == "classical":
+        return classical_segmentation(image, spacing, settings)
+    if settings.method == "learned":
+        if cascade is None:
+            raise ValueError("segment method learned needs the registered cascade (segment.learned_model)")
+        liver_probability, lesion_probability = cascade.probabilities(image)
+        return masks_from_probabilities(liver_probability, lesion_probability, spacing, settings)
+    raise ValueError(f"segment method {settings.method!r} is not automatic")
+
+
+_CASCADES: dict[str, object] = {}
+
+
+def load_cascade(folder: str | None):
+    """The learned cascade saved in ``folder`` (``segnet.Cascade.save``), loaded once per process; None for None."""
+    if folder is None:
+        return None
+    if folder not in _CASCADES:
+        from liverlesion.segnet import Cascade
+
+        _CASCADES[folder] = Cascade.load(folder)
+    return _CASCADES[folder]
+
+
+def end_to_end(lesions: pd.DataFrame, predictions: pd.DataFrame, threshold: float) -> dict[str, float]:
+    """What reached the radiologist, counted per reference lesion: found and called right, found and called
+    wrong (by its best-matching automatic lesion), or missed by segmentation; and the automatic lesions
+    that match none (invented).
+
+    Args:
+        lesions: ``SEGMENTATION_LESION_COLUMNS`` rows of the patients scored (e.g. the test patients).
+        predictions: the classifier's ``lesion_id, p_metastasis`` of the automatic lesions.
+    """
+    reference = lesions[(lesions["kind"] == "reference") & lesions["label"].notna()]
+    automatic = lesions[lesions["kind"] == "automatic"]
+    p = dict(zip(predictions["lesion_id"], predictions["p_metastasis"]))
+    counts: dict[str, float] = {}
+    for name, label in (("metastasis", 1), ("cyst", 0)):
+        of_class = reference[reference["label"].astype(int) == label]
+        found = of_class[of_class["outcome"] == "found"]
+        called = [p.get(partner) for partner in found["partner"]]
+        right = sum(q is not None and (q >= threshold) == bool(label) for q in called)
+        counts[f"reference_{name}"] = int(len(of_class))
+        counts[f"missed_{name}"] = int(len(of_class) - len(found))
+        counts[f"found_called_right_{name}"] = int(right)
+        counts[f"found_called_wrong_{name}"] = int(len(found) - right)
+    invented = automatic[automatic["outcome"] == "invented"]
+    counts["invented"] = int(len(invented))  # no reference type: not scored in training, but `predict` calls them
+    m, c = counts["reference_metastasis"], counts["reference_cyst"]
+    # a missed metastasis is a false negative the radiologist never sees: end-to-end sensitivity counts it
+    counts["end_to_end_recall"] = counts["found_called_right_metastasis"] / m if m else float("nan")
+    counts["end_to_end_specificity"] = counts["found_called_right_cyst"] / c if c else float("nan")
+    return counts

@@ -1,0 +1,132 @@
+"""Automatic segmentation and its measures: on phantoms with known masks, and on shapes with known answers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases
+from liverlesion.lesions import instance_map
+from liverlesion.phantom import CohortSpec, generate_cohort, generate_patient, plan_cohort
+from liverlesion.segmentation import (
+    SegmentSettings, Segmentation, assd, classical_segmentation, compare_to_reference, dice, end_to_end,
+    match_lesions, segmentation_summary,
+)
+from liverlesion.splitting import split_lesions, split_like_reference
+
+CLASSICAL = SegmentSettings(method="classical")
+# floors for the classical method on default-size phantoms (measured: liver Dice 0.98-0.99, lesion Dice
+# 0.43-0.85 per case, every reference lesion of 0.1 mL and more found)
+LIVER_DICE_FLOOR = 0.95
+LESION_DICE_FLOOR = 0.6  # the mean over the cases below
+RECALL_FLOOR = 0.8  # lesions of at least 0.1 mL
+
+
+def ball(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def test_dice_and_surface_distance_on_known_shapes():
+    a = np.zeros((20, 20, 20), bool)
+    a[5:10, 5:10, 5:10] = True
+    b = np.roll(a, 2, axis=0)  # the same cube two voxels on
+    assert dice(a, a) == 1.0 and dice(a, b) == pytest.approx(2 * 75 / 250)
+    assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0  # nothing to find, nothing found
+    assert assd(a, a, (1.0, 1.0, 1.0)) == 0.0
+    assert np.isnan(assd(a, np.zeros_like(a), (1.0, 1.0, 1.0)))  # no surface to measure to
+    shifted = assd(a, b, (1.0, 1.0, 1.0))
+    assert 0.5 < shifted <= 2.0
+    assert assd(a, b, (2.0, 2.0, 2.0)) == pytest.approx(2 * shifted)  # millimetres, not voxels
+
+
+def test_lesions_are_matched_found_missed_and_invented():
+    shape = (40, 40, 40)
+    reference = np.zeros(shape, np.int32)
+    reference[ball(shape, (10, 10, 10), 4)] = 1
+    reference[ball(shape, (30, 30, 30), 3)] = 2
+    automatic = np.zeros(shape, np.int32)
+    automatic[ball(shape, (11, 10, 10), 4)] = 1  # lesion 1, a voxel off
+    automatic[ball(shape, (10, 30, 10), 2)] = 2  # nothing there
+    by_reference, by_automatic = match_lesions(reference, automatic, detection_dice=0.2)
+    assert by_reference[1][1:] == (1, True) and by_reference[1][0] > 0.8
+    assert by_reference[2] == (0.0, 0, False)
+    assert by_automatic[1][0] == 1 and by_automatic[1][2] and by_automatic[2] == (0, 0.0, False)
+
+    seg = Segmentation(liver=np.ones(shape, bool), lesions=automatic > 0)
+    case, rows, labels = compare_to_reference("c1", "P1", "classical", (1.0, 1.0, 1.0), seg, automatic, reference,
+                                              {1: 1, 2: 0}, None, 0.2, 0.5)
+    assert labels == {1: 1, 2: None}  # the found lesion takes its reference's class; the invented one none
+    assert (case["reference_lesions"], case["found_lesions"], case["automatic_lesions"], case["invented_lesions"]) == (2, 1, 2, 1)
+    assert np.isnan(case["liver_dice"])  # no reference liver: not measured, not made up
+    outcomes = {(r["kind"], r["instance"]): r["outcome"] for r in rows}
+    assert outcomes == {("reference", 1): "found", ("reference", 2): "missed", ("automatic", 1): "matched",
+                        ("automatic", 2): "invented"}
+    lesions = pd.DataFrame(rows)
+    counts = end_to_end(lesions, pd.DataFrame({"lesion_id": ["c1-L01"], "p_metastasis": [0.9]}), threshold=0.5)
+    assert counts["found_called_right_metastasis"] == 1 and counts["missed_cyst"] == 1 and counts["invented"] == 1
+    assert counts["end_to_end_recall"] == 1.0 and counts["end_to_end_specificity"] == 0.0  # the cyst was missed
+    summary = segmentation_summary(pd.DataFrame([case]), lesions)
+    assert summary["detection_recall"] == 0.5 and summary["false_positives_per_patient"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    spec = CohortSpec(seed=2019)
+    plans = plan_cohort(spec)
+    return [generate_patient(spec, plans[i]) for i in (0, 4, 7)]
+
+
+def test_classical_segmentation_of_phantoms_clears_the_floors(phantoms):
+    lesion_dice, found, reference_count = [], 0, 0
+    for case in phantoms:
+        seg = classical_segmentation(case.image.astype(np.float32), case.spacing, CLASSICAL)
+        assert dice(seg.liver, case.liver) >= LIVER_DICE_FLOOR, case.case_id
+        assert not (seg.lesions & ~seg.liver).any()  # lesions lie in the liver
+        lesion_dice.append(dice(seg.lesions, case.mask > 0))
+        reference, _ = instance_map(case.mask, case.case_id, "class")
+        automatic, _ = instance_map(seg.lesions.astype(np.uint8), case.case_id, "binary")
+        by_reference, _ = match_lesions(reference, automatic, CLASSICAL.detection_dice)
+        volumes = np.bincount(reference.ravel()) * np.prod(case.spacing) / 1000.0
+        for r, (_, _, hit) in by_reference.items():
+            if volumes[r] >= 0.1:
+                reference_count += 1
+                found += hit
+    assert np.mean(lesion_dice) >= LESION_DICE_FLOOR, lesion_dice
+    assert found / reference_count >= RECALL_FLOOR
+
+
+def test_classical_segmentation_finds_nothing_in_a_liver_without_lesions():
+    shape = (80, 80, 40)
+    rng = np.random.default_rng(0)
+    image = np.full(shape, -100.0, np.float32) + rng.normal(0, 10, shape)
+    liver = ball(shape, (40, 40, 20), 18)
+    image[liver] = 110.0 + rng.normal(0, 10, int(liver.sum()))
+    seg = classical_segmentation(image, (1.0, 1.0, 1.0), CLASSICAL)
+    assert dice(seg.liver, liver) > 0.9
+    assert not seg.lesions.any()
+
+
+def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_splits_the_same_patients(tmp_path):
+    spec = CohortSpec(seed=7, n_patients=12, n_lesions=36, size_scale=0.5)
+    cohort = generate_cohort(spec, tmp_path / "cohort", workers=2)
+    auto = ingest_cases(cohort, "v", crop_margin_mm=2.0, segment=CLASSICAL, workers=2)
+    reference = ingest_cases(cohort, "v", crop_margin_mm=2.0, workers=2)
+    assert auto.crops.source == "classical" and reference.crops.source == "reference"
+    assert reference.segmentation_cases.empty and len(auto.segmentation_cases) == 12
+    assert auto.segmentation_cases["liver_dice"].min() > 0.9  # the phantom's liver masks are read and compared
+    lesions, invented = labelled_lesions(segment_cases(auto.cases, auto.crops))
+    outcomes = auto.segmentation_lesions.set_index("lesion_id")["outcome"]
+    assert set(outcomes[lesions["lesion_id"]]) == {"matched"}
+    assert set(outcomes[invented["lesion_id"]]) <= {"invented"}
+    # a matched automatic lesion has the class of the reference lesion it lies in
+    partners = auto.segmentation_lesions.set_index("lesion_id")["partner"]
+    ref_labels = auto.segmentation_lesions.set_index("lesion_id")["label"]
+    for row in lesions.itertuples():
+        assert row.label == ref_labels[partners[row.lesion_id]]
+
+    ref_lesions, _ = labelled_lesions(segment_cases(reference.cases, reference.crops))
+    by_reference = split_lesions(ref_lesions, 0.2, 0.2, 2019)
+    by_auto = split_like_reference(lesions, auto.segmentation_lesions.query("kind == 'reference'"), 0.2, 0.2, 2019)
+    for name in ("train", "val", "test"):
+        auto_patients = set(by_auto.loc[by_auto["set"] == name, "patient_key"])
+        assert auto_patients <= set(by_reference.loc[by_reference["set"] == name, "patient_key"])
