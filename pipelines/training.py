@@ -28,5 +28,5 @@ def training_pipeline(data_dir: str, data_version: str, profile: Profile, traini
     register(
         model, metrics, training, run_id, data["manifest"], data["manifest_hash"], data["cases"], data["lesions"],
         data_dir=data_dir, data_version=data_version, profile=profile.name, training_settings=training_settings,
-        code_version=code_version, config=profile.register,
+        code_version=code_version, config=profile.register, segmentation_lesions=data["segmentation_lesions"],
     )

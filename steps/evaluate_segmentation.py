@@ -24,8 +24,8 @@ def _table(summary: dict[str, Any], counts: dict[str, Any]) -> str:
     for what in ("reference", "found_called_right", "found_called_wrong", "missed"):
         lines.append(f"| {what.replace('_', ' ')} | {counts[f'{what}_metastasis']} | {counts[f'{what}_cyst']} |")
     lines += ["", f"Invented lesions (matching no reference lesion): {counts['invented']}. End-to-end sensitivity "
-              f"(metastases found and called metastasis / all): {counts['end_to_end_recall']:.3f}; end-to-end "
-              f"specificity (cysts found and called cyst / all): {counts['end_to_end_specificity']:.3f}."]
+              f"(metastases found and called metastasis / all): {counts['recall']:.3f}; end-to-end "
+              f"specificity (cysts found and called cyst / all): {counts['specificity']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -42,8 +42,13 @@ def evaluate_segmentation(
     """The automatic segmentation against the reference, on the test patients, and end to end with the classifier.
 
     Reported in ``reports/<run>/segmentation.md`` (with per-case and per-lesion CSVs) and in the
-    training run in MLflow (``seg_*`` metrics). Nothing to measure for ``reference`` masks.
+    training run in MLflow (``seg_*`` and ``end_to_end_*`` metrics; every run, ``reference`` too, gets
+    the ``segment_method`` parameter and ``test_lesions_scored``). Nothing to measure for ``reference``.
     """
+    use_tracking_store()
+    with mlflow.start_run(run_id=mlflow_run_id):  # every run says where its lesions came from
+        mlflow.log_param("segment_method", segment.method)
+        mlflow.log_metric("test_lesions_scored", len(test_predictions))
     if not segment.automatic:
         log_metadata({"method": "reference"})
         return {"method": "reference"}
@@ -61,10 +66,8 @@ def evaluate_segmentation(
     cases_path, lesions_path = folder / "segmentation_cases.csv", folder / "segmentation_lesions.csv"
     segmentation_cases.to_csv(cases_path, index=False)
     segmentation_lesions.to_csv(lesions_path, index=False)
-    use_tracking_store()
     numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v == v}
     with mlflow.start_run(run_id=mlflow_run_id):
-        mlflow.log_param("segment_method", segment.method)
         mlflow.log_metrics({f"seg_test_{k}": float(v) for k, v in numbers.items()})
         mlflow.log_metrics({f"seg_all_{k}": float(v) for k, v in overall.items() if v == v})
         mlflow.log_metrics({f"end_to_end_{k}": float(v) for k, v in counts.items() if v == v})
@@ -73,7 +76,7 @@ def evaluate_segmentation(
     print(f"[evaluate_segmentation] {segment.method}: test liver Dice {summary['liver_dice']:.3f}, lesion Dice "
           f"{summary['lesion_dice']:.3f}, detection recall {summary['detection_recall']:.3f}, "
           f"{summary['false_positives_per_patient']:.2f} invented per patient; end-to-end sensitivity "
-          f"{counts['end_to_end_recall']:.3f}: {report}", flush=True)
+          f"{counts['recall']:.3f}: {report}", flush=True)
     result = {"method": segment.method, "test": summary, "all": overall, "end_to_end": counts, "report": str(report)}
     log_metadata(result)
     return result

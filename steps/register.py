@@ -30,13 +30,15 @@ def register(
     training_settings: dict[str, Any],
     code_version: str,
     config: RegisterConfig,
+    segmentation_lesions: pd.DataFrame | None = None,
 ) -> Annotated[dict[str, Any], "registration"]:
     """A registered MLflow model version with its lineage and model card; aliases only through the gate.
 
     Takes only what the model depends on and how it is filed (``training_settings``, not the whole
     profile), so a change of an unrelated setting reuses this step; and registration is idempotent
     per training run, so a re-run never registers a cached model twice. The gate scores the new
-    version and the champion by their registered artefacts on the same lesions. If it fails, the new
+    version and the champion by their registered artefacts on the same lesions (the reference lesions
+    of the test patients, when the run's lesions came from automatic segmentation). If it fails, the new
     version is deleted again: no half-registered model, no moved alias.
     """
     use_tracking_store()
@@ -67,8 +69,8 @@ def register(
     pinned = config.gate.evaluation_cohort
 
     def gate_set():
-        return (split_gate_set(split_manifest, split_manifest_hash, cases, lesions) if pinned is None
-                else cohort_gate_set(pinned))
+        return (split_gate_set(split_manifest, split_manifest_hash, cases, lesions, segmentation_lesions)
+                if pinned is None else cohort_gate_set(pinned))
 
     name = config.model_name
     result = register_and_gate(

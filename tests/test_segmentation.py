@@ -64,7 +64,7 @@ def test_lesions_are_matched_found_missed_and_invented():
     lesions = pd.DataFrame(rows)
     counts = end_to_end(lesions, pd.DataFrame({"lesion_id": ["c1-L01"], "p_metastasis": [0.9]}), threshold=0.5)
     assert counts["found_called_right_metastasis"] == 1 and counts["missed_cyst"] == 1 and counts["invented"] == 1
-    assert counts["end_to_end_recall"] == 1.0 and counts["end_to_end_specificity"] == 0.0  # the cyst was missed
+    assert counts["recall"] == 1.0 and counts["specificity"] == 0.0  # the cyst was missed
     summary = segmentation_summary(pd.DataFrame([case]), lesions)
     assert summary["detection_recall"] == 0.5 and summary["false_positives_per_patient"] == 1.0
 

@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 SEGMENT_METHODS = ("reference", "classical", "learned")
+#: a reference lesion's id in the segmentation tables: its id in the reference masks' numbering plus this
+#: (automatic lesions are numbered on their own and would otherwise share ids with other lesions)
+REFERENCE_SUFFIX = "-ref"
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 #: per case, how the automatic segmentation compares with the reference (``compare_to_reference``)
@@ -281,7 +284,7 @@ def compare_to_reference(case_id: str, patient_key: str, method: str, spacing, a
     rows = []
     for r, (best, partner, found) in sorted(by_reference.items()):
         rows.append({"case_id": case_id, "patient_key": patient_key, "kind": "reference", "instance": r,
-                     "lesion_id": f"{lesion_id(case_id, r)}-ref", "label": reference_labels.get(r),
+                     "lesion_id": lesion_id(case_id, r) + REFERENCE_SUFFIX, "label": reference_labels.get(r),
                      "volume_ml": float(ref_sizes[r]) * voxel_ml, "best_dice": best,
                      "partner": lesion_id(case_id, partner) if partner else "", "outcome": "found" if found else "missed"})
     labels = {}
@@ -289,7 +292,7 @@ def compare_to_reference(case_id: str, patient_key: str, method: str, spacing, a
         labels[a] = reference_labels.get(r) if matched else None
         rows.append({"case_id": case_id, "patient_key": patient_key, "kind": "automatic", "instance": a,
                      "lesion_id": lesion_id(case_id, a), "label": labels[a], "volume_ml": float(auto_sizes[a]) * voxel_ml,
-                     "best_dice": best, "partner": f"{lesion_id(case_id, r)}-ref" if matched else "",
+                     "best_dice": best, "partner": lesion_id(case_id, r) + REFERENCE_SUFFIX if matched else "",
                      "outcome": "matched" if matched else "invented"})
     reference_lesions = reference_instances > 0
     case = {
@@ -386,6 +389,6 @@ def end_to_end(lesions: pd.DataFrame, predictions: pd.DataFrame, threshold: floa
     counts["invented"] = int(len(invented))  # no reference type: not scored in training, but `predict` calls them
     m, c = counts["reference_metastasis"], counts["reference_cyst"]
     # a missed metastasis is a false negative the radiologist never sees: end-to-end sensitivity counts it
-    counts["end_to_end_recall"] = counts["found_called_right_metastasis"] / m if m else float("nan")
-    counts["end_to_end_specificity"] = counts["found_called_right_cyst"] / c if c else float("nan")
+    counts["recall"] = counts["found_called_right_metastasis"] / m if m else float("nan")
+    counts["specificity"] = counts["found_called_right_cyst"] / c if c else float("nan")
     return counts

@@ -308,6 +308,14 @@ def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
         typer.echo(f"    {name:<18} {value:.3f}  [{low:.3f}, {high:.3f}]")
     typer.echo(f"  one-feature baseline, mean HU threshold: test accuracy {evaluation['mean_hu_threshold_accuracy']:.3f} "
                f"fitted on train, {evaluation['mean_hu_best_threshold_accuracy']:.3f} at the best threshold for the test set")
+    segmentation = pipeline_run.steps["evaluate_segmentation"].outputs["segmentation_metrics"][0].load()
+    if segmentation["method"] != "reference":
+        test, counts = segmentation["test"], segmentation["end_to_end"]
+        typer.echo(f"  {segmentation['method']} segmentation, test patients: liver Dice {test['liver_dice']:.3f}, lesion "
+                   f"Dice {test['lesion_dice']:.3f}, {test['found_lesions']}/{test['reference_lesions']} lesions found, "
+                   f"{test['invented_lesions']} invented; missed: {counts['missed_metastasis']} metastases, "
+                   f"{counts['missed_cyst']} cysts (metrics above: the lesions found)")
+        typer.echo(f"  segmentation report: {segmentation['report']}")
     typer.echo(f"  reports: {Path(evaluation['plots']['roc_curve']).parent}")
     typer.echo(f"  MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
     typer.echo(f"  ZenML runs: ZENML_CONFIG_PATH={env['ZENML_CONFIG_PATH']} {bin_dir / 'zenml'} pipeline runs list")

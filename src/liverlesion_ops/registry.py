@@ -44,6 +44,7 @@ import liverlesion
 from liverlesion import paths
 from liverlesion.predict import RESULT_COLUMNS
 from liverlesion.promotion import DECIMALS, Decision, GateRules, decide, gate_scores
+from liverlesion.segmentation import REFERENCE_SUFFIX
 from liverlesion_ops.tracking import ensure_experiment, use_tracking_store
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
@@ -323,8 +324,24 @@ class GateSet:
     description: str  # e.g. "the test split of v3 (46 lesions, 13 patients)"
 
 
-def split_gate_set(manifest: pd.DataFrame, manifest_hash: str, cases: pd.DataFrame, lesions: pd.DataFrame) -> GateSet:
-    """The test split of a run (``splitting`` manifest; ``lesions`` maps lesion ids to cases)."""
+def split_gate_set(manifest: pd.DataFrame, manifest_hash: str, cases: pd.DataFrame, lesions: pd.DataFrame,
+                   segmentation_lesions: pd.DataFrame | None = None) -> GateSet:
+    """The test split of a run (``splitting`` manifest; ``lesions`` maps lesion ids to cases).
+
+    A run whose lesions came from automatic segmentation is gated on the reference lesions of its
+    test patients (``segmentation_lesions``): the registered model scores a CT's lesions from its
+    reference mask, and champion and challenger are compared on the same, drawn, lesions.
+    """
+    reference = (segmentation_lesions[segmentation_lesions["kind"] == "reference"]
+                 if segmentation_lesions is not None else pd.DataFrame())
+    if not reference.empty:
+        test_patients = set(manifest.loc[manifest["set"] == "test", "patient_key"])
+        drawn = reference[reference["patient_key"].isin(test_patients) & reference["label"].notna()]
+        labels = pd.Series(drawn["label"].astype(int).to_numpy(),
+                           index=drawn["lesion_id"].str.removesuffix(REFERENCE_SUFFIX), name="label")
+        return GateSet(labels, cases[cases["case_id"].isin(set(drawn["case_id"]))],
+                       f"the reference lesions of the test patients of split {manifest_hash[:12]} ({len(drawn)} "
+                       f"lesions, {len(test_patients)} patient(s))")
     test = manifest[manifest["set"] == "test"]
     case_ids = set(lesions.loc[lesions["lesion_id"].isin(set(test["lesion_id"])), "case_id"])
     return GateSet(test.set_index("lesion_id")["label"], cases[cases["case_id"].isin(case_ids)],
