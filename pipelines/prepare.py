@@ -25,7 +25,7 @@ def prepare_patches(data_dir: str, data_version: str, profile: Profile, code_ver
         code_version=code_version, segment=profile.segment, segmenter_uri=segmenter_uri)
     lesions = segment(cases, lesion_types, crops)
     patches, patch_index = extract_patches(lesions, crops, config=profile.patches)
-    report = validate(cases, lesions, patch_index, patches, rules=profile.validation)
+    report = validate(cases, lesions, patch_index, patches, rules=profile.validation_rules())
     manifest, manifest_hash = split(lesions, report, segmentation_lesions, config=profile.split)
     return {"cases": cases, "crops": crops, "lesions": lesions, "patches": patches, "patch_index": patch_index,
             "manifest": manifest, "manifest_hash": manifest_hash, "segmentation_cases": segmentation_cases,

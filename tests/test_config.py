@@ -86,3 +86,12 @@ def test_unknown_or_repeated_compare_models_are_named(tmp_path):
         load_profile("quick", {"compare": {"models": ["svm_texture", "resnet50"]}})
     with pytest.raises(ConfigError, match="listed twice"):
         load_profile("quick", {"compare": {"models": ["svm_texture", "svm_texture"]}})
+
+
+def test_class_balance_bounds_hold_for_reference_masks_only():
+    reference = load_profile("quick")
+    assert reference.validation_rules() == reference.validation
+    automatic = load_profile("quick", {"segment": {"method": "classical"}})
+    rules = automatic.validation_rules()
+    assert (rules.min_metastasis_fraction, rules.max_metastasis_fraction) == (0.0, 1.0)
+    assert rules.model_copy(update={"min_metastasis_fraction": 0.3, "max_metastasis_fraction": 0.7}) == reference.validation

@@ -212,6 +212,18 @@ class Profile(_Section):
             raise ValueError(f"validation.patch_shape {tuple(shape)} differs from the patch size {self.patches.size}")
         return self
 
+    def validation_rules(self) -> ValidationRules:
+        """The rules ``validate`` applies to this profile's lesions.
+
+        The class balance bounds describe the cohort: they hold for reference masks. An automatic
+        segmentation finds some lesions and misses others (small cysts first), so the balance of what
+        it found is an outcome, reported per class by ``evaluate_segmentation``, not a property of the
+        data to stop on; its lesions are checked against every other rule.
+        """
+        if not self.segment.automatic:
+            return self.validation
+        return self.validation.model_copy(update={"min_metastasis_fraction": 0.0, "max_metastasis_fraction": 1.0})
+
     def training_settings(self) -> dict[str, Any]:
         """The settings a trained model depends on (``TRAINING_SECTIONS``), as JSON."""
         return self.model_dump(mode="json", include=set(TRAINING_SECTIONS))
