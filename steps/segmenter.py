@@ -20,13 +20,14 @@ from liverlesion_ops.segmenters import register_segmenter
 from steps.tracking import run_reports_dir, start_tracked_run, use_tracking_store
 
 
-def _volumes(case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
-    """A case's CT (HU), reference liver, numbered reference lesions and spacing: one read of each file."""
+def _volumes(case) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int | None], tuple]:
+    """A case's CT (HU), reference liver, numbered reference lesions, their classes where the mask codes them,
+    and its spacing: one read of each file."""
     image, meta = load_nifti(case.image_path, dtype=np.float32)
     mask, _ = load_nifti(case.mask_path)
     liver, _ = load_nifti(case.liver_mask_path)
-    instances, _ = instance_map(mask, case.case_id, case.mask_encoding)
-    return image, liver != 0, instances, meta.spacing
+    instances, described = instance_map(mask, case.case_id, case.mask_encoding)
+    return image, liver != 0, instances, {d["instance"]: d["label"] for d in described}, meta.spacing
 
 
 @step
@@ -51,20 +52,20 @@ def train_segmenter(
 
     def training_volumes():
         for i, case in enumerate(train_cases.itertuples(index=False), start=1):
-            image, liver, instances, _ = _volumes(case)
+            image, liver, instances, _, _ = _volumes(case)
             say(i, len(train_cases), case.case_id)
             yield image, liver, instances > 0
 
     cascade, history = train_cascade(training_volumes(), settings, progress=lambda m: print(f"[train_segmenter] {m}", flush=True))
     measured, outcomes = [], []
     for case in test_cases.itertuples(index=False):
-        image, liver, instances, spacing = _volumes(case)
+        image, liver, instances, labels, spacing = _volumes(case)
         started = pd.Timestamp.now()
         automatic = masks_from_probabilities(*cascade.probabilities(image), spacing, segment)
         seconds = (pd.Timestamp.now() - started).total_seconds()
         auto_instances, _ = instance_map(automatic.lesions.astype(np.uint8), case.case_id, "binary")
         row, rows, _ = compare_to_reference(case.case_id, case.patient_key, "learned", spacing, automatic, auto_instances,
-                                            instances, {}, liver, segment.detection_dice, seconds)
+                                            instances, labels, liver, segment.detection_dice, seconds)
         measured.append(row)
         outcomes.extend(rows)
     summary = segmentation_summary(pd.DataFrame(measured), pd.DataFrame(outcomes))

@@ -238,3 +238,16 @@ def test_domain_module_imports_no_tracking_or_orchestration():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"mlflow", "zenml", "dvc", "keras", "tensorflow", "sklearn"}
+
+
+def test_the_card_says_where_the_training_lesions_came_from():
+    learned = profile({"segment": {"method": "learned"}})
+    learned["segment"]["resolved_model"] = "models:/seg/2"  # as the CLI records the resolved cascade
+    card = card_for(learned)
+    assert card["data"]["lesions_from"] == "learned (models:/seg/2) segmentation"
+    assert any("learned (models:/seg/2) segmentation found" in item for item in card["limitations"])
+    assert "came from a learned (models:/seg/2) segmentation" in render_markdown(card)
+    reference = card_for()
+    assert reference["data"]["lesions_from"] == "reference"
+    assert "came from the reference masks" in render_markdown(reference)
+    assert not any("segmentation found" in item for item in reference["limitations"])

@@ -271,7 +271,7 @@ def _evaluation(metrics: dict[str, float], intervals: dict[str, list[float]], pr
     }
 
 
-def _limitations(cohort: dict, split: dict, evaluation: dict) -> list[str]:
+def _limitations(cohort: dict, split: dict, evaluation: dict, lesions_from: str = "reference") -> list[str]:
     items = [
         "Two classes only: every lesion is called a colorectal metastasis or a benign cyst. Other lesions "
         "(hemangioma, focal nodular hyperplasia, hepatocellular carcinoma, abscess, metastases of other primaries, ...) "
@@ -279,6 +279,10 @@ def _limitations(cohort: dict, split: dict, evaluation: dict) -> list[str]:
         "Depends on the lesion mask: the patches are cut around the segmented lesion, so a missed, merged or "
         "badly drawn lesion gives a wrong or meaningless result; it does not find lesions itself.",
     ]
+    if lesions_from != "reference":
+        items.append(f"Trained on the lesions a {lesions_from} segmentation found, labelled by the reference lesion "
+                     "holding each: lesions it missed were never seen in training, and its test metrics are those of "
+                     "the lesions it found (the run's segmentation.md counts the missed and invented ones).")
     origin = cohort.get("origin_details", {})
     kind = cohort.get("origin", origin.get("kind", "unknown"))
     if kind == "synthetic":
@@ -346,6 +350,10 @@ def build_model_card(
     shape = [int(s) for s in input_shape if s is not None]
     threshold = float(evaluate.get("threshold", 0.5))
     canvas = patches.get("canvas")
+    segment = dict(profile.get("segment", {}))
+    lesions_from = str(segment.get("method", "reference"))
+    if lesions_from == "learned" and segment.get("resolved_model"):
+        lesions_from = f"learned ({segment['resolved_model']})"
     evaluation = _evaluation(metrics, intervals, precision, profile, split)
     card = {
         "schema_version": CARD_SCHEMA_VERSION,
@@ -395,6 +403,7 @@ def build_model_card(
         "data": {
             "version": data_version,
             "origin": cohort.get("origin", "unknown"),
+            "lesions_from": lesions_from if lesions_from == "reference" else f"{lesions_from} segmentation",
             "cohort": cohort,
         },
         "split": {
@@ -408,7 +417,7 @@ def build_model_card(
         "training": _training(train, profile),
         "lineage": {k: v for k, v in lineage.items() if k not in _LINEAGE_LEFT_OUT},
         "intended_use": {"summary": INTENDED_USE, "in_scope": list(_IN_SCOPE), "out_of_scope": list(_OUT_OF_SCOPE)},
-        "limitations": _limitations(cohort, split, evaluation),
+        "limitations": _limitations(cohort, split, evaluation, lesions_from),
         "reference": REFERENCE,
     }
     return _plain(card)
@@ -463,7 +472,8 @@ def render_markdown(card: dict) -> str:
         f"patches through the lesion with an {model['backbone']} backbone and calls the lesion a metastasis when "
         f"P(metastasis) >= {out['threshold']:g}. Its data: {_ORIGIN_WORDS.get(data['origin'], data['origin'])}, "
         f"{cohort.get('lesions', 'n/a')} lesions of {cohort.get('patients', 'n/a')} patients (data version "
-        f"`{data['version']}`), split by patient into training, validation and test sets.",
+        f"`{data['version']}`), split by patient into training, validation and test sets; its training lesions "
+        f"came from {'the reference masks' if data.get('lesions_from', 'reference') == 'reference' else 'a ' + data['lesions_from']}.",
         "",
         "## Intended use",
         "",
