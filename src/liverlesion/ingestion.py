@@ -14,7 +14,8 @@ stop it too, unless the run quarantines bad cases: then they are set aside and r
 Each CT and mask is decompressed once, here: while a case is in memory it is checked, segmented
 if the run asks for automatic segmentation (``liverlesion.segmentation``, measured against the
 reference masks at the same time), its lesions are numbered and each lesion's box is cut
-(``liverlesion.crops``) with the largest margin a later step needs. ``segment_cases`` and ``extract_cohort_patches`` are pure functions of those crops.
+(``liverlesion.crops``) with the largest margin a later step needs. ``segment_cases`` and
+``extract_cohort_patches`` are pure functions of those crops.
 Cases are read by worker processes, one per core.
 """
 

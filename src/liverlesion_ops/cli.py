@@ -395,7 +395,9 @@ def train_segmenter(
                                      data_version=version.hash, profile=config, code_version=_code_version())
     result = pipeline_run.steps["train_segmenter"].outputs["segmenter_registration"][0].load()
     if as_json:
-        typer.echo(json.dumps(result, indent=2, default=str))
+        # strict JSON for programs: a measure that could not be taken (no lesion of a class) is null, not NaN
+        typer.echo(json.dumps({**result, "test": {k: None if v != v else v for k, v in result["test"].items()}},
+                              indent=2, default=str, allow_nan=False))
         return
     test = result["test"]
     typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
