@@ -23,7 +23,7 @@ from liverlesion.config import load_profile
 from liverlesion.imaging import load_nifti
 from liverlesion.ingestion import read_case_table
 from liverlesion.lesions import instance_map
-from liverlesion.segmentation import automatic_segmentation, compare_to_reference, load_cascade, segmentation_summary
+from liverlesion.segmentation import automatic_segmentation, load_cascade, measure_case, segmentation_summary
 
 
 def read(folder: Path, case) -> tuple:
@@ -77,12 +77,8 @@ def main() -> None:
         cases, lesions = [], []
         for case in measured:
             image, spacing, liver, reference = read(args.data, case)
-            started = time.perf_counter()
-            found = automatic_segmentation(image, spacing, settings, cascade)
-            seconds = time.perf_counter() - started
-            auto, _ = instance_map(found.lesions.astype(np.uint8), case.case_id, "binary")
-            row, outcome, _ = compare_to_reference(case.case_id, case.patient_key, method, spacing, found, auto,
-                                                   reference, {}, liver, settings.detection_dice, seconds)
+            row, outcome = measure_case(case.case_id, case.patient_key, image, spacing, reference, {}, liver, settings,
+                                        cascade)
             cases.append(row)
             lesions.extend(outcome)
         summary = segmentation_summary(pd.DataFrame(cases), pd.DataFrame(lesions))

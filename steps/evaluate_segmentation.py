@@ -4,29 +4,9 @@ import mlflow
 import pandas as pd
 from zenml import log_metadata, step
 
+from liverlesion.report import segmentation_markdown
 from liverlesion.segmentation import SegmentSettings, end_to_end, segmentation_summary
 from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
-
-
-def _table(summary: dict[str, Any], counts: dict[str, Any]) -> str:
-    rows = [("liver Dice", summary["liver_dice"]), ("liver ASSD (mm)", summary["liver_assd_mm"]),
-            ("lesion Dice (all lesions of a case)", summary["lesion_dice"]),
-            ("lesion ASSD (mm)", summary["lesion_assd_mm"]),
-            ("lesions found / reference lesions", f"{summary['found_lesions']} / {summary['reference_lesions']}"),
-            ("detection recall, metastases", summary["detection_recall_metastasis"]),
-            ("detection recall, cysts", summary["detection_recall_cyst"]),
-            ("invented lesions per patient", summary["false_positives_per_patient"]),
-            ("seconds per CT", summary["seconds_per_case"])]
-    lines = ["| measure | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]
-    lines += ["", "End to end (test patients): each reference lesion found by segmentation and classified, or missed.", "",
-              "| | metastases | cysts |", "| --- | --- | --- |"]
-    for what in ("reference", "found_called_right", "found_called_wrong", "missed"):
-        lines.append(f"| {what.replace('_', ' ')} | {counts[f'{what}_metastasis']} | {counts[f'{what}_cyst']} |")
-    lines += ["", f"Invented lesions (matching no reference lesion): {counts['invented']}. End-to-end sensitivity "
-              f"(metastases found and called metastasis / all): {counts['recall']:.3f}; end-to-end "
-              f"specificity (cysts found and called cyst / all): {counts['specificity']:.3f}."]
-    return "\n".join(lines) + "\n"
 
 
 @step
@@ -60,9 +40,7 @@ def evaluate_segmentation(
     counts = end_to_end(lesions, test_predictions, threshold)
     folder = run_reports_dir(zenml_run().name)
     report = folder / "segmentation.md"
-    report.write_text(f"# Segmentation: {segment.method}\n\nOn the {summary['cases']} CTs of the "
-                      f"{summary['patients']} test patients (a reference lesion is found at a Dice of at least "
-                      f"{segment.detection_dice}).\n\n" + _table(summary, counts))
+    report.write_text(segmentation_markdown(segment.method, summary, counts, segment.detection_dice))
     cases_path, lesions_path = folder / "segmentation_cases.csv", folder / "segmentation_lesions.csv"
     segmentation_cases.to_csv(cases_path, index=False)
     segmentation_lesions.to_csv(lesions_path, index=False)

@@ -13,7 +13,7 @@ from zenml import log_metadata, step
 from liverlesion.imaging import load_nifti
 from liverlesion.lesions import instance_map
 from liverlesion.progress import progress_printer
-from liverlesion.segmentation import SegmentSettings, compare_to_reference, masks_from_probabilities, segmentation_summary
+from liverlesion.segmentation import SegmentSettings, measure_case, segmentation_summary
 from liverlesion.segnet import CascadeSettings, train_cascade
 from liverlesion.splitting import cases_in_sets
 from liverlesion_ops.segmenters import register_segmenter
@@ -58,14 +58,10 @@ def train_segmenter(
 
     cascade, history = train_cascade(training_volumes(), settings, progress=lambda m: print(f"[train_segmenter] {m}", flush=True))
     measured, outcomes = [], []
+    learned = segment.model_copy(update={"method": "learned"})
     for case in test_cases.itertuples(index=False):
         image, liver, instances, labels, spacing = _volumes(case)
-        started = pd.Timestamp.now()
-        automatic = masks_from_probabilities(*cascade.probabilities(image), spacing, segment)
-        seconds = (pd.Timestamp.now() - started).total_seconds()
-        auto_instances, _ = instance_map(automatic.lesions.astype(np.uint8), case.case_id, "binary")
-        row, rows, _ = compare_to_reference(case.case_id, case.patient_key, "learned", spacing, automatic, auto_instances,
-                                            instances, labels, liver, segment.detection_dice, seconds)
+        row, rows = measure_case(case.case_id, case.patient_key, image, spacing, instances, labels, liver, learned, cascade)
         measured.append(row)
         outcomes.extend(rows)
     summary = segmentation_summary(pd.DataFrame(measured), pd.DataFrame(outcomes))

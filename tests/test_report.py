@@ -237,3 +237,18 @@ def test_roc_plot_is_written(tmp_path):
                             "one class": (np.ones(4), [0.1, 0.2, 0.3, 0.4])}, tmp_path / "plots" / "roc.png")
     assert path == tmp_path / "plots" / "roc.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_segmentation_markdown_shows_the_table_and_what_became_of_each_lesion():
+    from liverlesion.report import segmentation_markdown
+
+    summary = {"cases": 2, "patients": 2, "liver_dice": 0.98, "liver_assd_mm": 0.3, "lesion_dice": 0.7,
+               "lesion_assd_mm": 2.0, "found_lesions": 3, "reference_lesions": 4, "detection_recall_metastasis": 1.0,
+               "detection_recall_cyst": 0.5, "false_positives_per_patient": 0.5, "seconds_per_case": 1.2}
+    counts = {"reference_metastasis": 2, "reference_cyst": 2, "found_called_right_metastasis": 2,
+              "found_called_right_cyst": 1, "found_called_wrong_metastasis": 0, "found_called_wrong_cyst": 0,
+              "missed_metastasis": 0, "missed_cyst": 1, "invented": 1, "recall": 1.0, "specificity": 0.5}
+    text = segmentation_markdown("classical", summary, counts, 0.2)
+    assert text.startswith("# Segmentation: classical") and "Dice of at least 0.2" in text
+    assert "| lesions found / reference lesions | 3 / 4 |" in text and "| missed | 0 | 1 |" in text
+    assert "Invented lesions (matching no reference lesion): 1" in text

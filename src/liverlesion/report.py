@@ -22,6 +22,7 @@ pipeline.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +376,28 @@ def plot_roc_curves(curves: Mapping[str, tuple], path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def segmentation_markdown(method: str, summary: dict[str, Any], counts: dict[str, Any], detection_dice: float) -> str:
+    """``segmentation.md``: the segmentation table of the test patients (``segmentation.segmentation_summary``)
+    and, end to end with the classifier, what became of each reference lesion (``segmentation.end_to_end``)."""
+    rows = [("liver Dice", summary["liver_dice"]), ("liver ASSD (mm)", summary["liver_assd_mm"]),
+            ("lesion Dice (all lesions of a case)", summary["lesion_dice"]),
+            ("lesion ASSD (mm)", summary["lesion_assd_mm"]),
+            ("lesions found / reference lesions", f"{summary['found_lesions']} / {summary['reference_lesions']}"),
+            ("detection recall, metastases", summary["detection_recall_metastasis"]),
+            ("detection recall, cysts", summary["detection_recall_cyst"]),
+            ("invented lesions per patient", summary["false_positives_per_patient"]),
+            ("seconds per CT", summary["seconds_per_case"])]
+    lines = [f"# Segmentation: {method}", "", f"On the {summary['cases']} CTs of the {summary['patients']} test patients "
+             f"(a reference lesion is found at a Dice of at least {detection_dice}).", "",
+             "| measure | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]
+    lines += ["", "End to end (test patients): each reference lesion found by segmentation and classified, or missed.", "",
+              "| | metastases | cysts |", "| --- | --- | --- |"]
+    for what in ("reference", "found_called_right", "found_called_wrong", "missed"):
+        lines.append(f"| {what.replace('_', ' ')} | {counts[f'{what}_metastasis']} | {counts[f'{what}_cyst']} |")
+    lines += ["", f"Invented lesions (matching no reference lesion): {counts['invented']}. End-to-end sensitivity "
+              f"(metastases found and called metastasis / all): {counts['recall']:.3f}; end-to-end "
+              f"specificity (cysts found and called cyst / all): {counts['specificity']:.3f}."]
+    return "\n".join(lines) + "\n"

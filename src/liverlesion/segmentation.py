@@ -22,6 +22,7 @@ when no reference lesion holds half of it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -306,6 +307,30 @@ def compare_to_reference(case_id: str, patient_key: str, method: str, spacing, a
         "seconds": float(seconds),
     }
     return case, rows, labels
+
+
+def measure_case(case_id: str, patient_key: str, image: np.ndarray, spacing, reference_instances: np.ndarray,
+                 reference_labels: dict[int, int | None], reference_liver: np.ndarray | None,
+                 settings: SegmentSettings, cascade=None) -> tuple[dict, list[dict]]:
+    """Segment one CT by ``settings.method`` (timed) and compare it with its reference (``compare_to_reference``).
+
+    Returns:
+        The case row and the lesion rows of the segmentation tables.
+    """
+    started = time.perf_counter()
+    found = automatic_segmentation(image, spacing, settings, cascade)
+    seconds = time.perf_counter() - started
+    automatic = _number(found.lesions, case_id)
+    row, rows, _ = compare_to_reference(case_id, patient_key, settings.method, spacing, found, automatic,
+                                        reference_instances, reference_labels, reference_liver,
+                                        settings.detection_dice, seconds)
+    return row, rows
+
+
+def _number(lesions: np.ndarray, case_id: str) -> np.ndarray:
+    from liverlesion.lesions import instance_map
+
+    return instance_map(lesions.astype(np.uint8), case_id, "binary")[0]
 
 
 def segmentation_summary(cases: pd.DataFrame, lesions: pd.DataFrame) -> dict[str, float]:
