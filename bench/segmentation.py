@@ -20,18 +20,15 @@ import numpy as np
 import pandas as pd
 
 from liverlesion.config import load_profile
-from liverlesion.imaging import load_nifti
 from liverlesion.ingestion import read_case_table
-from liverlesion.lesions import instance_map
-from liverlesion.segmentation import automatic_segmentation, load_cascade, measure_case, segmentation_summary
+from liverlesion.segmentation import (
+    automatic_segmentation, load_cascade, measure_case, read_reference_case, segmentation_summary,
+)
 
 
-def read(folder: Path, case) -> tuple:
-    image, meta = load_nifti(folder / case.image, dtype=np.float32)
-    mask, _ = load_nifti(folder / case.mask)
-    liver, _ = load_nifti(folder / case.liver_mask)
-    reference, _ = instance_map(mask, case.case_id, case.mask_encoding)
-    return image, meta.spacing, liver != 0, reference
+def read(folder: Path, case):
+    return read_reference_case(folder / case.image, folder / case.mask, folder / case.liver_mask, case.case_id,
+                               case.mask_encoding)
 
 
 def main() -> None:
@@ -57,7 +54,7 @@ def main() -> None:
 
         training = list(table.iloc[args.cases:args.cases + args.train].itertuples(index=False))
         started = time.perf_counter()
-        cascade, _ = train_cascade(((image, liver, reference > 0) for image, _, liver, reference in
+        cascade, _ = train_cascade(((ref.image, ref.liver, ref.instances > 0) for ref in
                                     (read(args.data, case) for case in training)), profile.segmenter)
         seconds = time.perf_counter() - started
         print(f"# trained the cascade on {len(training)} cases in {seconds:.0f} s ({seconds / len(training):.1f} s per "
@@ -67,24 +64,25 @@ def main() -> None:
         cascade.save(folder)
         methods["learned"] = str(folder)
 
-    rows = []
+    rows, sizes = [], {}
     for method, cascade_dir in methods.items():
         settings = profile.segment.model_copy(update={"method": method})
         cascade = load_cascade(cascade_dir)
         if cascade is not None:  # the first call traces the networks: not a CT's time
-            image, spacing, _, _ = read(args.data, measured[0])
-            automatic_segmentation(image, spacing, settings, cascade)
+            ref = read(args.data, measured[0])
+            automatic_segmentation(ref.image, ref.spacing, settings, cascade)
         cases, lesions = [], []
         for case in measured:
-            image, spacing, liver, reference = read(args.data, case)
-            row, outcome = measure_case(case.case_id, case.patient_key, image, spacing, reference, {}, liver, settings,
-                                        cascade)
+            ref = read(args.data, case)
+            sizes[case.case_id] = ref.image.size
+            row, outcome = measure_case(case.case_id, case.patient_key, ref.image, ref.spacing, ref.instances,
+                                        ref.labels, ref.liver, settings, cascade)
             cases.append(row)
             lesions.extend(outcome)
         summary = segmentation_summary(pd.DataFrame(cases), pd.DataFrame(lesions))
         rows.append({"method": method, **summary,
                      "median_seconds": float(np.median([c["seconds"] for c in cases]))})
-    voxels = np.mean([np.prod(load_nifti(args.data / c.image)[1].shape) for c in measured]) / 1e6
+    voxels = np.mean(list(sizes.values())) / 1e6
     print(f"# {len(measured)} CTs ({voxels:.1f} M voxels on average), {os.cpu_count()} CPU cores; a lesion is found at "
           f"Dice >= {profile.segment.detection_dice}")
     columns = ["method", "seconds_per_case", "median_seconds", "liver_dice", "liver_assd_mm", "lesion_dice",

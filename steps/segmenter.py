@@ -6,28 +6,19 @@ import tempfile
 from typing import Annotated, Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from zenml import log_metadata, step
 
-from liverlesion.imaging import load_nifti
-from liverlesion.lesions import instance_map
 from liverlesion.progress import progress_printer
-from liverlesion.segmentation import SegmentSettings, measure_case, segmentation_summary
+from liverlesion.segmentation import SegmentSettings, measure_case, read_reference_case, segmentation_summary
 from liverlesion.segnet import CascadeSettings, train_cascade
 from liverlesion.splitting import cases_in_sets
 from liverlesion_ops.segmenters import register_segmenter
 from steps.tracking import run_reports_dir, start_tracked_run, use_tracking_store
 
 
-def _volumes(case) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int | None], tuple]:
-    """A case's CT (HU), reference liver, numbered reference lesions, their classes where the mask codes them,
-    and its spacing: one read of each file."""
-    image, meta = load_nifti(case.image_path, dtype=np.float32)
-    mask, _ = load_nifti(case.mask_path)
-    liver, _ = load_nifti(case.liver_mask_path)
-    instances, described = instance_map(mask, case.case_id, case.mask_encoding)
-    return image, liver != 0, instances, {d["instance"]: d["label"] for d in described}, meta.spacing
+def _read(case):
+    return read_reference_case(case.image_path, case.mask_path, case.liver_mask_path, case.case_id, case.mask_encoding)
 
 
 @step
@@ -52,16 +43,17 @@ def train_segmenter(
 
     def training_volumes():
         for i, case in enumerate(train_cases.itertuples(index=False), start=1):
-            image, liver, instances, _, _ = _volumes(case)
+            ref = _read(case)
             say(i, len(train_cases), case.case_id)
-            yield image, liver, instances > 0
+            yield ref.image, ref.liver, ref.instances > 0
 
     cascade, history = train_cascade(training_volumes(), settings, progress=lambda m: print(f"[train_segmenter] {m}", flush=True))
     measured, outcomes = [], []
     learned = segment.model_copy(update={"method": "learned"})
     for case in test_cases.itertuples(index=False):
-        image, liver, instances, labels, spacing = _volumes(case)
-        row, rows = measure_case(case.case_id, case.patient_key, image, spacing, instances, labels, liver, learned, cascade)
+        ref = _read(case)
+        row, rows = measure_case(case.case_id, case.patient_key, ref.image, ref.spacing, ref.instances, ref.labels,
+                                 ref.liver, learned, cascade)
         measured.append(row)
         outcomes.extend(rows)
     summary = segmentation_summary(pd.DataFrame(measured), pd.DataFrame(outcomes))

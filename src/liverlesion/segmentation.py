@@ -327,6 +327,29 @@ def measure_case(case_id: str, patient_key: str, image: np.ndarray, spacing, ref
     return row, rows
 
 
+@dataclass(frozen=True)
+class ReferenceCase:
+    """A CT with its reference masks, as the cascade trains on them and the measures compare with them."""
+
+    image: np.ndarray  # HU, float32, canonical axes
+    spacing: tuple[float, float, float]
+    liver: np.ndarray  # bool
+    instances: np.ndarray  # the reference lesions numbered (``lesions.instance_map``)
+    labels: dict[int, int | None]  # lesion number -> class where the mask codes it
+
+
+def read_reference_case(image_path, mask_path, liver_path, case_id: str, mask_encoding: str) -> ReferenceCase:
+    """One read of a case's CT, lesion mask and liver mask."""
+    from liverlesion.imaging import load_nifti
+    from liverlesion.lesions import instance_map
+
+    image, meta = load_nifti(image_path, dtype=np.float32)
+    mask, _ = load_nifti(mask_path)
+    liver, _ = load_nifti(liver_path)
+    instances, described = instance_map(mask, case_id, mask_encoding)
+    return ReferenceCase(image, meta.spacing, liver != 0, instances, {d["instance"]: d["label"] for d in described})
+
+
 def _number(lesions: np.ndarray, case_id: str) -> np.ndarray:
     from liverlesion.lesions import instance_map
 

@@ -39,7 +39,7 @@ def resolve_segmenter(reference: str) -> str:
         except MlflowException:
             raise RegistryError(f"no version {which} of the segmentation model {name!r}") from None
         return f"models:/{name}/{which}"
-    version = alias_version(mlflow_client, name, which) if _exists(name) else None
+    version = alias_version(mlflow_client, name, which)  # None also when the model does not exist
     if version is None:
         raise RegistryError(f"the segmentation model {name!r} has no {which!r} version: train one with "
                             "`liverlesion train-segmenter` (or name a version, segment.learned_model=<model>@<n>)")
