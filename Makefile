@@ -39,8 +39,12 @@ bench: install
 	$(BIN)/python bench/inference_cpu.py
 
 ## re-resolve the pinned dependencies (after editing pyproject.toml)
+## requirements.lock: this machine (CPU); infra/kubeflow/requirements-gpu.lock: the step image (JAX on CUDA)
 lock:
-	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 --quiet -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml $(foreach e,tensorflow jax ops server kubeflow test,--extra $(e)) \
+		--python-version 3.11 --quiet -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml $(foreach e,jax-cuda ops kubeflow,--extra $(e)) \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet -o infra/kubeflow/requirements-gpu.lock
 
 ## forget every run, model and cached artifact (keeps data/ and the DVC cache)
 clean-state:
