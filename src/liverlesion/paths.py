@@ -8,9 +8,8 @@ can point a whole run elsewhere by setting variables first.
 | ``LIVERLESION_PROJECT`` | nearest parent of the working directory holding ``data.dvc`` | the project root (code, ``data/``, ``data.dvc``) |
 | ``LIVERLESION_CODE`` | the checkout this package is installed from | ``pipelines/`` and ``steps/`` |
 | ``LIVERLESION_HOME`` | ``<project>/.liverlesion`` | all generated state below |
-| ``ZENML_CONFIG_PATH`` | ``<home>/zenml`` | ZenML's local store and stack |
-| ``MLFLOW_TRACKING_URI`` | ``sqlite:///<home>/mlflow/mlflow.db`` | MLflow tracking and registry store |
-| ``LIVERLESION_DVC_REMOTE`` | ``<home>/dvc-remote`` | the local DVC remote the cohort is pushed to |
+
+Where ZenML, MLflow and DVC keep their state is orchestration: ``liverlesion_ops.environment``.
 """
 
 from __future__ import annotations
@@ -65,24 +64,6 @@ def state_home() -> Path:
 def data_dir() -> Path:
     """The DVC-tracked cohort folder (``data/`` beside ``data.dvc``)."""
     return project_root() / "data"
-
-
-def zenml_config_path() -> Path:
-    return Path(os.environ.get("ZENML_CONFIG_PATH") or state_home() / "zenml")
-
-
-def mlflow_tracking_uri() -> str:
-    if env := os.environ.get("MLFLOW_TRACKING_URI"):
-        return env
-    return f"sqlite:///{state_home() / 'mlflow' / 'mlflow.db'}"
-
-
-def mlflow_artifact_root() -> Path:
-    return state_home() / "mlflow" / "artifacts"
-
-
-def dvc_remote() -> Path:
-    return Path(os.environ.get("LIVERLESION_DVC_REMOTE") or state_home() / "dvc-remote")
 
 
 def reports_dir() -> Path:

@@ -101,6 +101,7 @@ def _load(profile: str, overrides: list[str]):
 
 def _prepare_data(profile, regenerate: bool = False, data: Path | None = None):
     from liverlesion import paths
+    from liverlesion_ops import environment
     from liverlesion_ops.datastore import DataStoreError, external_data, prepare_data
     from liverlesion.progress import progress_printer
 
@@ -113,7 +114,7 @@ def _prepare_data(profile, regenerate: bool = False, data: Path | None = None):
         return version
     try:
         version = prepare_data(
-            paths.project_root(), profile.cohort, paths.dvc_remote(), progress_printer("generate"), regenerate
+            paths.project_root(), profile.cohort, environment.dvc_remote(), progress_printer("generate"), regenerate
         )
     except DataStoreError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
@@ -537,7 +538,9 @@ def import_(
     summary = report.to_dict()
     if into_project:
         try:
-            configure_remote(paths.project_root(), paths.dvc_remote())
+            from liverlesion_ops import environment
+
+            configure_remote(paths.project_root(), environment.dvc_remote())
             summary["data_version"] = version_data(paths.project_root())
         except DataStoreError as err:
             _fail(str(err), 1)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import mlflow
 
-from liverlesion import paths
+from liverlesion_ops import environment
 
 
 def use_tracking_store() -> str:
     """Point MLflow at the project's store (``MLFLOW_TRACKING_URI`` or the state folder's SQLite)."""
-    uri = paths.mlflow_tracking_uri()
+    uri = environment.mlflow_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -22,6 +22,6 @@ def ensure_experiment(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if paths.mlflow_tracking_uri().startswith("sqlite:"):
-        location = paths.mlflow_artifact_root().resolve().as_uri()
+    if environment.mlflow_tracking_uri().startswith("sqlite:"):
+        location = environment.mlflow_artifact_root().resolve().as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
