@@ -1,9 +1,11 @@
 """The proposed model under the paper's protocol, standalone: Keras 3 on any backend, no TensorFlow/ZenML.
 
 Reads the patches the pipeline exported (``liverlesion export --profile paper``), trains InceptionV3
-+ FC-512/Dropout-0.4 x2 with the ``paper`` protocol (Adam 1e-3, LR halved after 10 flat epochs down
-to 1e-10, early stopping after 50 with the best weights restored, at most 103 epochs of batch 8,
-rotation/shift/flip augmentation) in mixed bfloat16, and prints and writes what it measured:
++ FC-512/Dropout-0.4 x2 with the training settings exported with them (the profile's ``train``
+section: for ``paper``, Adam 1e-3, LR halved after 10 flat epochs down to 1e-10, early stopping
+after 50 with the best weights restored, at most 103 epochs of batch 8, rotation/shift/flip
+augmentation) in the profile's precision (``auto``: mixed bfloat16 on a GPU), the same protocol
+the pipeline's ``train`` step runs, and prints and writes what it measured:
 
 - the whole protocol's wall time, compilation included, and the first epoch's time;
 - training images/s at batch 8 inside that run (epochs after the first, validation included);
@@ -25,9 +27,9 @@ the machine the network starts from random weights (NPW); give ``--weights`` a w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,13 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from liverlesion.config import TrainConfig  # noqa: E402
 from liverlesion.metrics import classification_metrics  # noqa: E402
 from liverlesion.model import build_model  # noqa: E402
 from liverlesion.patchset import load_patch_set  # noqa: E402
+from liverlesion.protocol import Protocol, resolve_training_precision  # noqa: E402
 from liverlesion.training import (  # noqa: E402
+    accelerator,
     best_epoch,
     compile_for_training,
-    paper_protocol,
+    device_description,
     predict_metastasis_probability,
     seed_everything,
     train_classifier,
@@ -92,27 +97,14 @@ class EpochClock(keras.callbacks.Callback):
                   f"val_accuracy {logs.get('val_accuracy', float('nan')):.3f}", flush=True)
 
 
-def device_description() -> str:
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()})"
-    if backend == "torch":
-        import torch
-
-        return f"torch {torch.__version__} on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}"
-    return f"{backend} on {platform.processor() or platform.machine()}"
-
-
-def training_throughput(x: np.ndarray, y: np.ndarray, batch: int, steps: int, precision_policy: str, seed: int,
+def training_throughput(x: np.ndarray, y: np.ndarray, base: Protocol, batch: int, steps: int, precision_policy: str,
                         augment: bool = True) -> float:
-    """Training images/s at ``batch`` (with the paper's augmentation unless ``augment`` is off): one
+    """Training images/s at ``batch`` (with the protocol's augmentation unless ``augment`` is off): one
     warm-up epoch, then one timed epoch."""
     keras.mixed_precision.set_dtype_policy(precision_policy)
-    seed_everything(seed, deterministic=False)
+    seed_everything(base.seed, deterministic=False)
     model = build_model(x.shape[1:], None)
-    protocol = paper_protocol(batch_size=batch, seed=seed, augment=augment)
+    protocol = dataclasses.replace(base, batch_size=batch, augment=augment and base.augment)
     trainable = compile_for_training(training_model(model, protocol), protocol)
     reps = int(np.ceil(batch * steps / len(x)))
     xs = np.concatenate([x] * reps)[: batch * steps]
@@ -143,11 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patches", type=Path, required=True, help=".npz written by `liverlesion export`")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
-    parser.add_argument("--precision", default="mixed_bfloat16", choices=["mixed_bfloat16", "mixed_float16", "float32"])
+    parser.add_argument("--precision", default=None, choices=["auto", "mixed_bfloat16", "mixed_float16", "float32"],
+                        help="default: the exported train.precision")
     parser.add_argument("--weights", default=None, help="backbone weights file (IPW); default: none (NPW)")
-    parser.add_argument("--epochs", type=int, default=103, help="at most (the paper's 103)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=2019)
+    parser.add_argument("--epochs", type=int, default=None, help="at most; default: the exported train.epochs")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the exported train.batch_size")
+    parser.add_argument("--seed", type=int, default=None, help="default: the exported train.seed")
     parser.add_argument("--skip-protocol", action="store_true", help="only the throughput and inference figures")
     parser.add_argument("--throughput", type=int, nargs="*", default=[64],
                         help="other training batch sizes to time (batch 8 is timed inside the protocol run)")
@@ -167,23 +160,31 @@ def main(argv: list[str] | None = None) -> dict:
         # model runs hundreds of small eager initialiser programs, each compiled again otherwise
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     data = load_patch_set(args.patches)
+    if "train" not in data.meta:
+        parser.error(f"{args.patches}: the export carries no training settings; write it with `liverlesion export`")
+    settings = TrainConfig(**data.meta["train"])
+    changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}.items()
+               if v is not None}
+    # full batches: one compiled train step on JAX (the step's default is off: a CPU run gains nothing)
+    protocol = dataclasses.replace(settings.protocol(), full_batches=True, **changes)
+    precision = resolve_training_precision(args.precision or settings.precision, accelerator() is not None)
     sets = {name: data[name] for name in ("train", "val", "test")}
     if args.limit:
         sets = {name: type(s)(s.x[: args.limit], s.y[: args.limit], s.lesion_id[: args.limit], s.patient_key[: args.limit])
                 for name, s in sets.items()}
     results.add("setup", {
-        "device": device_description(), "keras": keras.__version__, "precision": args.precision,
+        "device": device_description(), "keras": keras.__version__, "precision": precision,
+        "protocol": dataclasses.asdict(protocol), "profile": data.meta.get("profile"),
         "patch_shape": list(sets["train"].x.shape[1:]), "lesions": {k: len(v) for k, v in sets.items()},
         "data_version": data.meta.get("data_version"), "split_manifest_hash": data.meta.get("split_manifest_hash"),
         "weights": args.weights or "none (NPW)",
         "compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR") or "off",
     })
 
-    keras.mixed_precision.set_dtype_policy(args.precision)
+    keras.mixed_precision.set_dtype_policy(precision)
     if not args.skip_protocol:
-        protocol = paper_protocol(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, full_batches=True)
         started = time.perf_counter()
-        seed_everything(args.seed, deterministic=False)
+        seed_everything(protocol.seed, deterministic=False)
         model = build_model(sets["train"].x.shape[1:], args.weights)
         built = time.perf_counter() - started
         clock = EpochClock(every=10)
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         tiled = np.resize(sets["test"].x, (max(batch, len(sets["test"])), *sets["test"].x.shape[1:]))
         probability = predict_metastasis_probability(model, tiled, batch_size=batch)[: len(sets["test"])]
         best = best_epoch(history[protocol.monitor], protocol.mode, protocol.tie_break)
-        results.add("paper_protocol", {
+        results.add("protocol", {
             "wall_s": wall, "build_s": built, "first_epoch_s": clock.times[0],
             "later_epoch_median_s": statistics.median(clock.times[1:]) if len(clock.times) > 1 else None,
             "epochs_run": len(clock.times), "best_epoch": best + 1,
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             # the topped-up training set per epoch over whole epochs, validation included (JAX
             # dispatches asynchronously, so the training part alone cannot be timed from callbacks)
             "train_images_per_s_after_first_epoch_incl_validation": (
-                (len(clock.times) - 1) * (len(sets["train"]) + (-len(sets["train"])) % args.batch_size)
+                (len(clock.times) - 1) * (len(sets["train"]) + (-len(sets["train"])) % protocol.batch_size)
                 / sum(clock.times[1:]) if len(clock.times) > 1 else None),
             "validation_s_median": statistics.median(clock.validation) if clock.validation else None,
             "test_metrics": classification_metrics(sets["test"].y, probability),
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             + [(batch, False) for batch in args.throughput_without_augmentation])
     for batch, augment in runs:
         throughput[f"batch_{batch}" if augment else f"batch_{batch}_without_augmentation"] = training_throughput(
-            sets["train"].x, sets["train"].y, batch, args.throughput_steps, args.precision, args.seed, augment)
+            sets["train"].x, sets["train"].y, protocol, batch, args.throughput_steps, precision, augment)
         results.add("training_images_per_s", throughput)
     return results.data
 

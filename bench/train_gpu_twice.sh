@@ -21,7 +21,7 @@ import json, sys
 from pathlib import Path
 for run in ("cold", "warm"):
     data = json.loads((Path(sys.argv[1]) / f"{run}.json").read_text())
-    protocol = data.get("paper_protocol", {})
+    protocol = data.get("protocol", {})
     print(f"{run}: protocol wall {protocol.get('wall_s', float('nan')):.1f} s, first epoch "
           f"{protocol.get('first_epoch_s', float('nan')):.1f} s, inference {json.dumps(data.get('inference'))}, "
           f"training images/s {json.dumps(data.get('training_images_per_s'))}")

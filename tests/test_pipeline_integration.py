@@ -4,6 +4,7 @@ Runs the console command as a user would (``liverlesion run``) in a throw-away p
 real DVC (git repo + local remote), real ZenML local store, real MLflow SQLite store.
 """
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -336,3 +337,23 @@ def test_a_bad_case_stops_the_run_or_is_quarantined_by_configuration(project, fi
     exported = load_patch_set(tmp_path / "b.npz")
     assert sum(exported.meta["counts"].values()) == 36 - int(bad["n_lesions"])
     assert exported.meta["data_version"].startswith("tree-")  # a folder outside DVC: its content hash
+
+
+@pytest.mark.slow
+def test_the_train_step_runs_on_the_backend_the_profile_names(project, first_run):
+    """``train.backend: jax`` (what the paper profile asks for, with JAX's CUDA build on a GPU): the
+    same DAG, the train step computing on JAX (its CPU build here), tracked and registered as usual.
+    The data steps are served from cache: only the training settings changed."""
+    root, env = project
+    client = mlflow_client(root)
+    before = {v.version for v in client.search_model_versions("name='tiny-liver-lesion'")}
+    done = cli(root, env, "run", "--profile", "tiny", "--set", "train.backend=jax", "--set", "train.precision=auto")
+    assert "no retraining happened" not in done.stdout
+    (new,) = [v for v in client.search_model_versions("name='tiny-liver-lesion'") if v.version not in before]
+    params = client.get_run(new.run_id).data.params
+    assert params["keras_backend"] == "jax" and params["device"].startswith("jax ") and params["device"].endswith(")")
+    assert params["backend"] == "jax" and params["trained_in"] == "float32"  # auto: no accelerator here
+    if importlib.util.find_spec("torch") is None:  # not locked: a backend the machine lacks is refused in one line
+        absent = cli(root, env, "run", "--profile", "tiny", "--set", "train.backend=torch", check=False)
+        assert absent.returncode == 2
+        assert absent.stderr.strip().splitlines()[-1].startswith("error: train.backend is torch, which is not installed")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from liverlesion.config import load_profile
 from liverlesion.patchset import export_patches
 from tests.test_patchset import tiny_split
 
@@ -49,7 +50,9 @@ def backend_or_skip(backend: str) -> None:
 def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend):
     backend_or_skip(backend)
     patches, index, manifest = tiny_split(n=16)
-    export = export_patches(tmp_path / "tiny.npz", patches, index, manifest, {"data_version": "synthetic"})
+    paper = load_profile("paper")  # what `liverlesion export --profile paper` writes with the patches
+    export = export_patches(tmp_path / "tiny.npz", patches, index, manifest,
+                            {"data_version": "synthetic", "profile": "paper", "train": paper.train.model_dump(mode="json")})
     out = tmp_path / "results.json"
     blocked = without(tmp_path, BLOCKED + (OTHER_BACKEND[backend],))
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
@@ -59,7 +62,7 @@ def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend)
         assert "is not on the GPU machine" in probe.stderr, name
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "train_gpu.py"), "--patches", str(export),
-         "--epochs", "2", "--throughput", "8", "--throughput-without-augmentation", "8", "--throughput-steps", "1",
+         "--epochs", "2", "--precision", "mixed_bfloat16", "--throughput", "8", "--throughput-without-augmentation", "8", "--throughput-steps", "1",
          "--inference-batches", "1", "4", "--repeats", "1", "--out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -67,7 +70,9 @@ def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend)
     results = json.loads(out.read_text())
     assert results["setup"]["device"].startswith(backend) and results["setup"]["precision"] == "mixed_bfloat16"
     assert results["setup"]["lesions"] == {"train": 8, "val": 4, "test": 4}
-    protocol = results["paper_protocol"]
+    # the exported paper settings, not a copy of them in the bench (--epochs overrides one)
+    assert results["setup"]["protocol"] == {**paper.train.protocol().__dict__, "epochs": 2, "full_batches": True}
+    protocol = results["protocol"]
     assert protocol["epochs_run"] == 2 and protocol["wall_s"] > protocol["first_epoch_s"] > 0
     assert set(protocol["test_metrics"]) >= {"accuracy", "roc_auc", "specificity"}
     assert set(results["inference"]) == {"batch_1", "batch_4"}
@@ -82,9 +87,10 @@ def test_on_jax_the_augmented_train_step_is_compiled_not_eager():
     script = (
         "import keras\n"
         "from liverlesion.model import build_model\n"
-        "from liverlesion.training import compile_for_training, paper_protocol, training_model\n"
+        "from liverlesion.protocol import Protocol\n"
+        "from liverlesion.training import compile_for_training, training_model\n"
         "model = build_model((75, 75, 3))\n"
-        "trainable = compile_for_training(training_model(model, paper_protocol()), paper_protocol())\n"
+        "trainable = compile_for_training(training_model(model, Protocol(augment=True)), Protocol(augment=True))\n"
         "print(keras.backend.backend(), trainable.jit_compile)\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

@@ -4,10 +4,17 @@ import keras
 import numpy as np
 import pytest
 
-from liverlesion.config import TrainConfig
+from liverlesion.config import TrainConfig, load_profile
+from liverlesion.inference import with_precision
+from liverlesion.protocol import resolve_training_precision
 from liverlesion.training import (
-    Protocol, augmentation, best_epoch, paper_protocol, protocol_callbacks, train_classifier,
+    Protocol, augmentation, best_epoch, dtype_policy, protocol_callbacks, train_classifier,
 )
+
+
+def paper_protocol() -> Protocol:
+    """The paper's protocol as the ``paper`` profile writes it (its one definition)."""
+    return load_profile("paper").train.protocol()
 
 
 def tiny_model(shape=(8, 8, 3)):
@@ -27,10 +34,45 @@ def stuck_data(n=16, shape=(8, 8, 3)):
 
 
 def test_paper_protocol_values():
+    """Section 3.3 of the paper, as the paper profile gives it (over the quick profile it extends)."""
     p = paper_protocol()
     assert (p.epochs, p.batch_size, p.learning_rate) == (103, 8, 1e-3)
     assert (p.lr_patience, p.lr_factor, p.min_lr, p.early_stopping_patience) == (10, 0.5, 1e-10, 50)
     assert p.augment and p.rotation_deg == 30 and p.shift_px == 25 and p.flips
+    assert (p.monitor, p.lr_schedule) == ("val_accuracy", "constant")
+    train = load_profile("paper").train
+    assert (train.backend, train.precision, train.weights) == ("jax", "auto", "imagenet")
+
+
+def test_train_settings_default_to_the_protocols_defaults():
+    """One definition: TrainConfig's protocol fields take Protocol's defaults, and give a Protocol back."""
+    assert TrainConfig().protocol() == Protocol()
+    assert TrainConfig(epochs=3, monitor="val_loss").protocol() == Protocol(epochs=3, monitor="val_loss")
+
+
+def test_training_precision_auto_is_mixed_only_on_an_accelerator():
+    assert resolve_training_precision("auto", accelerator=True) == "mixed_bfloat16"
+    assert resolve_training_precision("auto", accelerator=False) == "float32"
+    assert resolve_training_precision("mixed_float16", accelerator=False) == "mixed_float16"
+    with pytest.raises(ValueError, match="training precision 'half'"):
+        resolve_training_precision("half", accelerator=True)
+
+
+def test_mixed_precision_training_returns_a_float32_model_with_the_kept_weights():
+    """What the train step does: build and fit under mixed bfloat16, then hand on a float32 copy."""
+    x, y, xv, yv = stuck_data(shape=(8, 8, 3))
+    with dtype_policy("mixed_bfloat16"):
+        inputs = keras.Input((8, 8, 3))
+        hidden = keras.layers.Dense(4, activation="relu")(keras.layers.Flatten()(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="softmax", dtype="float32")(hidden))
+        assert model.layers[2].compute_dtype == "bfloat16"
+        train_classifier(model, x, y, xv, yv, Protocol(epochs=2, batch_size=8), verbose=0)
+    assert keras.config.dtype_policy().name == "float32"  # the policy is put back for the next steps
+    plain = with_precision(model, "float32")
+    assert {layer.compute_dtype for layer in plain.layers[1:]} == {"float32"}
+    for kept, copied in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(kept, copied)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.02)
 
 
 def test_learning_rate_halves_after_patience_epochs_without_improvement():

@@ -7,6 +7,7 @@ key). Unknown keys and wrong types are errors that name the key, never silent de
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from liverlesion.phantom import CohortSpec
+from liverlesion.protocol import MONITORS, TRAINING_PRECISIONS, Protocol
 from liverlesion.contract import SVM_C_GRID as C_GRID, SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.segmentation import SegmentSettings
 from liverlesion.segnet import CascadeSettings
@@ -54,37 +56,52 @@ class SplitConfig(_Section):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
 
 
+_P = Protocol  # the training protocol's defaults are written once, in liverlesion.protocol
+
+
 class TrainConfig(_Section):
-    """``train``: a backbone + the paper's head (FC-512, Dropout 0.4, FC-512, Dropout 0.4, softmax)."""
+    """``train``: a backbone + the paper's head (FC-512, Dropout 0.4, FC-512, Dropout 0.4, softmax), the
+    training protocol (``protocol.Protocol``'s fields, with its defaults), and where it computes."""
 
     backbone: Literal["inception_v3", "inception_resnet_v2"] = "inception_v3"
     weights: str | None = Field(None, description="None (random init, offline), 'imagenet' or a weights file path")
     dense_units: int = Field(512, ge=1)
     dropout: float = Field(0.4, ge=0, lt=1)
     bn_momentum: float | None = Field(None, gt=0, lt=1, description="batch-norm moving-average momentum; None = Keras's 0.99")
-    epochs: int = Field(103, ge=1)
-    batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    lr_patience: int | None = Field(None, ge=1, description="epochs without val-accuracy gain before the rate is cut")
-    lr_factor: float = Field(0.5, gt=0, lt=1)
-    min_lr: float = Field(1e-10, ge=0)
-    early_stopping_patience: int | None = Field(None, ge=1, description="None: no early stop (best weights kept)")
-    augment: bool = False
-    rotation_deg: float = Field(30.0, ge=0, le=180)
-    shift_px: int = Field(25, ge=0)
-    flips: bool = True
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 2019
-    monitor: Literal["val_accuracy", "val_loss"] = Field(
-        "val_accuracy", description="what chooses the kept epoch, cuts the rate and stops early (the paper: "
-                                    "val_accuracy, which on a few dozen validation lesions often ties)")
-    tie_break: Literal["first", "last"] = Field("first", description="among epochs that tie on the monitor, keep "
-                                                                     "the first (Keras, the paper) or the last")
+    backend: Literal["tensorflow", "jax", "torch"] | None = Field(
+        None, description="the Keras backend the run loads (sets KERAS_BACKEND); None: KERAS_BACKEND or Keras's "
+                          "default, TensorFlow. jax with the jax-cuda extra trains on a GPU")
+    precision: Literal[TRAINING_PRECISIONS] = Field(
+        "float32", description="float32, mixed_float16 or mixed_bfloat16 (Keras mixed precision: float32 weights), "
+                               "or auto: mixed_bfloat16 on an accelerator, float32 on a CPU. The registered model "
+                               "is float32 whatever it was trained in")
+    epochs: int = Field(_P.epochs, ge=1)
+    batch_size: int = Field(_P.batch_size, ge=1)
+    learning_rate: float = Field(_P.learning_rate, gt=0)
+    lr_patience: int | None = Field(_P.lr_patience, ge=1, description="epochs without val-accuracy gain before the rate is cut")
+    lr_factor: float = Field(_P.lr_factor, gt=0, lt=1)
+    min_lr: float = Field(_P.min_lr, ge=0)
+    early_stopping_patience: int | None = Field(_P.early_stopping_patience, ge=1,
+                                                description="None: no early stop (best weights kept)")
+    augment: bool = _P.augment
+    rotation_deg: float = Field(_P.rotation_deg, ge=0, le=180)
+    shift_px: int = Field(_P.shift_px, ge=0)
+    flips: bool = _P.flips
+    label_smoothing: float = Field(_P.label_smoothing, ge=0, lt=1)
+    seed: int = _P.seed
+    monitor: Literal[MONITORS] = Field(
+        _P.monitor, description="what chooses the kept epoch, cuts the rate and stops early (the paper: "
+                                "val_accuracy, which on a few dozen validation lesions often ties)")
+    tie_break: Literal["first", "last"] = Field(_P.tie_break, description="among epochs that tie on the monitor, "
+                                                                          "keep the first (Keras, the paper) or the last")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="constant (cut only by lr_patience) or a cosine decay to 0 over the epochs")
-    full_batches: bool = Field(False, description="top the train set up to whole batches, validate in one batch "
-                                                  "(one compiled step on JAX)")
+        _P.lr_schedule, description="constant (cut only by lr_patience) or a cosine decay to 0 over the epochs")
+    full_batches: bool = Field(_P.full_batches, description="top the train set up to whole batches, validate in one "
+                                                            "batch (one compiled step on JAX)")
 
+    def protocol(self) -> Protocol:
+        """The training protocol these settings describe."""
+        return Protocol(**{f.name: getattr(self, f.name) for f in fields(Protocol)})
 
     @model_validator(mode="after")
     def _one_rate_policy(self) -> "TrainConfig":

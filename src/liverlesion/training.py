@@ -1,11 +1,9 @@
 """Training and scoring loop (Keras 3, any backend). Seeds are set in one place: ``seed_everything``.
 
-The paper's protocol (Perdigon Romero et al., ISBI 2019, section 3.3) is expressed as a
-``Protocol``: Adam at 1e-3, learning rate halved after 10 epochs without validation-accuracy
-improvement down to 1e-10, early stopping after 50 such epochs with the best weights restored, at
-most 103 epochs of batch 8, and on-the-fly augmentation (rotation up to 30 degrees, shifts up to
-25 pixels, horizontal and vertical flips) as Keras preprocessing layers, so that they run wherever
-the model runs. Choosing the epoch by validation accuracy on a few dozen lesions is a coin toss
+A model is trained by a ``protocol.Protocol`` (the paper's, section 3.3, is ``configs/paper.yaml``):
+Adam, a learning rate cut on plateaus or decayed along a cosine, early stopping with the best
+epoch's weights restored, and on-the-fly augmentation (rotation, shifts, flips) as Keras
+preprocessing layers, so that it runs wherever the model runs. Choosing the epoch by validation accuracy on a few dozen lesions is a coin toss
 between epochs that tie; a protocol may choose by validation loss instead, break ties towards the
 later epoch, and decay the rate along a cosine (the ``quick`` profile does all three).
 Nothing here imports TensorFlow, ZenML or MLflow.
@@ -13,18 +11,14 @@ Nothing here imports TensorFlow, ZenML or MLflow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+import contextlib
+import platform
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
 
-MONITOR = "val_accuracy"  # the paper schedules and stops on validation accuracy
-#: what an epoch can be chosen by: the paper's validation accuracy, or the validation loss (lower is
-#: better), which moves with every lesion's probability rather than with the few that cross 0.5
-MONITORS = ("val_accuracy", "val_loss")
-
+from liverlesion.protocol import MONITOR, MONITORS, Protocol, best_epoch  # noqa: F401  (the trainer's vocabulary)
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Python, NumPy and the Keras backend's random state, all from one seed.
@@ -39,63 +33,45 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """How a model is trained; the defaults are a plain run, ``paper_protocol()`` is the paper's."""
+def accelerator() -> str | None:
+    """The accelerator the loaded Keras backend computes on (e.g. ``NVIDIA H100 80GB HBM3``), or None on a CPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
 
-    epochs: int = 103
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    lr_patience: int | None = None  # epochs without improvement before the rate is cut; None: never
-    lr_factor: float = 0.5
-    min_lr: float = 1e-10
-    early_stopping_patience: int | None = None  # None: run every epoch (best weights still restored)
-    augment: bool = False
-    rotation_deg: float = 30.0
-    shift_px: int = 25
-    flips: bool = True
-    label_smoothing: float = 0.0
-    seed: int = 2019
-    # Which epoch's weights are kept: the best by ``monitor``; among equal values the first (the
-    # paper's Keras callbacks) or the last (more training behind it, and a tie on 45 validation
-    # lesions is common). The same monitor drives the rate cuts and early stopping.
-    monitor: Literal["val_accuracy", "val_loss"] = MONITOR
-    tie_break: Literal["first", "last"] = "first"
-    # "constant": the rate stays (cut only by lr_patience); "cosine": it decays along a half cosine
-    # from learning_rate to 0 over the epochs, so a short run ends with small, steady steps
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    # Every training batch full and validation in one batch, so a compiling backend (JAX) traces
-    # one train step and one eval step instead of one more per odd batch size: the training set is
-    # topped up to a multiple of the batch with randomly repeated lesions (seeded; < 1 batch).
-    full_batches: bool = False
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else device.device_kind
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    def __post_init__(self):
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor {self.monitor!r}: expected one of {MONITORS}")
-        if self.lr_schedule == "cosine" and self.lr_patience is not None:
-            raise ValueError("lr_schedule 'cosine' sets the rate of every step; it cannot also be cut on a plateau "
-                             "(set lr_patience to null)")
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name) if gpus else None
+    if backend == "torch":
+        import torch
 
-    @property
-    def mode(self) -> str:
-        """``min`` for a loss, ``max`` for an accuracy."""
-        return "min" if self.monitor.endswith("loss") else "max"
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return None
 
 
-def best_epoch(values: Sequence[float], mode: str = "max", tie_break: str = "first") -> int:
-    """The index of the best value (``mode`` max or min); among equal ones the first or the last.
+def device_description() -> str:
+    """The backend, its version and the device, in words (``jax 0.10.2 on NVIDIA H200``, ``tensorflow 2.21.0 on cpu``)."""
+    backend = keras.backend.backend()
+    version = getattr(__import__(backend), "__version__", "?") if backend in ("jax", "tensorflow", "torch") else "?"
+    return f"{backend} {version} on {accelerator() or 'cpu (' + (platform.processor() or platform.machine()) + ')'}"
 
-    NaN is never best (a diverged epoch); all NaN gives the last epoch.
+
+@contextlib.contextmanager
+def dtype_policy(policy: str) -> Iterator[None]:
+    """Layers built inside compute in ``policy`` (``float32``, ``mixed_bfloat16``, ...); the previous policy after.
+
+    Keras's policy is global to the process, and a pipeline runs its other steps in the same one.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("no epoch to choose from")
-    finite = np.where(np.isnan(values), -np.inf if mode == "max" else np.inf, values)
-    target = finite.max() if mode == "max" else finite.min()
-    if not np.isfinite(target):
-        return int(values.size - 1)
-    hits = np.flatnonzero(finite == target)
-    return int(hits[0] if tie_break == "first" else hits[-1])
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 class KeepBestEpoch(keras.callbacks.Callback):
@@ -123,14 +99,6 @@ class KeepBestEpoch(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
-
-
-def paper_protocol(**changes) -> Protocol:
-    """The paper's section 3.3, with any field changed by keyword."""
-    values = dict(epochs=103, batch_size=8, learning_rate=1e-3, lr_patience=10, lr_factor=0.5, min_lr=1e-10,
-                  early_stopping_patience=50, augment=True, rotation_deg=30.0, shift_px=25, flips=True)
-    values.update(changes)
-    return Protocol(**values)
 
 
 def augmentation(input_shape: tuple[int, int, int], protocol: Protocol) -> keras.Sequential:
