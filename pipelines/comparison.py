@@ -10,6 +10,7 @@ from zenml import pipeline
 
 from liverlesion.config import Profile
 from liverlesion.zoo import model_entry
+from pipelines.placement import train_settings
 from pipelines.prepare import prepare_patches
 from steps.compare import compare_models
 from steps.evaluate import evaluate
@@ -31,7 +32,7 @@ def comparison_pipeline(data_dir: str, data_version: str, profile: Profile, code
                 evaluate_config=profile.evaluate, seed=profile.train.seed, model_key=key, id=f"train_{key}", **common,
             )
         else:
-            model, _, run_id = train(
+            model, _, run_id = train.with_options(settings=train_settings())(  # one GPU on Kubeflow
                 data["patches"], data["patch_index"], data["manifest"], data["manifest_hash"],
                 config=profile.compare.train_config(key, profile.train), patch_config=profile.patches,
                 model_key=key, id=f"train_{key}", **common,

@@ -5,6 +5,7 @@ from typing import Any
 from zenml import pipeline
 
 from liverlesion.config import Profile
+from pipelines.placement import train_settings
 from pipelines.prepare import prepare_patches
 from steps.evaluate import evaluate
 from steps.evaluate_segmentation import evaluate_segmentation
@@ -16,7 +17,7 @@ from steps.train import train
 def training_pipeline(data_dir: str, data_version: str, profile: Profile, training_settings: dict[str, Any],
                       code_version: str, fingerprint: str, segmenter_uri: str = "") -> None:
     data = prepare_patches(data_dir, data_version, profile, code_version, segmenter_uri)
-    model, training, run_id = train(
+    model, training, run_id = train.with_options(settings=train_settings())(  # one GPU on Kubeflow
         data["patches"], data["patch_index"], data["manifest"], data["manifest_hash"], config=profile.train,
         patch_config=profile.patches, profile=profile.name, experiment=profile.register.experiment,
         data_version=data_version, fingerprint=fingerprint,

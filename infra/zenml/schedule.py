@@ -17,8 +17,10 @@ import argparse
 import json
 import sys
 
-#: orchestrator flavours that accept a ZenML ``Schedule`` (ZenML 0.98)
-SCHEDULING_FLAVORS = ("kubeflow", "kubernetes", "vertex", "sagemaker", "azureml", "airflow")
+#: orchestrator flavours that accept a ZenML ``Schedule`` (ZenML 0.98; ``kubeflow_gpu``: infra/kubeflow)
+SCHEDULING_FLAVORS = ("kubeflow", "kubeflow_gpu", "kubernetes", "vertex", "sagemaker", "azureml", "airflow")
+#: those whose cron has six fields, seconds first
+SIX_FIELD_CRON_FLAVORS = ("kubeflow", "kubeflow_gpu")
 
 
 def cron_for(flavor: str, expression: str) -> str:
@@ -26,7 +28,7 @@ def cron_for(flavor: str, expression: str) -> str:
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"{expression!r}: give five cron fields (minute hour day month weekday)")
-    return " ".join(["0", *fields]) if flavor == "kubeflow" else expression
+    return " ".join(["0", *fields]) if flavor in SIX_FIELD_CRON_FLAVORS else expression
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,20 +60,29 @@ def main(argv: list[str] | None = None) -> int:
               "infra/cron or infra/systemd (liverlesion retrain), or register a stack whose orchestrator is one "
               f"of {', '.join(SCHEDULING_FLAVORS)}", file=sys.stderr)
         return 2
-    from zenml.config.schedule import Schedule
-
-    from liverlesion import paths
     from liverlesion.config import load_profile
     from liverlesion_ops.cli import _prepare_data, _training_parameters
 
     config = load_profile(args.profile)
-    sys.path.insert(0, str(paths.code_root()))
-    from pipelines import training_pipeline
-
-    parameters = _training_parameters(config, _prepare_data(config))
-    training_pipeline.with_options(schedule=Schedule(name=f"liverlesion-{config.name}", cron_expression=cron))(
-        **parameters)
+    schedule_training(_training_parameters(config, _prepare_data(config)), cron, name=f"liverlesion-{config.name}")
     return 0
+
+
+def schedule_training(parameters: dict, cron: str, name: str) -> None:
+    """Schedule the training pipeline with ``parameters`` on the active stack, as ``liverlesion run`` composes it
+    (the checkout as ZenML's source root; the step image where steps run in containers, ``pipelines.placement``)."""
+    from zenml.config.schedule import Schedule
+    from zenml.utils import source_utils
+
+    from liverlesion import paths
+
+    code = str(paths.code_root())
+    sys.path.insert(0, code)
+    source_utils.set_custom_source_root(code)
+    from pipelines import training_pipeline
+    from pipelines.placement import run_options
+
+    training_pipeline.with_options(schedule=Schedule(name=name, cron_expression=cron), **run_options())(**parameters)
 
 
 if __name__ == "__main__":
