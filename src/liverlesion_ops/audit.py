@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from liverlesion.contract import LABEL_NAMES
 from liverlesion.splitting import SETS, manifest_hash
 from liverlesion_ops import dvcobjects
-from liverlesion_ops.datastore import DVC_FILE, dvc_hash
+from liverlesion_ops.datastore import DVC_FILE, dvc_hash, remote_name
 from liverlesion_ops.registry import CHAMPION, RegistryError, aliases, client
 
 MANIFEST_ARTIFACT = "lineage/split_manifest.csv"
@@ -65,18 +65,23 @@ def split_lineage(run_id: str, recorded_hash: str) -> dict[str, Any]:
 
 
 def data_lineage(root: Path, version: str) -> dict[str, Any]:
-    """Whether the DVC cache and remote hold a data version (or that it is a folder outside DVC)."""
+    """Whether the DVC cache and remote hold a data version (or that it is a folder outside DVC).
+
+    The remote is the one runs push to: the user's default DVC remote, else the local fallback.
+    """
     if version.startswith("tree-"):
         return {"version": version, "kind": "external",
                 "note": "a cohort folder outside the project's DVC (--data), versioned by its content hash: "
                         "DVC holds no copy of it"}
+    remote = remote_name(root)
     try:
-        held = dvcobjects.holdings(root, version)
+        held = dvcobjects.holdings(root, version, remote=remote)
     except (ValueError, dvcobjects.DvcObjectsError) as err:
-        return {"version": version, "kind": "dvc", "problem": str(err)}
+        return {"version": version, "kind": "dvc", "remote_name": remote, "problem": str(err)}
     restorable = "complete" in (held["cache"]["state"], held["remote"]["state"])
     entry = {"version": version, "kind": "dvc", "cache": held["cache"]["summary"], "remote": held["remote"]["summary"],
-             "cache_state": held["cache"]["state"], "remote_state": held["remote"]["state"], "restorable": restorable}
+             "cache_state": held["cache"]["state"], "remote_state": held["remote"]["state"], "restorable": restorable,
+             "remote_name": remote, "remote_location": held["remote"].get("location")}
     if not held["cache"]["listing"] and not held["remote"]["listing"]:
         entry["problem"] = (f"the data of this version ({version}) is in neither the DVC cache nor the remote: it was "
                             "garbage-collected (`dvc gc`) or never pushed. The lineage above is what the registry "
@@ -103,7 +108,7 @@ def workspace(root: Path, version: str) -> dict[str, Any]:
     if current is None or current == version or version.startswith("tree-"):
         return entry
     try:
-        entry["changes"] = dvcobjects.case_changes(root, version, current)
+        entry["changes"] = dvcobjects.case_changes(root, version, current, remote=remote_name(root))
     except (ValueError, dvcobjects.DvcObjectsError) as err:
         entry["problem"] = f"cannot compare the cases: {err}"
     return entry
@@ -166,7 +171,7 @@ def render(report: dict[str, Any]) -> str:
         line(f"    {data['note']}")
     elif "cache" in data:
         line(f"    DVC cache: {data['cache']}")
-        line(f"    DVC remote: {data['remote']}")
+        line(f"    DVC remote '{data.get('remote_name')}' ({data.get('remote_location')}): {data['remote']}")
     if data.get("problem"):
         line(f"    !! {data['problem']}")
     if split.get("available"):
