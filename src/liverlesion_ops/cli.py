@@ -11,7 +11,25 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The command line; a tracking server that refuses the credentials or a permission, or cannot be
+    reached, is said in one line (exit 4), wherever in a command it happens, never as a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:
+            from liverlesion_ops.tracking import EXIT_SERVER, server_problem
+
+            problem = server_problem(err)
+            if problem is None:
+                raise
+            typer.secho(f"error: {problem}", fg="red", err=True)
+            sys.exit(EXIT_SERVER)
+
+
+app = _App(
     add_completion=False,
     no_args_is_help=True,
     help=(
@@ -34,7 +52,8 @@ app = typer.Typer(
         "  liverlesion generate /tmp/cohort --n-patients 8 --n-lesions 24\n\n"
         "Exit codes: 0 done; 1 the work failed (a pipeline step, DVC, the registry); 2 a usage or input "
         "error (bad option, profile, data or version), named in one line; 3 another run or retrain holds the "
-        "project's training lock."
+        "project's training lock; 4 the MLflow tracking server (MLFLOW_TRACKING_URI) refused the credentials "
+        "(MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD) or a permission, or cannot be reached."
     ),
 )
 
@@ -78,23 +97,36 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return result
 
 
-def _environment() -> dict[str, str]:
-    """Export the state locations, or stop with the reason (e.g. not inside the project)."""
+def _environment(tracking: bool = True) -> dict[str, str]:
+    """Export the state locations, or stop with the reason (e.g. not inside the project); with ``tracking``,
+    check that a tracking server (``MLFLOW_TRACKING_URI=http...``) takes the credentials, or exit 4."""
     from liverlesion_ops.environment import configure_environment
 
     try:
-        return configure_environment()
+        values = configure_environment()
     except FileNotFoundError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
+    if tracking:
+        from liverlesion_ops.tracking import EXIT_SERVER, TrackingServerError, check_server
+
+        try:
+            check_server(values["MLFLOW_TRACKING_URI"])
+        except TrackingServerError as err:
+            _fail(str(err), EXIT_SERVER)
+    return values
 
 
 def _load(profile: str, overrides: list[str]):
     from liverlesion.config import ConfigError, load_profile
 
+    from liverlesion_ops.environment import use_keras_backend
+
     try:
-        return load_profile(profile, _parse_overrides(overrides))
-    except ConfigError as err:
+        config = load_profile(profile, _parse_overrides(overrides))
+        use_keras_backend(config.train.backend)  # before anything loads Keras
+        return config
+    except (ConfigError, RuntimeError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
 
@@ -231,16 +263,24 @@ def _run_pipeline(name: str, no_cache: bool, **parameters):
 
     source_utils.set_custom_source_root(str(code))
     import pipelines
+    from pipelines.placement import run_options, runs_in_containers  # the step image, where steps run in containers
 
-    if name == "training_pipeline":  # called under the training lock: any run still "running" was killed
+    # called under the training lock: any local run still "running" was killed (a cluster's may still be running)
+    if name == "training_pipeline" and not runs_in_containers():
         _close_killed_runs(name)
 
     try:
-        pipeline_run = getattr(pipelines, name).with_options(enable_cache=not no_cache)(**parameters)
+        pipeline_run = getattr(pipelines, name).with_options(enable_cache=not no_cache, **run_options())(**parameters)
     except Exception as err:  # the step's own error and log were printed above by ZenML
         last = Client().get_pipeline(name).last_run
         failed = [step for step, s in last.steps.items() if s.status == ExecutionStatus.FAILED]
         typer.secho(f"\npipeline run {last.name} failed in step(s) {', '.join(failed) or '?'}: {err}", fg="red", err=True)
+        from liverlesion_ops.tracking import server_problem_in
+
+        for step in failed:  # a step that failed on the tracking server: say so in one line
+            info = last.steps[step].exception_info
+            if info is not None and (problem := server_problem_in(info.traceback.strip().splitlines()[-1])):
+                typer.secho(f"  {step}: {problem}", fg="red", err=True)
         report = paths.reports_dir() / last.name / "validation.md"
         if "validate" in failed and report.exists():
             typer.secho(f"nothing was trained or registered; the validation report: {report}", fg="red", err=True)
@@ -458,7 +498,7 @@ def data(
 
     Examples: `liverlesion data`; `liverlesion data --regenerate` (after changing the generator).
     """
-    _environment()
+    _environment(tracking=False)
     _prepare_data(_load(profile, overrides), regenerate)
 
 
@@ -509,7 +549,7 @@ def import_(
 
     into_project = out is None
     if into_project:
-        _environment()
+        _environment(tracking=False)
         out = paths.data_dir()
     target = out
     if replace:
@@ -540,8 +580,8 @@ def import_(
         try:
             from liverlesion_ops import environment
 
-            configure_remote(paths.project_root(), environment.dvc_remote())
-            summary["data_version"] = version_data(paths.project_root())
+            target = configure_remote(paths.project_root(), environment.dvc_remote())
+            summary["data_version"] = version_data(paths.project_root(), target)
         except DataStoreError as err:
             _fail(str(err), 1)
     if as_json:
@@ -667,8 +707,9 @@ def predict_batch(
     client = MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
     try:  # a number, not an alias: the run (and its cache) is keyed by the version it used
         number = version or client.get_model_version_by_alias(model, "champion").version
-        client.get_model_version(model, str(number))
+        _refuse_incomplete(client, model, str(number))
     except MlflowException as err:
+        _fail_if_server_problem(err)
         _fail(f"no model version {model} {version or '@champion'} in {env['MLFLOW_TRACKING_URI']}: "
               f"{err.message.splitlines()[0]}")
     version_info = _prepare_data(config, data=data)
@@ -681,6 +722,25 @@ def predict_batch(
         return
     typer.echo(f"{record['cases']} case(s), {record['lesions']} lesion(s) answered by {model} v{number}: "
                f"{record['table']}")
+
+
+def _refuse_incomplete(client, name: str, version: str) -> None:
+    """Exit 2 naming it if the version does not exist or is an incomplete registration (never served)."""
+    from liverlesion_ops.registry import RegistryError, check_servable
+
+    try:
+        check_servable(client, name, str(version))
+    except RegistryError as err:
+        _fail(str(err))
+
+
+def _fail_if_server_problem(err: Exception) -> None:
+    """Exit 4 in one line if the error is the tracking server's (credentials, permission, unreachable)."""
+    from liverlesion_ops.tracking import EXIT_SERVER, server_problem
+
+    problem = server_problem(err)
+    if problem is not None:
+        _fail(problem, EXIT_SERVER)
 
 
 def _load_predictor(reference: str, env: dict[str, str]):
@@ -701,9 +761,10 @@ def _load_predictor(reference: str, env: dict[str, str]):
                 version = client.get_model_version_by_alias(name, alias).version
             else:
                 name, version = body.split("/", 1)
-                client.get_model_version(name, version)
+                _refuse_incomplete(client, name, version)
         served = mlflow.pyfunc.load_model(reference).unwrap_python_model()
     except MlflowException as err:
+        _fail_if_server_problem(err)
         _fail(f"no model {reference} in {env['MLFLOW_TRACKING_URI']}: {err.message.splitlines()[0]}"
               " (`liverlesion models` lists the registered versions)")
     predictor = served.predictor
@@ -939,7 +1000,7 @@ def audit(
         if report["data"]["kind"] != "dvc":
             _fail(f"v{report['version']} was trained on {data_version}, a folder outside DVC: nothing to restore", 1)
         try:
-            verified = dvcobjects.restore(root, data_version, restore)
+            verified = dvcobjects.restore(root, data_version, restore, remote=report["data"].get("remote_name"))
         except (FileExistsError, ValueError, dvcobjects.DvcObjectsError) as err:
             _fail(f"cannot restore the data of v{report['version']}: {err}", 1)
         report["restored"] = {"path": str(restore), "verified_version": verified}

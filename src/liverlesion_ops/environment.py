@@ -4,14 +4,17 @@
 | --- | --- | --- |
 | ``ZENML_CONFIG_PATH`` | ``<home>/zenml`` | ZenML's local store and stack |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<home>/mlflow/mlflow.db`` | MLflow tracking and registry store |
-| ``LIVERLESION_DVC_REMOTE`` | ``<home>/dvc-remote`` | the local DVC remote the cohort is pushed to |
+| ``LIVERLESION_DVC_REMOTE`` | ``<home>/dvc-remote`` | the fallback DVC remote, where the user configured no default one |
+| ``MLFLOW_HTTP_REQUEST_*`` | ``MLFLOW_HTTP_DEFAULTS`` | how long an MLflow request to a tracking server may take |
 
 ``<home>`` is ``liverlesion.paths.state_home()``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from liverlesion.paths import state_home
@@ -34,6 +37,19 @@ def mlflow_artifact_root() -> Path:
 def dvc_remote() -> Path:
     return Path(os.environ.get("LIVERLESION_DVC_REMOTE") or state_home() / "dvc-remote")
 
+#: MLflow's HTTP client, bounded (each kept where the user set it). MLflow's own defaults (7 retries,
+#: backoff factor 2, 120 s timeout) let one request to a server that went away retry for ~4 minutes, and
+#: a run makes many. With these, a request fails after 4 attempts: ~7 s when the server is gone
+#: (connection refused: waits of 0, 2 and 4 s, plus up to 0.5 s of jitter twice), at most ~2 min 7 s
+#: when it accepts connections and never answers (4 x 30 s + the waits).
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 def configure_environment() -> dict[str, str]:
     """Export the ZenML and MLflow locations (before either is imported) and return them.
 
@@ -51,6 +67,34 @@ def configure_environment() -> dict[str, str]:
         "ZENML_LOGGING_VERBOSITY": os.environ.get("ZENML_LOGGING_VERBOSITY", "WARN"),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+        **{key: os.environ.get(key, value) for key, value in MLFLOW_HTTP_DEFAULTS.items()},
     }
     os.environ.update(values)
     return values
+
+
+#: the extra of the project that installs each Keras backend
+BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax (jax-cuda on a GPU)", "torch": "none: install torch yourself"}
+
+
+def use_keras_backend(backend: str | None) -> str:
+    """Make Keras load ``backend`` (a profile's ``train.backend``): sets ``KERAS_BACKEND`` before Keras is imported.
+
+    None keeps ``KERAS_BACKEND`` or Keras's default. Returns the backend Keras will use.
+
+    Raises:
+        RuntimeError: the backend is not installed, or Keras is already loaded with another one.
+    """
+    if backend is None:
+        return os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "keras" in sys.modules:
+        loaded = sys.modules["keras"].backend.backend()
+        if loaded != backend:
+            raise RuntimeError(f"train.backend is {backend}, but Keras is already loaded with {loaded} in this process: "
+                               f"set KERAS_BACKEND={backend}")
+        return backend
+    if importlib.util.find_spec(backend) is None:
+        raise RuntimeError(f"train.backend is {backend}, which is not installed here "
+                           f"(the project's extra: {BACKEND_EXTRAS[backend]})")
+    os.environ["KERAS_BACKEND"] = backend
+    return backend
