@@ -6,6 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 PROFILE ?= quick
+# test processes (pytest-xdist): each test file runs whole in one of them, so a file's module-scoped
+# project and pipeline run are shared as before; the pipeline tests spend much of their time in one
+# core (process start-up, ZenML, MLflow, DVC), so two of them on two cores finish sooner
+JOBS ?= 2
 
 .PHONY: run test test-all install lock bench clean-state
 
@@ -26,11 +30,11 @@ run: install
 
 ## the test suite (unit + integration through the real pipeline in an isolated state), without the slow tier
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile
 
 ## every test, the slow tier too (Table 2's five models, the default job's thresholds, operations, resume, real data)
 test-all: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=25
 
 ## figures: wall time by step, patch extraction, CPU inference
 bench: install
