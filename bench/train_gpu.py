@@ -97,15 +97,21 @@ class EpochClock(keras.callbacks.Callback):
                   f"val_accuracy {logs.get('val_accuracy', float('nan')):.3f}", flush=True)
 
 
-def training_throughput(x: np.ndarray, y: np.ndarray, base: Protocol, batch: int, steps: int, precision_policy: str,
-                        augment: bool = True) -> float:
+def network(settings: TrainConfig, shape: tuple[int, ...], weights: str | None) -> keras.Model:
+    """The exported settings' network (backbone, head, batch-norm momentum), from ``weights`` (None: NPW)."""
+    return build_model(shape, weights, settings.dense_units, settings.dropout, bn_momentum=settings.bn_momentum,
+                       backbone=settings.backbone)
+
+
+def training_throughput(x: np.ndarray, y: np.ndarray, settings: TrainConfig, base: Protocol, batch: int, steps: int,
+                        precision_policy: str, augment: bool = True) -> float:
     """Training images/s at ``batch`` (with the protocol's augmentation unless ``augment`` is off): one
     warm-up epoch, then one timed epoch."""
     keras.mixed_precision.set_dtype_policy(precision_policy)
     seed_everything(base.seed, deterministic=False)
-    model = build_model(x.shape[1:], None)
+    model = network(settings, x.shape[1:], None)
     protocol = dataclasses.replace(base, batch_size=batch, augment=augment and base.augment)
-    trainable = compile_for_training(training_model(model, protocol), protocol)
+    trainable = compile_for_training(training_model(model, protocol), protocol, steps_per_epoch=steps)
     reps = int(np.ceil(batch * steps / len(x)))
     xs = np.concatenate([x] * reps)[: batch * steps]
     ys = keras.utils.to_categorical(np.concatenate([y] * reps)[: batch * steps], 2)
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_protocol:
         started = time.perf_counter()
         seed_everything(protocol.seed, deterministic=False)
-        model = build_model(sets["train"].x.shape[1:], args.weights)
+        model = network(settings, sets["train"].x.shape[1:], args.weights)
         built = time.perf_counter() - started
         clock = EpochClock(every=10)
         history = train_classifier(model, sets["train"].x, sets["train"].y, sets["val"].x, sets["val"].y, protocol,
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         })
         results.add("inference", inference(model, sets["test"].x, args.inference_batches, args.repeats))
     else:
-        model = build_model(sets["train"].x.shape[1:], args.weights)
+        model = network(settings, sets["train"].x.shape[1:], args.weights)
         results.add("inference", inference(model, sets["test"].x, args.inference_batches, args.repeats))
 
     throughput = {}
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
             + [(batch, False) for batch in args.throughput_without_augmentation])
     for batch, augment in runs:
         throughput[f"batch_{batch}" if augment else f"batch_{batch}_without_augmentation"] = training_throughput(
-            sets["train"].x, sets["train"].y, protocol, batch, args.throughput_steps, precision, augment)
+            sets["train"].x, sets["train"].y, settings, protocol, batch, args.throughput_steps, precision, augment)
         results.add("training_images_per_s", throughput)
     return results.data
 

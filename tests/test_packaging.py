@@ -4,6 +4,7 @@ A GPU machine or the step image trains with ``liverlesion`` and a Keras backend 
 (``liverlesion_ops``, ``steps``, ``pipelines``) brings the rest through the ``ops`` extra.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -62,8 +63,21 @@ def test_the_profiles_backend_is_refused_when_keras_already_loaded_another():
     import keras  # loaded here with the suite's backend
 
     loaded = keras.backend.backend()
-    assert use_keras_backend(None) in ("tensorflow", os.environ.get("KERAS_BACKEND"))
+    assert use_keras_backend(None) == os.environ.get("KERAS_BACKEND", "tensorflow") == loaded  # none named: Keras's own
     assert use_keras_backend(loaded) == loaded
     other = "jax" if loaded != "jax" else "tensorflow"
     with pytest.raises(RuntimeError, match=f"train.backend is {other}, but Keras is already loaded with {loaded}"):
         use_keras_backend(other)
+
+
+def test_a_backend_that_is_not_installed_is_named_before_keras_loads():
+    """In a fresh process (Keras not loaded yet), a backend the machine lacks is an error naming what to install."""
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here (it is not locked): no backend is missing to be named")
+    script = ("import sys\nfrom liverlesion_ops.environment import use_keras_backend\n"
+              "try:\n    use_keras_backend('torch')\nexcept RuntimeError as err:\n    print(err)\n"
+              "print('keras' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    message, keras_loaded = done.stdout.strip().splitlines()
+    assert message.startswith("train.backend is torch, which is not installed here") and keras_loaded == "False"

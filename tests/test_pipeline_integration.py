@@ -340,19 +340,26 @@ def test_a_bad_case_stops_the_run_or_is_quarantined_by_configuration(project, fi
 
 
 @pytest.mark.slow
-def test_the_train_step_runs_on_the_backend_the_profile_names(project, first_run):
+def test_the_train_step_runs_on_the_backend_the_profile_names(project, first_run, tmp_path):
     """``train.backend: jax`` (what the paper profile asks for, with JAX's CUDA build on a GPU): the
-    same DAG, the train step computing on JAX (its CPU build here), tracked and registered as usual.
-    The data steps are served from cache: only the training settings changed."""
+    same DAG, the train step computing on JAX (its CPU build here) in mixed bfloat16, tracked and
+    registered as usual, the registered network float32. The data steps are served from cache."""
+    import keras
+    import mlflow
+
     root, env = project
     client = mlflow_client(root)
     before = {v.version for v in client.search_model_versions("name='tiny-liver-lesion'")}
-    done = cli(root, env, "run", "--profile", "tiny", "--set", "train.backend=jax", "--set", "train.precision=auto")
+    done = cli(root, env, "run", "--profile", "tiny", "--set", "train.backend=jax", "--set", "train.precision=mixed_bfloat16")
     assert "no retraining happened" not in done.stdout
     (new,) = [v for v in client.search_model_versions("name='tiny-liver-lesion'") if v.version not in before]
     params = client.get_run(new.run_id).data.params
     assert params["keras_backend"] == "jax" and params["device"].startswith("jax ") and params["device"].endswith(")")
-    assert params["backend"] == "jax" and params["trained_in"] == "float32"  # auto: no accelerator here
+    assert params["backend"] == "jax" and params["trained_in"] == "mixed_bfloat16"
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}")
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/tiny-liver-lesion/{new.version}", dst_path=str(tmp_path)))
+    model = keras.saving.load_model(folder / "artifacts" / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # what evaluate and serving get
     if importlib.util.find_spec("torch") is None:  # not locked: a backend the machine lacks is refused in one line
         absent = cli(root, env, "run", "--profile", "tiny", "--set", "train.backend=torch", check=False)
         assert absent.returncode == 2

@@ -11,7 +11,8 @@ a Unix socket inside the data folder only) unless ``--postgres-uri`` names an ex
 which the two databases (``mlflow``: runs and registry; ``mlflow_auth``: users and permissions) are
 created if absent. Everything the server writes lives in the data folder (default
 ``$LIVERLESION_HOME/team-mlflow``, i.e. ``.liverlesion/team-mlflow``, outside git): the database,
-the artifacts, the generated auth configuration (no password in it), the Flask secret key, the log.
+the artifacts, the generated auth configuration (no admin password in it; the PostgreSQL password
+only if ``--postgres-uri`` carries one: give it in ``PGPASSWORD`` instead), the Flask secret key, the log.
 
 Roles (``add-user --role``): ``reader`` reads every experiment, run and registered model and can
 change none of them (moving an alias is refused); ``editor`` runs pipelines and takes registry
@@ -227,7 +228,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def auth_config(data: Path, auth_uri: str) -> Path:
-    """The basic-auth configuration (``MLFLOW_AUTH_CONFIG_PATH``), owner-only; no password in it."""
+    """The basic-auth configuration (``MLFLOW_AUTH_CONFIG_PATH``), owner-only; no admin password in it (the
+    database's only if ``auth_uri`` carries one: ``PGPASSWORD`` keeps it out)."""
     config = configparser.ConfigParser()
     config["mlflow"] = {
         "default_permission": "READ",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import keras
 import numpy as np
 
-from liverlesion.protocol import MONITOR, MONITORS, Protocol, best_epoch  # noqa: F401  (the trainer's vocabulary)
+from liverlesion.protocol import Protocol, best_epoch
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Python, NumPy and the Keras backend's random state, all from one seed.

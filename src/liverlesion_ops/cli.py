@@ -117,14 +117,17 @@ def _environment(tracking: bool = True) -> dict[str, str]:
     return values
 
 
-def _load(profile: str, overrides: list[str]):
+def _load(profile: str, overrides: list[str], keras_backend: bool = True):
+    """The profile, or exit 2 naming the problem; with ``keras_backend`` (commands whose steps load Keras),
+    its ``train.backend`` is made the one Keras loads."""
     from liverlesion.config import ConfigError, load_profile
 
     from liverlesion_ops.environment import use_keras_backend
 
     try:
         config = load_profile(profile, _parse_overrides(overrides))
-        use_keras_backend(config.train.backend)  # before anything loads Keras
+        if keras_backend:
+            use_keras_backend(config.train.backend)  # before anything loads Keras
         return config
     except (ConfigError, RuntimeError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
@@ -279,7 +282,7 @@ def _run_pipeline(name: str, no_cache: bool, **parameters):
 
         for step in failed:  # a step that failed on the tracking server: say so in one line
             info = last.steps[step].exception_info
-            if info is not None and (problem := server_problem_in(info.traceback.strip().splitlines()[-1])):
+            if info is not None and (problem := server_problem_in((info.traceback.strip().splitlines() or [""])[-1])):
                 typer.secho(f"  {step}: {problem}", fg="red", err=True)
         report = paths.reports_dir() / last.name / "validation.md"
         if "validate" in failed and report.exists():
@@ -499,7 +502,7 @@ def data(
     Examples: `liverlesion data`; `liverlesion data --regenerate` (after changing the generator).
     """
     _environment(tracking=False)
-    _prepare_data(_load(profile, overrides), regenerate)
+    _prepare_data(_load(profile, overrides, keras_backend=False), regenerate)
 
 
 def _parse_name_map(pairs: list[str]) -> dict[str, str] | None:

@@ -74,7 +74,8 @@ def configure_environment() -> dict[str, str]:
 
 
 #: the extra of the project that installs each Keras backend
-BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax (jax-cuda on a GPU)", "torch": "none: install torch yourself"}
+BACKEND_EXTRAS = {"tensorflow": "the project's extra tensorflow", "jax": "the project's extra jax (jax-cuda on a GPU)",
+                  "torch": "no extra of the project: install torch"}
 
 
 def use_keras_backend(backend: str | None) -> str:
@@ -94,7 +95,6 @@ def use_keras_backend(backend: str | None) -> str:
                                f"set KERAS_BACKEND={backend}")
         return backend
     if importlib.util.find_spec(backend) is None:
-        raise RuntimeError(f"train.backend is {backend}, which is not installed here "
-                           f"(the project's extra: {BACKEND_EXTRAS[backend]})")
+        raise RuntimeError(f"train.backend is {backend}, which is not installed here ({BACKEND_EXTRAS[backend]})")
     os.environ["KERAS_BACKEND"] = backend
     return backend

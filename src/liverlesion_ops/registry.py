@@ -584,6 +584,12 @@ def _roll_forward(mlflow_client: MlflowClient, name: str, entry: dict[str, Any])
     versions = {v for v in (*entry["tags"], *entry["aliases"].values()) if v is not None}
     if not all(_exists(mlflow_client, name, v) for v in versions):
         return f"dropped an interrupted decision about a version that no longer exists ({entry['id']})"
+    # every decision names itself in `last_decision` before it is journalled: another id there means a later
+    # decision was taken since (e.g. this one completed from another machine, then rolled back): replaying
+    # this one would undo it, even where the aliases are back where this one found them
+    last = (mlflow_client.get_registered_model(name).tags or {}).get("last_decision", "")
+    if not last.endswith(f"({entry['id']})"):
+        return f"dropped an interrupted decision ({entry['run']['name']}, {entry['id']}): a later decision was taken since"
     before = entry.get("before")
     if before is not None:
         held = aliases(mlflow_client, name)

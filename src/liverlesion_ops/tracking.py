@@ -79,6 +79,8 @@ def server_problem(err: BaseException, uri: str | None = None) -> str | None:
     from mlflow.exceptions import MlflowException
 
     uri = uri or environment.mlflow_tracking_uri()
+    if not is_remote(uri):  # a local store: no server to blame
+        return None
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -88,7 +90,9 @@ def server_problem(err: BaseException, uri: str | None = None) -> str | None:
             if found := _classify(message, uri, code):
                 return found
         if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-            return _unreachable(uri)
+            request = getattr(err, "request", None)  # another server's (ZenML's, a bucket's) is not this one's
+            if request is not None and str(getattr(request, "url", "")).startswith(uri.rstrip("/")):
+                return _unreachable(uri)
         err = err.__cause__ or err.__context__
     return None
 
@@ -106,7 +110,7 @@ def _classify(message: str, uri: str, code: int | None = None) -> str | None:
         what = f" ({endpoint.group(1)})" if endpoint else ""
         return (f"the MLflow tracking server {uri} refused user {_user()!r} this change{what}: permission denied "
                 "(HTTP 403); a reader cannot change runs, versions or aliases: ask its admin for the editor role")
-    if _UNREACHABLE.search(message):
+    if (found := _UNREACHABLE.search(message)) and found.group("url").startswith(uri.rstrip("/")):
         return _unreachable(uri)
     return None
 
