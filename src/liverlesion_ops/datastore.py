@@ -272,14 +272,17 @@ def folder_version(folder: Path) -> str:
     """The version ``dvc add`` would give ``folder`` (``<md5>.dir``), computed without DVC's cache."""
     from liverlesion_ops.dvcobjects import tree_hash
 
-    files = {}
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest = hashlib.md5()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        files[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    files = {path.relative_to(folder).as_posix(): _digest(path, hashlib.md5()).hexdigest()
+             for path in sorted(p for p in Path(folder).rglob("*") if p.is_file())}
     return tree_hash(files)
+
+
+def _digest(path: Path, digest):
+    """``digest`` updated with the bytes of ``path``, read in 4 MiB blocks."""
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest
 
 
 def _check_spec(data: Path, spec: CohortSpec) -> str:
@@ -396,10 +399,7 @@ def content_version(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        digest.update(b"\0")
+        _digest(path, digest).update(b"\0")
     return "tree-" + digest.hexdigest()
 
 
