@@ -43,20 +43,31 @@ def main() -> None:
     ingested, t_parallel = timed(ingest_cases, args.data, "bench", crop_margin_mm=config.margin_mm, workers=cores)
     cases, crops = ingested.cases, ingested.crops
     lesions, t_segment = timed(segment_cases, cases, crops)
-    (patches, _), t_extract = timed(extract_cohort_patches, lesions, crops, config.margin_mm, config.canvas,
-                                    config.output_size, config.square_pixels)
+    (patches, _), t_extract = timed(
+        extract_cohort_patches,
+        lesions,
+        crops,
+        config.margin_mm,
+        config.canvas,
+        config.output_size,
+        config.square_pixels,
+    )
     _, t_texture = timed(cohort_texture_table, lesions, crops)
     n = len(lesions)
     voxels = (cases["shape_0"] * cases["shape_1"] * cases["shape_2"]).mean() / 1e6
-    print(f"# data steps ({args.profile} profile): {len(cases)} cases ({voxels:.1f} M voxels on average), {n} lesions, "
-          f"patches {patches.shape[1:]}, crops {crops.nbytes / 1e6:.1f} MB with a {crops.margin_mm:g} mm margin; "
-          f"{cores} CPU cores")
+    print(
+        f"# data steps ({args.profile} profile): {len(cases)} cases ({voxels:.1f} M voxels on average), {n} lesions, "
+        f"patches {patches.shape[1:]}, crops {crops.nbytes / 1e6:.1f} MB with a {crops.margin_mm:g} mm margin; "
+        f"{cores} CPU cores"
+    )
     print(f"{'step':<48} {'seconds':>8} {'lesions/s':>10}")
-    for label, seconds in (("ingest: read, check, label, crop (1 process)", t_serial),
-                           (f"ingest: read, check, label, crop ({cores} processes)", t_parallel),
-                           ("segment: lesion table from crops", t_segment),
-                           ("extract_patches: patches from crops", t_extract),
-                           ("texture_features: features from crops", t_texture)):
+    for label, seconds in (
+        ("ingest: read, check, label, crop (1 process)", t_serial),
+        (f"ingest: read, check, label, crop ({cores} processes)", t_parallel),
+        ("segment: lesion table from crops", t_segment),
+        ("extract_patches: patches from crops", t_extract),
+        ("texture_features: features from crops", t_texture),
+    ):
         print(f"{label:<48} {seconds:>8.2f} {n / seconds:>10.1f}")
     print(f"ingest speed-up with {cores} processes: {t_serial / t_parallel:.2f}x")
     if args.generation:

@@ -26,6 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the DICOM fixture writers
 
 from dicom_fixtures import write_ct_series, write_seg_file  # noqa: E402
+
 from liverlesion.deid import SECRET_ENV, pseudonymiser_from_env  # noqa: E402
 from liverlesion.dicomio import read_ct_series  # noqa: E402
 from liverlesion.importers import import_cohort, read_types_table, scan_source  # noqa: E402
@@ -64,8 +65,11 @@ def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray
     cx, cy, cz = shape[0] / 2, shape[1] / 2, shape[2] / 2
     body = ((x - cx) / (0.42 * shape[0])) ** 2 + ((y - cy) / (0.32 * shape[1])) ** 2 <= 1.0
     body = np.broadcast_to(body, shape)
-    liver = (((x - 0.4 * shape[0]) / (0.16 * shape[0])) ** 2 + ((y - 0.45 * shape[1]) / (0.14 * shape[1])) ** 2
-             + ((z - cz) / (0.35 * shape[2])) ** 2) <= 1.0
+    liver = (
+        ((x - 0.4 * shape[0]) / (0.16 * shape[0])) ** 2
+        + ((y - 0.45 * shape[1]) / (0.14 * shape[1])) ** 2
+        + ((z - cz) / (0.35 * shape[2])) ** 2
+    ) <= 1.0
     tumour = (((x - 0.4 * shape[0]) * 0.7) ** 2 + ((y - 0.45 * shape[1]) * 0.7) ** 2 + ((z - cz) * 2.5) ** 2) <= 15.0**2
     hu = np.full(shape, -1000, dtype=np.int16)
     hu[body] = 40
@@ -80,8 +84,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="phantom cases for the NIfTI (LiTS) import")
     parser.add_argument("--slices", type=int, default=120, help="slices of the 512x512 DICOM series")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="write sources and cohorts here (default: a temp folder, removed)")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="write sources and cohorts here (default: a temp folder, removed)"
+    )
     args = parser.parse_args()
     os.environ.setdefault(SECRET_ENV, "bench-only-secret-not-for-real-data")
     pseudonymiser = pseudonymiser_from_env()
@@ -101,18 +106,28 @@ def main() -> None:
         report = import_cohort(cases, work / "cohort-lits", pseudonymiser, "lits")
         seconds = time.perf_counter() - start
         n = len(report.imported)
-        print(f"(a) NIfTI / LiTS: {n} phantom cases, {voxels / n / 1e6:.1f} Mvoxels per case on average "
-              f"(shapes {shapes}), {report.to_dict()['lesions']} lesions; sources written in {written:.1f} s")
+        print(
+            f"(a) NIfTI / LiTS: {n} phantom cases, {voxels / n / 1e6:.1f} Mvoxels per case on average "
+            f"(shapes {shapes}), {report.to_dict()['lesions']} lesions; sources written in {written:.1f} s"
+        )
         print(f"    import: {seconds:.2f} s total, {seconds / n:.2f} s per case, {n / seconds:.2f} cases/s")
 
         # (b) one DICOM CT series + DICOM-SEG, layout crlm
         shape = (512, 512, args.slices)
         hu, liver, tumour = synthetic_ct(shape, args.seed)
         start = time.perf_counter()
-        ct_files = write_ct_series(work / "dicom" / "CRLM-CT-0001" / "ct", hu, (0.75, 0.75, 2.5), orientation="axial",
-                                   shuffle=False, intercept=-1024.0, seed=args.seed)
-        write_seg_file(work / "dicom" / "CRLM-CT-0001" / "seg" / "1-1.dcm", {"Liver": liver, "Tumor_1": tumour},
-                       ct_files)
+        ct_files = write_ct_series(
+            work / "dicom" / "CRLM-CT-0001" / "ct",
+            hu,
+            (0.75, 0.75, 2.5),
+            orientation="axial",
+            shuffle=False,
+            intercept=-1024.0,
+            seed=args.seed,
+        )
+        write_seg_file(
+            work / "dicom" / "CRLM-CT-0001" / "seg" / "1-1.dcm", {"Liver": liver, "Tumor_1": tumour}, ct_files
+        )
         written = time.perf_counter() - start
         del hu, liver
         start = time.perf_counter()
@@ -127,12 +142,16 @@ def main() -> None:
         seconds = time.perf_counter() - start
         n = len(report.imported)
         assert n == 1 and report.imported[0]["lesions"] == 1 and report.imported[0]["metastasis"] == 1
-        print(f"(b) DICOM / CRLM: 1 series of {shape[0]}x{shape[1]}x{shape[2]} int16 ({len(ct_files)} files, "
-              f"{sum(p.stat().st_size for p in ct_files) / 2**20:.0f} MiB) + DICOM-SEG (Liver, Tumor_1, "
-              f"{int(tumour.sum())} tumour voxels); sources written in {written:.1f} s")
+        print(
+            f"(b) DICOM / CRLM: 1 series of {shape[0]}x{shape[1]}x{shape[2]} int16 ({len(ct_files)} files, "
+            f"{sum(p.stat().st_size for p in ct_files) / 2**20:.0f} MiB) + DICOM-SEG (Liver, Tumor_1, "
+            f"{int(tumour.sum())} tumour voxels); sources written in {written:.1f} s"
+        )
         print(f"    read_ct_series alone: {read_alone:.2f} s")
-        print(f"    import: {seconds:.2f} s total (scan {scanned:.2f} s), {seconds / n:.2f} s per case, "
-              f"{n / seconds:.2f} cases/s")
+        print(
+            f"    import: {seconds:.2f} s total (scan {scanned:.2f} s), {seconds / n:.2f} s per case, "
+            f"{n / seconds:.2f} cases/s"
+        )
 
 
 if __name__ == "__main__":

@@ -52,10 +52,14 @@ def time_batches(model, batch: int, repeats: int) -> list[float]:
 
 
 def speed(sizes: list[str], batches: list[int], repeats: int) -> None:
-    print(f"# CPU inference, Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, random weights")
+    print(
+        f"# CPU inference, Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, random weights"
+    )
     print(f"# evaluate.precision auto here: {' '.join(resolve_precision('auto'))}")
-    print(f"{'input':>9} {'batch':>5} {'variant':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} {'vs float32':>10}")
+    print(
+        f"{'input':>9} {'batch':>5} {'variant':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} {'vs float32':>10}"
+    )
     for size in sizes:
         rows, cols = (int(v) for v in size.split("x"))
         base = build_model((rows, cols, 3))
@@ -71,17 +75,20 @@ def speed(sizes: list[str], batches: list[int], repeats: int) -> None:
             reference = statistics.median(times["float32"])
             for precision in models:
                 median = statistics.median(times[precision])
-                print(f"{size:>9} {batch:>5} {precision:>15} {median * 1e3:>9.1f} {median * 1e3 / batch:>10.2f} "
-                      f"{batch / median:>10.1f} {median / reference:>10.2f}", flush=True)
+                print(
+                    f"{size:>9} {batch:>5} {precision:>15} {median * 1e3:>9.1f} {median * 1e3 / batch:>10.2f} "
+                    f"{batch / median:>10.1f} {median / reference:>10.2f}",
+                    flush=True,
+                )
 
 
 def agreement() -> None:
     """Both precisions on the latest training run's model and test split (project ZenML store)."""
     from liverlesion import paths
     from liverlesion.metrics import classification_metrics
-    from liverlesion_ops.environment import configure_environment
     from liverlesion.splitting import arrays_for_set
     from liverlesion.training import predict_metastasis_probability
+    from liverlesion_ops.environment import configure_environment
 
     configure_environment()
     sys.path.insert(0, str(paths.code_root()))
@@ -95,14 +102,22 @@ def agreement() -> None:
         return run.steps[step].outputs[name][0].load()
 
     model = output("train", "model")
-    x, y, _ = arrays_for_set(output("extract_patches", "patches"), output("extract_patches", "patch_index"),
-                             output("split", "split_manifest"), "test")
-    p = {name: predict_metastasis_probability(VARIANTS[name](model), x, batch_size=8)
-         for name in ("float32", "bfloat16+fold")}
+    x, y, _ = arrays_for_set(
+        output("extract_patches", "patches"),
+        output("extract_patches", "patch_index"),
+        output("split", "split_manifest"),
+        "test",
+    )
+    p = {
+        name: predict_metastasis_probability(VARIANTS[name](model), x, batch_size=8)
+        for name in ("float32", "bfloat16+fold")
+    }
     flips = int(np.sum((p["float32"] >= 0.5) != (p["bfloat16+fold"] >= 0.5)))
     print(f"# agreement on the test split of {run.name} ({len(y)} lesions, input {x.shape[1:3]})")
-    print(f"max |p_fast - p_f32| = {np.abs(p['float32'] - p['bfloat16+fold']).max():.5f}; "
-          f"lesions that change class at 0.5: {flips}")
+    print(
+        f"max |p_fast - p_f32| = {np.abs(p['float32'] - p['bfloat16+fold']).max():.5f}; "
+        f"lesions that change class at 0.5: {flips}"
+    )
     scores = {name: classification_metrics(y, prob) for name, prob in p.items()}
     print(f"{'metric':>18} {'float32':>9} {'fast':>9} {'difference':>10}")
     for name in scores["float32"]:

@@ -41,7 +41,9 @@ def timed_run(profile: str, state: Path, code: Path | None = None) -> tuple[floa
         profile = str(code / "configs" / f"{profile}.yaml")
     cli = Path(sys.executable).with_name("liverlesion")
     start = time.perf_counter()
-    done = subprocess.run([str(cli), "run", "--profile", profile, "--no-cache"], env=env, text=True, capture_output=True)
+    done = subprocess.run(
+        [str(cli), "run", "--profile", profile, "--no-cache"], env=env, text=True, capture_output=True
+    )
     total = time.perf_counter() - start
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
@@ -52,8 +54,11 @@ def timed_run(profile: str, state: Path, code: Path | None = None) -> tuple[floa
 
 
 def summary_lines(output: str) -> list[str]:
-    return [line.strip() for line in output.splitlines()
-            if line.startswith(("data:", "  test", "  one-feature")) or (line.startswith("    ") and "[" in line)]
+    return [
+        line.strip()
+        for line in output.splitlines()
+        if line.startswith(("data:", "  test", "  one-feature")) or (line.startswith("    ") and "[" in line)
+    ]
 
 
 def main() -> None:
@@ -64,14 +69,19 @@ def main() -> None:
     args = parser.parse_args()
     state = args.keep_state or Path(tempfile.mkdtemp(prefix="liverlesion-bench-"))
     # the cohort first (generated or pulled once), so that no timed run includes making it
-    subprocess.run([str(Path(sys.executable).with_name("liverlesion")), "data"], check=True,
-                   env={**os.environ, "LIVERLESION_HOME": str(state / "data-check")}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).with_name("liverlesion")), "data"],
+        check=True,
+        env={**os.environ, "LIVERLESION_HOME": str(state / "data-check")},
+        stdout=subprocess.DEVNULL,
+    )
     runs = {}
     if args.baseline:
         root = Path(__file__).resolve().parents[1]
         worktree = Path(tempfile.mkdtemp(prefix="liverlesion-baseline-")) / "code"
-        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "--quiet", str(worktree), args.baseline],
-                       check=True)
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "add", "--detach", "--quiet", str(worktree), args.baseline], check=True
+        )
         try:
             runs[f"baseline {args.baseline}"] = timed_run(args.profile, state / "baseline", worktree)
         finally:

@@ -28,7 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cli", action="store_true", help="also time `liverlesion predict` with the registered champion")
+    parser.add_argument(
+        "--cli", action="store_true", help="also time `liverlesion predict` with the registered champion"
+    )
     args = parser.parse_args()
 
     import keras
@@ -48,10 +50,13 @@ def main() -> None:
         settings = PatchSettings.from_profile(profile.model_dump(mode="json"))
         keras.utils.set_random_seed(0)
         network = build_model((*profile.patches.size, 3), None, bn_momentum=profile.train.bn_momentum)
-        predictor = LesionPredictor(network, settings, profile.evaluate.threshold, profile.evaluate.precision,
-                                    "bench", "0")
-        print(f"# predict, one CT with 5 lesions: {int(case['n_lesions'])} lesions, input {profile.patches.size}, "
-              f"scoring in {predictor.precision} ({predictor.precision_reason})")
+        predictor = LesionPredictor(
+            network, settings, profile.evaluate.threshold, profile.evaluate.precision, "bench", "0"
+        )
+        print(
+            f"# predict, one CT with 5 lesions: {int(case['n_lesions'])} lesions, input {profile.patches.size}, "
+            f"scoring in {predictor.precision} ({predictor.precision_reason})"
+        )
         predictor.predict(*load_nifti(image_path, dtype=np.float32), load_nifti(mask_path)[0])  # warm-up (tracing)
         rows = []
         for repeat in range(args.repeats):
@@ -62,22 +67,37 @@ def main() -> None:
             t1 = time.perf_counter()
             prediction = predictor.predict(image, meta, mask, "bench", "class")
             t2 = time.perf_counter()
-            write_outputs(prediction, Path(tmp) / f"out{repeat}", title="bench", extra={"threshold": predictor.threshold})
+            write_outputs(
+                prediction, Path(tmp) / f"out{repeat}", title="bench", extra={"threshold": predictor.threshold}
+            )
             t3 = time.perf_counter()
             rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
         read, score, write, total = np.median(np.asarray(rows), axis=0)
         print(f"CT {meta.shape} ({np.prod(meta.shape) / 1e6:.1f} M voxels), median of {args.repeats}:")
-        print(f"  read CT + mask: {read:.2f} s | lesions, patches, scoring: {score:.2f} s | "
-              f"tables, label volume, Figure 5: {write:.2f} s | files to written results: {total:.2f} s")
+        print(
+            f"  read CT + mask: {read:.2f} s | lesions, patches, scoring: {score:.2f} s | "
+            f"tables, label volume, Figure 5: {write:.2f} s | files to written results: {total:.2f} s"
+        )
         if args.cli:
-            command = [str(Path(sys.executable).with_name("liverlesion")), "predict", str(image_path), "--mask",
-                       str(mask_path), "--mask-encoding", "class", "--out", str(Path(tmp) / "cli")]
+            command = [
+                str(Path(sys.executable).with_name("liverlesion")),
+                "predict",
+                str(image_path),
+                "--mask",
+                str(mask_path),
+                "--mask-encoding",
+                "class",
+                "--out",
+                str(Path(tmp) / "cli"),
+            ]
             start = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"liverlesion predict failed: {done.stderr.strip().splitlines()[-1]}")
             else:
-                print(f"  `liverlesion predict` (imports, registry champion, all outputs): {time.perf_counter() - start:.1f} s")
+                print(
+                    f"  `liverlesion predict` (imports, registry champion, all outputs): {time.perf_counter() - start:.1f} s"
+                )
 
 
 if __name__ == "__main__":

@@ -25,24 +25,64 @@ from pathlib import Path
 #: name -> --set overrides on top of the quick profile (as it is in configs/quick.yaml)
 OPTIONS: dict[str, list[str]] = {
     "quick as configured": [],
-    "12 ep, val_accuracy, first tie (before)": ["train.epochs=12", "train.monitor=val_accuracy",
-                                                "train.tie_break=first", "train.lr_schedule=constant",
-                                                "train.augment=false"],
-    "12 ep, val_loss, last tie": ["train.epochs=12", "train.monitor=val_loss", "train.tie_break=last",
-                                  "train.lr_schedule=constant", "train.augment=false"],
-    "12 ep, val_loss, cosine": ["train.epochs=12", "train.monitor=val_loss", "train.tie_break=last",
-                                "train.lr_schedule=cosine", "train.augment=false"],
-    "24 ep, val_loss, cosine": ["train.epochs=24", "train.monitor=val_loss", "train.tie_break=last",
-                                "train.lr_schedule=cosine", "train.augment=false"],
-    "12 ep, val_loss, cosine, augment": ["train.epochs=12", "train.monitor=val_loss", "train.tie_break=last",
-                                         "train.lr_schedule=cosine", "train.augment=true", "train.rotation_deg=30",
-                                         "train.shift_px=10", "train.flips=true"],
-    "16 ep, val_loss, cosine, augment": ["train.epochs=16", "train.monitor=val_loss", "train.tie_break=last",
-                                         "train.lr_schedule=cosine", "train.augment=true", "train.rotation_deg=30",
-                                         "train.shift_px=10", "train.flips=true"],
-    "24 ep, val_loss, cosine, augment": ["train.epochs=24", "train.monitor=val_loss", "train.tie_break=last",
-                                         "train.lr_schedule=cosine", "train.augment=true", "train.rotation_deg=30",
-                                         "train.shift_px=10", "train.flips=true"],
+    "12 ep, val_accuracy, first tie (before)": [
+        "train.epochs=12",
+        "train.monitor=val_accuracy",
+        "train.tie_break=first",
+        "train.lr_schedule=constant",
+        "train.augment=false",
+    ],
+    "12 ep, val_loss, last tie": [
+        "train.epochs=12",
+        "train.monitor=val_loss",
+        "train.tie_break=last",
+        "train.lr_schedule=constant",
+        "train.augment=false",
+    ],
+    "12 ep, val_loss, cosine": [
+        "train.epochs=12",
+        "train.monitor=val_loss",
+        "train.tie_break=last",
+        "train.lr_schedule=cosine",
+        "train.augment=false",
+    ],
+    "24 ep, val_loss, cosine": [
+        "train.epochs=24",
+        "train.monitor=val_loss",
+        "train.tie_break=last",
+        "train.lr_schedule=cosine",
+        "train.augment=false",
+    ],
+    "12 ep, val_loss, cosine, augment": [
+        "train.epochs=12",
+        "train.monitor=val_loss",
+        "train.tie_break=last",
+        "train.lr_schedule=cosine",
+        "train.augment=true",
+        "train.rotation_deg=30",
+        "train.shift_px=10",
+        "train.flips=true",
+    ],
+    "16 ep, val_loss, cosine, augment": [
+        "train.epochs=16",
+        "train.monitor=val_loss",
+        "train.tie_break=last",
+        "train.lr_schedule=cosine",
+        "train.augment=true",
+        "train.rotation_deg=30",
+        "train.shift_px=10",
+        "train.flips=true",
+    ],
+    "24 ep, val_loss, cosine, augment": [
+        "train.epochs=24",
+        "train.monitor=val_loss",
+        "train.tie_break=last",
+        "train.lr_schedule=cosine",
+        "train.augment=true",
+        "train.rotation_deg=30",
+        "train.shift_px=10",
+        "train.flips=true",
+    ],
 }
 DATA_STEPS = ("ingest", "segment", "extract_patches", "validate", "split")
 MODEL_STEPS = ("train", "evaluate", "register")
@@ -74,21 +114,29 @@ def run_option(cli: Path, env: dict[str, str], query_env: dict[str, str], overri
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="option names to run (default: all)")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[], help="train each option with these seeds "
-                                                                          "(default: the profile's)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=[], help="train each option with these seeds (default: the profile's)"
+    )
     parser.add_argument("--keep-state", type=Path, help="state folder to use (default: a temporary one)")
     args = parser.parse_args()
     state = args.keep_state or Path(tempfile.mkdtemp(prefix="liverlesion-bench-options-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
     env["LIVERLESION_HOME"] = str(state)
-    query_env = {**env, "ZENML_CONFIG_PATH": str(state / "zenml"),
-                 "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"}
+    query_env = {
+        **env,
+        "ZENML_CONFIG_PATH": str(state / "zenml"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow' / 'mlflow.db'}",
+    }
     cli = Path(sys.executable).with_name("liverlesion")
     names = args.only or list(OPTIONS)
     data_seconds = None
-    print(f"# quick profile options, {os.cpu_count()} CPU cores; pipeline s = data steps (uncached) + train, "
-          "evaluate, register")
-    header = f"{'option':<42} {'seed':>5} {'kept':>4} {'train s':>7} {'pipeline s':>10} " + " ".join(f"{m:>11}" for m in METRICS)
+    print(
+        f"# quick profile options, {os.cpu_count()} CPU cores; pipeline s = data steps (uncached) + train, "
+        "evaluate, register"
+    )
+    header = f"{'option':<42} {'seed':>5} {'kept':>4} {'train s':>7} {'pipeline s':>10} " + " ".join(
+        f"{m:>11}" for m in METRICS
+    )
     print(header)
     for name, seed in [(n, s) for n in names for s in (args.seeds or [None])]:
         found = run_option(cli, env, query_env, OPTIONS[name] + ([f"train.seed={seed}"] if seed is not None else []))
@@ -99,8 +147,11 @@ def main() -> None:
             data_seconds = sum(steps[s] for s in DATA_STEPS)
         pipeline = data_seconds + sum(steps[s] for s in MODEL_STEPS)
         m = found["metrics"]
-        print(f"{name:<42} {seed if seed is not None else '-':>5} {int(m.get('best_epoch', -1)) + 1:>4} {steps['train']:>7.0f} {pipeline:>10.0f} "
-              + " ".join(f"{m.get('test_' + k, float('nan')):>11.3f}" for k in METRICS), flush=True)
+        print(
+            f"{name:<42} {seed if seed is not None else '-':>5} {int(m.get('best_epoch', -1)) + 1:>4} {steps['train']:>7.0f} {pipeline:>10.0f} "
+            + " ".join(f"{m.get('test_' + k, float('nan')):>11.3f}" for k in METRICS),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

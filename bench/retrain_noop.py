@@ -42,10 +42,15 @@ def main() -> None:
         walls.append(wall)
         inner.append(outcome["seconds"])
     audit_wall, done = timed("audit", "--json")
-    print(f"retrain with nothing to do ({args.profile}), {args.repeats} runs: wall median {statistics.median(walls):.1f} s "
-          f"(min {min(walls):.1f}, max {max(walls):.1f}); inside the command {statistics.median(inner):.1f} s; "
-          "the rest is interpreter start and imports")
-    print(f"audit of the champion: {audit_wall:.1f} s wall" + ("" if done.returncode == 0 else f" (exit {done.returncode})"))
+    print(
+        f"retrain with nothing to do ({args.profile}), {args.repeats} runs: wall median {statistics.median(walls):.1f} s "
+        f"(min {min(walls):.1f}, max {max(walls):.1f}); inside the command {statistics.median(inner):.1f} s; "
+        "the rest is interpreter start and imports"
+    )
+    print(
+        f"audit of the champion: {audit_wall:.1f} s wall"
+        + ("" if done.returncode == 0 else f" (exit {done.returncode})")
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,17 @@ import time
 from pathlib import Path
 
 METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity")
-SEGMENTATION = ("liver_dice", "liver_assd_mm", "lesion_dice", "lesion_assd_mm", "detection_recall",
-                "detection_recall_metastasis", "detection_recall_cyst", "false_positives_per_patient", "seconds_per_case")
+SEGMENTATION = (
+    "liver_dice",
+    "liver_assd_mm",
+    "lesion_dice",
+    "lesion_assd_mm",
+    "detection_recall",
+    "detection_recall_metastasis",
+    "detection_recall_cyst",
+    "false_positives_per_patient",
+    "seconds_per_case",
+)
 
 
 def liverlesion(*args: str) -> float:
@@ -61,14 +70,19 @@ def main() -> None:
     experiment = mlflow.get_experiment_by_name(profile.register.experiment)
     rows = {}
     for method in methods:
-        [run] = mlflow.search_runs([experiment.experiment_id], f"params.segment_method = '{method}' and "
-                                   f"tags.profile = '{profile.name}'", order_by=["attributes.start_time DESC"],
-                                   max_results=1)
+        [run] = mlflow.search_runs(
+            [experiment.experiment_id],
+            f"params.segment_method = '{method}' and tags.profile = '{profile.name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         rows[method] = run.data.metrics
     print(f"# profile {profile.name}; wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     print("\n## Classification (test patients; the lesions each method found)\n")
-    print("| segment | " + " | ".join(METRICS) + " | lesions scored | metastases missed | cysts missed | invented | "
-          "end-to-end sensitivity |")
+    print(
+        "| segment | " + " | ".join(METRICS) + " | lesions scored | metastases missed | cysts missed | invented | "
+        "end-to-end sensitivity |"
+    )
     print("| --- " * (len(METRICS) + 6) + "|")
     for method, m in rows.items():
         missed = [m.get(f"end_to_end_missed_{c}") for c in ("metastasis", "cyst")]
@@ -76,8 +90,13 @@ def main() -> None:
         extra = ["0" if v is None else f"{v:.0f}" for v in missed]
         invented = m.get("end_to_end_invented")
         recall = m.get("end_to_end_recall", m["test_recall"])  # reference: nothing missed
-        print(f"| {method} | " + " | ".join(cells) + f" | {m['test_lesions_scored']:.0f} | " + " | ".join(extra)
-              + f" | {0 if invented is None else invented:.0f} | {recall:.3f} |")
+        print(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | {m['test_lesions_scored']:.0f} | "
+            + " | ".join(extra)
+            + f" | {0 if invented is None else invented:.0f} | {recall:.3f} |"
+        )
     print("\n## Segmentation (test patients)\n")
     print("| segment | " + " | ".join(SEGMENTATION) + " |")
     print("| --- " * (len(SEGMENTATION) + 1) + "|")

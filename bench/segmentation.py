@@ -22,13 +22,18 @@ import pandas as pd
 from liverlesion.config import load_profile
 from liverlesion.ingestion import read_case_table
 from liverlesion.segmentation import (
-    automatic_segmentation, load_cascade, measure_case, read_reference_case, segmentation_summary,
+    automatic_segmentation,
+    load_cascade,
+    measure_case,
+    read_reference_case,
+    segmentation_summary,
 )
 
 
 def read(folder: Path, case):
-    return read_reference_case(folder / case.image, folder / case.mask, folder / case.liver_mask, case.case_id,
-                               case.mask_encoding)
+    return read_reference_case(
+        folder / case.image, folder / case.mask, folder / case.liver_mask, case.case_id, case.mask_encoding
+    )
 
 
 def main() -> None:
@@ -36,7 +41,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cases", type=int, default=10, help="cases measured (the first ones)")
-    parser.add_argument("--train", type=int, default=0, help="train a cascade on this many cases after the measured ones")
+    parser.add_argument(
+        "--train", type=int, default=0, help="train a cascade on this many cases after the measured ones"
+    )
     parser.add_argument("--cascade", type=Path, help="a saved cascade folder (segnet.Cascade.save) to measure")
     args = parser.parse_args()
     table = read_case_table(args.data)
@@ -52,14 +59,18 @@ def main() -> None:
 
         from liverlesion.segnet import train_cascade
 
-        training = list(table.iloc[args.cases:args.cases + args.train].itertuples(index=False))
+        training = list(table.iloc[args.cases : args.cases + args.train].itertuples(index=False))
         started = time.perf_counter()
-        cascade, _ = train_cascade(((ref.image, ref.liver, ref.instances > 0) for ref in
-                                    (read(args.data, case) for case in training)), profile.segmenter)
+        cascade, _ = train_cascade(
+            ((ref.image, ref.liver, ref.instances > 0) for ref in (read(args.data, case) for case in training)),
+            profile.segmenter,
+        )
         seconds = time.perf_counter() - started
-        print(f"# trained the cascade on {len(training)} cases in {seconds:.0f} s ({seconds / len(training):.1f} s per "
-              f"case, reading included; {profile.segmenter.epochs} epochs, Keras {keras.__version__} on "
-              f"{keras.backend.backend()})")
+        print(
+            f"# trained the cascade on {len(training)} cases in {seconds:.0f} s ({seconds / len(training):.1f} s per "
+            f"case, reading included; {profile.segmenter.epochs} epochs, Keras {keras.__version__} on "
+            f"{keras.backend.backend()})"
+        )
         folder = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-cascade"
         cascade.save(folder)
         methods["learned"] = str(folder)
@@ -75,18 +86,39 @@ def main() -> None:
         for case in measured:
             ref = read(args.data, case)
             sizes[case.case_id] = ref.image.size
-            row, outcome = measure_case(case.case_id, case.patient_key, ref.image, ref.spacing, ref.instances,
-                                        ref.labels, ref.liver, settings, cascade)
+            row, outcome = measure_case(
+                case.case_id,
+                case.patient_key,
+                ref.image,
+                ref.spacing,
+                ref.instances,
+                ref.labels,
+                ref.liver,
+                settings,
+                cascade,
+            )
             cases.append(row)
             lesions.extend(outcome)
         summary = segmentation_summary(pd.DataFrame(cases), pd.DataFrame(lesions))
-        rows.append({"method": method, **summary,
-                     "median_seconds": float(np.median([c["seconds"] for c in cases]))})
+        rows.append({"method": method, **summary, "median_seconds": float(np.median([c["seconds"] for c in cases]))})
     voxels = np.mean(list(sizes.values())) / 1e6
-    print(f"# {len(measured)} CTs ({voxels:.1f} M voxels on average), {os.cpu_count()} CPU cores; a lesion is found at "
-          f"Dice >= {profile.segment.detection_dice}")
-    columns = ["method", "seconds_per_case", "median_seconds", "liver_dice", "liver_assd_mm", "lesion_dice",
-               "lesion_assd_mm", "found_lesions", "reference_lesions", "detection_recall", "false_positives_per_patient"]
+    print(
+        f"# {len(measured)} CTs ({voxels:.1f} M voxels on average), {os.cpu_count()} CPU cores; a lesion is found at "
+        f"Dice >= {profile.segment.detection_dice}"
+    )
+    columns = [
+        "method",
+        "seconds_per_case",
+        "median_seconds",
+        "liver_dice",
+        "liver_assd_mm",
+        "lesion_dice",
+        "lesion_assd_mm",
+        "found_lesions",
+        "reference_lesions",
+        "detection_recall",
+        "false_positives_per_patient",
+    ]
     print(pd.DataFrame(rows)[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

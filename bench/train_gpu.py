@@ -93,18 +93,35 @@ class EpochClock(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.started)
         if self.every and (epoch % self.every == 0):
             logs = logs or {}
-            print(f"  epoch {epoch + 1}: {self.times[-1]:.2f}s loss {logs.get('loss', float('nan')):.3f} "
-                  f"val_accuracy {logs.get('val_accuracy', float('nan')):.3f}", flush=True)
+            print(
+                f"  epoch {epoch + 1}: {self.times[-1]:.2f}s loss {logs.get('loss', float('nan')):.3f} "
+                f"val_accuracy {logs.get('val_accuracy', float('nan')):.3f}",
+                flush=True,
+            )
 
 
 def network(settings: TrainConfig, shape: tuple[int, ...], weights: str | None) -> keras.Model:
     """The exported settings' network (backbone, head, batch-norm momentum), from ``weights`` (None: NPW)."""
-    return build_model(shape, weights, settings.dense_units, settings.dropout, bn_momentum=settings.bn_momentum,
-                       backbone=settings.backbone)
+    return build_model(
+        shape,
+        weights,
+        settings.dense_units,
+        settings.dropout,
+        bn_momentum=settings.bn_momentum,
+        backbone=settings.backbone,
+    )
 
 
-def training_throughput(x: np.ndarray, y: np.ndarray, settings: TrainConfig, base: Protocol, batch: int, steps: int,
-                        precision_policy: str, augment: bool = True) -> float:
+def training_throughput(
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: TrainConfig,
+    base: Protocol,
+    batch: int,
+    steps: int,
+    precision_policy: str,
+    augment: bool = True,
+) -> float:
     """Training images/s at ``batch`` (with the protocol's augmentation unless ``augment`` is off): one
     warm-up epoch, then one timed epoch."""
     keras.mixed_precision.set_dtype_policy(precision_policy)
@@ -132,8 +149,11 @@ def inference(model: keras.Model, x: np.ndarray, batches: list[int], repeats: in
             np.asarray(model.predict_on_batch(xb))
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        out[f"batch_{batch}"] = {"ms_per_batch": median * 1e3, "ms_per_lesion": median * 1e3 / batch,
-                                 "lesions_per_s": batch / median}
+        out[f"batch_{batch}"] = {
+            "ms_per_batch": median * 1e3,
+            "ms_per_lesion": median * 1e3 / batch,
+            "lesions_per_s": batch / median,
+        }
     return out
 
 
@@ -141,17 +161,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patches", type=Path, required=True, help=".npz written by `liverlesion export`")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
-    parser.add_argument("--precision", default=None, choices=["auto", "mixed_bfloat16", "mixed_float16", "float32"],
-                        help="default: the exported train.precision")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "mixed_bfloat16", "mixed_float16", "float32"],
+        help="default: the exported train.precision",
+    )
     parser.add_argument("--weights", default=None, help="backbone weights file (IPW); default: none (NPW)")
     parser.add_argument("--epochs", type=int, default=None, help="at most; default: the exported train.epochs")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the exported train.batch_size")
     parser.add_argument("--seed", type=int, default=None, help="default: the exported train.seed")
     parser.add_argument("--skip-protocol", action="store_true", help="only the throughput and inference figures")
-    parser.add_argument("--throughput", type=int, nargs="*", default=[64],
-                        help="other training batch sizes to time (batch 8 is timed inside the protocol run)")
-    parser.add_argument("--throughput-without-augmentation", type=int, nargs="*", default=[], metavar="BATCH",
-                        help="batch sizes to time also without augmentation: what augmenting costs per epoch")
+    parser.add_argument(
+        "--throughput",
+        type=int,
+        nargs="*",
+        default=[64],
+        help="other training batch sizes to time (batch 8 is timed inside the protocol run)",
+    )
+    parser.add_argument(
+        "--throughput-without-augmentation",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="BATCH",
+        help="batch sizes to time also without augmentation: what augmenting costs per epoch",
+    )
     parser.add_argument("--throughput-steps", type=int, default=60)
     parser.add_argument("--inference-batches", type=int, nargs="*", default=[1, 256])
     parser.add_argument("--repeats", type=int, default=30)
@@ -169,23 +204,36 @@ def main(argv: list[str] | None = None) -> dict:
     if "train" not in data.meta:
         parser.error(f"{args.patches}: the export carries no training settings; write it with `liverlesion export`")
     settings = TrainConfig(**data.meta["train"])
-    changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}.items()
-               if v is not None}
+    changes = {
+        k: v
+        for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}.items()
+        if v is not None
+    }
     # full batches: one compiled train step on JAX (the step's default is off: a CPU run gains nothing)
     protocol = dataclasses.replace(settings.protocol(), full_batches=True, **changes)
     precision = resolve_training_precision(args.precision or settings.precision, accelerator() is not None)
     sets = {name: data[name] for name in ("train", "val", "test")}
     if args.limit:
-        sets = {name: type(s)(s.x[: args.limit], s.y[: args.limit], s.lesion_id[: args.limit], s.patient_key[: args.limit])
-                for name, s in sets.items()}
-    results.add("setup", {
-        "device": device_description(), "keras": keras.__version__, "precision": precision,
-        "protocol": dataclasses.asdict(protocol), "profile": data.meta.get("profile"),
-        "patch_shape": list(sets["train"].x.shape[1:]), "lesions": {k: len(v) for k, v in sets.items()},
-        "data_version": data.meta.get("data_version"), "split_manifest_hash": data.meta.get("split_manifest_hash"),
-        "weights": args.weights or "none (NPW)",
-        "compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR") or "off",
-    })
+        sets = {
+            name: type(s)(s.x[: args.limit], s.y[: args.limit], s.lesion_id[: args.limit], s.patient_key[: args.limit])
+            for name, s in sets.items()
+        }
+    results.add(
+        "setup",
+        {
+            "device": device_description(),
+            "keras": keras.__version__,
+            "precision": precision,
+            "protocol": dataclasses.asdict(protocol),
+            "profile": data.meta.get("profile"),
+            "patch_shape": list(sets["train"].x.shape[1:]),
+            "lesions": {k: len(v) for k, v in sets.items()},
+            "data_version": data.meta.get("data_version"),
+            "split_manifest_hash": data.meta.get("split_manifest_hash"),
+            "weights": args.weights or "none (NPW)",
+            "compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR") or "off",
+        },
+    )
 
     keras.mixed_precision.set_dtype_policy(precision)
     if not args.skip_protocol:
@@ -194,38 +242,58 @@ def main(argv: list[str] | None = None) -> dict:
         model = network(settings, sets["train"].x.shape[1:], args.weights)
         built = time.perf_counter() - started
         clock = EpochClock(every=10)
-        history = train_classifier(model, sets["train"].x, sets["train"].y, sets["val"].x, sets["val"].y, protocol,
-                                   verbose=0, extra_callbacks=[clock])
+        history = train_classifier(
+            model,
+            sets["train"].x,
+            sets["train"].y,
+            sets["val"].x,
+            sets["val"].y,
+            protocol,
+            verbose=0,
+            extra_callbacks=[clock],
+        )
         wall = time.perf_counter() - started
         # scored at the largest inference batch, so that no extra program is compiled for the test size
         batch = max(args.inference_batches + [1])
         tiled = np.resize(sets["test"].x, (max(batch, len(sets["test"])), *sets["test"].x.shape[1:]))
         probability = predict_metastasis_probability(model, tiled, batch_size=batch)[: len(sets["test"])]
         best = best_epoch(history[protocol.monitor], protocol.mode, protocol.tie_break)
-        results.add("protocol", {
-            "wall_s": wall, "build_s": built, "first_epoch_s": clock.times[0],
-            "later_epoch_median_s": statistics.median(clock.times[1:]) if len(clock.times) > 1 else None,
-            "epochs_run": len(clock.times), "best_epoch": best + 1,
-            "best_val_accuracy": history["val_accuracy"][best],
-            # the topped-up training set per epoch over whole epochs, validation included (JAX
-            # dispatches asynchronously, so the training part alone cannot be timed from callbacks)
-            "train_images_per_s_after_first_epoch_incl_validation": (
-                (len(clock.times) - 1) * (len(sets["train"]) + (-len(sets["train"])) % protocol.batch_size)
-                / sum(clock.times[1:]) if len(clock.times) > 1 else None),
-            "validation_s_median": statistics.median(clock.validation) if clock.validation else None,
-            "test_metrics": classification_metrics(sets["test"].y, probability),
-        })
+        results.add(
+            "protocol",
+            {
+                "wall_s": wall,
+                "build_s": built,
+                "first_epoch_s": clock.times[0],
+                "later_epoch_median_s": statistics.median(clock.times[1:]) if len(clock.times) > 1 else None,
+                "epochs_run": len(clock.times),
+                "best_epoch": best + 1,
+                "best_val_accuracy": history["val_accuracy"][best],
+                # the topped-up training set per epoch over whole epochs, validation included (JAX
+                # dispatches asynchronously, so the training part alone cannot be timed from callbacks)
+                "train_images_per_s_after_first_epoch_incl_validation": (
+                    (len(clock.times) - 1)
+                    * (len(sets["train"]) + (-len(sets["train"])) % protocol.batch_size)
+                    / sum(clock.times[1:])
+                    if len(clock.times) > 1
+                    else None
+                ),
+                "validation_s_median": statistics.median(clock.validation) if clock.validation else None,
+                "test_metrics": classification_metrics(sets["test"].y, probability),
+            },
+        )
         results.add("inference", inference(model, sets["test"].x, args.inference_batches, args.repeats))
     else:
         model = network(settings, sets["train"].x.shape[1:], args.weights)
         results.add("inference", inference(model, sets["test"].x, args.inference_batches, args.repeats))
 
     throughput = {}
-    runs = ([(batch, True) for batch in args.throughput]
-            + [(batch, False) for batch in args.throughput_without_augmentation])
+    runs = [(batch, True) for batch in args.throughput] + [
+        (batch, False) for batch in args.throughput_without_augmentation
+    ]
     for batch, augment in runs:
         throughput[f"batch_{batch}" if augment else f"batch_{batch}_without_augmentation"] = training_throughput(
-            sets["train"].x, sets["train"].y, settings, protocol, batch, args.throughput_steps, precision, augment)
+            sets["train"].x, sets["train"].y, settings, protocol, batch, args.throughput_steps, precision, augment
+        )
         results.add("training_images_per_s", throughput)
     return results.data
 

@@ -42,12 +42,18 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for policy in ("float32", "mixed_bfloat16"):
-        done = subprocess.run([sys.executable, "-c", _CHILD, policy, str(args.lesions), *map(str, args.canvas)],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, policy, str(args.lesions), *map(str, args.canvas)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[policy] = json.loads(done.stdout.strip().splitlines()[-1])
     steps = -(-args.lesions // 8)
-    print(f"# training InceptionV3 + head at batch 8, {args.lesions} patches of {args.canvas[0]}x{args.canvas[1]}, "
-          f"{os.cpu_count()} CPU cores")
+    print(
+        f"# training InceptionV3 + head at batch 8, {args.lesions} patches of {args.canvas[0]}x{args.canvas[1]}, "
+        f"{os.cpu_count()} CPU cores"
+    )
     print(f"{'precision':<16} {'first epoch s':>14} {'later epoch s':>14} {'s per step':>11}")
     for policy, r in results.items():
         print(f"{policy:<16} {r['first']:>14.1f} {r['later']:>14.2f} {r['later'] / steps:>11.3f}")

@@ -19,8 +19,9 @@ from steps.train import train
 
 
 @pipeline(enable_cache=True)
-def comparison_pipeline(data_dir: str, data_version: str, profile: Profile, code_version: str,
-                        segmenter_uri: str = "") -> None:
+def comparison_pipeline(
+    data_dir: str, data_version: str, profile: Profile, code_version: str, segmenter_uri: str = ""
+) -> None:
     data = prepare_patches(data_dir, data_version, profile, code_version, segmenter_uri)
     common = {"profile": profile.name, "experiment": profile.register.experiment, "data_version": data_version}
     predictions, run_ids = [], []
@@ -28,21 +29,48 @@ def comparison_pipeline(data_dir: str, data_version: str, profile: Profile, code
         if model_entry(key).kind == "texture_svm":
             features = texture_features(data["lesions"], data["crops"])
             _, scored, run_id = train_texture_svm(
-                features, data["manifest"], data["lesions"], data["manifest_hash"], config=profile.compare,
-                evaluate_config=profile.evaluate, seed=profile.train.seed, model_key=key, id=f"train_{key}", **common,
+                features,
+                data["manifest"],
+                data["lesions"],
+                data["manifest_hash"],
+                config=profile.compare,
+                evaluate_config=profile.evaluate,
+                seed=profile.train.seed,
+                model_key=key,
+                id=f"train_{key}",
+                **common,
             )
         else:
             model, _, run_id = train.with_options(settings=train_settings())(  # one GPU on Kubeflow
-                data["patches"], data["patch_index"], data["manifest"], data["manifest_hash"],
-                config=profile.compare.train_config(key, profile.train), patch_config=profile.patches,
-                model_key=key, id=f"train_{key}", **common,
+                data["patches"],
+                data["patch_index"],
+                data["manifest"],
+                data["manifest_hash"],
+                config=profile.compare.train_config(key, profile.train),
+                patch_config=profile.patches,
+                model_key=key,
+                id=f"train_{key}",
+                **common,
             )
-            _, scored = evaluate(model, data["patches"], data["patch_index"], data["manifest"], data["lesions"], run_id,
-                                 config=profile.evaluate, model_key=key, id=f"evaluate_{key}")
+            _, scored = evaluate(
+                model,
+                data["patches"],
+                data["patch_index"],
+                data["manifest"],
+                data["lesions"],
+                run_id,
+                config=profile.evaluate,
+                model_key=key,
+                id=f"evaluate_{key}",
+            )
         predictions.append(scored)
         run_ids.append(run_id)
     compare_models(
-        predictions, run_ids, model_keys=list(profile.compare.models),
+        predictions,
+        run_ids,
+        model_keys=list(profile.compare.models),
         initial_weights=[profile.compare.initialisation(key, profile.train) for key in profile.compare.models],
-        threshold=profile.evaluate.threshold, split_manifest_hash=data["manifest_hash"], **common,
+        threshold=profile.evaluate.threshold,
+        split_manifest_hash=data["manifest_hash"],
+        **common,
     )

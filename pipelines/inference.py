@@ -8,10 +8,17 @@ from steps.predict_cases import predict_cases
 
 
 @pipeline(enable_cache=True)
-def batch_inference_pipeline(data_dir: str, data_version: str, profile: Profile, model_name: str,
-                             model_version: str) -> None:
+def batch_inference_pipeline(
+    data_dir: str, data_version: str, profile: Profile, model_name: str, model_version: str
+) -> None:
     # predict_cases reads each whole CT again: its outputs (label volume, lesion map) are whole-volume
-    cases, *_ = ingest(data_dir=data_dir, data_version=data_version, config=profile.ingest,
-                            crop_margin_mm=profile.patches.margin_mm)
-    predict_cases(cases, model_name=model_name, model_version=model_version, data_version=data_version,
-                  experiment=profile.register.experiment)
+    cases, *_ = ingest(
+        data_dir=data_dir, data_version=data_version, config=profile.ingest, crop_margin_mm=profile.patches.margin_mm
+    )
+    predict_cases(
+        cases,
+        model_name=model_name,
+        model_version=model_version,
+        data_version=data_version,
+        experiment=profile.register.experiment,
+    )

@@ -51,13 +51,20 @@ def docker_settings(code_root: Path):
     from zenml.config.docker_settings import DockerBuildConfig
 
     # the image holds the code and every requirement (the GPU lock): ZenML adds no layer, uploads no code
-    code_in_image = {"allow_including_files_in_images": False, "allow_download_from_code_repository": False,
-                     "allow_download_from_artifact_store": False, "install_stack_requirements": False}
+    code_in_image = {
+        "allow_including_files_in_images": False,
+        "allow_download_from_code_repository": False,
+        "allow_download_from_artifact_store": False,
+        "install_stack_requirements": False,
+    }
     if image := os.environ.get(STEP_IMAGE_ENV):
         return DockerSettings(parent_image=image, skip_build=True, **code_in_image)
-    return DockerSettings(dockerfile=str(code_root / DOCKERFILE), build_context_root=str(code_root),
-                          parent_image_build_config=DockerBuildConfig(dockerignore=str(code_root / DOCKERIGNORE)),
-                          **code_in_image)
+    return DockerSettings(
+        dockerfile=str(code_root / DOCKERFILE),
+        build_context_root=str(code_root),
+        parent_image_build_config=DockerBuildConfig(dockerignore=str(code_root / DOCKERIGNORE)),
+        **code_in_image,
+    )
 
 
 def run_options() -> dict[str, Any]:

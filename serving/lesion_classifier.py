@@ -35,8 +35,9 @@ def _nifti_file(folder: Path, name: str, encoded: str, case_id: str) -> Path:
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, TypeError, ValueError):
-        raise MlflowException(f"case {case_id}: {name} is not base64 text of a NIfTI file",
-                              error_code=INVALID_PARAMETER_VALUE) from None
+        raise MlflowException(
+            f"case {case_id}: {name} is not base64 text of a NIfTI file", error_code=INVALID_PARAMETER_VALUE
+        ) from None
     path = folder / (f"{name}.nii.gz" if data[:2] == GZIP_MAGIC else f"{name}.nii")
     path.write_bytes(data)
     return path
@@ -53,8 +54,13 @@ class LesionClassifierModel(PythonModel):
         settings = json.loads(Path(context.artifacts["settings"]).read_text())
         network = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
         self.settings = settings
-        self.predictor = LesionPredictor(network, PatchSettings(**{**settings["patches"], "canvas": tuple(
-            settings["patches"]["canvas"])}), settings["threshold"], settings["precision"], settings["model_name"])
+        self.predictor = LesionPredictor(
+            network,
+            PatchSettings(**{**settings["patches"], "canvas": tuple(settings["patches"]["canvas"])}),
+            settings["threshold"],
+            settings["precision"],
+            settings["model_name"],
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from liverlesion.contract import ContractError
@@ -64,8 +70,10 @@ class LesionClassifierModel(PythonModel):
         frame = pd.DataFrame(model_input)
         missing = [c for c in ("image", "mask") if c not in frame.columns]
         if missing:
-            raise MlflowException(f"input lacks column(s) {missing}: each row is a case with base64 NIfTI image and mask",
-                                  error_code=INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"input lacks column(s) {missing}: each row is a case with base64 NIfTI image and mask",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
         tables = []
         for k, row in enumerate(frame.to_dict(orient="records")):
             case_id = str(row.get("case_id") or f"case{k + 1}")
@@ -74,7 +82,9 @@ class LesionClassifierModel(PythonModel):
                     image, meta = load_nifti(_nifti_file(Path(tmp), "image", row["image"], case_id))
                     mask, _ = load_nifti(_nifti_file(Path(tmp), "mask", row["mask"], case_id))
                     if mask.shape != image.shape:
-                        raise ContractError(f"case {case_id}: mask grid {mask.shape} differs from CT grid {image.shape}")
+                        raise ContractError(
+                            f"case {case_id}: mask grid {mask.shape} differs from CT grid {image.shape}"
+                        )
                     result = self.predictor.predict(image, meta, mask, case_id, str(row.get("mask_encoding") or "auto"))
                 except ContractError as err:
                     raise MlflowException(str(err).replace(tmp + "/", ""), error_code=INVALID_PARAMETER_VALUE) from None

@@ -29,23 +29,46 @@ def compare_models(
     labels = [model_entry(key).label for key in model_keys]
     run = zenml_run()
     folder = run_reports_dir(run.name) / "table2"
-    notes = {label: f"`{key}`, {weights}; MLflow run {run_id}"
-             for label, key, weights, run_id in zip(labels, model_keys, initial_weights, mlflow_run_ids)}
-    files = write_comparison(dict(zip(labels, predictions)), folder, threshold, title=f"Table 2 on this cohort ({profile})",
-                             model_notes=notes)
+    notes = {
+        label: f"`{key}`, {weights}; MLflow run {run_id}"
+        for label, key, weights, run_id in zip(labels, model_keys, initial_weights, mlflow_run_ids)
+    }
+    files = write_comparison(
+        dict(zip(labels, predictions)),
+        folder,
+        threshold,
+        title=f"Table 2 on this cohort ({profile})",
+        model_notes=notes,
+    )
     table = pd.read_csv(files["csv"])
 
-    with start_tracked_run(experiment, "table2", profile, data_version, split_manifest_hash, model="table2",
-                           compared_runs=",".join(mlflow_run_ids)) as active:
+    with start_tracked_run(
+        experiment,
+        "table2",
+        profile,
+        data_version,
+        split_manifest_hash,
+        model="table2",
+        compared_runs=",".join(mlflow_run_ids),
+    ) as active:
         mlflow.log_params({"models": ",".join(model_keys), "threshold": threshold})
         for key, row in zip(model_keys, table.itertuples(index=False)):
-            mlflow.log_metrics({f"{key}.{name}": float(getattr(row, name))
-                                for name in table.columns if name != "model" and pd.notna(getattr(row, name))})
+            mlflow.log_metrics(
+                {
+                    f"{key}.{name}": float(getattr(row, name))
+                    for name in table.columns
+                    if name != "model" and pd.notna(getattr(row, name))
+                }
+            )
         for path in files.values():
             mlflow.log_artifact(str(path), artifact_path="table2")
     print(f"[compare_models] Table 2 of {len(model_keys)} models: {files['md']}", flush=True)
-    summary = {"models": dict(zip(model_keys, labels)), "mlflow_run_id": active.info.run_id,
-               "model_runs": dict(zip(model_keys, mlflow_run_ids)),
-               "files": {k: str(v) for k, v in files.items()}, "rows": table.to_dict(orient="records")}
+    summary = {
+        "models": dict(zip(model_keys, labels)),
+        "mlflow_run_id": active.info.run_id,
+        "model_runs": dict(zip(model_keys, mlflow_run_ids)),
+        "files": {k: str(v) for k, v in files.items()},
+        "rows": table.to_dict(orient="records"),
+    }
     log_metadata({"models": model_keys, "mlflow_run_id": active.info.run_id, "report": str(files["md"])})
     return summary

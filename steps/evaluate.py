@@ -17,8 +17,15 @@ from liverlesion.training import predict_metastasis_probability
 from steps.tracking import run_reports_dir, use_tracking_store, zenml_run
 
 
-def record_test_evaluation(result: TestEvaluation, name: str, folder: Path, mlflow_run_id: str, threshold: float,
-                           tag: str = "evaluate", params: dict[str, Any] | None = None) -> dict[str, Any]:
+def record_test_evaluation(
+    result: TestEvaluation,
+    name: str,
+    folder: Path,
+    mlflow_run_id: str,
+    threshold: float,
+    tag: str = "evaluate",
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Report files (Table 2 row, confusion matrix, ROC, per-lesion predictions) + MLflow metrics.
 
     Shared by every model's evaluation, so that each model of a comparison is scored, logged and
@@ -27,8 +34,12 @@ def record_test_evaluation(result: TestEvaluation, name: str, folder: Path, mlfl
     predictions, intervals, metrics = result.predictions, result.intervals, result.metrics
     y_test, probability = predictions["label"].to_numpy(), predictions["p_metastasis"].to_numpy()
     baseline, oracle = result.mean_hu_threshold_accuracy, result.mean_hu_best_threshold_accuracy
-    report = write_report({name: intervals}, folder, "Test metrics",
-                          f"{len(y_test)} test lesions of {predictions['patient_key'].nunique()} patients")
+    report = write_report(
+        {name: intervals},
+        folder,
+        "Test metrics",
+        f"{len(y_test)} test lesions of {predictions['patient_key'].nunique()} patients",
+    )
     cm_path = plot_confusion_matrix(y_test, probability, threshold, folder / "confusion_matrix.png", title=name)
     roc_path = plot_roc_curves({name: (y_test, probability)}, folder / "roc_curve.png")
     predictions_path = folder / "test_predictions.csv"
@@ -39,19 +50,39 @@ def record_test_evaluation(result: TestEvaluation, name: str, folder: Path, mlfl
         if params:
             mlflow.log_params(params)
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        mlflow.log_metrics({"test_mean_hu_threshold_accuracy": baseline, "test_mean_hu_best_threshold_accuracy": oracle})
-        mlflow.log_metrics({f"test_{row.metric}_{bound}": getattr(row, bound)
-                            for row in intervals.itertuples() for bound in ("lower", "upper")})
+        mlflow.log_metrics(
+            {"test_mean_hu_threshold_accuracy": baseline, "test_mean_hu_best_threshold_accuracy": oracle}
+        )
+        mlflow.log_metrics(
+            {
+                f"test_{row.metric}_{bound}": getattr(row, bound)
+                for row in intervals.itertuples()
+                for bound in ("lower", "upper")
+            }
+        )
         for path in (cm_path, roc_path, predictions_path, report["csv"], report["md"]):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
-    print(f"[{tag}] {name} test " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-          + f" | mean-HU threshold: {baseline:.3f} (fitted on train), {oracle:.3f} (best on test)", flush=True)
-    log_metadata({"metrics": metrics, "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle})
+    print(
+        f"[{tag}] {name} test "
+        + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        + f" | mean-HU threshold: {baseline:.3f} (fitted on train), {oracle:.3f} (best on test)",
+        flush=True,
+    )
+    log_metadata(
+        {"metrics": metrics, "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle}
+    )
     ci = {row.metric: [float(row.lower), float(row.upper)] for row in intervals.itertuples()}
-    return {"metrics": metrics, "intervals": ci, "threshold": threshold, "n_test": int(len(y_test)),
-            "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle,
-            "plots": {"confusion_matrix": str(cm_path), "roc_curve": str(roc_path)},
-            "predictions": str(predictions_path), **(params or {})}
+    return {
+        "metrics": metrics,
+        "intervals": ci,
+        "threshold": threshold,
+        "n_test": int(len(y_test)),
+        "mean_hu_threshold_accuracy": baseline,
+        "mean_hu_best_threshold_accuracy": oracle,
+        "plots": {"confusion_matrix": str(cm_path), "roc_curve": str(roc_path)},
+        "predictions": str(predictions_path),
+        **(params or {}),
+    }
 
 
 @step
@@ -80,7 +111,12 @@ def evaluate(
     if model_key:
         folder = folder / model_key
         folder.mkdir(exist_ok=True)
-    summary = record_test_evaluation(result, model_key or model.name, folder, mlflow_run_id, config.threshold,
-                                     params={"inference_precision": precision,
-                                             "inference_precision_setting": config.precision})
+    summary = record_test_evaluation(
+        result,
+        model_key or model.name,
+        folder,
+        mlflow_run_id,
+        config.threshold,
+        params={"inference_precision": precision, "inference_precision_setting": config.precision},
+    )
     return summary, result.predictions

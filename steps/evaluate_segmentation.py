@@ -51,10 +51,13 @@ def evaluate_segmentation(
         mlflow.log_metrics({f"end_to_end_{k}": float(v) for k, v in counts.items() if v == v})
         for path in (report, cases_path, lesions_path):
             mlflow.log_artifact(str(path), artifact_path="segmentation")
-    print(f"[evaluate_segmentation] {segment.method}: test liver Dice {summary['liver_dice']:.3f}, lesion Dice "
-          f"{summary['lesion_dice']:.3f}, detection recall {summary['detection_recall']:.3f}, "
-          f"{summary['false_positives_per_patient']:.2f} invented per patient; end-to-end sensitivity "
-          f"{counts['recall']:.3f}: {report}", flush=True)
+    print(
+        f"[evaluate_segmentation] {segment.method}: test liver Dice {summary['liver_dice']:.3f}, lesion Dice "
+        f"{summary['lesion_dice']:.3f}, detection recall {summary['detection_recall']:.3f}, "
+        f"{summary['false_positives_per_patient']:.2f} invented per patient; end-to-end sensitivity "
+        f"{counts['recall']:.3f}: {report}",
+        flush=True,
+    )
     result = {"method": segment.method, "test": summary, "all": overall, "end_to_end": counts, "report": str(report)}
     log_metadata(result)
     return result

@@ -16,7 +16,12 @@ def extract_patches(
 ) -> tuple[Annotated[np.ndarray, "patches"], Annotated[pd.DataFrame, "patch_index"]]:
     """The paper's three orthogonal, padded, standardised patches per lesion, cut from the ingested crops."""
     patches, index = extract_cohort_patches(
-        lesions, crops, config.margin_mm, config.canvas, config.output_size, config.square_pixels,
+        lesions,
+        crops,
+        config.margin_mm,
+        config.canvas,
+        config.output_size,
+        config.square_pixels,
         progress=progress_printer("extract_patches"),
     )
     log_metadata({"patch_shape": list(patches.shape), "shrunk_to_fit": int((index["fit_scale"] < 1).sum())})

@@ -13,8 +13,15 @@ from steps.tracking import run_reports_dir, zenml_run
 
 
 @step(output_materializers={"crops": LesionCropsMaterializer})
-def ingest(data_dir: str, data_version: str, config: IngestConfig, crop_margin_mm: float, code_version: str = "",
-           segment: SegmentSettings = SegmentSettings(), segmenter_uri: str = "") -> tuple[
+def ingest(
+    data_dir: str,
+    data_version: str,
+    config: IngestConfig,
+    crop_margin_mm: float,
+    code_version: str = "",
+    segment: SegmentSettings = SegmentSettings(),
+    segmenter_uri: str = "",
+) -> tuple[
     Annotated[pd.DataFrame, "cases"],
     Annotated[pd.DataFrame, "lesion_types"],
     Annotated[pd.DataFrame, "quarantined"],
@@ -39,28 +46,55 @@ def ingest(data_dir: str, data_version: str, config: IngestConfig, crop_margin_m
         from liverlesion_ops.segmenters import download_cascade
 
         cascade_dir = download_cascade(segmenter_uri)
-    ingested = ingest_cases(data_dir, data_version, progress=progress_printer("ingest"),
-                            quarantine=config.on_bad_case == "quarantine", crop_margin_mm=crop_margin_mm,
-                            segment=segment, cascade_dir=cascade_dir)
+    ingested = ingest_cases(
+        data_dir,
+        data_version,
+        progress=progress_printer("ingest"),
+        quarantine=config.on_bad_case == "quarantine",
+        crop_margin_mm=crop_margin_mm,
+        segment=segment,
+        cascade_dir=cascade_dir,
+    )
     cases, quarantined = ingested.cases, ingested.quarantined
     if not quarantined.empty:
         path = run_reports_dir(zenml_run().name) / "quarantine.md"
-        path.write_text("# Quarantined cases\n\n" f"{len(quarantined)} case(s) broke the data contract and were set aside "
-                        "(`ingest.on_bad_case: quarantine`):\n\n"
-                        + "\n".join(f"- {row.problem}" for row in quarantined.itertuples()) + "\n")
+        path.write_text(
+            "# Quarantined cases\n\n"
+            f"{len(quarantined)} case(s) broke the data contract and were set aside "
+            "(`ingest.on_bad_case: quarantine`):\n\n"
+            + "\n".join(f"- {row.problem}" for row in quarantined.itertuples())
+            + "\n"
+        )
         print(f"[ingest] QUARANTINED {len(quarantined)} case(s), listed in {path}:", flush=True)
         for row in quarantined.itertuples():
             print(f"[ingest]   {row.problem}", flush=True)
     measured = {}
     if segment.automatic:
         measured = segmentation_summary(ingested.segmentation_cases, ingested.segmentation_lesions)
-        print(f"[ingest] {segment.method} segmentation: liver Dice {measured['liver_dice']:.3f}, lesion Dice "
-              f"{measured['lesion_dice']:.3f}, {measured['found_lesions']}/{measured['reference_lesions']} reference "
-              f"lesions found, {measured['invented_lesions']} invented, {measured['seconds_per_case']:.1f} s per CT",
-              flush=True)
-    log_metadata({"data_version": data_version, "cases": len(cases), "patients": int(cases["patient_key"].nunique()),
-                  "quarantined": quarantined["case_id"].tolist(), "lesion_crops": len(ingested.crops),
-                  "crop_margin_mm": crop_margin_mm, "segment_method": segment.method, "segmenter": segmenter_uri,
-                  "segmentation": measured})
-    return (cases, ingested.lesion_types, quarantined, ingested.crops, ingested.segmentation_cases,
-            ingested.segmentation_lesions)
+        print(
+            f"[ingest] {segment.method} segmentation: liver Dice {measured['liver_dice']:.3f}, lesion Dice "
+            f"{measured['lesion_dice']:.3f}, {measured['found_lesions']}/{measured['reference_lesions']} reference "
+            f"lesions found, {measured['invented_lesions']} invented, {measured['seconds_per_case']:.1f} s per CT",
+            flush=True,
+        )
+    log_metadata(
+        {
+            "data_version": data_version,
+            "cases": len(cases),
+            "patients": int(cases["patient_key"].nunique()),
+            "quarantined": quarantined["case_id"].tolist(),
+            "lesion_crops": len(ingested.crops),
+            "crop_margin_mm": crop_margin_mm,
+            "segment_method": segment.method,
+            "segmenter": segmenter_uri,
+            "segmentation": measured,
+        }
+    )
+    return (
+        cases,
+        ingested.lesion_types,
+        quarantined,
+        ingested.crops,
+        ingested.segmentation_cases,
+        ingested.segmentation_lesions,
+    )

@@ -12,7 +12,11 @@ from steps.tracking import ensure_experiment, run_reports_dir, use_tracking_stor
 
 @step
 def predict_cases(
-    cases: pd.DataFrame, model_name: str, model_version: str, data_version: str, experiment: str,
+    cases: pd.DataFrame,
+    model_name: str,
+    model_version: str,
+    data_version: str,
+    experiment: str,
 ) -> tuple[Annotated[pd.DataFrame, "lesion_predictions"], Annotated[dict[str, Any], "inference_record"]]:
     """Every lesion of every case scored by one registered model version, with the outputs of `predict`.
 
@@ -34,8 +38,12 @@ def predict_cases(
         image, meta = load_nifti(case.image_path)
         mask, _ = load_nifti(case.mask_path)
         prediction = predictor.predict(image, meta, mask, case.case_id, case.mask_encoding)
-        write_outputs(prediction, folder / case.case_id, title=f"{case.case_id}: {model_name} v{model_version}",
-                      extra=predictor.record(model=uri, case_id=case.case_id, data_version=data_version))
+        write_outputs(
+            prediction,
+            folder / case.case_id,
+            title=f"{case.case_id}: {model_name} v{model_version}",
+            extra=predictor.record(model=uri, case_id=case.case_id, data_version=data_version),
+        )
         tables.append(prediction.results)
         report(i, len(cases), case.case_id)
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(RESULT_COLUMNS))
@@ -43,15 +51,33 @@ def predict_cases(
     table.to_csv(table_path, index=False)
     mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
     with mlflow.start_run(run_name=f"batch-inference-{run.name}") as active:
-        mlflow.set_tags({"job": "batch_inference", "model_name": model_name, "model_version": model_version,
-                         "model_uri": uri, "data_version": data_version, "zenml_run_id": str(run.id),
-                         "zenml_run_name": run.name})
-        mlflow.log_metrics({"cases": len(cases), "lesions": len(table),
-                            "metastases_called": int((table["predicted"] == 1).sum())})
+        mlflow.set_tags(
+            {
+                "job": "batch_inference",
+                "model_name": model_name,
+                "model_version": model_version,
+                "model_uri": uri,
+                "data_version": data_version,
+                "zenml_run_id": str(run.id),
+                "zenml_run_name": run.name,
+            }
+        )
+        mlflow.log_metrics(
+            {"cases": len(cases), "lesions": len(table), "metastases_called": int((table["predicted"] == 1).sum())}
+        )
         mlflow.log_artifact(str(table_path), artifact_path="predictions")
-    record = {"model_name": model_name, "model_version": model_version, "model_uri": uri, "cases": len(cases),
-              "lesions": len(table), "precision": predictor.precision, "threshold": predictor.threshold,
-              "outputs": str(folder), "table": str(table_path), "mlflow_run_id": active.info.run_id}
+    record = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "model_uri": uri,
+        "cases": len(cases),
+        "lesions": len(table),
+        "precision": predictor.precision,
+        "threshold": predictor.threshold,
+        "outputs": str(folder),
+        "table": str(table_path),
+        "mlflow_run_id": active.info.run_id,
+    }
     print(f"[predict_cases] {len(cases)} case(s), {len(table)} lesion(s) by {uri}: {folder}", flush=True)
     log_metadata(record)
     return table, record

@@ -59,34 +59,75 @@ def register(
     }
     meta_path = Path(data_dir) / COHORT_FILE
     card = build_model_card(
-        profile={**training_settings, "name": profile}, metrics=test_metrics["metrics"],
-        intervals=test_metrics.get("intervals", {}), input_shape=tuple(model.inputs[0].shape[1:]),
+        profile={**training_settings, "name": profile},
+        metrics=test_metrics["metrics"],
+        intervals=test_metrics.get("intervals", {}),
+        input_shape=tuple(model.inputs[0].shape[1:]),
         n_parameters=int(training.get("parameters") or model.count_params()),
-        precision=test_metrics.get("inference_precision", ""), data_version=data_version,
+        precision=test_metrics.get("inference_precision", ""),
+        data_version=data_version,
         cohort=cohort_summary(cases, lesions, json.loads(meta_path.read_text()) if meta_path.exists() else None),
-        split=split_sizes(split_manifest), lineage=lineage, model_name=config.model_name)
+        split=split_sizes(split_manifest),
+        lineage=lineage,
+        model_name=config.model_name,
+    )
     rules = GateRules(config.gate.primary_metric, config.gate.min_margin, dict(config.gate.floors))
     pinned = config.gate.evaluation_cohort
 
     def gate_set():
-        return (split_gate_set(split_manifest, split_manifest_hash, cases, lesions, segmentation_lesions)
-                if pinned is None else cohort_gate_set(pinned))
+        return (
+            split_gate_set(split_manifest, split_manifest_hash, cases, lesions, segmentation_lesions)
+            if pinned is None
+            else cohort_gate_set(pinned)
+        )
 
     name = config.model_name
     result = register_and_gate(
-        model, mlflow_run_id, name, test_metrics["metrics"], lineage, {**training_settings, "name": profile}, card,
-        render_markdown(card), gate_set, rules, config.experiment,
-        context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]})
+        model,
+        mlflow_run_id,
+        name,
+        test_metrics["metrics"],
+        lineage,
+        {**training_settings, "name": profile},
+        card,
+        render_markdown(card),
+        gate_set,
+        rules,
+        config.experiment,
+        context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]},
+    )
     version = result["version"]
     where = [a for a, v in result["aliases"].items() if v == version]
     if not result["created"]:
-        print(f"[register] training run {mlflow_run_id} is registered already as {name} v{version} "
-              f"({result['decision'] or '?'}): no second version", flush=True)
+        print(
+            f"[register] training run {mlflow_run_id} is registered already as {name} v{version} "
+            f"({result['decision'] or '?'}): no second version",
+            flush=True,
+        )
     else:
-        print(f"[register] {name} v{version} -> {result['decision']} ({', '.join(where) or 'no alias'}): "
-              f"{result['reason']}; scored on {result['scored_on']}", flush=True)
-    summary = {"model_name": name, "lineage": lineage, "champion_version": result["aliases"].get(CHAMPION),
-               **{k: result.get(k) for k in ("version", "created", "decision", "reason", "compared_with", "candidate",
-                                            "champion", "aliases", "model_uri")}}
+        print(
+            f"[register] {name} v{version} -> {result['decision']} ({', '.join(where) or 'no alias'}): "
+            f"{result['reason']}; scored on {result['scored_on']}",
+            flush=True,
+        )
+    summary = {
+        "model_name": name,
+        "lineage": lineage,
+        "champion_version": result["aliases"].get(CHAMPION),
+        **{
+            k: result.get(k)
+            for k in (
+                "version",
+                "created",
+                "decision",
+                "reason",
+                "compared_with",
+                "candidate",
+                "champion",
+                "aliases",
+                "model_uri",
+            )
+        },
+    }
     log_metadata({k: v for k, v in summary.items() if v is not None})
     return summary

@@ -16,12 +16,22 @@ def segment(cases: pd.DataFrame, lesion_types: pd.DataFrame, crops: LesionCrops)
     reference lesion: invented) are left out here, counted and named; the segmentation measures
     count them too.
     """
-    lesions, untyped = labelled_lesions(segment_cases(cases, crops, types_by_case(lesion_types),
-                                                      progress=progress_printer("segment")))
+    lesions, untyped = labelled_lesions(
+        segment_cases(cases, crops, types_by_case(lesion_types), progress=progress_printer("segment"))
+    )
     if not untyped.empty:
         why = "have no type" if crops.source == "reference" else "match no reference lesion (invented) or have no type"
-        print(f"[segment] {len(untyped)} lesion(s) {why} and are left out of training: "
-              + ", ".join(untyped["lesion_id"]), flush=True)
-    log_metadata({"source": f"{crops.source} masks", "lesions": len(lesions), "untyped_lesions_left_out": untyped["lesion_id"].tolist(),
-                  "per_class": {str(k): int(v) for k, v in lesions["label_name"].value_counts().items()}})
+        print(
+            f"[segment] {len(untyped)} lesion(s) {why} and are left out of training: "
+            + ", ".join(untyped["lesion_id"]),
+            flush=True,
+        )
+    log_metadata(
+        {
+            "source": f"{crops.source} masks",
+            "lesions": len(lesions),
+            "untyped_lesions_left_out": untyped["lesion_id"].tolist(),
+            "per_class": {str(k): int(v) for k, v in lesions["label_name"].value_counts().items()},
+        }
+    )
     return lesions

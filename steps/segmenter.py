@@ -23,8 +23,16 @@ def _read(case):
 
 @step
 def train_segmenter(
-    cases: pd.DataFrame, split_manifest: pd.DataFrame, split_manifest_hash: str, settings: CascadeSettings,
-    segment: SegmentSettings, model_name: str, experiment: str, data_version: str, code_version: str, profile: str,
+    cases: pd.DataFrame,
+    split_manifest: pd.DataFrame,
+    split_manifest_hash: str,
+    settings: CascadeSettings,
+    segment: SegmentSettings,
+    model_name: str,
+    experiment: str,
+    data_version: str,
+    code_version: str,
+    profile: str,
 ) -> Annotated[dict[str, Any], "segmenter_registration"]:
     """Train the liver/lesion U-Net cascade on the training and validation patients, measure it on the test patients.
 
@@ -35,8 +43,10 @@ def train_segmenter(
     """
     missing = cases.loc[cases["liver_mask_path"].fillna("") == "", "case_id"].tolist()
     if missing:
-        raise ValueError(f"the learned cascade trains on reference liver masks; case(s) {missing[:5]} have none "
-                         "(add a liver_mask column to cases.csv)")
+        raise ValueError(
+            f"the learned cascade trains on reference liver masks; case(s) {missing[:5]} have none "
+            "(add a liver_mask column to cases.csv)"
+        )
     train_cases = cases_in_sets(cases, split_manifest, ("train", "val"))
     test_cases = cases_in_sets(cases, split_manifest, ("test",))
     say = progress_printer("train_segmenter")
@@ -47,22 +57,44 @@ def train_segmenter(
             say(i, len(train_cases), case.case_id)
             yield ref.image, ref.liver, ref.instances > 0
 
-    cascade, history = train_cascade(training_volumes(), settings, progress=lambda m: print(f"[train_segmenter] {m}", flush=True))
+    cascade, history = train_cascade(
+        training_volumes(), settings, progress=lambda m: print(f"[train_segmenter] {m}", flush=True)
+    )
     measured, outcomes = [], []
     learned = segment.model_copy(update={"method": "learned"})
     for case in test_cases.itertuples(index=False):
         ref = _read(case)
-        row, rows = measure_case(case.case_id, case.patient_key, ref.image, ref.spacing, ref.instances, ref.labels,
-                                 ref.liver, learned, cascade)
+        row, rows = measure_case(
+            case.case_id,
+            case.patient_key,
+            ref.image,
+            ref.spacing,
+            ref.instances,
+            ref.labels,
+            ref.liver,
+            learned,
+            cascade,
+        )
         measured.append(row)
         outcomes.extend(rows)
     summary = segmentation_summary(pd.DataFrame(measured), pd.DataFrame(outcomes))
-    print(f"[train_segmenter] test patients: liver Dice {summary['liver_dice']:.3f}, lesion Dice "
-          f"{summary['lesion_dice']:.3f}, detection recall {summary['detection_recall']:.3f}", flush=True)
+    print(
+        f"[train_segmenter] test patients: liver Dice {summary['liver_dice']:.3f}, lesion Dice "
+        f"{summary['lesion_dice']:.3f}, detection recall {summary['detection_recall']:.3f}",
+        flush=True,
+    )
 
     use_tracking_store()
-    with start_tracked_run(experiment, "segmenter", profile, data_version, split_manifest_hash, "unet_cascade",
-                           job="train_segmenter", code_version=code_version) as run:
+    with start_tracked_run(
+        experiment,
+        "segmenter",
+        profile,
+        data_version,
+        split_manifest_hash,
+        "unet_cascade",
+        job="train_segmenter",
+        code_version=code_version,
+    ) as run:
         mlflow.log_params({f"cascade_{k}": v for k, v in settings.as_dict().items()})
         for key, values in history.items():
             for epoch, value in enumerate(values):
@@ -74,10 +106,23 @@ def train_segmenter(
         with tempfile.TemporaryDirectory(prefix="cascade-") as tmp:
             cascade.save(tmp)
             mlflow.log_artifacts(tmp, artifact_path="cascade")
-    registration = register_segmenter(model_name, run.info.run_id, summary,
-                                      {"data_version": data_version, "code_version": code_version,
-                                       "split_manifest_hash": split_manifest_hash, "profile": profile})
-    result = {**registration, "test": summary, "train_cases": len(train_cases), "test_cases": len(test_cases),
-              "mlflow_run_id": run.info.run_id}
+    registration = register_segmenter(
+        model_name,
+        run.info.run_id,
+        summary,
+        {
+            "data_version": data_version,
+            "code_version": code_version,
+            "split_manifest_hash": split_manifest_hash,
+            "profile": profile,
+        },
+    )
+    result = {
+        **registration,
+        "test": summary,
+        "train_cases": len(train_cases),
+        "test_cases": len(test_cases),
+        "mlflow_run_id": run.info.run_id,
+    }
     log_metadata(result)
     return result

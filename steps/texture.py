@@ -52,14 +52,31 @@ def train_texture_svm(
     folder.mkdir(exist_ok=True)
     grid_path = folder / "svm_grid_scores.csv"
     svm.grid_scores.to_csv(grid_path, index=False)
-    with start_tracked_run(experiment, model_key, profile, data_version, split_manifest_hash, model=model_key) as active:
-        mlflow.log_params({"C_grid": str(svm.c_grid), "gamma_grid": str(svm.gamma_grid), "seed": seed,
-                           "features": ",".join(svm.feature_names), "n_train": len(y_train), "n_val": len(y_val)})
-        mlflow.log_metrics({"chosen_C": svm.chosen["C"], "chosen_gamma": svm.chosen["gamma"],
-                            "val_roc_auc": svm.chosen["val_roc_auc"], "val_accuracy": svm.chosen["val_accuracy"]})
+    with start_tracked_run(
+        experiment, model_key, profile, data_version, split_manifest_hash, model=model_key
+    ) as active:
+        mlflow.log_params(
+            {
+                "C_grid": str(svm.c_grid),
+                "gamma_grid": str(svm.gamma_grid),
+                "seed": seed,
+                "features": ",".join(svm.feature_names),
+                "n_train": len(y_train),
+                "n_val": len(y_val),
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "chosen_C": svm.chosen["C"],
+                "chosen_gamma": svm.chosen["gamma"],
+                "val_roc_auc": svm.chosen["val_roc_auc"],
+                "val_accuracy": svm.chosen["val_accuracy"],
+            }
+        )
         mlflow.log_artifact(str(grid_path), artifact_path="svm")
         mlflow.sklearn.log_model(svm.pipeline, name="model")
-    summary = record_test_evaluation(result, model_key, folder, active.info.run_id, evaluate_config.threshold,
-                                     tag="train_texture_svm")
+    summary = record_test_evaluation(
+        result, model_key, folder, active.info.run_id, evaluate_config.threshold, tag="train_texture_svm"
+    )
     summary["chosen"] = svm.chosen
     return summary, result.predictions, active.info.run_id

@@ -25,14 +25,23 @@ def zenml_run():
     return get_step_context().pipeline_run
 
 
-
-def start_tracked_run(experiment: str, label: str, profile: str, data_version: str, split_manifest_hash: str,
-                      model: str, **tags: str) -> ActiveRun:
+def start_tracked_run(
+    experiment: str, label: str, profile: str, data_version: str, split_manifest_hash: str, model: str, **tags: str
+) -> ActiveRun:
     """A new MLflow run named ``<label>-<profile>-<pipeline run>``, tagged with the lineage every run
     of this project carries (ZenML run, profile, data version, split hash, model) and ``tags``."""
     run = zenml_run()
     mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
     active = mlflow.start_run(run_name=f"{label}-{profile}-{run.name}" if label else f"{profile}-{run.name}")
-    mlflow.set_tags({"zenml_run_id": str(run.id), "zenml_run_name": run.name, "profile": profile,
-                     "data_version": data_version, "split_manifest_hash": split_manifest_hash, "model": model, **tags})
+    mlflow.set_tags(
+        {
+            "zenml_run_id": str(run.id),
+            "zenml_run_name": run.name,
+            "profile": profile,
+            "data_version": data_version,
+            "split_manifest_hash": split_manifest_hash,
+            "model": model,
+            **tags,
+        }
+    )
     return active

@@ -21,7 +21,13 @@ def validate(
     path = run_reports_dir(zenml_run().name) / "validation.md"
     path.write_text(report.to_markdown())
     print(f"[validate] {'PASS' if report.success else 'FAIL'}: report at {path}", flush=True)
-    log_metadata({"success": report.success, "expectations": report.n_expectations,
-                  "failures": len(report.failures), "report": str(path)})
+    log_metadata(
+        {
+            "success": report.success,
+            "expectations": report.n_expectations,
+            "failures": len(report.failures),
+            "report": str(path),
+        }
+    )
     raise_for_report(report)
     return {**report.to_dict(), "report_path": str(path)}

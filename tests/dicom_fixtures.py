@@ -310,7 +310,9 @@ def write_seg_file(path: Path, masks: dict[str, np.ndarray], reference_files) ->
         hd.seg.SegmentDescription(
             segment_number=m + 1,
             segment_label=label,
-            segmented_property_category=codes.SCT.Organ if label == "Liver" else codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_category=codes.SCT.Organ
+            if label == "Liver"
+            else codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Liver if label == "Liver" else codes.SCT.Neoplasm,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )

@@ -24,12 +24,17 @@ TINY_PROFILE = {
 def cli(project: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [str(Path(sys.executable).with_name("liverlesion")), *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=900,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if check and done.returncode != 0:
-        raise AssertionError(f"liverlesion {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
+        raise AssertionError(
+            f"liverlesion {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+        )
     return done
-
 
 
 def make_project(root: Path) -> tuple[Path, dict]:
@@ -38,8 +43,14 @@ def make_project(root: Path) -> tuple[Path, dict]:
     shutil.copytree(REPO / "configs", root / "configs")
     (root / "configs" / "tiny.yaml").write_text(yaml.safe_dump(TINY_PROFILE))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "LIVERLESION_"))}
-    env.update({"LIVERLESION_PROJECT": str(root), "LIVERLESION_HOME": str(root / "state"), "CUDA_VISIBLE_DEVICES": "",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    env.update(
+        {
+            "LIVERLESION_PROJECT": str(root),
+            "LIVERLESION_HOME": str(root / "state"),
+            "CUDA_VISIBLE_DEVICES": "",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
         subprocess.run(command, cwd=root, check=True)
     (root / "data.dvc").write_text("")  # marks the project root; filled by `dvc add`

@@ -58,7 +58,9 @@ def test_missing_parent_and_profile(tmp_path):
 
 def test_patch_shape_must_match_patches(tmp_path):
     with pytest.raises(ConfigError, match="patch_shape"):
-        load_profile(write(tmp_path, "name: x\npatches:\n  output_size: [96, 80]\nvalidation:\n  patch_shape: [80, 80]\n"))
+        load_profile(
+            write(tmp_path, "name: x\npatches:\n  output_size: [96, 80]\nvalidation:\n  patch_shape: [80, 80]\n")
+        )
 
 
 def test_compare_section_chooses_table2_models_and_their_weights():
@@ -76,7 +78,10 @@ def test_compare_section_chooses_table2_models_and_their_weights():
         profile.compare.train_config("svm_texture", profile.train)
     # the report says what each row started from
     assert profile.compare.initialisation("inception_v3_ipw", profile.train) == "initial weights from /w/iv3.h5"
-    assert profile.compare.initialisation("inception_resnet_v2_ipw", profile.train) == "ImageNet weights from the Keras cache"
+    assert (
+        profile.compare.initialisation("inception_resnet_v2_ipw", profile.train)
+        == "ImageNet weights from the Keras cache"
+    )
     assert profile.compare.initialisation("inception_v3_npw", profile.train) == "random initial weights (NPW)"
     assert "SVM" in profile.compare.initialisation("svm_texture", profile.train)
 
@@ -94,4 +99,7 @@ def test_class_balance_bounds_hold_for_reference_masks_only():
     automatic = load_profile("quick", {"segment": {"method": "classical"}})
     rules = automatic.validation_rules()
     assert (rules.min_metastasis_fraction, rules.max_metastasis_fraction) == (0.0, 1.0)
-    assert rules.model_copy(update={"min_metastasis_fraction": 0.3, "max_metastasis_fraction": 0.7}) == reference.validation
+    assert (
+        rules.model_copy(update={"min_metastasis_fraction": 0.3, "max_metastasis_fraction": 0.7})
+        == reference.validation
+    )

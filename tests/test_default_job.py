@@ -8,7 +8,6 @@ every run of one machine. Slow (about 4 minutes on 2 cores): ``make test`` leave
 """
 
 import pytest
-
 from integration_support import cli, make_project, mlflow_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
-
 from dicom_fixtures import (
     IDENTIFYING,
     ORIENTATION_CODES,
@@ -18,6 +17,7 @@ from dicom_fixtures import (
     write_mask_series,
     write_seg_file,
 )
+
 from liverlesion.contract import HU_AIR, ContractError
 from liverlesion.dicomio import (
     CTSeries,

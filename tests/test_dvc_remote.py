@@ -24,10 +24,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from integration_support import cli, make_project
-from liverlesion_ops.datastore import REMOTE_NAME, DataStoreError, Remote, _public, _remote_problem, configure_remote, \
-    folder_version, remote_name, user_remote, version_data
+
+from liverlesion_ops.datastore import (
+    REMOTE_NAME,
+    DataStoreError,
+    Remote,
+    _public,
+    _remote_problem,
+    configure_remote,
+    folder_version,
+    remote_name,
+    user_remote,
+    version_data,
+)
 
 BUCKET = "team-cohorts"
 URL = f"s3://{BUCKET}/liverlesion"
@@ -64,17 +74,31 @@ def s3():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
-             "aws_secret_access_key": "setup"}
+    setup = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "setup",
+        "aws_secret_access_key": "setup",
+    }
     iam = boto3.client("iam", **setup)
     iam.create_user(UserName="dvc")
-    iam.put_user_policy(UserName="dvc", PolicyName="s3", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="dvc",
+        PolicyName="s3",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        ),
+    )
     key = iam.create_access_key(UserName="dvc")["AccessKey"]
     boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
     requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
-                          aws_secret_access_key=key["SecretAccessKey"])
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
     try:
         yield S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], client)
     finally:
@@ -89,11 +113,21 @@ def environment(root: Path, base: dict, s3: S3) -> dict:
     outside = root.parent / "dvc-outside"
     for sub in ("global", "system", "site"):
         (outside / sub).mkdir(parents=True, exist_ok=True)
-    env.update({"LIVERLESION_PROJECT": str(root), "LIVERLESION_HOME": str(root / "state"),
-                "AWS_ACCESS_KEY_ID": s3.key_id, "AWS_SECRET_ACCESS_KEY": s3.secret, "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_CONFIG_FILE": str(outside / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(outside / "none"),
-                "DVC_GLOBAL_CONFIG_DIR": str(outside / "global"), "DVC_SYSTEM_CONFIG_DIR": str(outside / "system"),
-                "DVC_SITE_CACHE_DIR": str(outside / "site"), "DVC_NO_ANALYTICS": "1"})
+    env.update(
+        {
+            "LIVERLESION_PROJECT": str(root),
+            "LIVERLESION_HOME": str(root / "state"),
+            "AWS_ACCESS_KEY_ID": s3.key_id,
+            "AWS_SECRET_ACCESS_KEY": s3.secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": str(outside / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(outside / "none"),
+            "DVC_GLOBAL_CONFIG_DIR": str(outside / "global"),
+            "DVC_SYSTEM_CONFIG_DIR": str(outside / "system"),
+            "DVC_SITE_CACHE_DIR": str(outside / "site"),
+            "DVC_NO_ANALYTICS": "1",
+        }
+    )
     return env
 
 
@@ -158,8 +192,11 @@ def project(tmp_path_factory, s3):
     env = environment(root, base, s3)
     initial = (root / ".dvc" / "config").read_bytes()
     fallback = cli(root, env, "data", "--profile", "tiny")
-    facts = {"fallback_stdout": fallback.stdout, "fallback_config_local": (root / ".dvc" / "config.local").read_text(),
-             "config_unchanged": (root / ".dvc" / "config").read_bytes() == initial}
+    facts = {
+        "fallback_stdout": fallback.stdout,
+        "fallback_config_local": (root / ".dvc" / "config.local").read_text(),
+        "config_unchanged": (root / ".dvc" / "config").read_bytes() == initial,
+    }
     facts["linked_sizes"] = (on_disk(root / "data"), on_disk(root / "data", root / ".dvc" / "cache"))
     facts["nlinks"] = {p.stat().st_nlink for p in (root / "data").rglob("*") if p.is_file()}
 
@@ -195,7 +232,9 @@ def test_a_run_pushes_to_the_users_remote_and_leaves_its_configuration_as_it_was
     assert f"pushed to DVC remote 'team' ({URL})" in pushed and "matches data.dvc" in pushed
     for name, before in project["configured"].items():
         assert (root / ".dvc" / name).read_bytes() == before, name
-    listing = json.loads((root / ".dvc" / "cache" / "files" / "md5" / version(root)[:2] / version(root)[2:]).read_text())
+    listing = json.loads(
+        (root / ".dvc" / "cache" / "files" / "md5" / version(root)[:2] / version(root)[2:]).read_text()
+    )
     expected = {f"liverlesion/files/md5/{h[:2]}/{h[2:]}" for h in [version(root), *(e["md5"] for e in listing)]}
     assert s3.keys() == expected
 
@@ -241,15 +280,25 @@ def register(clone: Path, data_version: str, cases: Path) -> None:
     experiment = client.create_experiment("train", artifact_location=(store / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
     table = pd.read_csv(cases)
-    manifest = pd.DataFrame({"lesion_id": table["case_id"] + "-1", "patient_key": table["patient_key"],
-                             "label": [i % 2 for i in range(len(table))],
-                             "set": [("train", "train", "val", "test")[i % 4] for i in range(len(table))]})
+    manifest = pd.DataFrame(
+        {
+            "lesion_id": table["case_id"] + "-1",
+            "patient_key": table["patient_key"],
+            "label": [i % 2 for i in range(len(table))],
+            "set": [("train", "train", "val", "test")[i % 4] for i in range(len(table))],
+        }
+    )
     (store / "split_manifest.csv").write_text(manifest.to_csv(index=False))
     client.log_artifact(run_id, str(store / "split_manifest.csv"), "lineage")
     client.set_terminated(run_id)
     client.create_registered_model(MODEL)
-    tags = {"data_version": data_version, "split_manifest_hash": manifest_hash(manifest), "profile": "tiny",
-            "git_commit": "0" * 40, "decision": "promoted"}
+    tags = {
+        "data_version": data_version,
+        "split_manifest_hash": manifest_hash(manifest),
+        "profile": "tiny",
+        "git_commit": "0" * 40,
+        "decision": "promoted",
+    }
     registered = client.create_model_version(MODEL, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
     client.set_registered_model_alias(MODEL, "champion", registered.version)
 
@@ -308,6 +357,7 @@ def test_failures_name_the_remote_in_one_line_and_leave_data_and_cache_as_they_w
 
 # --- without a server: how the remote is chosen and how DVC's errors are read (fast) ------------------------
 
+
 def dvc_project(root: Path, config: str, local: str = "") -> Path:
     """A folder DVC takes for a project (no git): ``.dvc/config`` and ``.dvc/config.local`` as given."""
     (root / ".dvc").mkdir(parents=True)
@@ -318,8 +368,11 @@ def dvc_project(root: Path, config: str, local: str = "") -> Path:
 
 
 def test_a_default_remote_of_the_user_is_used_as_configured(tmp_path):
-    root = dvc_project(tmp_path / "p", '    remote = team\n[\'remote "team"\']\n    url = ssh://me:secret@nas/dvc\n'
-                                    '[\'remote "local"\']\n    url = ../.liverlesion/dvc-remote\n')
+    root = dvc_project(
+        tmp_path / "p",
+        "    remote = team\n['remote \"team\"']\n    url = ssh://me:secret@nas/dvc\n"
+        "['remote \"local\"']\n    url = ../.liverlesion/dvc-remote\n",
+    )
     before = (root / ".dvc" / "config").read_bytes()
     remote = configure_remote(root, tmp_path / "fallback")
     assert remote == Remote("team", "ssh://me@nas/dvc", fallback=False) and remote_name(root) == "team"
@@ -328,14 +381,19 @@ def test_a_default_remote_of_the_user_is_used_as_configured(tmp_path):
 
 
 def test_a_default_remote_in_machine_local_config_counts_too(tmp_path):
-    root = dvc_project(tmp_path / "p", "", local='[core]\n    remote = team\n[\'remote "team"\']\n    url = /mnt/shared/dvc\n')
+    root = dvc_project(
+        tmp_path / "p", "", local="[core]\n    remote = team\n['remote \"team\"']\n    url = /mnt/shared/dvc\n"
+    )
     assert user_remote(root) == Remote("team", "/mnt/shared/dvc", fallback=False)
 
 
 def test_without_a_default_remote_of_the_user_the_fallback_is_machine_local(tmp_path):
     # the project's own committed default ('local') and a remote that is not the default do not count
-    root = dvc_project(tmp_path / "p", '    remote = local\n[\'remote "local"\']\n    url = ../.liverlesion/dvc-remote\n'
-                                    '[\'remote "team"\']\n    url = s3://bucket/dvc\n')
+    root = dvc_project(
+        tmp_path / "p",
+        "    remote = local\n['remote \"local\"']\n    url = ../.liverlesion/dvc-remote\n"
+        "['remote \"team\"']\n    url = s3://bucket/dvc\n",
+    )
     committed = (root / ".dvc" / "config").read_bytes()
     remote = configure_remote(root, tmp_path / "fallback")
     assert (remote.name, remote.url, remote.fallback) == (REMOTE_NAME, str((tmp_path / "fallback").resolve()), True)
@@ -355,22 +413,40 @@ def test_a_default_remote_that_is_not_defined_is_an_error(tmp_path):
     assert remote_name(root) is None  # readers fall back to DVC's own default
 
 
-@pytest.mark.parametrize("output, kind, words", [
-    ("ERROR: unexpected error - Forbidden: An error occurred (403) when calling the HeadObject operation: Forbidden",
-     "credentials", "refused the credentials"),
-    ("ERROR: failed to connect to s3 (b/files/md5) - Forbidden: An error occurred (403) when calling the HeadObject "
-     "operation: Forbidden\nERROR: failed to fetch data from the cloud - 39 files failed to download",
-     "credentials", "HeadObject"),
-    ('ERROR: unexpected error - Could not connect to the endpoint URL: "http://127.0.0.1:9/b/files/md5"',
-     "unreachable", "cannot be reached: Could not connect"),
-    ("ERROR: unexpected error - The specified bucket does not exist: An error occurred (NoSuchBucket)", "bucket",
-     "does not exist"),
-    ("WARNING: Some of the cache files do not exist neither locally nor on remote. Missing cache files:\n"
-     "md5: 4031a8f0e7e0a5b1b6a1c1e0b8f0a403.dir\nmd5: 55828bbea8b81bcaaea9392eb14d2f05\n"
-     "ERROR: failed to pull data from the cloud - Checkout failed for following targets:\ndata\nIs your cache up to date?",
-     "missing", "2 object(s) missing"),
-    ("ERROR: something else\nmore", "other", "failed: something else"),
-])
+@pytest.mark.parametrize(
+    "output, kind, words",
+    [
+        (
+            "ERROR: unexpected error - Forbidden: An error occurred (403) when calling the HeadObject operation: Forbidden",
+            "credentials",
+            "refused the credentials",
+        ),
+        (
+            "ERROR: failed to connect to s3 (b/files/md5) - Forbidden: An error occurred (403) when calling the HeadObject "
+            "operation: Forbidden\nERROR: failed to fetch data from the cloud - 39 files failed to download",
+            "credentials",
+            "HeadObject",
+        ),
+        (
+            'ERROR: unexpected error - Could not connect to the endpoint URL: "http://127.0.0.1:9/b/files/md5"',
+            "unreachable",
+            "cannot be reached: Could not connect",
+        ),
+        (
+            "ERROR: unexpected error - The specified bucket does not exist: An error occurred (NoSuchBucket)",
+            "bucket",
+            "does not exist",
+        ),
+        (
+            "WARNING: Some of the cache files do not exist neither locally nor on remote. Missing cache files:\n"
+            "md5: 4031a8f0e7e0a5b1b6a1c1e0b8f0a403.dir\nmd5: 55828bbea8b81bcaaea9392eb14d2f05\n"
+            "ERROR: failed to pull data from the cloud - Checkout failed for following targets:\ndata\nIs your cache up to date?",
+            "missing",
+            "2 object(s) missing",
+        ),
+        ("ERROR: something else\nmore", "other", "failed: something else"),
+    ],
+)
 def test_dvc_errors_are_read_into_one_line(output, kind, words):
     found, text = _remote_problem(output)
     assert found == kind and words in text and "\n" not in text

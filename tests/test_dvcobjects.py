@@ -24,11 +24,15 @@ from liverlesion_ops.dvcobjects import (
     tree_hash,
 )
 
-CASES_A = "patient_key,case_id,image,mask\np1,c1,images/c1.nii.gz,masks/c1.nii.gz\n" \
-          "p2,c2,images/c2.nii.gz,masks/c2.nii.gz\np3,c3,images/c3.nii.gz,masks/c3.nii.gz\n"
+CASES_A = (
+    "patient_key,case_id,image,mask\np1,c1,images/c1.nii.gz,masks/c1.nii.gz\n"
+    "p2,c2,images/c2.nii.gz,masks/c2.nii.gz\np3,c3,images/c3.nii.gz,masks/c3.nii.gz\n"
+)
 TYPES_A = "case_id,lesion,type\nc1,1,cyst\nc2,1,hcc\nc3,1,metastasis\nc3,2,cyst\n"
-CASES_B = "patient_key,case_id,image,mask\np1,c1,images/c1.nii.gz,masks/c1.nii.gz\n" \
-          "p2,c2,images/c2.nii.gz,masks/c2.nii.gz\np4,c4,images/c4.nii.gz,masks/c4.nii.gz\n"
+CASES_B = (
+    "patient_key,case_id,image,mask\np1,c1,images/c1.nii.gz,masks/c1.nii.gz\n"
+    "p2,c2,images/c2.nii.gz,masks/c2.nii.gz\np4,c4,images/c4.nii.gz,masks/c4.nii.gz\n"
+)
 TYPES_B = "case_id,lesion,type\nc1,1,cyst\nc2,1,hcc\nc4,1,hemangioma\n"
 
 

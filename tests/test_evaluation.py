@@ -8,13 +8,15 @@ from liverlesion.metrics import classification_metrics
 
 def test_test_set_evaluation():
     # train: metastases are dark (mean HU < 50); test: one dark cyst fools the HU rule, not the model
-    lesions = pd.DataFrame({
-        "lesion_id": [f"L{i}" for i in range(10)],
-        "patient_key": ["P1", "P1", "P2", "P2", "P3", "P4", "P4", "P5", "P6", "P6"],
-        "volume_ml": 1.0,
-        "mean_hu": [20, 30, 80, 90, 25, 85, 15, 95, 70, 40],
-        "label": [1, 1, 0, 0, 1, 0, 0, 0, 1, 0],
-    })
+    lesions = pd.DataFrame(
+        {
+            "lesion_id": [f"L{i}" for i in range(10)],
+            "patient_key": ["P1", "P1", "P2", "P2", "P3", "P4", "P4", "P5", "P6", "P6"],
+            "volume_ml": 1.0,
+            "mean_hu": [20, 30, 80, 90, 25, 85, 15, 95, 70, 40],
+            "label": [1, 1, 0, 0, 1, 0, 0, 0, 1, 0],
+        }
+    )
     manifest = lesions[["lesion_id", "patient_key", "label"]].assign(set=["train"] * 4 + ["test"] * 6)
     test_ids = [f"L{i}" for i in range(4, 10)]
     labels = np.array([1, 0, 0, 0, 1, 0])
@@ -43,8 +45,11 @@ def test_comparison_reports_every_model_on_the_same_lesions(tmp_path):
     perfect = _predictions(ids, patients, labels, labels * 0.8 + 0.1)
     # the same lesions in another row order, one of them wrong
     shuffled = _predictions(ids[::-1], patients[::-1], labels[::-1], np.array([0.2, 0.7, 0.3, 0.9, 0.2, 0.8, 0.1, 0.4]))
-    files = write_comparison({"Proposed model (IPW)": perfect, "SVM with texture features": shuffled}, tmp_path,
-                             model_notes={"Proposed model (IPW)": "initial weights from /w/iv3.h5"})
+    files = write_comparison(
+        {"Proposed model (IPW)": perfect, "SVM with texture features": shuffled},
+        tmp_path,
+        model_notes={"Proposed model (IPW)": "initial weights from /w/iv3.h5"},
+    )
     table = pd.read_csv(files["csv"])
     assert table["model"].tolist() == ["Proposed model (IPW)", "SVM with texture features"]
     assert table.loc[0, "accuracy"] == 1.0
@@ -52,7 +57,14 @@ def test_comparison_reports_every_model_on_the_same_lesions(tmp_path):
     assert table.loc[1, "accuracy"] == pytest.approx(expected["accuracy"]) == 7 / 8
     assert (table["accuracy_lower"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_upper"]).all()
     long = pd.read_csv(files["predictions"])
-    assert len(long) == 16 and set(long.columns) == {"model", "lesion_id", "patient_key", "label", "p_metastasis", "predicted"}
+    assert len(long) == 16 and set(long.columns) == {
+        "model",
+        "lesion_id",
+        "patient_key",
+        "label",
+        "p_metastasis",
+        "predicted",
+    }
     svm = long[long["model"] == "SVM with texture features"].set_index("lesion_id")
     assert svm.loc["L0", "p_metastasis"] == pytest.approx(0.4) and svm.loc["L0", "predicted"] == 0
     assert files["roc"].exists() and files["confusion_2"].exists()

@@ -47,9 +47,16 @@ def synthetic_case():
     rows = []
     for instance, lesion_id, p in ((1, "case_001-L01", 0.87), (2, "case_001-L02", 0.12)):
         coords = np.argwhere(instances == instance)
-        rows.append({"instance": instance, "lesion_id": lesion_id, "p_metastasis": p, "predicted": int(p >= 0.5),
-                     "volume_ml": len(coords) * voxel_ml,
-                     **{f"centroid_{a}": float(coords[:, a].mean()) for a in range(3)}})
+        rows.append(
+            {
+                "instance": instance,
+                "lesion_id": lesion_id,
+                "p_metastasis": p,
+                "predicted": int(p >= 0.5),
+                "volume_ml": len(coords) * voxel_ml,
+                **{f"centroid_{a}": float(coords[:, a].mean()) for a in range(3)},
+            }
+        )
     return image.astype(np.int16), instances, pd.DataFrame(rows)
 
 
@@ -106,7 +113,7 @@ def test_overview_is_in_radiological_orientation(case, tmp_path):
     image, instances, results = case
     rgb, met, cyst = _read(lesion_map_figure(image, SPACING, instances, results, tmp_path / "map.png"))
     overview = np.zeros(met.shape, dtype=bool)
-    overview[int(_HEADER_IN * _DPI):, : rgb.shape[1] // 3] = True  # 3 panels in one row
+    overview[int(_HEADER_IN * _DPI) :, : rgb.shape[1] // 3] = True  # 3 panels in one row
     (met_r, met_c), (cyst_r, cyst_c) = (np.argwhere(m & overview).mean(axis=0) for m in (met, cyst))
     assert met_c < cyst_c  # patient's right on the viewer's left
     assert met_r < cyst_r  # anterior up
@@ -137,10 +144,19 @@ def test_many_lesions_are_capped(tmp_path):
         instances, rows = np.zeros(shape, dtype=np.int32), []
         for k in range(1, n + 1):
             x, y = 4 + 7 * ((k - 1) % 8), 4 + 7 * ((k - 1) // 8)
-            instances[x:x + 3, y:y + 3, 1] = k
-            rows.append({"instance": k, "lesion_id": f"L{k:02d}", "p_metastasis": 0.9 if k % 2 else 0.1,
-                         "predicted": k % 2, "volume_ml": 0.027, "centroid_0": x + 1.0, "centroid_1": y + 1.0,
-                         "centroid_2": 1.0})
+            instances[x : x + 3, y : y + 3, 1] = k
+            rows.append(
+                {
+                    "instance": k,
+                    "lesion_id": f"L{k:02d}",
+                    "p_metastasis": 0.9 if k % 2 else 0.1,
+                    "predicted": k % 2,
+                    "volume_ml": 0.027,
+                    "centroid_0": x + 1.0,
+                    "centroid_1": y + 1.0,
+                    "centroid_2": 1.0,
+                }
+            )
         return instances, pd.DataFrame(rows)
 
     capped = mimage.imread(lesion_map_figure(image, spacing, *case_of(MAX_LESION_PANELS + 6), tmp_path / "a.png"))

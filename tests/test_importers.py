@@ -19,15 +19,19 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from dicom_fixtures import IDENTIFYING, write_ct_series, write_mask_series, write_seg_file
 from scipy import ndimage
 
-from dicom_fixtures import IDENTIFYING, write_ct_series, write_mask_series, write_seg_file
 from liverlesion.contract import CASES_FILE, COHORT_FILE, LESION_TYPES_FILE, ContractError
 from liverlesion.deid import SECRET_ENV, MissingSecretError, pseudonymiser_from_env
 from liverlesion.imaging import affine_from_spacing, load_nifti, save_nifti
 from liverlesion.importers import CRLM_NAME_MAP, import_cohort, read_types_table, scan_source
 from liverlesion.ingestion import (
-    CohortError, extract_cohort_patches, ingest_cases, read_lesion_types, segment_cases,
+    CohortError,
+    extract_cohort_patches,
+    ingest_cases,
+    read_lesion_types,
+    segment_cases,
 )
 from liverlesion.lesions import instance_map
 from liverlesion.phantom import CohortSpec, generate_cohort, generate_patient, plan_cohort
@@ -38,8 +42,13 @@ MARGIN_MM = 4.0
 CANVAS = (96, 80)
 LAYOUTS = ("lits", "msd", "manifest", "crlm", "ircadb", "cohort")
 #: the second phantom patient's DICOM header: another patient
-IDENTIFYING_2 = {**IDENTIFYING, "PatientName": "ROE^RICHARD", "PatientID": "MRN-775533",
-                 "PatientBirthDate": "19610730", "AccessionNumber": "ACC-66234"}
+IDENTIFYING_2 = {
+    **IDENTIFYING,
+    "PatientName": "ROE^RICHARD",
+    "PatientID": "MRN-775533",
+    "PatientBirthDate": "19610730",
+    "AccessionNumber": "ACC-66234",
+}
 IDENTITIES = (IDENTIFYING, IDENTIFYING_2)
 #: CRLM names its lesions Tumor_n (metastases); the cysts here are Cyst_n, so the map names both
 CRLM_WITH_CYSTS = {**CRLM_NAME_MAP, "cyst*": "cyst"}
@@ -48,8 +57,9 @@ CRLM_WITH_CYSTS = {**CRLM_NAME_MAP, "cyst*": "cyst"}
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def save_oriented(array: np.ndarray, affine: np.ndarray, path: Path,
-                  axcodes: tuple[str, str, str] | None = None) -> Path:
+def save_oriented(
+    array: np.ndarray, affine: np.ndarray, path: Path, axcodes: tuple[str, str, str] | None = None
+) -> Path:
     """Write a canonical (RAS+) array as NIfTI stored in another orientation (``axcodes``)."""
     image = nib.Nifti1Image(np.asarray(array), affine)
     if axcodes is not None:
@@ -88,8 +98,15 @@ def run_pipeline(folder: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     lesions = segment_cases(cases, ingested.crops, read_lesion_types(folder, set(cases["case_id"])))
     patches, index = extract_cohort_patches(lesions, ingested.crops, MARGIN_MM, CANVAS, None)
     assert list(index["lesion_id"]) == list(lesions["lesion_id"])
-    order = np.lexsort((lesions["centroid_2"], lesions["centroid_1"], lesions["centroid_0"],
-                        lesions["label"].to_numpy(dtype=float), lesions["n_voxels"]))
+    order = np.lexsort(
+        (
+            lesions["centroid_2"],
+            lesions["centroid_1"],
+            lesions["centroid_0"],
+            lesions["label"].to_numpy(dtype=float),
+            lesions["n_voxels"],
+        )
+    )
     return lesions.iloc[order].reset_index(drop=True), patches[order], cases
 
 
@@ -119,8 +136,15 @@ def phantom(workdir):
         mask, _ = load_nifti(folder / row.mask)
         liver = generate_patient(SPEC, plan).liver  # not written by the generator: LiTS, MSD, IRCADb need it
         assert liver.shape == image.shape and mask.any()
-        patients.append({"image": image.astype(np.int16), "mask": mask.astype(np.uint8), "liver": liver,
-                         "affine": meta.affine, "spacing": meta.spacing})
+        patients.append(
+            {
+                "image": image.astype(np.int16),
+                "mask": mask.astype(np.uint8),
+                "liver": liver,
+                "affine": meta.affine,
+                "spacing": meta.spacing,
+            }
+        )
     return folder, patients
 
 
@@ -140,8 +164,9 @@ def write_lits(root: Path, patients: list[dict]) -> tuple[Path, Path]:
         label[p["mask"] > 0] = 2
         save_oriented(p["image"], p["affine"], root / f"volume-{n}.nii", ("L", "P", "S"))
         save_oriented(label, p["affine"], root / f"segmentation-{n}.nii", ("L", "P", "S"))
-        rows += [{"case": f"volume-{n}", "lesion": k, "type": t}
-                 for k, t in lesion_types_of(p["mask"], label == 2).items()]
+        rows += [
+            {"case": f"volume-{n}", "lesion": k, "type": t} for k, t in lesion_types_of(p["mask"], label == 2).items()
+        ]
     types = root.parent / "lits-types.csv"
     pd.DataFrame(rows).to_csv(types, index=False)
     return root, types
@@ -155,12 +180,16 @@ def write_msd(root: Path, patients: list[dict]) -> tuple[Path, Path]:
         label[p["mask"] > 0] = 2
         save_oriented(p["image"], p["affine"], root / "imagesTr" / f"liver_{n}.nii.gz")
         save_oriented(label, p["affine"], root / "labelsTr" / f"liver_{n}.nii.gz")
-        rows += [{"case": f"liver_{n}", "lesion": k, "type": t}
-                 for k, t in lesion_types_of(p["mask"], label == 2).items()]
+        rows += [
+            {"case": f"liver_{n}", "lesion": k, "type": t} for k, t in lesion_types_of(p["mask"], label == 2).items()
+        ]
     for sub in ("imagesTr", "labelsTr"):  # AppleDouble files: not images, must be skipped
         (root / sub / "._liver_0.nii.gz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
-    (root / "dataset.json").write_text(json.dumps(
-        {"name": "Liver", "labels": {"0": "background", "1": "liver", "2": "tumour"}, "numTraining": len(patients)}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"name": "Liver", "labels": {"0": "background", "1": "liver", "2": "tumour"}, "numTraining": len(patients)}
+        )
+    )
     types = root.parent / "msd-types.csv"
     pd.DataFrame(rows).to_csv(types, index=False)
     return root, types
@@ -173,8 +202,14 @@ def write_manifest(root: Path, patients: list[dict]) -> Path:
         axcodes = None if n == 0 else ("P", "I", "R")
         save_oriented(p["image"], p["affine"], root / "scans" / f"ct_{n}.nii.gz", axcodes)
         save_oriented(p["mask"], p["affine"], root / "scans" / f"ct_{n}_lesions.nii.gz", axcodes)
-        rows.append({"patient_id": f"BB-{1000 + n}", "case": f"BB-{1000 + n}-CT1",
-                     "image": f"scans/ct_{n}.nii.gz", "mask": f"scans/ct_{n}_lesions.nii.gz"})
+        rows.append(
+            {
+                "patient_id": f"BB-{1000 + n}",
+                "case": f"BB-{1000 + n}-CT1",
+                "image": f"scans/ct_{n}.nii.gz",
+                "mask": f"scans/ct_{n}_lesions.nii.gz",
+            }
+        )
     manifest = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
@@ -189,9 +224,16 @@ def write_crlm(root: Path, patients: list[dict]) -> Path:
     """TCIA CRLM as downloaded: <patient>/<study>/<series>/ folders, a shuffled CT series
     (intercept -1024, a different orientation per patient) and a DICOM-SEG: Liver, Tumor_n, Cyst_n."""
     for n, (p, orientation) in enumerate(zip(patients, ("axial_flipped", "feet_first"))):
-        ct_files = write_ct_series(root / f"CRLM-CT-{1001 + n}" / "study" / "ct", p["image"], p["spacing"],
-                                   orientation=orientation, shuffle=True, intercept=-1024.0,
-                                   identifying=IDENTITIES[n], seed=n)
+        ct_files = write_ct_series(
+            root / f"CRLM-CT-{1001 + n}" / "study" / "ct",
+            p["image"],
+            p["spacing"],
+            orientation=orientation,
+            shuffle=True,
+            intercept=-1024.0,
+            identifying=IDENTITIES[n],
+            seed=n,
+        )
         segments = {"Liver": p["liver"]}
         segments |= {f"Tumor_{k}": m for k, m in enumerate(split_lesions(p["mask"], 2), start=1)}
         segments |= {f"Cyst_{k}": m for k, m in enumerate(split_lesions(p["mask"], 1), start=1)}
@@ -204,8 +246,15 @@ def write_ircadb(root: Path, patients: list[dict]) -> Path:
     metastasis, all cysts in liverkyst, an adrenal surretumor and a resection bed (metastasectomie)."""
     for n, (p, orientation) in enumerate(zip(patients, ("axial", "axial_transposed"))):
         patient = root / f"3Dircadb1.{n + 1}"
-        ct_files = write_ct_series(patient / "PATIENT_DICOM", p["image"], p["spacing"], orientation=orientation,
-                                   shuffle=False, identifying=IDENTITIES[n], seed=10 + n)
+        ct_files = write_ct_series(
+            patient / "PATIENT_DICOM",
+            p["image"],
+            p["spacing"],
+            orientation=orientation,
+            shuffle=False,
+            identifying=IDENTITIES[n],
+            seed=10 + n,
+        )
         masks = patient / "MASKS_DICOM"
         write_mask_series(masks / "liver", p["liver"], ct_files, seed=1)
         for k, metastasis in enumerate(split_lesions(p["mask"], 2), start=1):
@@ -244,8 +293,9 @@ def imported(workdir, sources, pseudonymiser):
     def get(layout: str):
         if layout not in done:
             given = sources[layout]
-            cases = scan_source(given["source"], layout, types=read_types_table(given.get("types")),
-                                name_map=given.get("name_map"))
+            cases = scan_source(
+                given["source"], layout, types=read_types_table(given.get("types")), name_map=given.get("name_map")
+            )
             out = workdir / "cohorts" / layout
             done[layout] = (out, import_cohort(cases, out, pseudonymiser, layout, {"test": True}))
         return done[layout]
@@ -265,8 +315,9 @@ def test_every_layout_gives_the_phantoms_lesions_and_patches(layout, imported, r
 
     lesions, patches, cases = run_pipeline(out)
     ref_lesions, ref_patches, ref_cases = reference
-    assert sorted(map(tuple, cases[["shape_0", "shape_1", "shape_2"]].to_numpy().tolist())) == \
-        sorted(map(tuple, ref_cases[["shape_0", "shape_1", "shape_2"]].to_numpy().tolist()))
+    assert sorted(map(tuple, cases[["shape_0", "shape_1", "shape_2"]].to_numpy().tolist())) == sorted(
+        map(tuple, ref_cases[["shape_0", "shape_1", "shape_2"]].to_numpy().tolist())
+    )
     assert len(lesions) == len(ref_lesions)
     np.testing.assert_array_equal(lesions["label"].to_numpy(dtype=int), ref_lesions["label"].to_numpy(dtype=int))
     np.testing.assert_array_equal(lesions["n_voxels"], ref_lesions["n_voxels"])
@@ -295,7 +346,8 @@ def test_crlm_skips_the_liver_segment_and_says_so(imported):
 def test_the_importer_writes_the_contracts_folder(imported):
     out, report = imported("lits")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["images", "masks", CASES_FILE, LESION_TYPES_FILE, COHORT_FILE])
+        ["images", "masks", CASES_FILE, LESION_TYPES_FILE, COHORT_FILE]
+    )
     table = pd.read_csv(out / CASES_FILE, dtype=str)
     assert set(table["mask_encoding"]) == {"instance"}
     for row in table.itertuples():
@@ -440,8 +492,15 @@ def small_source(root: Path, cases: dict[str, dict], extra_rows: list[dict] | No
         save_nifti(given.get("image", hu), given.get("affine", SMALL_AFFINE), root / image_file)
         mask_affine = given.get("mask_affine", given.get("affine", SMALL_AFFINE))
         save_nifti(given.get("mask", mask), mask_affine, root / mask_file)
-        rows.append({"patient_id": given.get("patient", f"patient-{case}"), "case": case, "image": image_file,
-                     "mask": mask_file, "mask_encoding": given.get("mask_encoding", "class")})
+        rows.append(
+            {
+                "patient_id": given.get("patient", f"patient-{case}"),
+                "case": case,
+                "image": image_file,
+                "mask": mask_file,
+                "mask_encoding": given.get("mask_encoding", "class"),
+            }
+        )
     manifest = root / "manifest.csv"
     pd.DataFrame(rows + (extra_rows or [])).to_csv(manifest, index=False)
     return manifest
@@ -462,6 +521,7 @@ def _hu(edit):
 def _set(index, value):
     def edit(hu):
         hu[index] = value
+
     return edit
 
 
@@ -472,30 +532,69 @@ def _scatter(hu):
 _HU, _MASK = small_ct(1)
 #: (id, case spec, what to do to the written files, the problem the message must state)
 BAD_INPUT = [
-    ("truncated .nii.gz", {}, lambda root: _truncate(root / "images/bad.nii.gz"),
-     r"bad\.nii\.gz: not a readable NIfTI image \(EOFError"),
-    ("truncated .nii", {"image_file": "images/bad.nii"}, lambda root: _truncate(root / "images/bad.nii"),
-     r"(?s)bad\.nii: not a readable NIfTI image \(OSError: .*could the file be damaged"),
-    ("empty file", {}, lambda root: (root / "masks/bad.nii.gz").write_bytes(b""),
-     r"masks/bad\.nii\.gz: not a readable NIfTI image .*Empty file"),
-    ("text named .nii", {"image_file": "images/bad.nii"},
-     lambda root: (root / "images/bad.nii").write_text("patient,notes\n" + "x,not an image\n" * 40),
-     r"bad\.nii: not a readable NIfTI image .*Cannot work out file type"),
-    ("2D image", {"image": _HU[:, :, 3], "mask": _MASK[:, :, 3]}, None,
-     r"bad\.nii\.gz: not a 3D volume \(shape \(24, 20\)\)"),
-    ("4D image", {"image": np.stack([_HU] * 3, axis=-1)}, None,
-     r"bad\.nii\.gz: not a 3D volume \(shape \(24, 20, 8, 3\)\)"),
-    ("mask of another shape", {"mask": _MASK[:, :, :7]}, None,
-     r"case bad: mask grid \(24, 20, 7\) differs from CT grid \(24, 20, 8\)"),
-    ("mask with another affine", {"mask_affine": affine_from_spacing((0.8, 0.8, 2.5), (-5.0, -8.0, -10.0))}, None,
-     r"case bad: mask grid .*affines differ"),
+    (
+        "truncated .nii.gz",
+        {},
+        lambda root: _truncate(root / "images/bad.nii.gz"),
+        r"bad\.nii\.gz: not a readable NIfTI image \(EOFError",
+    ),
+    (
+        "truncated .nii",
+        {"image_file": "images/bad.nii"},
+        lambda root: _truncate(root / "images/bad.nii"),
+        r"(?s)bad\.nii: not a readable NIfTI image \(OSError: .*could the file be damaged",
+    ),
+    (
+        "empty file",
+        {},
+        lambda root: (root / "masks/bad.nii.gz").write_bytes(b""),
+        r"masks/bad\.nii\.gz: not a readable NIfTI image .*Empty file",
+    ),
+    (
+        "text named .nii",
+        {"image_file": "images/bad.nii"},
+        lambda root: (root / "images/bad.nii").write_text("patient,notes\n" + "x,not an image\n" * 40),
+        r"bad\.nii: not a readable NIfTI image .*Cannot work out file type",
+    ),
+    (
+        "2D image",
+        {"image": _HU[:, :, 3], "mask": _MASK[:, :, 3]},
+        None,
+        r"bad\.nii\.gz: not a 3D volume \(shape \(24, 20\)\)",
+    ),
+    (
+        "4D image",
+        {"image": np.stack([_HU] * 3, axis=-1)},
+        None,
+        r"bad\.nii\.gz: not a 3D volume \(shape \(24, 20, 8, 3\)\)",
+    ),
+    (
+        "mask of another shape",
+        {"mask": _MASK[:, :, :7]},
+        None,
+        r"case bad: mask grid \(24, 20, 7\) differs from CT grid \(24, 20, 8\)",
+    ),
+    (
+        "mask with another affine",
+        {"mask_affine": affine_from_spacing((0.8, 0.8, 2.5), (-5.0, -8.0, -10.0))},
+        None,
+        r"case bad: mask grid .*affines differ",
+    ),
     ("empty mask", {"mask": np.zeros(SMALL_SHAPE, np.uint8)}, None, r"case bad: its mask holds no lesion"),
     ("NaN voxels", {"image": _hu(_set((slice(8, 10), 8, 3), np.nan))}, None, r"case bad: 2 voxels are NaN or infinite"),
     ("infinite voxels", {"image": _hu(_set((12, 12, 3), -np.inf))}, None, r"case bad: 1 voxels are NaN or infinite"),
-    ("scattered values far below air", {"image": _hu(_scatter)}, None,
-     r"case bad: 3 voxels between -5000 and -4000 HU, below anything a CT holds"),
-    ("MR-like image", {"image": np.random.default_rng(5).uniform(0, 2000, SMALL_SHAPE).astype(np.float32)}, None,
-     r"case bad: no voxel below -500 HU .*not a CT in Hounsfield units"),
+    (
+        "scattered values far below air",
+        {"image": _hu(_scatter)},
+        None,
+        r"case bad: 3 voxels between -5000 and -4000 HU, below anything a CT holds",
+    ),
+    (
+        "MR-like image",
+        {"image": np.random.default_rng(5).uniform(0, 2000, SMALL_SHAPE).astype(np.float32)},
+        None,
+        r"case bad: no voxel below -500 HU .*not a CT in Hounsfield units",
+    ),
 ]
 
 
@@ -531,7 +630,7 @@ def test_a_corrupt_gzip_is_a_named_contract_error(where, tmp_path, secret):
     path = tmp_path / "src" / "images/bad.nii.gz"
     data = bytearray(path.read_bytes())
     at = int(len(data) * where)
-    data[at: at + 8] = b"\xff" * 8
+    data[at : at + 8] = b"\xff" * 8
     path.write_bytes(bytes(data))
     with pytest.raises(ContractError, match=r"bad\.nii\.gz: not a readable NIfTI image"):
         import_cohort(scan_source(manifest, "manifest"), tmp_path / "out", secret, "manifest")
@@ -552,8 +651,15 @@ def test_a_single_padding_value_outside_the_field_of_view_is_air(tmp_path, secre
 
 
 def test_a_case_listed_twice_in_the_manifest_is_refused(tmp_path, secret):
-    extra = [{"patient_id": "p9", "case": "c1", "image": "images/c1.nii.gz", "mask": "masks/c1.nii.gz",
-              "mask_encoding": "class"}]
+    extra = [
+        {
+            "patient_id": "p9",
+            "case": "c1",
+            "image": "images/c1.nii.gz",
+            "mask": "masks/c1.nii.gz",
+            "mask_encoding": "class",
+        }
+    ]
     manifest = small_source(tmp_path / "src", {"c1": {}, "c2": {}}, extra)
     with pytest.raises(ContractError, match=r"manifest\.csv: duplicated case\(s\) \['c1'\]"):
         scan_source(manifest, "manifest")
@@ -561,11 +667,19 @@ def test_a_case_listed_twice_in_the_manifest_is_refused(tmp_path, secret):
 
 def test_a_manifest_path_outside_its_root_is_refused(tmp_path, secret):
     save_nifti(small_ct()[0], SMALL_AFFINE, tmp_path / "outside.nii.gz")  # it exists: the path is the problem
-    extra = [{"patient_id": "p9", "case": "c9", "image": "../outside.nii.gz", "mask": "masks/c1.nii.gz",
-              "mask_encoding": "class"}]
+    extra = [
+        {
+            "patient_id": "p9",
+            "case": "c9",
+            "image": "../outside.nii.gz",
+            "mask": "masks/c1.nii.gz",
+            "mask_encoding": "class",
+        }
+    ]
     manifest = small_source(tmp_path / "src", {"c1": {}}, extra)
-    with pytest.raises(ContractError,
-                       match=r"case c9, image: path '\.\./outside\.nii\.gz' leads outside the data root"):
+    with pytest.raises(
+        ContractError, match=r"case c9, image: path '\.\./outside\.nii\.gz' leads outside the data root"
+    ):
         scan_source(manifest, "manifest")
 
 
@@ -573,8 +687,9 @@ def test_an_unknown_lesion_type_is_refused(tmp_path, secret):
     hu, mask = small_ct()
     manifest = small_source(tmp_path / "src", {"c1": {"mask": (mask > 0).astype(np.uint8), "mask_encoding": "binary"}})
     types = tmp_path / "types.csv"
-    pd.DataFrame([{"case": "c1", "lesion": 1, "type": "cyst"}, {"case": "c1", "lesion": 2, "type": "hemangioma"}]
-                 ).to_csv(types, index=False)
+    pd.DataFrame(
+        [{"case": "c1", "lesion": 1, "type": "cyst"}, {"case": "c1", "lesion": 2, "type": "hemangioma"}]
+    ).to_csv(types, index=False)
     cases = scan_source(manifest, "manifest", types=read_types_table(types))
     with pytest.raises(ContractError, match=r"case c1, lesion 2: lesion type 'hemangioma' is not in the map"):
         import_cohort(cases, tmp_path / "out", secret, "manifest")
@@ -589,12 +704,18 @@ def test_a_patient_key_clash_in_cases_csv_is_refused(tmp_path):
     hu, mask = small_ct()
     save_nifti(hu, SMALL_AFFINE, tmp_path / "images/a.nii.gz")
     save_nifti(mask, SMALL_AFFINE, tmp_path / "masks/a.nii.gz")
-    pd.DataFrame([{"patient_key": "P1", "case_id": "c1", "image": "images/a.nii.gz", "mask": "masks/a.nii.gz"},
-                  {"patient_key": "P2", "case_id": "c2", "image": "images/a.nii.gz", "mask": "masks/a.nii.gz"}]
-                 ).to_csv(tmp_path / CASES_FILE, index=False)
+    pd.DataFrame(
+        [
+            {"patient_key": "P1", "case_id": "c1", "image": "images/a.nii.gz", "mask": "masks/a.nii.gz"},
+            {"patient_key": "P2", "case_id": "c2", "image": "images/a.nii.gz", "mask": "masks/a.nii.gz"},
+        ]
+    ).to_csv(tmp_path / CASES_FILE, index=False)
     for quarantine in (False, True):  # a problem of the table: quarantine does not set it aside
-        with pytest.raises(CohortError, match=r"patient key clash: image 'images/a\.nii\.gz' is listed under "
-                                              r"patient keys \['P1', 'P2'\]"):
+        with pytest.raises(
+            CohortError,
+            match=r"patient key clash: image 'images/a\.nii\.gz' is listed under "
+            r"patient keys \['P1', 'P2'\]",
+        ):
             ingest_cases(tmp_path, "test", quarantine=quarantine)
 
 
@@ -638,8 +759,9 @@ def test_append_adds_cases_and_refuses_the_same_source_twice(tmp_path, secret):
     assert len(pd.read_csv(out / LESION_TYPES_FILE)) == 6
     assert [i["cases"] for i in json.loads((out / COHORT_FILE).read_text())["imports"]] == [2, 1]
     ingested = ingest_cases(out, "test")
-    assert len(segment_cases(ingested.cases, ingested.crops,
-                             read_lesion_types(out, set(ingested.cases["case_id"])))) == 6
+    assert (
+        len(segment_cases(ingested.cases, ingested.crops, read_lesion_types(out, set(ingested.cases["case_id"])))) == 6
+    )
 
     before = tree(out)
     with pytest.raises(ContractError, match=r"case c1: duplicated case: it is already in the cohort as P[0-9a-f]+-"):
@@ -660,8 +782,14 @@ def test_ingestion_quarantines_a_bad_case_only_when_asked(tmp_path):
             hu[5, 5, 5] = np.nan
         save_nifti(hu, SMALL_AFFINE, tmp_path / f"images/{case}.nii.gz")
         save_nifti(mask, SMALL_AFFINE, tmp_path / f"masks/{case}.nii.gz")
-        rows.append({"patient_key": f"P-{case}", "case_id": case, "image": f"images/{case}.nii.gz",
-                     "mask": f"masks/{case}.nii.gz"})
+        rows.append(
+            {
+                "patient_key": f"P-{case}",
+                "case_id": case,
+                "image": f"images/{case}.nii.gz",
+                "mask": f"masks/{case}.nii.gz",
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / CASES_FILE, index=False)
     with pytest.raises(CohortError, match=r"1 case\(s\) .* break the data contract:\n  case bad: 1 voxels are NaN"):
         ingest_cases(tmp_path, "test", quarantine=False)

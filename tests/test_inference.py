@@ -40,7 +40,8 @@ def test_folding_batch_norm_keeps_the_outputs(backbone):
     folded = fold_batch_norm(model)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     assert sum(isinstance(layer, FoldedBatchNormalization) for layer in folded.layers) == sum(
-        isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+        isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers
+    )
     x = np.random.default_rng(1).normal(size=(4, 75, 75, 3)).astype("float32")
     reference = features(model, x)
     np.testing.assert_allclose(features(folded, x), reference, rtol=0, atol=1e-4 * np.abs(reference).max())
@@ -75,7 +76,9 @@ def test_float32_scoring_is_the_model_itself_and_precisions_are_checked():
         np.testing.assert_array_equal(a, b)
 
 
-SAPPHIRE_RAPIDS = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
+SAPPHIRE_RAPIDS = (
+    "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
+)
 SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
 GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
 

@@ -19,8 +19,9 @@ from liverlesion.texture import cohort_texture_table, texture_features
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return generate_cohort(CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4),
-                           tmp_path_factory.mktemp("c") / "data")
+    return generate_cohort(
+        CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4), tmp_path_factory.mktemp("c") / "data"
+    )
 
 
 def test_ingest_records_geometry_and_version(cohort):
@@ -65,8 +66,15 @@ def test_everything_cut_from_crops_equals_the_whole_volume(cohort):
             row = index[index["lesion_id"] == lesion.lesion_id].iloc[0]
             np.testing.assert_array_equal(patches[row["row"]], whole)
             assert (row["main_axis"], row["main_slice"], row["center_0"], row["center_1"], row["center_2"]) == (
-                info.main_axis, info.main_slice, info.center_0, info.center_1, info.center_2)
-            assert texture.loc[lesion.lesion_id].to_dict() == texture_features(image, instances == lesion.instance, spacing)
+                info.main_axis,
+                info.main_slice,
+                info.center_0,
+                info.center_1,
+                info.center_2,
+            )
+            assert texture.loc[lesion.lesion_id].to_dict() == texture_features(
+                image, instances == lesion.instance, spacing
+            )
 
 
 def test_each_ct_and_mask_is_decompressed_once_by_the_data_steps(cohort, monkeypatch):

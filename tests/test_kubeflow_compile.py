@@ -34,30 +34,69 @@ IMAGE = "registry.example.org/liverlesion/liverlesion-step:test"
 GPU_LABEL = ("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3")
 PASSWORD = "not-a-real-password-7f3e"
 BUILTIN = "--- ZenML's own kubeflow flavour ---"
-STEPS = {"ingest", "segment", "extract_patches", "validate", "split", "train", "evaluate", "evaluate_segmentation",
-         "register"}
-REGISTER = ["--kubeflow-host", "https://kubeflow.example.org/pipeline", "--user-namespace", "imaging",
-            "--artifact-store", "s3://liverlesion-test/zenml", "--s3-endpoint", "http://127.0.0.1:9",
-            "--registry", "registry.example.org/liverlesion", "--mlflow-uri", "https://mlflow.example.org",
-            "--gpu-node-selector", "=".join(GPU_LABEL), "--gpu-toleration", "nvidia.com/gpu:NoSchedule",
-            "--pvc-mount", "liverlesion-data=/data"]
+STEPS = {
+    "ingest",
+    "segment",
+    "extract_patches",
+    "validate",
+    "split",
+    "train",
+    "evaluate",
+    "evaluate_segmentation",
+    "register",
+}
+REGISTER = [
+    "--kubeflow-host",
+    "https://kubeflow.example.org/pipeline",
+    "--user-namespace",
+    "imaging",
+    "--artifact-store",
+    "s3://liverlesion-test/zenml",
+    "--s3-endpoint",
+    "http://127.0.0.1:9",
+    "--registry",
+    "registry.example.org/liverlesion",
+    "--mlflow-uri",
+    "https://mlflow.example.org",
+    "--gpu-node-selector",
+    "=".join(GPU_LABEL),
+    "--gpu-toleration",
+    "nvidia.com/gpu:NoSchedule",
+    "--pvc-mount",
+    "liverlesion-data=/data",
+]
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("kubeflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "LIVERLESION_", "AWS_"))}
-    env.update({
-        "ZENML_CONFIG_PATH": str(out / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
-        "ZENML_DISABLE_PIPELINE_LOGS_STORAGE": "true",  # the client's log would go to the S3 store
-        "LIVERLESION_PROJECT": str(REPO), "LIVERLESION_HOME": str(out / "state"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
-        "LIVERLESION_STEP_IMAGE": IMAGE, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "",
-        "MLFLOW_TRACKING_USERNAME": "trainer", "MLFLOW_TRACKING_PASSWORD": PASSWORD,
-        "AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": PASSWORD + "-aws",
-    })
-    done = subprocess.run([sys.executable, __file__, str(out)], cwd=out, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    env.update(
+        {
+            "ZENML_CONFIG_PATH": str(out / "zenml"),
+            "ZENML_ANALYTICS_OPT_IN": "false",
+            "ZENML_DISABLE_PIPELINE_LOGS_STORAGE": "true",  # the client's log would go to the S3 store
+            "LIVERLESION_PROJECT": str(REPO),
+            "LIVERLESION_HOME": str(out / "state"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}",
+            "LIVERLESION_STEP_IMAGE": IMAGE,
+            "KERAS_BACKEND": "jax",
+            "CUDA_VISIBLE_DEVICES": "",
+            "MLFLOW_TRACKING_USERNAME": "trainer",
+            "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+            "AWS_ACCESS_KEY_ID": "AKIATEST",
+            "AWS_SECRET_ACCESS_KEY": PASSWORD + "-aws",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, __file__, str(out)],
+        cwd=out,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-8000:]
     summary = json.loads((out / "summary.json").read_text())
     summary["log"] = done.stdout
@@ -74,8 +113,10 @@ def _spec(path: str) -> tuple[dict, dict]:
 
 def _executors(pipeline: dict) -> dict[str, dict]:
     """Step name -> its container spec (``exec-<step>`` with ``-`` for ``_``)."""
-    return {name.removeprefix("exec-").replace("-", "_"): spec["container"]
-            for name, spec in pipeline["deploymentSpec"]["executors"].items()}
+    return {
+        name.removeprefix("exec-").replace("-", "_"): spec["container"]
+        for name, spec in pipeline["deploymentSpec"]["executors"].items()
+    }
 
 
 @pytest.mark.parametrize("run", ["run", "schedule"])
@@ -95,8 +136,9 @@ def test_only_the_train_step_asks_for_a_gpu_and_gpu_nodes(compiled, run):
         if name != "exec-train":
             assert "nodeSelector" not in pod and "tolerations" not in pod, name
     assert platform["exec-train"]["nodeSelector"]["labels"] == dict([GPU_LABEL])
-    assert platform["exec-train"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                                       "effect": "NoSchedule"}]
+    assert platform["exec-train"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
 
 
 def test_zenml_own_kubeflow_flavour_drops_the_gpu_request(compiled):
@@ -124,7 +166,11 @@ def test_credentials_are_zenml_secrets_not_in_the_submitted_pipeline(compiled):
     assert stack["orchestrator_flavor"] == "kubeflow_gpu" and stack["secrets"] == ["liverlesion-mlflow"]
     assert stack["tracker"]["tracking_password"] == "{{liverlesion-mlflow.MLFLOW_TRACKING_PASSWORD}}"
     assert stack["artifact_store"]["secret"] == "{{liverlesion-s3.aws_secret_access_key}}"
-    assert stack["mlflow_secret_keys"] == ["MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME"]
+    assert stack["mlflow_secret_keys"] == [
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+    ]
     for run in ("run", "schedule"):
         assert PASSWORD not in Path(compiled[run]["package"]).read_text()
 
@@ -143,11 +189,15 @@ def test_the_equivalent_zenml_commands_name_the_same_options():
     env = {"MLFLOW_TRACKING_USERNAME": "trainer", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
     lines = register["commands"](register["plan"](register["parser"]().parse_args(REGISTER), env))
     assert lines[-1] == "zenml stack set liverlesion-kubeflow" and not any(PASSWORD in line for line in lines)
-    assert any(line.startswith("zenml orchestrator register liverlesion-kubeflow --flavor=kubeflow_gpu ")
-               and "--gpu_node_selector=" in line for line in lines)
+    assert any(
+        line.startswith("zenml orchestrator register liverlesion-kubeflow --flavor=kubeflow_gpu ")
+        and "--gpu_node_selector=" in line
+        for line in lines
+    )
 
 
 # --- the child process: register, compile, record (run as a script by the fixture) ---------------------------------
+
 
 def _child(out: Path) -> None:
     sys.path.insert(0, str(REPO))
@@ -172,9 +222,15 @@ def _child(out: Path) -> None:
     config = load_profile("paper")
     code = code_version(paths.code_root())
     settings = config.training_settings()
-    parameters = {"data_dir": "/data/cohort", "data_version": "md5-test", "profile": config,
-                  "training_settings": settings, "code_version": code,
-                  "fingerprint": training_fingerprint("md5-test", settings, code), "segmenter_uri": ""}
+    parameters = {
+        "data_dir": "/data/cohort",
+        "data_version": "md5-test",
+        "profile": config,
+        "training_settings": settings,
+        "code_version": code,
+        "fingerprint": training_fingerprint("md5-test", settings, code),
+        "segmenter_uri": "",
+    }
     summary: dict = {"run": submitted("run")}
     _run_pipeline("training_pipeline", False, **parameters)  # as `liverlesion run` sends it
     summary["schedule"] = submitted("schedule")
@@ -199,15 +255,17 @@ def _child(out: Path) -> None:
     from pipelines.placement import run_options, train_settings
 
     print(BUILTIN, flush=True)
-    Client().create_stack_component("zenml-kubeflow", "kubeflow", T.ORCHESTRATOR,
-                                    {"kubeflow_hostname": "https://kubeflow.example.org/pipeline"})
+    Client().create_stack_component(
+        "zenml-kubeflow", "kubeflow", T.ORCHESTRATOR, {"kubeflow_hostname": "https://kubeflow.example.org/pipeline"}
+    )
     others = {t: c[0].name for t, c in stack.components.items() if t != T.ORCHESTRATOR}
     Client().create_stack("zenml-kubeflow", components={**others, T.ORCHESTRATOR: "zenml-kubeflow"})
     Client().activate_stack("zenml-kubeflow")
     summary["builtin"] = submitted("builtin")
     asked = KubeflowOrchestratorSettings(node_selectors={"accelerator": "nvidia.com/gpu"})
     training_pipeline.with_options(steps={"train": {"settings": {"orchestrator.kubeflow": asked}}}, **run_options())(
-        **parameters)
+        **parameters
+    )
 
     Client().activate_stack("default")  # the local stack: the pipeline asks for nothing more
     summary["local"] = {"train_settings": train_settings(), "run_options": run_options()}

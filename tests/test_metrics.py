@@ -3,7 +3,13 @@ import math
 import numpy as np
 import pytest
 
-from liverlesion.metrics import best_threshold_accuracy, fitted_threshold_accuracy, classification_metrics, confusion_counts, plot_confusion_matrix
+from liverlesion.metrics import (
+    best_threshold_accuracy,
+    classification_metrics,
+    confusion_counts,
+    fitted_threshold_accuracy,
+    plot_confusion_matrix,
+)
 
 
 def test_metrics_against_a_hand_computed_confusion_matrix():
@@ -56,7 +62,6 @@ def test_best_threshold_accuracy_rejects_bad_input(values, labels):
         best_threshold_accuracy(values, labels)
 
 
-
 def test_best_threshold_accuracy_either_direction():
     acc, t = best_threshold_accuracy([10, 20, 30, 70, 80, 25], [0, 0, 0, 1, 1, 1])
     assert acc == pytest.approx(5 / 6)
@@ -74,7 +79,8 @@ def test_plots_are_written(tmp_path):
 
 def test_fitted_threshold_is_chosen_on_train_and_scored_on_test():
     # train: metastases (1) are dark (< 40 HU); the rule learnt is "mean HU < 50 -> metastasis"
-    accuracy, threshold = fitted_threshold_accuracy([10, 20, 30, 60, 70, 80], [1, 1, 1, 0, 0, 0],
-                                                    [15, 45, 65, 90], [1, 0, 0, 0])
+    accuracy, threshold = fitted_threshold_accuracy(
+        [10, 20, 30, 60, 70, 80], [1, 1, 1, 0, 0, 0], [15, 45, 65, 90], [1, 0, 0, 0]
+    )
     assert threshold == 60.0
     assert accuracy == pytest.approx(3 / 4)  # 45 HU is called metastasis, wrongly

@@ -34,8 +34,11 @@ def test_missing_imagenet_weights_say_which_file_goes_where(tmp_path, monkeypatc
 def test_batch_norm_momentum_is_configurable():
     import keras
 
-    momenta = {layer.momentum for layer in build_model((75, 75, 3), bn_momentum=0.9).layers
-               if isinstance(layer, keras.layers.BatchNormalization)}
+    momenta = {
+        layer.momentum
+        for layer in build_model((75, 75, 3), bn_momentum=0.9).layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
     assert momenta == {0.9}
 
 
@@ -99,7 +102,9 @@ def test_a_cached_release_file_is_used_by_path(tmp_path, monkeypatch):
     cached.parent.mkdir()
     cached.write_bytes(b"stand-in")
     spec = BACKBONES["inception_v3"]
-    monkeypatch.setitem(model_module.BACKBONES, "inception_v3",
-                        Backbone(spec.label, spec.application, spec.imagenet_notop_file, model_module._md5(cached)))
+    monkeypatch.setitem(
+        model_module.BACKBONES,
+        "inception_v3",
+        Backbone(spec.label, spec.application, spec.imagenet_notop_file, model_module._md5(cached)),
+    )
     assert resolve_weights("imagenet") == str(cached)
-

@@ -13,20 +13,43 @@ import liverlesion.modelcard as modelcard
 from liverlesion.config import load_profile
 from liverlesion.deid import deidentification_record
 from liverlesion.modelcard import (
-    CARD_SCHEMA_VERSION, build_model_card, cohort_summary, render_markdown, split_sizes,
+    CARD_SCHEMA_VERSION,
+    build_model_card,
+    cohort_summary,
+    render_markdown,
+    split_sizes,
 )
 from liverlesion.phantom import CohortSpec, cohort_metadata
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-METRICS = {"accuracy": 0.9130434782608695, "balanced_accuracy": 0.9090909090909092, "f1": 0.9047619047619048,
-           "roc_auc": 0.9621212121212122, "precision": 0.95, "recall": 0.8636363636363636,
-           "specificity": 0.9545454545454546}
-INTERVALS = {"accuracy": [0.8421052631578947, 0.975], "balanced_accuracy": [0.83, 0.97], "f1": [0.8, 0.97],
-             "roc_auc": [0.9, 1.0], "precision": [0.85, 1.0], "recall": [0.7, 0.96], "specificity": [0.85, 1.0]}
-LINEAGE = {"data_version": "dvc:abc123", "split_manifest_hash": "f" * 64, "git_commit": "0123abcd",
-           "profile": "quick", "config_hash": "1234567890abcdef", "config": json.dumps({"train": {"epochs": 12}}),
-           "mlflow_run_id": "run-1"}
+METRICS = {
+    "accuracy": 0.9130434782608695,
+    "balanced_accuracy": 0.9090909090909092,
+    "f1": 0.9047619047619048,
+    "roc_auc": 0.9621212121212122,
+    "precision": 0.95,
+    "recall": 0.8636363636363636,
+    "specificity": 0.9545454545454546,
+}
+INTERVALS = {
+    "accuracy": [0.8421052631578947, 0.975],
+    "balanced_accuracy": [0.83, 0.97],
+    "f1": [0.8, 0.97],
+    "roc_auc": [0.9, 1.0],
+    "precision": [0.85, 1.0],
+    "recall": [0.7, 0.96],
+    "specificity": [0.85, 1.0],
+}
+LINEAGE = {
+    "data_version": "dvc:abc123",
+    "split_manifest_hash": "f" * 64,
+    "git_commit": "0123abcd",
+    "profile": "quick",
+    "config_hash": "1234567890abcdef",
+    "config": json.dumps({"train": {"epochs": 12}}),
+    "mlflow_run_id": "run-1",
+}
 
 
 def profile(overrides: dict | None = None) -> dict:
@@ -40,9 +63,12 @@ def cases_table() -> pd.DataFrame:
 
 def lesions_table() -> pd.DataFrame:
     rows = [  # lesion_id, case_id, patient_key, label, volume_ml
-        ("P1-C1-L01", "P1-C1", "P1", 1, 2.5), ("P1-C2-L01", "P1-C2", "P1", 1, 10.0),
-        ("P2-C1-L01", "P2-C1", "P2", 0, 0.4), ("P2-C1-L02", "P2-C1", "P2", None, 1.0),
-        ("P3-C1-L01", "P3-C1", "P3", 0, 30.0), ("P4-C1-L01", "P4-C1", "P4", 1, 5.0),
+        ("P1-C1-L01", "P1-C1", "P1", 1, 2.5),
+        ("P1-C2-L01", "P1-C2", "P1", 1, 10.0),
+        ("P2-C1-L01", "P2-C1", "P2", 0, 0.4),
+        ("P2-C1-L02", "P2-C1", "P2", None, 1.0),
+        ("P3-C1-L01", "P3-C1", "P3", 0, 30.0),
+        ("P4-C1-L01", "P4-C1", "P4", 1, 5.0),
         ("P5-C1-L01", "P5-C1", "P5", 0, 3.0),
     ]
     table = pd.DataFrame(rows, columns=["lesion_id", "case_id", "patient_key", "label", "volume_ml"])
@@ -51,8 +77,14 @@ def lesions_table() -> pd.DataFrame:
 
 
 def manifest_table(test_lesions: int = 4) -> pd.DataFrame:
-    rows = [("L1", "A", 1, "train"), ("L2", "A", 0, "train"), ("L3", "B", 1, "train"), ("L4", "C", 0, "train"),
-            ("L5", "D", 1, "val"), ("L6", "D", 0, "val")]
+    rows = [
+        ("L1", "A", 1, "train"),
+        ("L2", "A", 0, "train"),
+        ("L3", "B", 1, "train"),
+        ("L4", "C", 0, "train"),
+        ("L5", "D", 1, "val"),
+        ("L6", "D", 0, "val"),
+    ]
     rows += [(f"T{i}", f"T{i // 2}", i % 2, "test") for i in range(test_lesions)]
     return pd.DataFrame(rows, columns=["lesion_id", "patient_key", "label", "set"])
 
@@ -63,20 +95,47 @@ def synthetic_meta() -> dict:
 
 def imported_meta(layouts: tuple[str, ...] = ("crlm",)) -> dict:
     """What ``liverlesion.importers.import_cohort`` writes to ``cohort.json``."""
-    imports = [{"importer_version": "1.0.0", "layout": layout, "settings": {"skip_bad": False}, "cases": 3,
-                "lesions": 4, "refused": 0} for layout in layouts]
-    return {"source": "liverlesion import", "imports": imports, "deidentification": deidentification_record(),
-            "mask_codes": "instance masks", "units": {"image": "HU (int16)", "spacing": "mm"}}
+    imports = [
+        {
+            "importer_version": "1.0.0",
+            "layout": layout,
+            "settings": {"skip_bad": False},
+            "cases": 3,
+            "lesions": 4,
+            "refused": 0,
+        }
+        for layout in layouts
+    ]
+    return {
+        "source": "liverlesion import",
+        "imports": imports,
+        "deidentification": deidentification_record(),
+        "mask_codes": "instance masks",
+        "units": {"image": "HU (int16)", "spacing": "mm"},
+    }
 
 
-def card_for(prof: dict | None = None, meta: dict | None = None, manifest: pd.DataFrame | None = None,
-             metrics: dict | None = None, intervals: dict | None = None, version: str | None = "3") -> dict:
+def card_for(
+    prof: dict | None = None,
+    meta: dict | None = None,
+    manifest: pd.DataFrame | None = None,
+    metrics: dict | None = None,
+    intervals: dict | None = None,
+    version: str | None = "3",
+) -> dict:
     return build_model_card(
-        profile=prof or profile(), metrics=metrics or METRICS, intervals=intervals or INTERVALS,
-        input_shape=(96, 80, 3), n_parameters=23_000_000, precision="bfloat16", data_version="dvc:abc123",
+        profile=prof or profile(),
+        metrics=metrics or METRICS,
+        intervals=intervals or INTERVALS,
+        input_shape=(96, 80, 3),
+        n_parameters=23_000_000,
+        precision="bfloat16",
+        data_version="dvc:abc123",
         cohort=cohort_summary(cases_table(), lesions_table(), synthetic_meta() if meta is None else meta),
-        split=split_sizes(manifest_table() if manifest is None else manifest), lineage=LINEAGE,
-        model_name="liver-lesion-classifier", version=version,
+        split=split_sizes(manifest_table() if manifest is None else manifest),
+        lineage=LINEAGE,
+        model_name="liver-lesion-classifier",
+        version=version,
     )
 
 
@@ -117,8 +176,12 @@ def test_head_follows_settings():
 
 def test_metrics_and_intervals_in_markdown(quick):
     card = card_for(quick)
-    assert card["evaluation"]["metrics"]["roc_auc"] == {"estimate": METRICS["roc_auc"], "lower": 0.9, "upper": 1.0,
-                                                       "width": pytest.approx(0.1)}
+    assert card["evaluation"]["metrics"]["roc_auc"] == {
+        "estimate": METRICS["roc_auc"],
+        "lower": 0.9,
+        "upper": 1.0,
+        "width": pytest.approx(0.1),
+    }
     text = render_markdown(card)
     assert "| ROC AUC | 0.962 | 0.900 - 1.000 |" in text
     assert "| accuracy | 0.913 | 0.842 - 0.975 |" in text
@@ -172,7 +235,9 @@ def test_single_source_limitation_for_one_imported_layout(quick):
 def test_small_test_set_limitation(quick):
     big = manifest_table(test_lesions=60)
     narrow = {name: [value - 0.05, min(1.0, value + 0.05)] for name, value in METRICS.items()}
-    assert not any(i.startswith("Small test set") for i in card_for(quick, manifest=big, intervals=narrow)["limitations"])
+    assert not any(
+        i.startswith("Small test set") for i in card_for(quick, manifest=big, intervals=narrow)["limitations"]
+    )
     few = card_for(quick, manifest=manifest_table(test_lesions=4), intervals=narrow)
     assert any(i.startswith("Small test set") and "4 test lesions" in i for i in few["limitations"])
     wide = {**narrow, "recall": [0.6, 0.95]}
@@ -207,9 +272,23 @@ def test_sections_follow_the_profile(quick):
     assert text.startswith("# liver-lesion-classifier v3\n")
     assert "0123abcd" in text and "1234567890abcdef" in text
     assert card["training"]["lr_schedule"] == f"cosine decay from 0.001 to 0 over the {quick['train']['epochs']} epochs"
-    assert card["training"]["early_stopping"].endswith("the epoch with the lowest validation loss kept (of equal ones the last)")
-    paper_like = card_for(profile({"train": {"augment": True, "lr_patience": 10, "early_stopping_patience": 50,
-                                             "lr_schedule": "constant", "monitor": "val_accuracy", "tie_break": "first"}}))
+    assert card["training"]["early_stopping"].endswith(
+        "the epoch with the lowest validation loss kept (of equal ones the last)"
+    )
+    paper_like = card_for(
+        profile(
+            {
+                "train": {
+                    "augment": True,
+                    "lr_patience": 10,
+                    "early_stopping_patience": 50,
+                    "lr_schedule": "constant",
+                    "monitor": "val_accuracy",
+                    "tie_break": "first",
+                }
+            }
+        )
+    )
     assert "rotation up to 30 deg" in paper_like["training"]["augmentation"]
     assert "x0.5 after 10 epochs without a validation-accuracy gain" in paper_like["training"]["lr_schedule"]
     assert paper_like["training"]["early_stopping"].startswith("after 50 epochs without a validation-accuracy gain")
@@ -219,8 +298,11 @@ def test_sections_follow_the_profile(quick):
 def test_json_round_trip_is_unchanged(quick, resnet):
     for card in (card_for(quick), card_for(resnet, meta=imported_meta()), card_for(quick, meta={}, version=None)):
         assert json.loads(json.dumps(card)) == card
-    undefined = card_for(quick, metrics={**METRICS, "roc_auc": float("nan")},
-                         intervals={**INTERVALS, "roc_auc": [float("nan"), float("nan")]})
+    undefined = card_for(
+        quick,
+        metrics={**METRICS, "roc_auc": float("nan")},
+        intervals={**INTERVALS, "roc_auc": [float("nan"), float("nan")]},
+    )
     assert undefined["evaluation"]["metrics"]["roc_auc"]["estimate"] is None
     assert json.loads(json.dumps(undefined, allow_nan=False)) == undefined
     assert "| ROC AUC | n/a | n/a |" in render_markdown(undefined)
@@ -235,8 +317,12 @@ def test_rendering_is_deterministic(quick):
 
 def test_domain_module_imports_no_tracking_or_orchestration():
     tree = ast.parse(Path(modelcard.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not imported & {"mlflow", "zenml", "dvc", "keras", "tensorflow", "sklearn"}
 
 

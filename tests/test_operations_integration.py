@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from integration_support import REPO, cli, make_project, mlflow_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,9 +67,17 @@ def test_retrain_trains_gates_and_records_then_does_nothing_when_nothing_changed
 def test_a_second_retrain_is_refused_while_the_lock_is_held(project, first_retrain):
     root, env = project
     holder = subprocess.Popen(
-        [sys.executable, "-c", "from liverlesion_ops.retrain import training_lock\nimport time\n"
-         "with training_lock('a long training'):\n    print('held', flush=True)\n    time.sleep(120)\n"],
-        cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from liverlesion_ops.retrain import training_lock\nimport time\n"
+            "with training_lock('a long training'):\n    print('held', flush=True)\n    time.sleep(120)\n",
+        ],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         busy = cli(root, env, "retrain", check=False)
@@ -135,8 +142,11 @@ def test_appended_cases_are_versioned_audited_and_trained_on(project, first_retr
 
 def test_the_crontab_and_systemd_lines_run_as_written(project, first_retrain):
     root, env = project
-    cron = [line for line in (REPO / "infra" / "cron" / "liverlesion-retrain.cron").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    cron = [
+        line
+        for line in (REPO / "infra" / "cron" / "liverlesion-retrain.cron").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(cron) == 1
     fields = cron[0].split(None, 5)
     assert len(fields) == 6 and fields[:5] == ["17", "2", "*", "*", "*"]
@@ -151,9 +161,14 @@ def test_the_crontab_and_systemd_lines_run_as_written(project, first_retrain):
     timer = (REPO / "infra" / "systemd" / "liverlesion-retrain.timer").read_text()
     assert "OnCalendar=*-*-* 02:17:00" in timer
     unit_env = dict(pair.split("=", 1) for pair in shlex.split(settings["Environment"]))
-    done = subprocess.run(shlex.split(settings["ExecStart"].replace(INSTALL, str(root))),
-                          cwd=settings["WorkingDirectory"].replace(INSTALL, str(root)), env={**env, **unit_env},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        shlex.split(settings["ExecStart"].replace(INSTALL, str(root))),
+        cwd=settings["WorkingDirectory"].replace(INSTALL, str(root)),
+        env={**env, **unit_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "retrain: nothing to do" in done.stdout, done.stderr
 
 
@@ -161,8 +176,16 @@ def test_retrain_exit_codes_for_a_failure_and_a_usage_error(project, first_retra
     root, env = project
     bad = cli(root, env, "retrain", "--profile", "nonesuch", check=False)
     assert bad.returncode == 2 and "no profile 'nonesuch'" in bad.stderr and "Traceback" not in bad.stderr
-    failed = cli(root, env, "retrain", "--set", "validation.min_metastasis_fraction=0.95",
-                 "--set", "validation.max_metastasis_fraction=1.0", check=False)
+    failed = cli(
+        root,
+        env,
+        "retrain",
+        "--set",
+        "validation.min_metastasis_fraction=0.95",
+        "--set",
+        "validation.max_metastasis_fraction=1.0",
+        check=False,
+    )
     assert failed.returncode == 1 and "failed in step(s) validate" in failed.stderr
     assert len(retrain_runs(root, "failed")) == 1
 
@@ -173,8 +196,13 @@ def test_audit_says_plainly_when_the_data_of_a_version_was_garbage_collected(pro
     if len(versions) < 2:
         pytest.skip("needs the version trained after cases were appended")
     dvc_env = {**env, "DVC_NO_ANALYTICS": "1"}
-    subprocess.run([sys.executable, "-m", "dvc", "gc", "--workspace", "--cloud", "-r", "local", "--force"],
-                   cwd=root, env=dvc_env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "gc", "--workspace", "--cloud", "-r", "local", "--force"],
+        cwd=root,
+        env=dvc_env,
+        check=True,
+        capture_output=True,
+    )
     report = json.loads(cli(root, env, "audit", "1", "--model", MODEL, "--json").stdout)
     assert report["data"]["restorable"] is False
     assert "in neither the DVC cache nor the remote" in report["data"]["problem"]
@@ -187,8 +215,14 @@ def test_audit_says_plainly_when_the_data_of_a_version_was_garbage_collected(pro
 def test_the_zenml_schedule_form_uses_kubeflow_six_field_cron_and_refuses_the_local_orchestrator(project):
     root, env = project
     script = str(REPO / "infra" / "zenml" / "schedule.py")
-    dry = subprocess.run([sys.executable, script, "--flavor", "kubeflow", "--dry-run"], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(
+        [sys.executable, script, "--flavor", "kubeflow", "--dry-run"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dry.returncode == 0 and json.loads(dry.stdout)["cron_expression"] == "0 17 2 * * *"
     local = subprocess.run([sys.executable, script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert local.returncode == 2 and "the local orchestrator does not run ZenML schedules" in local.stderr

@@ -6,7 +6,7 @@ from liverlesion.patches import largest_cross_section, lesion_patches, pad_to_ca
 
 def box_lesion(shape, lo, hi):
     mask = np.zeros(shape, bool)
-    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
     return mask
 
 

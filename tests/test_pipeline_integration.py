@@ -13,17 +13,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
 
 from liverlesion.inference import resolve_precision
 
-from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
-
 pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root, env = make_project(tmp_path_factory.mktemp("project"))
-    bad = {**TINY_PROFILE, "name": "unbalanced", "validation": {"patch_shape": [75, 75], "min_metastasis_fraction": 0.9, "max_metastasis_fraction": 1.0}}
+    bad = {
+        **TINY_PROFILE,
+        "name": "unbalanced",
+        "validation": {"patch_shape": [75, 75], "min_metastasis_fraction": 0.9, "max_metastasis_fraction": 1.0},
+    }
     (root / "configs" / "unbalanced.yaml").write_text(yaml.safe_dump(bad))
     return root, env
 
@@ -77,8 +81,13 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     assert run.data.params["inference_precision_setting"] == "auto"
     assert run.data.params["inference_precision"] == resolve_precision("auto")[0]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/confusion_matrix.png", "evaluation/roc_curve.png", "evaluation/test_predictions.csv",
-            "evaluation/table2.md", "evaluation/table2.csv"} <= artifacts
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/roc_curve.png",
+        "evaluation/test_predictions.csv",
+        "evaluation/table2.md",
+        "evaluation/table2.csv",
+    } <= artifacts
     assert metrics["test_accuracy_lower"] <= metrics["test_accuracy"] <= metrics["test_accuracy_upper"]
     assert "95% patient-bootstrap intervals" in out
 
@@ -131,14 +140,25 @@ def test_retraining_registers_a_second_version_through_the_gate(project, first_r
     assert second.tags["compared_with"] == "v1"
     # both scored by their registered artefacts on the same patients: the same model, the same figures
     metrics = ("accuracy", "roc_auc", "recall", "specificity")
-    assert {m: second.tags[f"gate.candidate.{m}"] for m in metrics} == {m: second.tags[f"gate.champion.{m}"] for m in metrics}
+    assert {m: second.tags[f"gate.candidate.{m}"] for m in metrics} == {
+        m: second.tags[f"gate.champion.{m}"] for m in metrics
+    }
 
 
 def test_a_setting_that_does_not_change_the_model_registers_no_second_version(project, first_run):
     root, env = project
     before = len(mlflow_client(root).search_model_versions("name='tiny-liver-lesion'"))
-    again = cli(root, env, "run", "--profile", "tiny", "--set", "compare.models=[svm_texture]",
-                "--set", "register.gate.min_margin=0.05")
+    again = cli(
+        root,
+        env,
+        "run",
+        "--profile",
+        "tiny",
+        "--set",
+        "compare.models=[svm_texture]",
+        "--set",
+        "register.gate.min_margin=0.05",
+    )
     assert "no retraining happened" in again.stdout
     assert len(mlflow_client(root).search_model_versions("name='tiny-liver-lesion'")) == before
 
@@ -181,8 +201,9 @@ def stand_in_imagenet_weights(tmp_path_factory):
 def test_compare_stops_before_any_work_when_imagenet_weights_are_missing(project, tmp_path):
     root, env = project
     empty = {**env, "KERAS_HOME": str(tmp_path)}
-    done = cli(root, empty, "compare", "--profile", "tiny", "--models", "inception_v3_npw,inception_resnet_v2_ipw",
-               check=False)
+    done = cli(
+        root, empty, "compare", "--profile", "tiny", "--models", "inception_v3_npw,inception_resnet_v2_ipw", check=False
+    )
     assert done.returncode == 2
     assert "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5" in done.stderr
     assert str(tmp_path / "models") in done.stderr and "NPW" in done.stderr
@@ -190,25 +211,47 @@ def test_compare_stops_before_any_work_when_imagenet_weights_are_missing(project
 
 
 @pytest.mark.slow
-def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(project, first_run, stand_in_imagenet_weights):
+def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(
+    project, first_run, stand_in_imagenet_weights
+):
     root, env = project
-    done = cli(root, env, "compare", "--profile", "tiny",
-               *[f"--set=compare.imagenet_weights.{k}={v}" for k, v in stand_in_imagenet_weights.items()])
+    done = cli(
+        root,
+        env,
+        "compare",
+        "--profile",
+        "tiny",
+        *[f"--set=compare.imagenet_weights.{k}={v}" for k, v in stand_in_imagenet_weights.items()],
+    )
     out = done.stdout
-    for label in ("SVM with texture features", "InceptionResNet-V2 (NPW)", "InceptionResNet-V2 (IPW)",
-                  "Inception-V3 (NPW)", "Proposed model (IPW)"):
+    for label in (
+        "SVM with texture features",
+        "InceptionResNet-V2 (NPW)",
+        "InceptionResNet-V2 (IPW)",
+        "Inception-V3 (NPW)",
+        "Proposed model (IPW)",
+    ):
         assert f"| {label} |" in out, label
     client = mlflow_client(root)
     experiment = client.get_experiment_by_name("liver-lesion-classification")
-    table2_run, = client.search_runs([experiment.experiment_id], "tags.model = 'table2'")
+    (table2_run,) = client.search_runs([experiment.experiment_id], "tags.model = 'table2'")
     zenml_run = table2_run.data.tags["zenml_run_name"]
     runs = client.search_runs([experiment.experiment_id], f"tags.zenml_run_name = '{zenml_run}'")
     by_model = {run.data.tags["model"]: run for run in runs}
-    assert set(by_model) == {"table2", "svm_texture", "inception_resnet_v2_npw", "inception_resnet_v2_ipw",
-                             "inception_v3_npw", "inception_v3_ipw"}
+    assert set(by_model) == {
+        "table2",
+        "svm_texture",
+        "inception_resnet_v2_npw",
+        "inception_resnet_v2_ipw",
+        "inception_v3_npw",
+        "inception_v3_ipw",
+    }
     assert set(table2_run.data.tags["compared_runs"].split(",")) == {
-        run.info.run_id for key, run in by_model.items() if key != "table2"}
-    assert by_model["inception_resnet_v2_ipw"].data.params["weights"] == str(stand_in_imagenet_weights["inception_resnet_v2"])
+        run.info.run_id for key, run in by_model.items() if key != "table2"
+    }
+    assert by_model["inception_resnet_v2_ipw"].data.params["weights"] == str(
+        stand_in_imagenet_weights["inception_resnet_v2"]
+    )
     assert by_model["inception_v3_npw"].data.params["weights"] == "None"
     assert by_model["inception_resnet_v2_npw"].data.params["backbone"] == "inception_resnet_v2"
     assert 0 <= by_model["svm_texture"].data.metrics["test_roc_auc"] <= 1
@@ -218,7 +261,12 @@ def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(proje
             assert metrics["test_accuracy_lower"] <= metrics["test_accuracy"] <= metrics["test_accuracy_upper"], key
             assert table2_run.data.metrics[f"{key}.accuracy"] == pytest.approx(metrics["test_accuracy"]), key
     artifacts = {a.path for a in client.list_artifacts(table2_run.info.run_id, "table2")}
-    assert {"table2/table2.md", "table2/table2.csv", "table2/roc_curves.png", "table2/test_predictions.csv"} <= artifacts
+    assert {
+        "table2/table2.md",
+        "table2/table2.csv",
+        "table2/roc_curves.png",
+        "table2/test_predictions.csv",
+    } <= artifacts
     reports = Path(out.split("reports: ")[1].split()[0])
     predictions = __import__("pandas").read_csv(reports / "test_predictions.csv")
     assert predictions.groupby("model")["lesion_id"].nunique().nunique() == 1  # every model, the same test lesions
@@ -226,7 +274,10 @@ def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(proje
     report = (reports / "table2.md").read_text()
     assert "different (in-house, 63-patient) cohort" in report
     # a reader sees which weights each row started from: here the stand-ins, not ImageNet
-    assert f"Proposed model (IPW): `inception_v3_ipw`, initial weights from {stand_in_imagenet_weights['inception_v3']}" in report
+    assert (
+        f"Proposed model (IPW): `inception_v3_ipw`, initial weights from {stand_in_imagenet_weights['inception_v3']}"
+        in report
+    )
     assert "Inception-V3 (NPW): `inception_v3_npw`, random initial weights (NPW)" in out
 
 
@@ -258,9 +309,22 @@ def test_predict_gives_the_probabilities_evaluate_gave_and_writes_its_outputs(pr
     case = evaluated["lesion_id"].iloc[0].rsplit("-L", 1)[0]
     cases = pd.read_csv(root / "data" / "cases.csv").set_index("case_id")
     out = tmp_path / "answer"
-    done = cli(root, env, "predict", str(root / "data" / cases.loc[case, "image"]), "--mask",
-               str(root / "data" / cases.loc[case, "mask"]), "--mask-encoding", "class", "--model", "tiny-liver-lesion",
-               "--case-id", case, "--out", str(out))
+    done = cli(
+        root,
+        env,
+        "predict",
+        str(root / "data" / cases.loc[case, "image"]),
+        "--mask",
+        str(root / "data" / cases.loc[case, "mask"]),
+        "--mask-encoding",
+        "class",
+        "--model",
+        "tiny-liver-lesion",
+        "--case-id",
+        case,
+        "--out",
+        str(out),
+    )
     assert "by tiny-liver-lesion v1" in done.stdout
     answered = pd.read_csv(out / "lesions.csv")
     same = evaluated.merge(answered, on="lesion_id", suffixes=("_evaluate", "_predict"))
@@ -302,7 +366,7 @@ def test_predict_batch_answers_a_folder_and_records_the_model_version(project, f
 
     root, env = project
     done = cli(root, env, "predict-batch", "--model", "tiny-liver-lesion", "--profile", "tiny", "--json")
-    record = json.loads(done.stdout[done.stdout.index("{"):])
+    record = json.loads(done.stdout[done.stdout.index("{") :])
     assert record["model_version"] == "1" and record["model_uri"] == "models:/tiny-liver-lesion/1"
     assert record["cases"] == 12 and record["lesions"] == 36
     answered = pd.read_csv(record["table"])
@@ -329,8 +393,18 @@ def test_a_bad_case_stops_the_run_or_is_quarantined_by_configuration(project, fi
     stopped = cli(root, env, "export", "--profile", "tiny", "--data", str(cohort), str(tmp_path / "a.npz"), check=False)
     assert stopped.returncode == 1
     assert f"case {bad['case_id']}: " in stopped.stdout + stopped.stderr and not (tmp_path / "a.npz").exists()
-    kept = cli(root, env, "export", "--profile", "tiny", "--data", str(cohort), str(tmp_path / "b.npz"),
-               "--set", "ingest.on_bad_case=quarantine")
+    kept = cli(
+        root,
+        env,
+        "export",
+        "--profile",
+        "tiny",
+        "--data",
+        str(cohort),
+        str(tmp_path / "b.npz"),
+        "--set",
+        "ingest.on_bad_case=quarantine",
+    )
     assert "QUARANTINED 1 case(s)" in kept.stdout + kept.stderr
     from liverlesion.patchset import load_patch_set
 
@@ -350,17 +424,23 @@ def test_the_train_step_runs_on_the_backend_the_profile_names(project, first_run
     root, env = project
     client = mlflow_client(root)
     before = {v.version for v in client.search_model_versions("name='tiny-liver-lesion'")}
-    done = cli(root, env, "run", "--profile", "tiny", "--set", "train.backend=jax", "--set", "train.precision=mixed_bfloat16")
+    done = cli(
+        root, env, "run", "--profile", "tiny", "--set", "train.backend=jax", "--set", "train.precision=mixed_bfloat16"
+    )
     assert "no retraining happened" not in done.stdout
     (new,) = [v for v in client.search_model_versions("name='tiny-liver-lesion'") if v.version not in before]
     params = client.get_run(new.run_id).data.params
     assert params["keras_backend"] == "jax" and params["device"].startswith("jax ") and params["device"].endswith(")")
     assert params["backend"] == "jax" and params["trained_in"] == "mixed_bfloat16"
     mlflow.set_tracking_uri(f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}")
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/tiny-liver-lesion/{new.version}", dst_path=str(tmp_path)))
+    folder = Path(
+        mlflow.artifacts.download_artifacts(f"models:/tiny-liver-lesion/{new.version}", dst_path=str(tmp_path))
+    )
     model = keras.saving.load_model(folder / "artifacts" / "model.keras", compile=False)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # what evaluate and serving get
     if importlib.util.find_spec("torch") is None:  # not locked: a backend the machine lacks is refused in one line
         absent = cli(root, env, "run", "--profile", "tiny", "--set", "train.backend=torch", check=False)
         assert absent.returncode == 2
-        assert absent.stderr.strip().splitlines()[-1].startswith("error: train.backend is torch, which is not installed")
+        assert (
+            absent.stderr.strip().splitlines()[-1].startswith("error: train.backend is torch, which is not installed")
+        )

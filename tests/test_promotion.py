@@ -70,7 +70,7 @@ def test_a_tie_after_rounding_stays_a_tie():
     assert decide(figures(0.8 + tiny), figures(0.8), GateRules()).outcome == "challenger"
     assert decide(figures(2 / 9), figures(round(2 / 9, DECIMALS)), GateRules()).outcome == "challenger"
     # one step of the compared precision is an improvement
-    assert decide(figures(0.8 + 10 ** -DECIMALS), figures(0.8), GateRules()).promote
+    assert decide(figures(0.8 + 10**-DECIMALS), figures(0.8), GateRules()).promote
 
 
 def test_min_margin_is_respected():

@@ -29,9 +29,9 @@ import pandas as pd
 import pydicom
 import pytest
 import yaml
-
 from dicom_fixtures import IDENTIFYING, write_ct_series, write_seg_file
 from integration_support import TINY_PROFILE, cli, make_project, mlflow_client
+
 from liverlesion.contract import MASK_CYST
 from liverlesion.deid import SECRET_ENV, Pseudonymiser
 from liverlesion.imaging import load_nifti
@@ -48,8 +48,11 @@ MODEL = TINY_PROFILE["register"]["model_name"]
 def identifying(k: int) -> dict[str, str]:
     """Patient ``k``'s header values: each one distinct, so a leak of any of them is found."""
     return {
-        "PatientName": f"DOE^JANE{k:02d}", "PatientID": f"MRN-8844{k:02d}", "PatientBirthDate": f"1958021{k % 10}",
-        "AccessionNumber": f"ACC-5512{k:02d}", "InstitutionName": IDENTIFYING["InstitutionName"],
+        "PatientName": f"DOE^JANE{k:02d}",
+        "PatientID": f"MRN-8844{k:02d}",
+        "PatientBirthDate": f"1958021{k % 10}",
+        "AccessionNumber": f"ACC-5512{k:02d}",
+        "InstitutionName": IDENTIFYING["InstitutionName"],
         "ReferringPhysicianName": IDENTIFYING["ReferringPhysicianName"],
     }
 
@@ -67,8 +70,9 @@ def hospital_export(tmp_path_factory):
         mask, _ = load_nifti(phantom / row.mask)
         instances, described = instance_map(mask, row.case_id, "class")
         values = identifying(k)
-        files = write_ct_series(source / f"patient{k}" / "ct", hu, meta.spacing, orientation=ORIENTATIONS[k % 3],
-                                identifying=values, seed=k)
+        files = write_ct_series(
+            source / f"patient{k}" / "ct", hu, meta.spacing, orientation=ORIENTATIONS[k % 3], identifying=values, seed=k
+        )
         masks = {"Liver": (hu > 60) & (hu < 200)}  # anatomy: the importer must skip it
         for d in described:  # lesion segments in the phantom's lesion order
             kind = "Cyst" if mask[instances == d["instance"]][0] == MASK_CYST else "Tumor"
@@ -76,11 +80,15 @@ def hospital_export(tmp_path_factory):
         seg = write_seg_file(source / f"patient{k}" / "seg.dcm", masks, files)
         for path in [*files, seg]:
             header = pydicom.dcmread(path, stop_before_pixels=True)
-            secrets |= {str(header.get(tag)) for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                                                         "FrameOfReferenceUID") if header.get(tag)}
+            secrets |= {
+                str(header.get(tag))
+                for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+                if header.get(tag)
+            }
         secrets |= set(values.values()) | {v.replace("^", " ") for v in values.values()}
-        patients.append({"folder": source / f"patient{k}", "patient_id": values["PatientID"],
-                         "phantom_case": row.case_id})
+        patients.append(
+            {"folder": source / f"patient{k}", "patient_id": values["PatientID"], "phantom_case": row.case_id}
+        )
     return source, secrets, patients
 
 
@@ -161,8 +169,20 @@ def test_predict_on_dicom_matches_evaluate_and_writes_a_dicom_seg(imported_and_t
     _, _, patients = hospital_export
     patient, case_id, evaluated = _test_patient(root, patients)
     out = tmp_path / "answer"
-    done = cli(root, env, "predict", str(patient["folder"] / "ct"), "--mask", str(patient["folder"] / "seg.dcm"),
-               "--model", MODEL, "--case-id", case_id, "--out", str(out))
+    done = cli(
+        root,
+        env,
+        "predict",
+        str(patient["folder"] / "ct"),
+        "--mask",
+        str(patient["folder"] / "seg.dcm"),
+        "--model",
+        MODEL,
+        "--case-id",
+        case_id,
+        "--out",
+        str(out),
+    )
     answered = pd.read_csv(out / "lesions.csv")
     same = evaluated.merge(answered, on="lesion_id", suffixes=("_evaluate", "_predict"))
     assert len(same) == len(evaluated) == len(answered), done.stdout
@@ -197,15 +217,36 @@ def test_the_served_model_answers_over_http(imported_and_trained, hospital_expor
     _, _, patients = hospital_export
     _, case_id, evaluated = _test_patient(root, patients)
     cases = pd.read_csv(root / "data" / "cases.csv").set_index("case_id")
-    encoded = {part: base64.b64encode((root / "data" / cases.loc[case_id, part]).read_bytes()).decode()
-               for part in ("image", "mask")}
+    encoded = {
+        part: base64.b64encode((root / "data" / cases.loc[case_id, part]).read_bytes()).decode()
+        for part in ("image", "mask")
+    }
     port = _free_port()
-    serve_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}",
-                 "MLFLOW_DISABLE_TELEMETRY": "true"}
+    serve_env = {
+        **env,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{MODEL}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=root, env=serve_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=root,
+        env=serve_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -216,16 +257,19 @@ def test_the_served_model_answers_over_http(imported_and_trained, hospital_expor
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"the model server did not start:\n{server.stdout.read().decode()[-3000:]}")
                 time.sleep(1)
-        status, answer = _post(f"http://127.0.0.1:{port}/invocations",
-                               [{"case_id": case_id, "image": encoded["image"], "mask": encoded["mask"],
-                                 "mask_encoding": "instance"}])
+        status, answer = _post(
+            f"http://127.0.0.1:{port}/invocations",
+            [{"case_id": case_id, "image": encoded["image"], "mask": encoded["mask"], "mask_encoding": "instance"}],
+        )
         assert status == 200, answer
         served = pd.DataFrame(answer["predictions"])
         same = evaluated.merge(served, on="lesion_id", suffixes=("_evaluate", "_served"))
         assert len(same) == len(evaluated) == len(served)
         np.testing.assert_allclose(same["p_metastasis_served"], same["p_metastasis_evaluate"], rtol=0, atol=1e-6)
-        status, answer = _post(f"http://127.0.0.1:{port}/invocations",
-                               [{"case_id": "bad-case", "image": "not base64!", "mask": encoded["mask"]}])
+        status, answer = _post(
+            f"http://127.0.0.1:{port}/invocations",
+            [{"case_id": "bad-case", "image": "not base64!", "mask": encoded["mask"]}],
+        )
         assert status == 400 and "case bad-case: image is not base64" in answer["message"]
     finally:
         os.killpg(server.pid, 15)

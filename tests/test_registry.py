@@ -33,10 +33,20 @@ from liverlesion_ops.tracking import ensure_experiment
 NAME = "test-lesion-classifier"
 EXPERIMENT = "test-registry"
 LINEAGE = {"data_version": "abc", "split_manifest_hash": "def", "git_commit": "123"}
-METRICS = {"accuracy": 0.5, "balanced_accuracy": 0.5, "f1": 0.5, "roc_auc": 0.5, "precision": 0.5, "recall": 0.5,
-           "specificity": 0.5}
-PROFILE = {"name": "test", "patches": {"margin_mm": 2.0, "canvas": [24, 24], "output_size": None, "square_pixels": True},
-           "evaluate": {"threshold": 0.5, "precision": "float32"}}
+METRICS = {
+    "accuracy": 0.5,
+    "balanced_accuracy": 0.5,
+    "f1": 0.5,
+    "roc_auc": 0.5,
+    "precision": 0.5,
+    "recall": 0.5,
+    "specificity": 0.5,
+}
+PROFILE = {
+    "name": "test",
+    "patches": {"margin_mm": 2.0, "canvas": [24, 24], "output_size": None, "square_pixels": True},
+    "evaluate": {"threshold": 0.5, "precision": "float32"},
+}
 INPUT = (24, 24, 3)
 #: model A's weights: seed and scale chosen so that its probabilities spread over (0, 1) and its ROC AUC
 #: on the cohort below is under 0.5 (so swap(A) beats it) and differs between the two halves
@@ -46,6 +56,7 @@ FIRST_HALF = {"PHX-001", "PHX-002"}
 
 
 # --- the cohort and the models --------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Cohort:
@@ -57,8 +68,11 @@ class Cohort:
 
 def gate_set(cases: pd.DataFrame, lesions: pd.DataFrame, description: str) -> GateSet:
     labels = lesions.set_index("lesion_id")["label"].astype(int)
-    return GateSet(labels, cases[cases["case_id"].isin(lesions["case_id"])].reset_index(drop=True),
-                   f"{description} ({len(labels)} lesions)")
+    return GateSet(
+        labels,
+        cases[cases["case_id"].isin(lesions["case_id"])].reset_index(drop=True),
+        f"{description} ({len(labels)} lesions)",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +84,12 @@ def cohort(tmp_path_factory) -> Cohort:
     assert first.any() and (~first).any()
     for part in (lesions, lesions[first], lesions[~first]):  # ROC AUC needs both classes
         assert set(part["label"]) == {0, 1}
-    return Cohort(gate_set(ingested.cases, lesions, "all lesions"),
-                  gate_set(ingested.cases, lesions[first], "S1: patients 1-2"),
-                  gate_set(ingested.cases, lesions[~first], "S2: patients 3-4"), Path(folder))
+    return Cohort(
+        gate_set(ingested.cases, lesions, "all lesions"),
+        gate_set(ingested.cases, lesions[first], "S1: patients 1-2"),
+        gate_set(ingested.cases, lesions[~first], "S2: patients 3-4"),
+        Path(folder),
+    )
 
 
 def dense_model(kernel: np.ndarray, bias: np.ndarray) -> keras.Model:
@@ -121,6 +138,7 @@ def expected(cohort) -> dict[str, dict[str, float]]:
 
 # --- the store -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Store:
     client: MlflowClient
@@ -145,8 +163,12 @@ def store(tmp_path, monkeypatch, empty_store) -> Store:
     project.mkdir()
     (project / "data.dvc").write_text("")
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "LIVERLESION_HOME": str(tmp_path / "state"),
-           "LIVERLESION_PROJECT": str(project), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "LIVERLESION_HOME": str(tmp_path / "state"),
+        "LIVERLESION_PROJECT": str(project),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     experiment_id = ensure_experiment(EXPERIMENT)  # artifacts under LIVERLESION_HOME (a SQLite store)
@@ -162,8 +184,9 @@ def new_run(store: Store) -> str:
 
 
 def register(store: Store, model, gate: GateSet, rules: GateRules = GateRules(), run_id: str | None = None) -> dict:
-    return registry.register_and_gate(model, run_id or new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card",
-                                      lambda: gate, rules, EXPERIMENT)
+    return registry.register_and_gate(
+        model, run_id or new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card", lambda: gate, rules, EXPERIMENT
+    )
 
 
 def register_only(store: Store, model) -> str:
@@ -197,6 +220,7 @@ def journal(store: Store) -> Path:
 
 
 # --- the gate ----------------------------------------------------------------------------------------
+
 
 def test_the_gate_decides_on_the_same_lesions_and_moves_aliases(store, cohort, expected):
     first = register(store, model_a(), cohort.full)
@@ -243,7 +267,12 @@ def test_the_gate_decides_on_the_same_lesions_and_moves_aliases(store, cohort, e
     # every decision is an MLflow run, keyed by its id
     runs = decision_runs(store, "gate")
     assert {r.data.tags["model_version"]: r.data.tags["decision"] for r in runs} == {
-        "1": "promoted", "2": "challenger", "3": "promoted", "4": "challenger", "5": "refused"}
+        "1": "promoted",
+        "2": "challenger",
+        "3": "promoted",
+        "4": "challenger",
+        "5": "refused",
+    }
     assert len({r.data.tags["decision_id"] for r in runs}) == 5
     assert all(r.data.tags["model_name"] == NAME and r.info.status == "FINISHED" for r in runs)
     gate_v3 = next(r for r in runs if r.data.tags["model_version"] == "3")
@@ -305,6 +334,7 @@ def test_a_failing_gate_leaves_nothing_behind(store, cohort):
 
 # --- manual decisions ----------------------------------------------------------------------------------
 
+
 def test_promote_and_rollback_by_hand(store):
     for _ in range(3):
         register_only(store, model_a())
@@ -348,7 +378,9 @@ def test_promote_and_rollback_by_hand(store):
     assert tags(store, "2")["decision"] == "restored" and tags(store, "1")["decision"] == "rolled_back"
     rollbacks = decision_runs(store, "rollback")
     assert sorted((r.data.tags["model_version"], r.data.tags["rolled_back_version"]) for r in rollbacks) == [
-        ("1", "2"), ("2", "1")]
+        ("1", "2"),
+        ("2", "1"),
+    ]
     assert all(r.data.tags["decision"] == "rolled_back" for r in rollbacks)
 
     # promoting the challenger by hand takes the challenger alias away from it
@@ -363,14 +395,31 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(store):
     register_only(store, model_a())
     command = str(Path(sys.executable).with_name("liverlesion"))
     env = {**os.environ, **store.env}
-    processes = {version: subprocess.Popen(
-        [command, "promote", version, "--reason", f"race {version}", "--model", NAME, "--experiment", EXPERIMENT,
-         "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for version in ("1", "2")}
+    processes = {
+        version: subprocess.Popen(
+            [
+                command,
+                "promote",
+                version,
+                "--reason",
+                f"race {version}",
+                "--model",
+                NAME,
+                "--experiment",
+                EXPERIMENT,
+                "--json",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for version in ("1", "2")
+    }
     outputs = {version: process.communicate(timeout=300) for version, process in processes.items()}
     for version, process in processes.items():
         assert process.returncode == 0, outputs[version]
-    results = {version: json.loads(out[out.index("{"):]) for version, (out, _) in outputs.items()}
+    results = {version: json.loads(out[out.index("{") :]) for version, (out, _) in outputs.items()}
 
     now = aliases(store)
     winner = now[CHAMPION]

@@ -21,8 +21,9 @@ def ten_patient_cohort():
     """20 lesions, 10 patients (2 lesions each), both classes and some errors at 0.5."""
     groups = np.repeat([f"P{i}" for i in range(10)], 2)
     y_true = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 1, 1])
-    prob = np.array([0.9, 0.8, 0.2, 0.1, 0.7, 0.6, 0.4, 0.95, 0.3, 0.05,
-                     0.85, 0.65, 0.45, 0.15, 0.55, 0.35, 0.25, 0.52, 0.75, 0.3])
+    prob = np.array(
+        [0.9, 0.8, 0.2, 0.1, 0.7, 0.6, 0.4, 0.95, 0.3, 0.05, 0.85, 0.65, 0.45, 0.15, 0.55, 0.35, 0.25, 0.52, 0.75, 0.3]
+    )
     return y_true, prob, groups
 
 
@@ -45,8 +46,14 @@ def test_estimate_is_classification_metrics_on_the_full_sample():
     expected = classification_metrics(y_true, prob, threshold=0.5)
     assert dict(zip(result["metric"], result["estimate"])) == pytest.approx(expected)
     # by hand at 0.5: metastases missed 0.4 and 0.3 (tp 8, fn 2); cysts called 0.6 and 0.52 (fp 2, tn 8)
-    by_hand = {"accuracy": 16 / 20, "balanced_accuracy": 0.8, "f1": 0.8, "precision": 8 / 10, "recall": 8 / 10,
-               "specificity": 8 / 10}
+    by_hand = {
+        "accuracy": 16 / 20,
+        "balanced_accuracy": 0.8,
+        "f1": 0.8,
+        "precision": 8 / 10,
+        "recall": 8 / 10,
+        "specificity": 8 / 10,
+    }
     assert dict(zip(result["metric"], result["estimate"])) == pytest.approx({**by_hand, "roc_auc": expected["roc_auc"]})
     assert result.attrs["n_patients"] == 10 and result.attrs["n_lesions"] == 20 and result.attrs["n_boot"] == 300
 
@@ -159,23 +166,28 @@ def test_2000_resamples_of_46_lesions_are_fast():
     assert result.attrs["n_patients"] == 11 and result.attrs["n_lesions"] == 46
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(y_true=[1, 0], probability=[0.5], groups=["a", "b"]),
-    dict(y_true=[], probability=[], groups=[]),
-    dict(y_true=[1, 2], probability=[0.5, 0.5], groups=["a", "b"]),
-    dict(y_true=[1, 0], probability=[np.nan, 0.5], groups=["a", "b"]),
-    dict(y_true=[1, 0], probability=[0.5, 0.5], groups=["a", None]),
-    dict(y_true=[1, 0], probability=[0.5, 0.5], groups=["a", "b"], n_boot=0),
-    dict(y_true=[1, 0], probability=[0.5, 0.5], groups=["a", "b"], confidence=1.0),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(y_true=[1, 0], probability=[0.5], groups=["a", "b"]),
+        dict(y_true=[], probability=[], groups=[]),
+        dict(y_true=[1, 2], probability=[0.5, 0.5], groups=["a", "b"]),
+        dict(y_true=[1, 0], probability=[np.nan, 0.5], groups=["a", "b"]),
+        dict(y_true=[1, 0], probability=[0.5, 0.5], groups=["a", None]),
+        dict(y_true=[1, 0], probability=[0.5, 0.5], groups=["a", "b"], n_boot=0),
+        dict(y_true=[1, 0], probability=[0.5, 0.5], groups=["a", "b"], confidence=1.0),
+    ],
+)
 def test_bad_input_is_refused(kwargs):
     with pytest.raises(ValueError):
         bootstrap_metrics(**kwargs)
 
 
 def hand_made_result(estimate=0.87, lower=0.78, upper=0.94):
-    rows = [{"metric": m, "estimate": estimate, "lower": lower, "upper": upper, "n_boot_valid": 2000}
-            for m in reversed(METRIC_NAMES)]  # any row order
+    rows = [
+        {"metric": m, "estimate": estimate, "lower": lower, "upper": upper, "n_boot_valid": 2000}
+        for m in reversed(METRIC_NAMES)
+    ]  # any row order
     result = pd.DataFrame(rows)
     result.attrs.update(n_boot=2000, n_patients=11, n_lesions=46, confidence=0.95)
     return result
@@ -193,8 +205,13 @@ def test_table2_formats_cells_in_metric_order():
 
 
 def test_paper_table2_as_printed():
-    assert list(PAPER_TABLE2) == ["SVM with texture features", "InceptionResNet-V2 (NPW)", "InceptionResNet-V2 (IPW)",
-                                  "Inception-V3 (NPW)", "Proposed model (IPW)"]
+    assert list(PAPER_TABLE2) == [
+        "SVM with texture features",
+        "InceptionResNet-V2 (NPW)",
+        "InceptionResNet-V2 (IPW)",
+        "Inception-V3 (NPW)",
+        "Proposed model (IPW)",
+    ]
     for values in PAPER_TABLE2.values():
         assert tuple(values) == METRIC_NAMES
     proposed = PAPER_TABLE2["Proposed model (IPW)"]
@@ -225,16 +242,19 @@ def test_write_report_writes_csv_and_labelled_markdown(tmp_path):
     assert table2(results).loc["texture SVM", "f1"] in md
     assert "95% patient-level" in md and "400 resamples of 11 patients (46 lesions)" in md
     ours, paper = md.split(PAPER_TABLE2_LABEL, 1)
-    assert PAPER_TABLE2_LABEL == ("as reported by Perdigon Romero et al. on a different (in-house, 63-patient) "
-                                  "cohort; not comparable")
+    assert PAPER_TABLE2_LABEL == (
+        "as reported by Perdigon Romero et al. on a different (in-house, 63-patient) cohort; not comparable"
+    )
     assert "Proposed model (IPW)" not in ours  # the paper's rows sit below the label only
     assert "| Proposed model (IPW) | 0.96 | 0.93 | 0.92 | 0.97 | 1.00 | 0.94 | 0.85 |" in paper
 
 
 def test_roc_plot_is_written(tmp_path):
     y_true, prob, _ = forty_six_lesion_cohort()
-    path = plot_roc_curves({"model a": (y_true, prob), "model b": (y_true, 1 - prob),
-                            "one class": (np.ones(4), [0.1, 0.2, 0.3, 0.4])}, tmp_path / "plots" / "roc.png")
+    path = plot_roc_curves(
+        {"model a": (y_true, prob), "model b": (y_true, 1 - prob), "one class": (np.ones(4), [0.1, 0.2, 0.3, 0.4])},
+        tmp_path / "plots" / "roc.png",
+    )
     assert path == tmp_path / "plots" / "roc.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
@@ -242,12 +262,33 @@ def test_roc_plot_is_written(tmp_path):
 def test_segmentation_markdown_shows_the_table_and_what_became_of_each_lesion():
     from liverlesion.report import segmentation_markdown
 
-    summary = {"cases": 2, "patients": 2, "liver_dice": 0.98, "liver_assd_mm": 0.3, "lesion_dice": 0.7,
-               "lesion_assd_mm": 2.0, "found_lesions": 3, "reference_lesions": 4, "detection_recall_metastasis": 1.0,
-               "detection_recall_cyst": 0.5, "false_positives_per_patient": 0.5, "seconds_per_case": 1.2}
-    counts = {"reference_metastasis": 2, "reference_cyst": 2, "found_called_right_metastasis": 2,
-              "found_called_right_cyst": 1, "found_called_wrong_metastasis": 0, "found_called_wrong_cyst": 0,
-              "missed_metastasis": 0, "missed_cyst": 1, "invented": 1, "recall": 1.0, "specificity": 0.5}
+    summary = {
+        "cases": 2,
+        "patients": 2,
+        "liver_dice": 0.98,
+        "liver_assd_mm": 0.3,
+        "lesion_dice": 0.7,
+        "lesion_assd_mm": 2.0,
+        "found_lesions": 3,
+        "reference_lesions": 4,
+        "detection_recall_metastasis": 1.0,
+        "detection_recall_cyst": 0.5,
+        "false_positives_per_patient": 0.5,
+        "seconds_per_case": 1.2,
+    }
+    counts = {
+        "reference_metastasis": 2,
+        "reference_cyst": 2,
+        "found_called_right_metastasis": 2,
+        "found_called_right_cyst": 1,
+        "found_called_wrong_metastasis": 0,
+        "found_called_wrong_cyst": 0,
+        "missed_metastasis": 0,
+        "missed_cyst": 1,
+        "invented": 1,
+        "recall": 1.0,
+        "specificity": 0.5,
+    }
     text = segmentation_markdown("classical", summary, counts, 0.2)
     assert text.startswith("# Segmentation: classical") and "Dice of at least 0.2" in text
     assert "| lesions found / reference lesions | 3 / 4 |" in text and "| missed | 0 | 1 |" in text

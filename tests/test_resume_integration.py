@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,8 +77,11 @@ def _epochs_logged(db: Path) -> tuple[int, str | None]:
 def _code_digest() -> str:
     """The checkout's training code, to tell a real cache miss from code edited while the test ran."""
     digest = hashlib.sha256()
-    for path in sorted(p for pattern in ("src/**/*.py", "steps/*.py", "pipelines/*.py", "serving/*.py", "requirements.lock")
-                       for p in REPO.glob(pattern)):
+    for path in sorted(
+        p
+        for pattern in ("src/**/*.py", "steps/*.py", "pipelines/*.py", "serving/*.py", "requirements.lock")
+        for p in REPO.glob(pattern)
+    ):
         digest.update(str(path).encode() + path.read_bytes())
     return digest.hexdigest()
 
@@ -90,8 +92,13 @@ def _tail(path: Path, n: int = 4000) -> str:
 
 def _zenml_facts(root: Path, env: dict) -> dict:
     zenml_env = {**env, "ZENML_CONFIG_PATH": str(root / "state" / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false"}
-    done = subprocess.run([sys.executable, "-c", ZENML_FACTS.format(code=str(REPO))], env=zenml_env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", ZENML_FACTS.format(code=str(REPO))],
+        env=zenml_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -100,8 +107,12 @@ def test_a_run_killed_during_training_resumes_from_the_cached_data_steps(tmp_pat
     started = time.monotonic()
     root, env = make_project(tmp_path / "project")  # the killed run's log stays outside the project
     # tiny's gate (floors at 0: the first version becomes champion, whatever it scores), another model name
-    profile = {**TINY_PROFILE, "name": PROFILE, "train": {**TINY_PROFILE["train"], "epochs": EPOCHS},
-               "register": {**TINY_PROFILE["register"], "model_name": MODEL_NAME}}
+    profile = {
+        **TINY_PROFILE,
+        "name": PROFILE,
+        "train": {**TINY_PROFILE["train"], "epochs": EPOCHS},
+        "register": {**TINY_PROFILE["register"], "model_name": MODEL_NAME},
+    }
     (root / "configs" / f"{PROFILE}.yaml").write_text(yaml.safe_dump(profile))
     db = root / "state" / "mlflow" / "mlflow.db"
     log = tmp_path / "killed-run.log"
@@ -111,7 +122,11 @@ def test_a_run_killed_during_training_resumes_from_the_cached_data_steps(tmp_pat
     with log.open("w") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("liverlesion")), "run", "--profile", PROFILE],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + TRAINING_SEEN_TIMEOUT_S
@@ -128,8 +143,10 @@ def test_a_run_killed_during_training_resumes_from_the_cached_data_steps(tmp_pat
             os.killpg(process.pid, signal.SIGKILL)  # the session leader's pid is the group id
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, f"{process.returncode}:\n{_tail(log)}"
-    print(f"\n[resume] {time.monotonic() - started:.0f}s: killed after {epochs} of {EPOCHS} epochs "
-          f"(MLflow run {killed_run_id})")
+    print(
+        f"\n[resume] {time.monotonic() - started:.0f}s: killed after {epochs} of {EPOCHS} epochs "
+        f"(MLflow run {killed_run_id})"
+    )
 
     # 2. what the kill left in MLflow: an unfinished run, part of its epochs, nothing registered
     client = mlflow_client(root)
@@ -152,8 +169,10 @@ def test_a_run_killed_during_training_resumes_from_the_cached_data_steps(tmp_pat
     edited = "" if _code_digest() == code else " (the checkout's code changed while the test ran: a re-run is right)"
     assert len(facts["runs"]) == 2, facts["runs"]
     first, second = facts["runs"]
-    print(f"[resume] killed ZenML run {first['name']}: {first['status']}; steps "
-          + ", ".join(f"{name} {step['status']}" for name, step in first["steps"].items()))
+    print(
+        f"[resume] killed ZenML run {first['name']}: {first['status']}; steps "
+        + ", ".join(f"{name} {step['status']}" for name, step in first["steps"].items())
+    )
     assert second["status"] == "completed"
     for name in UPSTREAM:
         assert first["steps"][name]["status"] == "completed", (name, first["steps"][name])

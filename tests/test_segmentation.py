@@ -8,8 +8,15 @@ from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases
 from liverlesion.lesions import instance_map
 from liverlesion.phantom import CohortSpec, generate_cohort, generate_patient, plan_cohort
 from liverlesion.segmentation import (
-    SegmentSettings, Segmentation, assd, classical_segmentation, compare_to_reference, dice, end_to_end,
-    match_lesions, segmentation_summary,
+    Segmentation,
+    SegmentSettings,
+    assd,
+    classical_segmentation,
+    compare_to_reference,
+    dice,
+    end_to_end,
+    match_lesions,
+    segmentation_summary,
 )
 from liverlesion.splitting import split_lesions, split_like_reference
 
@@ -53,14 +60,24 @@ def test_lesions_are_matched_found_missed_and_invented():
     assert by_automatic[1][0] == 1 and by_automatic[1][2] and by_automatic[2] == (0, 0.0, False)
 
     seg = Segmentation(liver=np.ones(shape, bool), lesions=automatic > 0)
-    case, rows, labels = compare_to_reference("c1", "P1", "classical", (1.0, 1.0, 1.0), seg, automatic, reference,
-                                              {1: 1, 2: 0}, None, 0.2, 0.5)
+    case, rows, labels = compare_to_reference(
+        "c1", "P1", "classical", (1.0, 1.0, 1.0), seg, automatic, reference, {1: 1, 2: 0}, None, 0.2, 0.5
+    )
     assert labels == {1: 1, 2: None}  # the found lesion takes its reference's class; the invented one none
-    assert (case["reference_lesions"], case["found_lesions"], case["automatic_lesions"], case["invented_lesions"]) == (2, 1, 2, 1)
+    assert (case["reference_lesions"], case["found_lesions"], case["automatic_lesions"], case["invented_lesions"]) == (
+        2,
+        1,
+        2,
+        1,
+    )
     assert np.isnan(case["liver_dice"])  # no reference liver: not measured, not made up
     outcomes = {(r["kind"], r["instance"]): r["outcome"] for r in rows}
-    assert outcomes == {("reference", 1): "found", ("reference", 2): "missed", ("automatic", 1): "matched",
-                        ("automatic", 2): "invented"}
+    assert outcomes == {
+        ("reference", 1): "found",
+        ("reference", 2): "missed",
+        ("automatic", 1): "matched",
+        ("automatic", 2): "invented",
+    }
     lesions = pd.DataFrame(rows)
     counts = end_to_end(lesions, pd.DataFrame({"lesion_id": ["c1-L01"], "p_metastasis": [0.9]}), threshold=0.5)
     assert counts["found_called_right_metastasis"] == 1 and counts["missed_cyst"] == 1 and counts["invented"] == 1

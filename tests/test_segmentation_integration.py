@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import pytest
-
 from integration_support import TINY_PROFILE, cli, make_project, mlflow_client
+
 from liverlesion.imaging import load_nifti
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,7 +37,9 @@ def test_classical_masks_end_to_end(project):
     assert metrics["seg_all_detection_recall"] > 0.3  # small lesions of the half-size phantoms are hard
     # every reference lesion of the test patients is accounted for: found (right or wrong) or missed
     for label in ("metastasis", "cyst"):
-        parts = sum(metrics[f"end_to_end_{what}_{label}"] for what in ("found_called_right", "found_called_wrong", "missed"))
+        parts = sum(
+            metrics[f"end_to_end_{what}_{label}"] for what in ("found_called_right", "found_called_wrong", "missed")
+        )
         assert parts == metrics[f"end_to_end_reference_{label}"] > 0
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "segmentation")}
     assert {"segmentation/segmentation.md", "segmentation/segmentation_lesions.csv"} <= artifacts
@@ -51,15 +53,20 @@ def test_learned_cascade_is_trained_registered_and_used_through_its_alias(projec
     assert refused.returncode == 2 and "train-segmenter" in refused.stderr and "Traceback" not in refused.stderr
 
     done = cli(root, env, "train-segmenter", "--profile", "tiny", "--set", "segmenter.epochs=12", "--json")
-    registration = json.loads(done.stdout[done.stdout.index("{"):])
+    registration = json.loads(done.stdout[done.stdout.index("{") :])
     assert (registration["version"], registration["champion"], registration["decision"]) == ("1", "1", "promoted")
     assert registration["test"]["liver_dice"] > 0.9  # patients the cascade never saw
     client = mlflow_client(root)
     version = client.get_model_version_by_alias(SEGMENTER, "champion")
     run = client.get_run(version.run_id)
-    assert run.data.tags["job"] == "train_segmenter" and len(client.get_metric_history(run.info.run_id, "liver_loss")) == 12
-    assert {f.path for f in client.list_artifacts(version.run_id, "cascade")} >= {"cascade/liver_net.keras",
-                                                                                   "cascade/lesion_net.keras"}
+    assert (
+        run.data.tags["job"] == "train_segmenter"
+        and len(client.get_metric_history(run.info.run_id, "liver_loss")) == 12
+    )
+    assert {f.path for f in client.list_artifacts(version.run_id, "cascade")} >= {
+        "cascade/liver_net.keras",
+        "cascade/lesion_net.keras",
+    }
 
     # the data steps with the learned cascade: the alias is resolved before the run, the cascade segments in ingest
     done = cli(root, env, "export", "--profile", "tiny", "--set", "segment.method=learned", str(root / "learned.npz"))

@@ -15,8 +15,18 @@ from liverlesion.segnet import Cascade, CascadeSettings, _crop_box, build_unet, 
 # assert). The floors leave room for other backends and machines.
 LIVER_DICE_FLOOR = 0.85
 LESION_CONTRAST_FLOOR = 5.0
-SETTINGS = CascadeSettings(liver_size=64, lesion_size=64, base_filters=8, depth=3, epochs=12, batch_size=16,
-                           learning_rate=3e-3, liver_slices_per_case=32, lesion_slices_per_case=32, seed=3)
+SETTINGS = CascadeSettings(
+    liver_size=64,
+    lesion_size=64,
+    base_filters=8,
+    depth=3,
+    epochs=12,
+    batch_size=16,
+    learning_rate=3e-3,
+    liver_slices_per_case=32,
+    lesion_slices_per_case=32,
+    seed=3,
+)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,8 +42,9 @@ def phantoms():
 @pytest.fixture(scope="module")
 def trained(phantoms):
     messages: list[str] = []
-    cascade, history = train_cascade(((c.image, c.liver, c.mask > 0) for c in phantoms[:5]), SETTINGS,
-                                     progress=messages.append)
+    cascade, history = train_cascade(
+        ((c.image, c.liver, c.mask > 0) for c in phantoms[:5]), SETTINGS, progress=messages.append
+    )
     return cascade, history, messages
 
 
@@ -114,7 +125,7 @@ def test_probabilities_shape_range_and_lesions_only_in_the_liver_crop(trained, h
             continue
         xs, ys = np.flatnonzero(liver[:, :, k].any(1)), np.flatnonzero(liver[:, :, k].any(0))
         inside = np.zeros_like(found)
-        inside[max(0, xs[0] - reach):xs[-1] + 1 + reach, max(0, ys[0] - reach):ys[-1] + 1 + reach] = True
+        inside[max(0, xs[0] - reach) : xs[-1] + 1 + reach, max(0, ys[0] - reach) : ys[-1] + 1 + reach] = True
         assert not (found & ~inside).any(), f"lesion probability outside the liver crop on slice {k}"
 
 
@@ -129,8 +140,15 @@ def test_save_load_round_trip_gives_identical_probabilities(trained, held_out, t
 
 
 def test_training_is_repeatable_with_the_same_seed(phantoms):
-    settings = CascadeSettings(liver_size=32, lesion_size=32, base_filters=4, depth=2, epochs=1,
-                               liver_slices_per_case=8, lesion_slices_per_case=8)
+    settings = CascadeSettings(
+        liver_size=32,
+        lesion_size=32,
+        base_filters=4,
+        depth=2,
+        epochs=1,
+        liver_slices_per_case=8,
+        lesion_slices_per_case=8,
+    )
     case = phantoms[1]
     runs = [train_cascade([(case.image, case.liver, case.mask > 0)], settings) for _ in range(2)]
     assert runs[0][1] == runs[1][1]

@@ -10,7 +10,9 @@ def cohort(n_patients=63, seed=0):
     rows = []
     for p in range(n_patients):
         for k in range(rng.integers(1, 7)):
-            rows.append({"lesion_id": f"c{p:03d}-L{k:02d}", "patient_key": f"P{p:03d}", "label": int(rng.random() < 0.5)})
+            rows.append(
+                {"lesion_id": f"c{p:03d}-L{k:02d}", "patient_key": f"P{p:03d}", "label": int(rng.random() < 0.5)}
+            )
     return pd.DataFrame(rows)
 
 
@@ -44,7 +46,9 @@ def test_seeded_and_hashed():
 
 
 def test_overlap_is_detected():
-    manifest = pd.DataFrame({"lesion_id": ["a", "b"], "patient_key": ["P1", "P1"], "label": [0, 1], "set": ["train", "test"]})
+    manifest = pd.DataFrame(
+        {"lesion_id": ["a", "b"], "patient_key": ["P1", "P1"], "label": [0, 1], "set": ["train", "test"]}
+    )
     with pytest.raises(SplitError, match="P1"):
         check_patient_disjoint(manifest)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from integration_support import REPO, cli, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -38,8 +37,9 @@ FAILURE_BOUND_S = 60
 
 
 def script(data: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args, "--data", str(data)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--data", str(data)], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def clean_env(**more: str) -> dict:
@@ -76,7 +76,9 @@ def team(tmp_path_factory):
     server.start()
     try:
         for user, role in USERS.items():
-            done = script(data, "add-user", user, "--role", role, env={**env, "MLFLOW_NEW_USER_PASSWORD": PASSWORDS[user]})
+            done = script(
+                data, "add-user", user, "--role", role, env={**env, "MLFLOW_NEW_USER_PASSWORD": PASSWORDS[user]}
+            )
             assert done.returncode == 0 and f"role {role}" in done.stdout, done.stderr
         yield server
     finally:
@@ -91,8 +93,12 @@ def project(team, tmp_path_factory):
 
 def as_user(env: dict, team: Team, user: str, password: str | None = None, home: Path | None = None) -> dict:
     """The environment of a run as ``user``: nothing but the three MLflow variables point it at the server."""
-    changed = {**env, "MLFLOW_TRACKING_URI": team.url, "MLFLOW_TRACKING_USERNAME": user,
-               "MLFLOW_TRACKING_PASSWORD": password or PASSWORDS[user]}
+    changed = {
+        **env,
+        "MLFLOW_TRACKING_URI": team.url,
+        "MLFLOW_TRACKING_USERNAME": user,
+        "MLFLOW_TRACKING_PASSWORD": password or PASSWORDS[user],
+    }
     if home is not None:
         changed["LIVERLESION_HOME"] = str(home)
     return changed
@@ -124,8 +130,12 @@ def versions(team: Team, name: str) -> dict[str, dict[str, str]]:
 
 
 def lock_exists(team: Team, name: str = MODEL) -> bool:
-    response = requests.get(f"{team.url}/api/2.0/mlflow/registered-models/get", params={"name": name + ".registry-lock"},
-                            auth=("admin", ADMIN_PASSWORD), timeout=10)
+    response = requests.get(
+        f"{team.url}/api/2.0/mlflow/registered-models/get",
+        params={"name": name + ".registry-lock"},
+        auth=("admin", ADMIN_PASSWORD),
+        timeout=10,
+    )
     return response.status_code == 200
 
 
@@ -149,9 +159,12 @@ def first_run(project):
 
 # --- the script alone ------------------------------------------------------------------------------
 
+
 def test_the_script_refuses_to_start_without_an_admin_password_and_says_so_in_one_line(tmp_path):
-    for env, expected in ((clean_env(), "set MLFLOW_AUTH_ADMIN_PASSWORD"),
-                          (clean_env(MLFLOW_AUTH_ADMIN_PASSWORD="short"), "too short")):
+    for env, expected in (
+        (clean_env(), "set MLFLOW_AUTH_ADMIN_PASSWORD"),
+        (clean_env(MLFLOW_AUTH_ADMIN_PASSWORD="short"), "too short"),
+    ):
         done = script(tmp_path / "server", "start", env=env)
         assert done.returncode == 2 and expected in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -178,6 +191,7 @@ def test_mlflow_http_requests_are_bounded_unless_the_user_set_them(tmp_path, mon
 
 
 # --- the pipeline through the server -------------------------------------------------------------
+
 
 def test_the_pipeline_runs_through_the_server_with_credentials(team, project, first_run):
     root, env = project
@@ -206,21 +220,41 @@ def test_two_promotions_racing_through_the_server_leave_one_consistent_champion(
     with client_as(team, "alice", PASSWORDS["alice"]) as client:
         v1 = client.get_model_version(MODEL, "1")
         for _ in range(2):  # two more versions of the same artefact, to promote
-            client.create_model_version(MODEL, v1.source, v1.run_id, tags={"data_version": v1.tags["data_version"]},
-                                        model_id=v1.model_id or v1.source.removeprefix("models:/"), await_creation_for=0)
+            client.create_model_version(
+                MODEL,
+                v1.source,
+                v1.run_id,
+                tags={"data_version": v1.tags["data_version"]},
+                model_id=v1.model_id or v1.source.removeprefix("models:/"),
+                await_creation_for=0,
+            )
     before = aliases(team)["champion"]
     # three machines: each has its own state folder, so its own file lock; only the store's lock is shared.
     # The first takes the registry lock and is killed while it holds it; the other two race for it.
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, MODEL], cwd=root, stdout=subprocess.PIPE, text=True,
-                              env=as_user(env, team, "alice", home=tmp_path / "machine-c"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, MODEL],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=as_user(env, team, "alice", home=tmp_path / "machine-c"),
+    )
     assert holder.stdout.readline().strip() == "held"
-    racers = {"2": as_user(env, team, "alice", home=tmp_path / "machine-a"),
-              "3": as_user(env, team, "carol", home=tmp_path / "machine-b")}
+    racers = {
+        "2": as_user(env, team, "alice", home=tmp_path / "machine-a"),
+        "3": as_user(env, team, "carol", home=tmp_path / "machine-b"),
+    }
     command = str(Path(sys.executable).with_name("liverlesion"))
-    processes = {version: subprocess.Popen([command, "promote", version, "--reason", f"race {version}", "--model", MODEL,
-                                            "--json"], cwd=root, env=racer, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
-                 for version, racer in racers.items()}
+    processes = {
+        version: subprocess.Popen(
+            [command, "promote", version, "--reason", f"race {version}", "--model", MODEL, "--json"],
+            cwd=root,
+            env=racer,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for version, racer in racers.items()
+    }
     time.sleep(8)  # both are waiting for the lock by now (a command starts in ~5 s)
     assert all(process.poll() is None for process in processes.values())  # held: neither has decided
     holder.kill()
@@ -228,7 +262,7 @@ def test_two_promotions_racing_through_the_server_leave_one_consistent_champion(
     outputs = {version: process.communicate(timeout=300) for version, process in processes.items()}
     for version, process in processes.items():
         assert process.returncode == 0, outputs[version]
-    results = {version: json.loads(out[out.index("{"):]) for version, (out, _) in outputs.items()}
+    results = {version: json.loads(out[out.index("{") :]) for version, (out, _) in outputs.items()}
 
     now = aliases(team)
     winner = now["champion"]
@@ -280,13 +314,27 @@ def test_a_wrong_password_is_one_line_naming_the_server_and_what_to_set(team, pr
 
 # --- the server goes away (last: it stops and restarts the server) --------------------------------
 
+
 def test_a_server_gone_while_registering_fails_in_bounded_time_and_leaves_nothing_half_registered(
-        team, project, first_run):
+    team, project, first_run
+):
     root, env = project
     name = "tiny-gone"  # only `register` runs again (its settings changed): the rest is cached
-    run = subprocess.Popen([str(Path(sys.executable).with_name("liverlesion")), "run", "--profile", "tiny",
-                            "--set", f"register.model_name={name}"], cwd=root, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("liverlesion")),
+            "run",
+            "--profile",
+            "tiny",
+            "--set",
+            f"register.model_name={name}",
+        ],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not versions_seen(team, name):  # the version exists: registration is under way
@@ -315,7 +363,9 @@ def test_a_server_gone_while_registering_fails_in_bounded_time_and_leaves_nothin
     assert all("fingerprint" not in tags for tags in left.values())  # `retrain` does not count it as trained
     (version,) = left
     carol = as_user(env, team, "carol", home=root / "state-carol")  # the next registry operation, another editor
-    refused = cli(root, carol, "promote", version, "--model", name, "--reason", "not a half-registered one", check=False)
+    refused = cli(
+        root, carol, "promote", version, "--model", name, "--reason", "not a half-registered one", check=False
+    )
     assert refused.returncode == 2 and f"no version {version}" in refused.stderr
     assert f"removed the abandoned incomplete registration(s) v{version} of {name}" in refused.stdout
     assert versions(team, name) == {} and not lock_exists(team, name)
@@ -324,9 +374,12 @@ def test_a_server_gone_while_registering_fails_in_bounded_time_and_leaves_nothin
 
 def versions_seen(team: Team, name: str) -> bool:
     try:
-        response = requests.get(f"{team.url}/api/2.0/mlflow/model-versions/search", params={"filter": f"name='{name}'"},
-                                auth=("admin", ADMIN_PASSWORD), timeout=5)
+        response = requests.get(
+            f"{team.url}/api/2.0/mlflow/model-versions/search",
+            params={"filter": f"name='{name}'"},
+            auth=("admin", ADMIN_PASSWORD),
+            timeout=5,
+        )
     except requests.RequestException:
         return False
     return response.ok and bool(response.json().get("model_versions"))
-

@@ -23,8 +23,14 @@ from liverlesion.texture import (
 )
 
 SHAPE = (32, 32, 16)
-UNIFORM_GLCM = {"glcm_contrast": 0.0, "glcm_dissimilarity": 0.0, "glcm_homogeneity": 1.0,
-                "glcm_energy": 1.0, "glcm_correlation": 1.0, "glcm_asm": 1.0}
+UNIFORM_GLCM = {
+    "glcm_contrast": 0.0,
+    "glcm_dissimilarity": 0.0,
+    "glcm_homogeneity": 1.0,
+    "glcm_energy": 1.0,
+    "glcm_correlation": 1.0,
+    "glcm_asm": 1.0,
+}
 
 
 def ball(shape=SHAPE, center=(16, 16, 8), radius=(9, 9, 5)):
@@ -202,8 +208,9 @@ def test_svm_needs_both_classes_and_a_fit():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    out = generate_cohort(CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4),
-                          tmp_path_factory.mktemp("tex") / "data")
+    out = generate_cohort(
+        CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4), tmp_path_factory.mktemp("tex") / "data"
+    )
     ingested = ingest_cases(out, "v")
     return ingested.cases, segment_cases(ingested.cases, ingested.crops), ingested.crops
 
@@ -222,8 +229,7 @@ def test_cohort_table_has_one_finite_row_per_lesion(cohort):
     assert [c[2] for c in calls] == cases["case_id"].tolist()
     # lesion order follows the lesion table, not the case loop
     reordered = lesions.iloc[::-1].reset_index(drop=True)
-    pd.testing.assert_frame_equal(cohort_texture_table(reordered, crops),
-                                  table.iloc[::-1].reset_index(drop=True))
+    pd.testing.assert_frame_equal(cohort_texture_table(reordered, crops), table.iloc[::-1].reset_index(drop=True))
 
 
 def test_cohort_table_names_a_lesion_without_its_crop(cohort):

@@ -40,8 +40,11 @@ def without(tmp_path: Path, modules: tuple[str, ...]) -> Path:
 
 def backend_or_skip(backend: str) -> None:
     if importlib.util.find_spec(backend) is None:
-        reason = ("JAX is a test dependency (requirements.lock); install it" if backend == "jax" else
-                  "torch is not a locked dependency (a CUDA build of several GB); install a CPU build")
+        reason = (
+            "JAX is a test dependency (requirements.lock); install it"
+            if backend == "jax"
+            else "torch is not a locked dependency (a CUDA build of several GB); install a CPU build"
+        )
         pytest.skip(f"{reason} to test bench/train_gpu.py under KERAS_BACKEND={backend}")
 
 
@@ -51,20 +54,54 @@ def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend)
     backend_or_skip(backend)
     patches, index, manifest = tiny_split(n=16)
     paper = load_profile("paper")  # what `liverlesion export --profile paper` writes with the patches
-    export = export_patches(tmp_path / "tiny.npz", patches, index, manifest,
-                            {"data_version": "synthetic", "profile": "paper", "train": paper.train.model_dump(mode="json")})
+    export = export_patches(
+        tmp_path / "tiny.npz",
+        patches,
+        index,
+        manifest,
+        {"data_version": "synthetic", "profile": "paper", "train": paper.train.model_dump(mode="json")},
+    )
     out = tmp_path / "results.json"
     blocked = without(tmp_path, BLOCKED + (OTHER_BACKEND[backend],))
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "JAX_PLATFORMS": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     for name in BLOCKED + (OTHER_BACKEND[backend],):  # the blocking itself works
         probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True)
         assert "is not on the GPU machine" in probe.stderr, name
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "train_gpu.py"), "--patches", str(export),
-         "--epochs", "2", "--precision", "mixed_bfloat16", "--throughput", "8", "--throughput-without-augmentation", "8", "--throughput-steps", "1",
-         "--inference-batches", "1", "4", "--repeats", "1", "--out", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "bench" / "train_gpu.py"),
+            "--patches",
+            str(export),
+            "--epochs",
+            "2",
+            "--precision",
+            "mixed_bfloat16",
+            "--throughput",
+            "8",
+            "--throughput-without-augmentation",
+            "8",
+            "--throughput-steps",
+            "1",
+            "--inference-batches",
+            "1",
+            "4",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(out.read_text())

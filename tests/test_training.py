@@ -8,7 +8,12 @@ from liverlesion.config import TrainConfig, load_profile
 from liverlesion.inference import with_precision
 from liverlesion.protocol import resolve_training_precision
 from liverlesion.training import (
-    Protocol, augmentation, best_epoch, dtype_policy, protocol_callbacks, train_classifier,
+    Protocol,
+    augmentation,
+    best_epoch,
+    dtype_policy,
+    protocol_callbacks,
+    train_classifier,
 )
 
 
@@ -64,7 +69,9 @@ def test_mixed_precision_training_returns_a_float32_model_with_the_kept_weights(
     with dtype_policy("mixed_bfloat16"):
         inputs = keras.Input((8, 8, 3))
         hidden = keras.layers.Dense(4, activation="relu")(keras.layers.Flatten()(inputs))
-        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="softmax", dtype="float32")(hidden))
+        model = keras.Model(
+            inputs, keras.layers.Dense(2, activation="softmax", name="softmax", dtype="float32")(hidden)
+        )
         assert model.layers[2].compute_dtype == "bfloat16"
         train_classifier(model, x, y, xv, yv, Protocol(epochs=2, batch_size=8), verbose=0)
     assert keras.config.dtype_policy().name == "float32"  # the policy is put back for the next steps
@@ -103,8 +110,15 @@ def test_early_stopping_after_patience_epochs_restores_the_best_weights():
     protocol = Protocol(epochs=50, batch_size=8, early_stopping_patience=3)
     callbacks = protocol_callbacks(protocol) + [Snapshot()]
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, keras.utils.to_categorical(y, 2), validation_data=(xv, keras.utils.to_categorical(yv, 2)),
-              epochs=protocol.epochs, batch_size=8, callbacks=callbacks, verbose=0)
+    model.fit(
+        x,
+        keras.utils.to_categorical(y, 2),
+        validation_data=(xv, keras.utils.to_categorical(yv, 2)),
+        epochs=protocol.epochs,
+        batch_size=8,
+        callbacks=callbacks,
+        verbose=0,
+    )
     assert len(recorded) == 4  # epoch 1 is the best; 3 more without improvement, then stop
     for now, best in zip(model.get_weights(), recorded[0]):
         np.testing.assert_allclose(now, best)
@@ -148,8 +162,9 @@ def test_augmented_training_leaves_the_plain_model():
 def test_label_smoothing_changes_the_loss():
     x, y, xv, yv = stuck_data()
     plain = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1), verbose=0)
-    smooth = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1, label_smoothing=0.2),
-                              verbose=0)
+    smooth = train_classifier(
+        tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1, label_smoothing=0.2), verbose=0
+    )
     assert smooth["loss"][0] != pytest.approx(plain["loss"][0])
 
 
@@ -168,8 +183,9 @@ def test_same_seed_same_weights():
     for _ in range(2):
         keras.utils.set_random_seed(11)
         model = conv_model()
-        train_classifier(model, x, y, x[:8], y[:8], Protocol(epochs=3, batch_size=8, seed=11, augment=True, shift_px=2),
-                         verbose=0)
+        train_classifier(
+            model, x, y, x[:8], y[:8], Protocol(epochs=3, batch_size=8, seed=11, augment=True, shift_px=2), verbose=0
+        )
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
@@ -212,9 +228,16 @@ def test_a_tie_goes_to_the_later_epoch_and_its_weights_are_kept():
             def on_epoch_end(self, epoch, logs=None):
                 recorded.append([w.copy() for w in self.model.get_weights()])
 
-        history = train_classifier(model, x, y, xv, yv, Protocol(epochs=4, batch_size=8, tie_break=tie_break,
-                                                                 learning_rate=1e-2),
-                                   verbose=0, extra_callbacks=[Snapshot()])
+        history = train_classifier(
+            model,
+            x,
+            y,
+            xv,
+            yv,
+            Protocol(epochs=4, batch_size=8, tie_break=tie_break, learning_rate=1e-2),
+            verbose=0,
+            extra_callbacks=[Snapshot()],
+        )
         assert len(set(history["val_accuracy"])) == 1
         assert not np.allclose(recorded[0][0], recorded[-1][0])  # the weights did move
         for now, kept in zip(model.get_weights(), recorded[expected]):
@@ -249,8 +272,16 @@ def test_choosing_by_validation_loss_keeps_the_lowest_loss_epoch():
 def test_the_cosine_schedule_decays_the_rate_to_zero_over_the_run():
     x, y, xv, yv = stuck_data(n=32)
     snapshots = Snapshots()
-    train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=4, batch_size=8, lr_schedule="cosine", learning_rate=1e-2),
-                     verbose=0, extra_callbacks=[snapshots])
+    train_classifier(
+        tiny_model(),
+        x,
+        y,
+        xv,
+        yv,
+        Protocol(epochs=4, batch_size=8, lr_schedule="cosine", learning_rate=1e-2),
+        verbose=0,
+        extra_callbacks=[snapshots],
+    )
     rates = snapshots.rates  # after 1, 2, 3, 4 of 4 epochs: 1e-2 * (1 + cos(pi * k / 4)) / 2
     np.testing.assert_allclose(rates, [1e-2 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3, 4)], atol=1e-7)
 

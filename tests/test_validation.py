@@ -63,12 +63,25 @@ def make_tables(n_cases: int = 3, lesions_per_case: int = 2, shape: tuple[int, i
             label = len(rows) % 2
             rows.append(
                 {
-                    "lesion_id": f"C{c:03d}-L{k}", "case_id": f"C{c:03d}", "patient_key": f"P{c:03d}",
-                    "instance": k + 1, "label": label, "label_name": ("cyst", "metastasis")[label],
-                    "n_voxels": 120 + k, "volume_ml": 0.18 + 0.01 * k,
-                    "bbox_lo_0": 10, "bbox_lo_1": 20, "bbox_lo_2": 5, "bbox_hi_0": 16, "bbox_hi_1": 27, "bbox_hi_2": 9,
-                    "centroid_0": 12.5, "centroid_1": 23.0, "centroid_2": 7.0,
-                    "mean_hu": (15.0, 70.0)[label], "std_hu": 12.0,
+                    "lesion_id": f"C{c:03d}-L{k}",
+                    "case_id": f"C{c:03d}",
+                    "patient_key": f"P{c:03d}",
+                    "instance": k + 1,
+                    "label": label,
+                    "label_name": ("cyst", "metastasis")[label],
+                    "n_voxels": 120 + k,
+                    "volume_ml": 0.18 + 0.01 * k,
+                    "bbox_lo_0": 10,
+                    "bbox_lo_1": 20,
+                    "bbox_lo_2": 5,
+                    "bbox_hi_0": 16,
+                    "bbox_hi_1": 27,
+                    "bbox_hi_2": 9,
+                    "centroid_0": 12.5,
+                    "centroid_1": 23.0,
+                    "centroid_2": 7.0,
+                    "mean_hu": (15.0, 70.0)[label],
+                    "std_hu": 12.0,
                 }  # fmt: skip
             )
     lesions = pd.DataFrame(rows)
@@ -78,7 +91,10 @@ def make_tables(n_cases: int = 3, lesions_per_case: int = 2, shape: tuple[int, i
             "row": np.arange(len(lesions)),
             "main_axis": 2,
             "main_slice": 7,
-            "center_0": 12, "center_1": 23, "center_2": 7, "main_area_mm2": 20.0,
+            "center_0": 12,
+            "center_1": 23,
+            "center_2": 7,
+            "main_area_mm2": 20.0,
             "pad_value": 42.0,
             "fit_scale": 1.0,
         }
@@ -298,7 +314,18 @@ def test_patch_statistics():
     index = pd.DataFrame({"lesion_id": ["a", "b"], "row": [0, 1]})  # row 2 is not indexed
     stats = patch_statistics(patches, index)
 
-    assert list(stats.columns) == ["lesion_id", "row", "channel", "mean", "std", "min", "max", "n_nonfinite", "height", "width"]
+    assert list(stats.columns) == [
+        "lesion_id",
+        "row",
+        "channel",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "n_nonfinite",
+        "height",
+        "width",
+    ]
     assert len(stats) == 9 and list(stats["channel"]) == [0, 1, 2] * 3
     assert (stats["height"] == PATCH_SHAPE[0]).all() and (stats["width"] == PATCH_SHAPE[1]).all()
     assert stats["n_nonfinite"].tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 0]

@@ -50,22 +50,22 @@ class KubeflowGpuOrchestratorConfig(KubeflowOrchestratorConfig):
     gpu_resource: str = Field(
         "nvidia.com/gpu",
         description="the Kubernetes extended resource a GPU step asks for (KFP accelerator type; the open-source "
-                    "KFP backend puts it in the container's limits): nvidia.com/gpu with NVIDIA's device plugin",
+        "KFP backend puts it in the container's limits): nvidia.com/gpu with NVIDIA's device plugin",
     )
     gpu_node_selector: dict[str, str] = Field(
         default_factory=dict,
         description="node labels a GPU step's pod must match, e.g. {'nvidia.com/gpu.product': 'NVIDIA-H100-80GB-HBM3'} "
-                    "(GPU feature discovery) or {'cloud.google.com/gke-accelerator': 'nvidia-l4'} (GKE)",
+        "(GPU feature discovery) or {'cloud.google.com/gke-accelerator': 'nvidia-l4'} (GKE)",
     )
     gpu_tolerations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="tolerations of a GPU step's pod (kfp.kubernetes.add_toleration arguments), e.g. "
-                    "[{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}] for tainted GPU nodes",
+        "[{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}] for tainted GPU nodes",
     )
     pvc_mounts: dict[str, str] = Field(
         default_factory=dict,
         description="persistent volume claims mounted in every step's pod, name -> mount path, e.g. "
-                    "{'liverlesion-data': '/data'} (the cohort, at the path it has where runs start)",
+        "{'liverlesion-data': '/data'} (the cohort, at the path it has where runs start)",
     )
 
 
@@ -85,8 +85,12 @@ class KubeflowGpuOrchestrator(KubeflowOrchestrator):
             settings = settings.model_copy(update={"pod_settings": None})
         return settings
 
-    def _configure_container_resources(self, dynamic_component: dsl.PipelineTask, resource_settings: ResourceSettings,
-                                       node_selector_constraint: tuple[str, str] | None = None) -> dsl.PipelineTask:
+    def _configure_container_resources(
+        self,
+        dynamic_component: dsl.PipelineTask,
+        resource_settings: ResourceSettings,
+        node_selector_constraint: tuple[str, str] | None = None,
+    ) -> dsl.PipelineTask:
         # ZenML's own CPU (and memory) limits; its GPU branch needs a node selector that ZenML 0.98 always drops
         task = super()._configure_container_resources(dynamic_component, resource_settings, None)
         from kfp import kubernetes

@@ -52,9 +52,14 @@ FLAVOR = "kubeflow_gpu"
 MLFLOW_SECRET = "liverlesion-mlflow"
 S3_SECRET = "liverlesion-s3"
 #: the zenml CLI group and ``zenml stack register`` option of each component type
-CLI = {"orchestrator": ("orchestrator", "-o"), "artifact_store": ("artifact-store", "-a"),
-       "container_registry": ("container-registry", "-c"), "image_builder": ("image-builder", "-i"),
-       "experiment_tracker": ("experiment-tracker", "-e"), "model_registry": ("model-registry", "-r")}
+CLI = {
+    "orchestrator": ("orchestrator", "-o"),
+    "artifact_store": ("artifact-store", "-a"),
+    "container_registry": ("container-registry", "-c"),
+    "image_builder": ("image-builder", "-i"),
+    "experiment_tracker": ("experiment-tracker", "-e"),
+    "model_registry": ("model-registry", "-r"),
+}
 
 
 @dataclass
@@ -94,8 +99,10 @@ def _toleration(text: str) -> dict[str, str]:
     """``KEY[=VALUE]:EFFECT`` -> a kfp.kubernetes.add_toleration argument dict (no value: operator Exists)."""
     key_value, sep, effect = text.rpartition(":")
     if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") or not key_value:
-        raise ValueError(f"--gpu-toleration {text!r}: expected KEY[=VALUE]:EFFECT, EFFECT one of NoSchedule, "
-                         "PreferNoSchedule, NoExecute")
+        raise ValueError(
+            f"--gpu-toleration {text!r}: expected KEY[=VALUE]:EFFECT, EFFECT one of NoSchedule, "
+            "PreferNoSchedule, NoExecute"
+        )
     key, has_value, value = key_value.partition("=")
     if has_value:
         return {"key": key, "operator": "Equal", "value": value, "effect": effect}
@@ -105,8 +112,10 @@ def _toleration(text: str) -> dict[str, str]:
 def plan(args: argparse.Namespace, env: dict[str, str]) -> Plan:
     """The secrets, components and stack for ``args``, credentials from ``env``; ValueError says what is missing."""
     if bool(args.kubeflow_host) == bool(args.kube_context):
-        raise ValueError("give one of --kubeflow-host (multi-tenant Kubeflow, e.g. https://HOST/pipeline) "
-                         "or --kube-context (a kubectl context whose cluster runs Kubeflow Pipelines)")
+        raise ValueError(
+            "give one of --kubeflow-host (multi-tenant Kubeflow, e.g. https://HOST/pipeline) "
+            "or --kube-context (a kubectl context whose cluster runs Kubeflow Pipelines)"
+        )
     orchestrator: dict[str, Any] = {"gpu_resource": args.gpu_resource}
     if args.kubeflow_host:
         orchestrator["kubeflow_hostname"] = args.kubeflow_host
@@ -126,15 +135,19 @@ def plan(args: argparse.Namespace, env: dict[str, str]) -> Plan:
     secrets: dict[str, dict[str, str]] = {}
     scheme = args.artifact_store.split("://", 1)[0]
     if scheme not in ("s3", "gs"):
-        raise ValueError(f"--artifact-store {args.artifact_store!r}: a remote store, s3://BUCKET/PATH or gs://BUCKET/PATH "
-                         "(the pods cannot reach this machine's files)")
+        raise ValueError(
+            f"--artifact-store {args.artifact_store!r}: a remote store, s3://BUCKET/PATH or gs://BUCKET/PATH "
+            "(the pods cannot reach this machine's files)"
+        )
     store: dict[str, Any] = {"path": args.artifact_store}
     if scheme == "s3":
         if args.s3_endpoint:  # MinIO, Ceph and other S3-compatible stores
             store["client_kwargs"] = {"endpoint_url": args.s3_endpoint}
         if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-            secrets[S3_SECRET] = {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-                                  "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"]}
+            secrets[S3_SECRET] = {
+                "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+            }
             store["key"] = _ref(S3_SECRET, "aws_access_key_id")
             store["secret"] = _ref(S3_SECRET, "aws_secret_access_key")
     elif args.s3_endpoint:
@@ -151,9 +164,11 @@ def plan(args: argparse.Namespace, env: dict[str, str]) -> Plan:
         tracker["tracking_username"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_USERNAME")
         tracker["tracking_password"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_PASSWORD")
     else:
-        raise ValueError("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to the "
-                         "team MLflow server's credentials: they are stored as the ZenML secret "
-                         f"{MLFLOW_SECRET}, never in git")
+        raise ValueError(
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to the "
+            "team MLflow server's credentials: they are stored as the ZenML secret "
+            f"{MLFLOW_SECRET}, never in git"
+        )
     secrets[MLFLOW_SECRET] = mlflow
 
     builder: dict[str, Any] = {}
@@ -171,8 +186,9 @@ def plan(args: argparse.Namespace, env: dict[str, str]) -> Plan:
         Component("experiment_tracker", f"{prefix}-mlflow", "mlflow", tracker),
         Component("model_registry", f"{prefix}-mlflow-registry", "mlflow", {}),
     ]
-    return Plan(stack=args.stack or f"{prefix}-kubeflow", secrets=secrets, components=components,
-                stack_secrets=[MLFLOW_SECRET])
+    return Plan(
+        stack=args.stack or f"{prefix}-kubeflow", secrets=secrets, components=components, stack_secrets=[MLFLOW_SECRET]
+    )
 
 
 def check_configuration(components: list[Component]) -> None:
@@ -191,12 +207,15 @@ def check_configuration(components: list[Component]) -> None:
 
 def commands(p: Plan) -> list[str]:
     """The same registration as ``zenml`` commands (secret values masked)."""
+
     def option(key: str, value: Any) -> str:
         text = value if isinstance(value, str) else json.dumps(value)
         return f"--{key}={shlex.quote(text)}"
 
-    lines = [f"export ZENML_CUSTOM_SOURCE_ROOT={CODE_ROOT}   # where zenml finds the kubeflow_gpu flavour",
-             f"zenml orchestrator flavor register {FLAVOR_SOURCE}"]
+    lines = [
+        f"export ZENML_CUSTOM_SOURCE_ROOT={CODE_ROOT}   # where zenml finds the kubeflow_gpu flavour",
+        f"zenml orchestrator flavor register {FLAVOR_SOURCE}",
+    ]
     for name, values in p.secrets.items():
         masked = " ".join(f"--{k}={v if k == 'MLFLOW_TRACKING_URI' else '***'}" for k, v in values.items())
         lines.append(f"zenml secret create {name} {masked}")
@@ -241,16 +260,18 @@ def register(p: Plan) -> None:
     components = {StackComponentType(c.type): c.name for c in p.components}
     try:
         client.get_stack(p.stack)
-        client.update_stack(p.stack, component_updates={k: [v] for k, v in components.items()},
-                            add_secrets=p.stack_secrets)
+        client.update_stack(
+            p.stack, component_updates={k: [v] for k, v in components.items()}, add_secrets=p.stack_secrets
+        )
     except KeyError:
         client.create_stack(p.stack, components=components, secrets=p.stack_secrets)
     client.activate_stack(p.stack)
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     where = parser.add_argument_group("Kubeflow Pipelines (one of)")
     where.add_argument("--kubeflow-host", help="the KFP API of a multi-tenant Kubeflow (usually ends in /pipeline)")
     where.add_argument("--kube-context", help="a kubectl context whose cluster runs Kubeflow Pipelines")
@@ -258,22 +279,46 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-namespace", help="the Kubeflow profile namespace runs and experiments go to")
     parser.add_argument("--artifact-store", required=True, help="s3://BUCKET/PATH or gs://BUCKET/PATH")
     parser.add_argument("--s3-endpoint", help="the endpoint of an S3-compatible store (MinIO, Ceph)")
-    parser.add_argument("--registry", required=True, help="container registry URI the step image is pushed to and "
-                                                          "the cluster pulls from, e.g. ghcr.io/ORG")
+    parser.add_argument(
+        "--registry",
+        required=True,
+        help="container registry URI the step image is pushed to and the cluster pulls from, e.g. ghcr.io/ORG",
+    )
     parser.add_argument("--mlflow-uri", required=True, help="the team MLflow server (infra/README.md)")
-    parser.add_argument("--gpu-resource", default="nvidia.com/gpu",
-                        help="the extended resource the train step asks for (default: nvidia.com/gpu)")
-    parser.add_argument("--gpu-node-selector", action="append", default=[], metavar="LABEL=VALUE",
-                        help="a node label the train step's pod must match (repeatable), e.g. "
-                             "cloud.google.com/gke-accelerator=nvidia-l4")
-    parser.add_argument("--gpu-toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
-                        help="a taint of the GPU nodes the train step's pod tolerates (repeatable), e.g. "
-                             "nvidia.com/gpu:NoSchedule")
-    parser.add_argument("--pvc-mount", action="append", default=[], metavar="CLAIM=PATH",
-                        help="a persistent volume claim mounted in every step's pod (repeatable): the cohort's "
-                             "shared volume at the path it has here, e.g. liverlesion-data=/data; a JAX cache")
-    parser.add_argument("--image-builder", choices=("local", "kaniko"), default="local",
-                        help="local: Docker where the run starts; kaniko: in the cluster (needs kubectl here)")
+    parser.add_argument(
+        "--gpu-resource",
+        default="nvidia.com/gpu",
+        help="the extended resource the train step asks for (default: nvidia.com/gpu)",
+    )
+    parser.add_argument(
+        "--gpu-node-selector",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
+        help="a node label the train step's pod must match (repeatable), e.g. "
+        "cloud.google.com/gke-accelerator=nvidia-l4",
+    )
+    parser.add_argument(
+        "--gpu-toleration",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]:EFFECT",
+        help="a taint of the GPU nodes the train step's pod tolerates (repeatable), e.g. nvidia.com/gpu:NoSchedule",
+    )
+    parser.add_argument(
+        "--pvc-mount",
+        action="append",
+        default=[],
+        metavar="CLAIM=PATH",
+        help="a persistent volume claim mounted in every step's pod (repeatable): the cohort's "
+        "shared volume at the path it has here, e.g. liverlesion-data=/data; a JAX cache",
+    )
+    parser.add_argument(
+        "--image-builder",
+        choices=("local", "kaniko"),
+        default="local",
+        help="local: Docker where the run starts; kaniko: in the cluster (needs kubectl here)",
+    )
     parser.add_argument("--kaniko-context", help="kubectl context for kaniko builds")
     parser.add_argument("--kaniko-namespace", default="zenml-kaniko")
     parser.add_argument("--prefix", default="liverlesion", help="prefix of the component names")

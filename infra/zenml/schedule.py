@@ -37,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cron", default="17 2 * * *", help="five-field cron expression (default: 02:17 daily)")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--flavor", help="orchestrator flavour (default: the active ZenML stack's)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="the cohort folder as the steps see it (on Kubeflow: on the shared volume the pods "
-                             "mount, e.g. /data/cohort); default: the checkout's data/ (DVC), for a local stack")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the cohort folder as the steps see it (on Kubeflow: on the shared volume the pods "
+        "mount, e.g. /data/cohort); default: the checkout's data/ (DVC), for a local stack",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the schedule, do not create it")
     args = parser.parse_args(argv)
 
@@ -60,16 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     if flavor not in SCHEDULING_FLAVORS:
-        print(f"error: the {flavor} orchestrator does not run ZenML schedules; on one machine use "
-              "infra/cron or infra/systemd (liverlesion retrain), or register a stack whose orchestrator is one "
-              f"of {', '.join(SCHEDULING_FLAVORS)}", file=sys.stderr)
+        print(
+            f"error: the {flavor} orchestrator does not run ZenML schedules; on one machine use "
+            "infra/cron or infra/systemd (liverlesion retrain), or register a stack whose orchestrator is one "
+            f"of {', '.join(SCHEDULING_FLAVORS)}",
+            file=sys.stderr,
+        )
         return 2
     from liverlesion.config import load_profile
     from liverlesion_ops.cli import _prepare_data, _training_parameters
 
     if args.data is None and flavor in SIX_FIELD_CRON_FLAVORS:
-        print("error: on Kubeflow the steps run in pods that cannot see this checkout's data/: give --data, the "
-              "cohort on the shared volume the pods mount (infra/kubeflow/README.md)", file=sys.stderr)
+        print(
+            "error: on Kubeflow the steps run in pods that cannot see this checkout's data/: give --data, the "
+            "cohort on the shared volume the pods mount (infra/kubeflow/README.md)",
+            file=sys.stderr,
+        )
         return 2
     config = load_profile(args.profile)
     parameters = _training_parameters(config, _prepare_data(config, data=args.data))

@@ -14,9 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from liverlesion.contract import SVM_C_GRID as C_GRID
+from liverlesion.contract import SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.phantom import CohortSpec
 from liverlesion.protocol import MONITORS, TRAINING_PRECISIONS, Protocol
-from liverlesion.contract import SVM_C_GRID as C_GRID, SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.segmentation import SegmentSettings
 from liverlesion.segnet import CascadeSettings
 from liverlesion.validation import ValidationRules
@@ -31,8 +32,10 @@ class IngestConfig(_Section):
     """``ingest``: what a case that breaks the data contract does to the run."""
 
     on_bad_case: Literal["stop", "quarantine"] = Field(
-        "stop", description="stop: the run stops before training, naming every bad case; quarantine: bad cases "
-                            "are set aside, listed in the run's quarantine report, and the run goes on")
+        "stop",
+        description="stop: the run stops before training, naming every bad case; quarantine: bad cases "
+        "are set aside, listed in the run's quarantine report, and the run goes on",
+    )
 
 
 class PatchConfig(_Section):
@@ -67,22 +70,31 @@ class TrainConfig(_Section):
     weights: str | None = Field(None, description="None (random init, offline), 'imagenet' or a weights file path")
     dense_units: int = Field(512, ge=1)
     dropout: float = Field(0.4, ge=0, lt=1)
-    bn_momentum: float | None = Field(None, gt=0, lt=1, description="batch-norm moving-average momentum; None = Keras's 0.99")
+    bn_momentum: float | None = Field(
+        None, gt=0, lt=1, description="batch-norm moving-average momentum; None = Keras's 0.99"
+    )
     backend: Literal["tensorflow", "jax", "torch"] | None = Field(
-        None, description="the Keras backend the run loads (sets KERAS_BACKEND); None: KERAS_BACKEND or Keras's "
-                          "default, TensorFlow. jax with the jax-cuda extra trains on a GPU")
+        None,
+        description="the Keras backend the run loads (sets KERAS_BACKEND); None: KERAS_BACKEND or Keras's "
+        "default, TensorFlow. jax with the jax-cuda extra trains on a GPU",
+    )
     precision: Literal[TRAINING_PRECISIONS] = Field(
-        "float32", description="float32, mixed_float16 or mixed_bfloat16 (Keras mixed precision: float32 weights), "
-                               "or auto: mixed_bfloat16 on an accelerator, float32 on a CPU. The registered model "
-                               "is float32 whatever it was trained in")
+        "float32",
+        description="float32, mixed_float16 or mixed_bfloat16 (Keras mixed precision: float32 weights), "
+        "or auto: mixed_bfloat16 on an accelerator, float32 on a CPU. The registered model "
+        "is float32 whatever it was trained in",
+    )
     epochs: int = Field(_P.epochs, ge=1)
     batch_size: int = Field(_P.batch_size, ge=1)
     learning_rate: float = Field(_P.learning_rate, gt=0)
-    lr_patience: int | None = Field(_P.lr_patience, ge=1, description="epochs without val-accuracy gain before the rate is cut")
+    lr_patience: int | None = Field(
+        _P.lr_patience, ge=1, description="epochs without val-accuracy gain before the rate is cut"
+    )
     lr_factor: float = Field(_P.lr_factor, gt=0, lt=1)
     min_lr: float = Field(_P.min_lr, ge=0)
-    early_stopping_patience: int | None = Field(_P.early_stopping_patience, ge=1,
-                                                description="None: no early stop (best weights kept)")
+    early_stopping_patience: int | None = Field(
+        _P.early_stopping_patience, ge=1, description="None: no early stop (best weights kept)"
+    )
     augment: bool = _P.augment
     rotation_deg: float = Field(_P.rotation_deg, ge=0, le=180)
     shift_px: int = Field(_P.shift_px, ge=0)
@@ -90,21 +102,27 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(_P.label_smoothing, ge=0, lt=1)
     seed: int = _P.seed
     monitor: Literal[MONITORS] = Field(
-        _P.monitor, description="what chooses the kept epoch, cuts the rate and stops early (the paper: "
-                                "val_accuracy, which on a few dozen validation lesions often ties)")
-    tie_break: Literal["first", "last"] = Field(_P.tie_break, description="among epochs that tie on the monitor, "
-                                                                          "keep the first (Keras, the paper) or the last")
+        _P.monitor,
+        description="what chooses the kept epoch, cuts the rate and stops early (the paper: "
+        "val_accuracy, which on a few dozen validation lesions often ties)",
+    )
+    tie_break: Literal["first", "last"] = Field(
+        _P.tie_break, description="among epochs that tie on the monitor, keep the first (Keras, the paper) or the last"
+    )
     lr_schedule: Literal["constant", "cosine"] = Field(
-        _P.lr_schedule, description="constant (cut only by lr_patience) or a cosine decay to 0 over the epochs")
-    full_batches: bool = Field(_P.full_batches, description="top the train set up to whole batches, validate in one "
-                                                            "batch (one compiled step on JAX)")
+        _P.lr_schedule, description="constant (cut only by lr_patience) or a cosine decay to 0 over the epochs"
+    )
+    full_batches: bool = Field(
+        _P.full_batches,
+        description="top the train set up to whole batches, validate in one batch (one compiled step on JAX)",
+    )
 
     def protocol(self) -> Protocol:
         """The training protocol these settings describe."""
         return Protocol(**{f.name: getattr(self, f.name) for f in fields(Protocol)})
 
     @model_validator(mode="after")
-    def _one_rate_policy(self) -> "TrainConfig":
+    def _one_rate_policy(self) -> TrainConfig:
         if self.lr_schedule == "cosine" and self.lr_patience is not None:
             raise ValueError("lr_schedule cosine sets the rate of every step: set lr_patience to null")
         return self
@@ -118,9 +136,12 @@ class CompareConfig(_Section):
     per backbone) or else from the Keras cache, ``$KERAS_HOME/models/``.
     """
 
-    models: tuple[str, ...] = Field(tuple(TABLE2_MODELS), min_length=1, description="keys of liverlesion.zoo.TABLE2_MODELS")
+    models: tuple[str, ...] = Field(
+        tuple(TABLE2_MODELS), min_length=1, description="keys of liverlesion.zoo.TABLE2_MODELS"
+    )
     imagenet_weights: dict[Literal["inception_v3", "inception_resnet_v2"], str] = Field(
-        default_factory=dict, description="backbone -> weights file (no top); default: the Keras cache")
+        default_factory=dict, description="backbone -> weights file (no top); default: the Keras cache"
+    )
     svm_c_grid: tuple[float, ...] = Field(C_GRID, min_length=1)
     svm_gamma_grid: tuple[float, ...] = Field(GAMMA_GRID, min_length=1)
 
@@ -153,11 +174,15 @@ class CompareConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    threshold: float = Field(0.5, gt=0, lt=1, description="metastasis probability above which a lesion is called metastasis")
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="metastasis probability above which a lesion is called metastasis"
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="scoring: float32 as trained, or the CPU fast path (BN folded, bfloat16; "
-                            "liverlesion.inference), which gave the same metrics on the default test split; "
-                            "auto: the fast path where the CPU has bfloat16 units, else float32")
+        "auto",
+        description="scoring: float32 as trained, or the CPU fast path (BN folded, bfloat16; "
+        "liverlesion.inference), which gave the same metrics on the default test split; "
+        "auto: the fast path where the CPU has bfloat16 units, else float32",
+    )
 
 
 Metric = Literal["accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"]
@@ -173,10 +198,15 @@ class GateConfig(_Section):
 
     primary_metric: Metric = "roc_auc"
     min_margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by more than this")
-    floors: dict[Metric, float] = Field(default_factory=dict, description="metric -> lowest value a champion may have "
-                                                                          "(recall is the sensitivity to metastases)")
-    evaluation_cohort: str | None = Field(None, description="a pinned cohort folder (cases.csv + lesion_types.csv) "
-                                                            "both models are scored on, instead of the test split")
+    floors: dict[Metric, float] = Field(
+        default_factory=dict,
+        description="metric -> lowest value a champion may have (recall is the sensitivity to metastases)",
+    )
+    evaluation_cohort: str | None = Field(
+        None,
+        description="a pinned cohort folder (cases.csv + lesion_types.csv) "
+        "both models are scored on, instead of the test split",
+    )
 
     @field_validator("floors")
     @classmethod
@@ -223,7 +253,7 @@ class Profile(_Section):
     compare: CompareConfig = CompareConfig()
 
     @model_validator(mode="after")
-    def _patch_shape_follows_patches(self) -> "Profile":
+    def _patch_shape_follows_patches(self) -> Profile:
         shape = self.validation.patch_shape
         if shape is not None and tuple(shape) != self.patches.size:
             raise ValueError(f"validation.patch_shape {tuple(shape)} differs from the patch size {self.patches.size}")
@@ -311,7 +341,5 @@ def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = No
     try:
         return Profile.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<profile>'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<profile>'}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"{path}: {problems}") from None

@@ -51,8 +51,9 @@ def margin_voxels(margin_mm: float, spacing) -> np.ndarray:
     return np.ceil(float(margin_mm) / np.asarray(spacing, dtype=float)).astype(int)
 
 
-def cut_crops(image: np.ndarray, instances: np.ndarray, described: list[dict], spacing, case_id: str,
-              margin_mm: float) -> list[LesionCrop]:
+def cut_crops(
+    image: np.ndarray, instances: np.ndarray, described: list[dict], spacing, case_id: str, margin_mm: float
+) -> list[LesionCrop]:
     """Each described lesion's bounding box widened by ``margin_mm`` (clipped at the volume's edge).
 
     Args:
@@ -63,13 +64,21 @@ def cut_crops(image: np.ndarray, instances: np.ndarray, described: list[dict], s
     spacing = tuple(float(s) for s in spacing)
     crops = []
     for lesion in described:
-        box = tuple(slice(max(b.start - int(m), 0), min(b.stop + int(m), n))
-                    for b, m, n in zip(lesion["box"], margin, image.shape))
-        crops.append(LesionCrop(
-            case_id=str(case_id), instance=int(lesion["instance"]), mask_label=lesion["label"],
-            origin=tuple(b.start for b in box), spacing=spacing,
-            image=np.ascontiguousarray(image[box], dtype=np.float32), mask=instances[box] == lesion["instance"],
-        ))
+        box = tuple(
+            slice(max(b.start - int(m), 0), min(b.stop + int(m), n))
+            for b, m, n in zip(lesion["box"], margin, image.shape)
+        )
+        crops.append(
+            LesionCrop(
+                case_id=str(case_id),
+                instance=int(lesion["instance"]),
+                mask_label=lesion["label"],
+                origin=tuple(b.start for b in box),
+                spacing=spacing,
+                image=np.ascontiguousarray(image[box], dtype=np.float32),
+                mask=instances[box] == lesion["instance"],
+            )
+        )
     return crops
 
 
@@ -92,8 +101,9 @@ class LesionCrops(Mapping[str, LesionCrop]):
         try:
             return self._crops[key]
         except KeyError:
-            raise KeyError(f"no crop of lesion {key}: the lesion table does not match the ingested cases "
-                           "(re-run ingest)") from None
+            raise KeyError(
+                f"no crop of lesion {key}: the lesion table does not match the ingested cases (re-run ingest)"
+            ) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._crops)
@@ -111,8 +121,17 @@ class LesionCrops(Mapping[str, LesionCrop]):
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Flat ``image`` (float32) and ``mask`` (bool) arrays and a JSON ``index`` (for ``np.savez``)."""
         crops = list(self._crops.values())
-        index = [{"case_id": c.case_id, "instance": c.instance, "mask_label": c.mask_label, "origin": list(c.origin),
-                  "spacing": list(c.spacing), "shape": list(c.image.shape)} for c in crops]
+        index = [
+            {
+                "case_id": c.case_id,
+                "instance": c.instance,
+                "mask_label": c.mask_label,
+                "origin": list(c.origin),
+                "spacing": list(c.spacing),
+                "shape": list(c.image.shape),
+            }
+            for c in crops
+        ]
         return {
             "image": np.concatenate([c.image.ravel() for c in crops]) if crops else np.zeros(0, np.float32),
             "mask": np.concatenate([c.mask.ravel() for c in crops]) if crops else np.zeros(0, bool),
@@ -120,18 +139,24 @@ class LesionCrops(Mapping[str, LesionCrop]):
         }
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "LesionCrops":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> LesionCrops:
         meta = json.loads(str(arrays["index"]))
         image, mask = arrays["image"], arrays["mask"]
         crops, at = [], 0
         for entry in meta["crops"]:
             shape = tuple(entry["shape"])
             size = int(np.prod(shape))
-            crops.append(LesionCrop(
-                case_id=entry["case_id"], instance=int(entry["instance"]), mask_label=entry["mask_label"],
-                origin=tuple(entry["origin"]), spacing=tuple(entry["spacing"]),
-                image=image[at:at + size].reshape(shape), mask=mask[at:at + size].reshape(shape),
-            ))
+            crops.append(
+                LesionCrop(
+                    case_id=entry["case_id"],
+                    instance=int(entry["instance"]),
+                    mask_label=entry["mask_label"],
+                    origin=tuple(entry["origin"]),
+                    spacing=tuple(entry["spacing"]),
+                    image=image[at : at + size].reshape(shape),
+                    mask=mask[at : at + size].reshape(shape),
+                )
+            )
             at += size
         if at != image.size or image.size != mask.size:
             raise ValueError(f"crop arrays hold {image.size} image and {mask.size} mask values, the index {at}")

@@ -83,7 +83,8 @@ def pseudonymiser_from_env(environ: dict[str, str] | None = None) -> Pseudonymis
         raise MissingSecretError(
             f"{SECRET_ENV} {problem}: patient keys are keyed-hash pseudonyms and there is no import without the "
             f"secret. Keep one secret per data custodian, outside git (e.g. `export {SECRET_ENV}=$(cat "
-            "/secure/liverlesion.key)`): the same secret gives the same patient the same key in every import")
+            "/secure/liverlesion.key)`): the same secret gives the same patient the same key in every import"
+        )
     return Pseudonymiser(secret.encode())
 
 

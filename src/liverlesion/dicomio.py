@@ -229,9 +229,7 @@ def find_series(folder: Path) -> dict[str, list[Path]]:
     return {uid: [path for path, _ in members] for uid, members in groups.items()}
 
 
-def _one_series(
-    path: Path | Sequence[Path], kind: str
-) -> tuple[str, list[tuple[Path, Dataset]]]:
+def _one_series(path: Path | Sequence[Path], kind: str) -> tuple[str, list[tuple[Path, Dataset]]]:
     """(folder text, [(file, header)]) of the single series at ``path`` (folder or file list)."""
     if isinstance(path, (str, os.PathLike)):
         folder = Path(path)
@@ -409,9 +407,7 @@ def _check_ct_headers(members: list[tuple[Path, Dataset]], where: str) -> None:
         if "LOCALIZER" in image_type:
             raise _refuse(where, "a localiser (scout) image, not a 3D volume")
         if str(header.get("BurnedInAnnotation", "") or "").upper() == "YES":
-            raise _refuse(
-                where, f"BurnedInAnnotation is YES in {_file_name(path)}: the pixels carry identifying text"
-            )
+            raise _refuse(where, f"BurnedInAnnotation is YES in {_file_name(path)}: the pixels carry identifying text")
         if int(header.get("NumberOfFrames", 1) or 1) > 1:
             raise _refuse(where, "a multi-frame (enhanced) image: only one-slice-per-file series are read")
         if int(header.get("SamplesPerPixel", 1) or 1) != 1:
@@ -567,9 +563,15 @@ def read_mask_series(path: Path, reference: CTSeries) -> np.ndarray:
                 f"mask geometry differs from the CT {reference.description}: slice size "
                 f"{header.get('Rows')}x{header.get('Columns')} vs {rows}x{columns}",
             )
-        if np.max(np.abs(_floats(header, "ImageOrientationPatient", 6, where, file_path) - ct_iop)) > ORIENTATION_TOLERANCE:
+        if (
+            np.max(np.abs(_floats(header, "ImageOrientationPatient", 6, where, file_path) - ct_iop))
+            > ORIENTATION_TOLERANCE
+        ):
             raise _refuse(where, f"mask geometry differs from the CT {reference.description}: orientation")
-        if np.max(np.abs(_floats(header, "PixelSpacing", 2, where, file_path) - ct_spacing)) > PIXEL_SPACING_TOLERANCE_MM:
+        if (
+            np.max(np.abs(_floats(header, "PixelSpacing", 2, where, file_path) - ct_spacing))
+            > PIXEL_SPACING_TOLERANCE_MM
+        ):
             raise _refuse(where, f"mask geometry differs from the CT {reference.description}: pixel spacing")
         position = _floats(header, "ImagePositionPatient", 3, where, file_path)
         distance = np.linalg.norm(ct_positions - position, axis=1)
@@ -634,9 +636,7 @@ def read_seg(path: Path, reference: CTSeries) -> dict[int, tuple[str, np.ndarray
             f"that are not slices of {reference.description}",
         )
     if (int(seg.Rows), int(seg.Columns)) != (int(reference.headers[0].Rows), int(reference.headers[0].Columns)):
-        raise _refuse(
-            where, f"frames are {seg.Rows}x{seg.Columns}, the slices of {reference.description} are not"
-        )
+        raise _refuse(where, f"frames are {seg.Rows}x{seg.Columns}, the slices of {reference.description} are not")
     numbers = [int(n) for n in seg.segment_numbers]
     source_order = [str(h.SOPInstanceUID) for h in _source_headers(reference)]
     try:

@@ -41,13 +41,22 @@ def evaluate_test_set(
     the train lesions (a fair one-feature classifier) and at the test set's own best threshold (an
     upper bound: how separable the split is).
     """
-    predictions = pd.DataFrame({"lesion_id": lesion_ids, "label": np.asarray(labels), "p_metastasis": probability,
-                                "predicted": (np.asarray(probability) >= threshold).astype(int)})
+    predictions = pd.DataFrame(
+        {
+            "lesion_id": lesion_ids,
+            "label": np.asarray(labels),
+            "p_metastasis": probability,
+            "predicted": (np.asarray(probability) >= threshold).astype(int),
+        }
+    )
     predictions = predictions.merge(lesions[["lesion_id", "patient_key", "volume_ml", "mean_hu"]], on="lesion_id")
-    intervals = bootstrap_metrics(predictions["label"], predictions["p_metastasis"],
-                                  predictions["patient_key"].to_numpy(), threshold)
+    intervals = bootstrap_metrics(
+        predictions["label"], predictions["p_metastasis"], predictions["patient_key"].to_numpy(), threshold
+    )
     train = manifest[manifest["set"] == "train"].merge(lesions[["lesion_id", "mean_hu"]], on="lesion_id")
-    fitted, _ = fitted_threshold_accuracy(train["mean_hu"], train["label"], predictions["mean_hu"], predictions["label"])
+    fitted, _ = fitted_threshold_accuracy(
+        train["mean_hu"], train["label"], predictions["mean_hu"], predictions["label"]
+    )
     best, _ = best_threshold_accuracy(predictions["mean_hu"], predictions["label"])
     return TestEvaluation(predictions, intervals, fitted, best)
 
@@ -85,27 +94,41 @@ def write_comparison(
     for name, table in predictions.items():
         if set(table["lesion_id"]) != reference_ids:
             raise ValueError(f"{name} scored other test lesions than {reference_name}; compare models on one split")
-    by_model = {name: table.set_index("lesion_id").loc[reference["lesion_id"]].reset_index()
-                for name, table in predictions.items()}
-    intervals = {name: bootstrap_metrics(t["label"], t["p_metastasis"], t["patient_key"].to_numpy(), threshold)
-                 for name, t in by_model.items()}
-    note = cohort_note or (f"{len(reference)} test lesions of {reference['patient_key'].nunique()} patients; "
-                           f"a lesion is called metastasis at P >= {threshold}.")
+    by_model = {
+        name: table.set_index("lesion_id").loc[reference["lesion_id"]].reset_index()
+        for name, table in predictions.items()
+    }
+    intervals = {
+        name: bootstrap_metrics(t["label"], t["p_metastasis"], t["patient_key"].to_numpy(), threshold)
+        for name, t in by_model.items()
+    }
+    note = cohort_note or (
+        f"{len(reference)} test lesions of {reference['patient_key'].nunique()} patients; "
+        f"a lesion is called metastasis at P >= {threshold}."
+    )
     files = dict(write_report(intervals, out_dir, title, note))
     if model_notes:
         text = files["md"].read_text(encoding="utf-8")
         table_end = text.index("\n## ")
         listing = "\n".join(f"- {name}: {model_notes[name]}" for name in predictions if name in model_notes)
-        files["md"].write_text(text[:table_end] + "\n## The models\n\n" + listing + "\n" + text[table_end:],
-                               encoding="utf-8")
-    files["roc"] = plot_roc_curves({name: (t["label"], t["p_metastasis"]) for name, t in by_model.items()},
-                                   out_dir / "roc_curves.png")
+        files["md"].write_text(
+            text[:table_end] + "\n## The models\n\n" + listing + "\n" + text[table_end:], encoding="utf-8"
+        )
+    files["roc"] = plot_roc_curves(
+        {name: (t["label"], t["p_metastasis"]) for name, t in by_model.items()}, out_dir / "roc_curves.png"
+    )
     for i, (name, t) in enumerate(by_model.items(), start=1):
-        files[f"confusion_{i}"] = plot_confusion_matrix(t["label"], t["p_metastasis"], threshold,
-                                                        out_dir / f"confusion_{i}.png", title=name)
+        files[f"confusion_{i}"] = plot_confusion_matrix(
+            t["label"], t["p_metastasis"], threshold, out_dir / f"confusion_{i}.png", title=name
+        )
     columns = ["lesion_id", "patient_key", "label", "p_metastasis", "predicted"]
-    long = pd.concat([t.assign(predicted=(t["p_metastasis"] >= threshold).astype(int))[columns].assign(model=name)
-                      for name, t in by_model.items()], ignore_index=True)
+    long = pd.concat(
+        [
+            t.assign(predicted=(t["p_metastasis"] >= threshold).astype(int))[columns].assign(model=name)
+            for name, t in by_model.items()
+        ],
+        ignore_index=True,
+    )
     files["predictions"] = out_dir / "test_predictions.csv"
     long[["model", *columns]].to_csv(files["predictions"], index=False)
     return files

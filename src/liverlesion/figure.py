@@ -87,7 +87,14 @@ _LABEL_STROKE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
 
 DISCLAIMER = "Research use only \u2014 not for diagnostic use"
 REQUIRED_COLUMNS = (
-    "instance", "lesion_id", "p_metastasis", "predicted", "volume_ml", "centroid_0", "centroid_1", "centroid_2",
+    "instance",
+    "lesion_id",
+    "p_metastasis",
+    "predicted",
+    "volume_ml",
+    "centroid_0",
+    "centroid_1",
+    "centroid_2",
 )
 
 
@@ -147,8 +154,16 @@ def _lesions(results: pd.DataFrame, instances: np.ndarray, threshold: float) -> 
                 "the predictions were made with"
             )
         lesions.append(
-            _Lesion(number, instance, lesion_id, p, predicted, float(row.volume_ml), box,
-                    _axial_slice(instances, instance, box, float(row.centroid_2)))
+            _Lesion(
+                number,
+                instance,
+                lesion_id,
+                p,
+                predicted,
+                float(row.volume_ml),
+                box,
+                _axial_slice(instances, instance, box, float(row.centroid_2)),
+            )
         )
     return lesions
 
@@ -192,8 +207,15 @@ def _outline(ax: Axes, labels: np.ndarray, instance: int, colour: str, width: fl
     """
     mask = np.pad(labels == instance, 1).astype(np.float32)
     for contour in find_contours(mask, 0.5):
-        ax.plot(contour[:, 1] - 1, contour[:, 0] - 1, color=colour, linewidth=width, linestyle=style,
-                solid_joinstyle="round", solid_capstyle="round")
+        ax.plot(
+            contour[:, 1] - 1,
+            contour[:, 0] - 1,
+            color=colour,
+            linewidth=width,
+            linestyle=style,
+            solid_joinstyle="round",
+            solid_capstyle="round",
+        )
 
 
 def _show_plane(ax: Axes, plane: np.ndarray, spacing: tuple[float, float, float], interpolation: str) -> None:
@@ -221,8 +243,16 @@ def _decorate(ax: Axes, n_rows: int, n_cols: int, spacing: tuple[float, float, f
     x1 = n_cols - 0.5 - 0.04 * n_cols
     y = n_rows - 0.5 - 0.06 * n_rows
     ax.plot([x1 - bar, x1], [y, y], color="white", linewidth=3, solid_capstyle="butt", path_effects=_LABEL_STROKE)
-    ax.text(x1 - bar / 2, y - 0.035 * n_rows, f"{bar_mm:g} mm", color="white", fontsize=7, ha="center", va="bottom",
-            path_effects=_LABEL_STROKE)
+    ax.text(
+        x1 - bar / 2,
+        y - 0.035 * n_rows,
+        f"{bar_mm:g} mm",
+        color="white",
+        fontsize=7,
+        ha="center",
+        va="bottom",
+        path_effects=_LABEL_STROKE,
+    )
 
 
 def _draw_outlines(ax: Axes, labels: np.ndarray, by_instance: dict[int, _Lesion], own: int | None) -> None:
@@ -243,8 +273,15 @@ def _volume_text(volume_ml: float) -> str:
     return f"{volume_ml:.2f} mL" if volume_ml < 1 else f"{volume_ml:.1f} mL"
 
 
-def _overview(ax: Axes, image: np.ndarray, instances: np.ndarray, spacing, lesions: list[_Lesion],
-              by_instance: dict[int, _Lesion], shown: set[int]) -> None:
+def _overview(
+    ax: Axes,
+    image: np.ndarray,
+    instances: np.ndarray,
+    spacing,
+    lesions: list[_Lesion],
+    by_instance: dict[int, _Lesion],
+    shown: set[int],
+) -> None:
     """The whole axial slice through the largest lesion, all outlines, panel numbers beside lesions."""
     largest = max(lesions, key=lambda lesion: lesion.volume_ml)
     z = largest.z
@@ -256,8 +293,17 @@ def _overview(ax: Axes, image: np.ndarray, instances: np.ndarray, spacing, lesio
         if lesion is None or lesion.number not in shown:
             continue
         row, col = rows_cols
-        ax.text(col, row, f"#{lesion.number}", color="white", fontsize=8, fontweight="bold", ha="left",
-                va="bottom", path_effects=_LABEL_STROKE)
+        ax.text(
+            col,
+            row,
+            f"#{lesion.number}",
+            color="white",
+            fontsize=8,
+            fontweight="bold",
+            ha="left",
+            va="bottom",
+            path_effects=_LABEL_STROKE,
+        )
     _decorate(ax, *plane.shape, spacing, full=True)
     ax.set_title("Overview", fontsize=10, fontweight="bold", loc="left")
     ax.set_xlabel(f"axial slice {z} (largest lesion, #{largest.number})\nall lesions in this slice", fontsize=8.5)
@@ -273,8 +319,9 @@ def _positions(labels: np.ndarray) -> tuple[list[int], list[tuple[float, float]]
     return instances, where
 
 
-def _lesion_panel(ax: Axes, image: np.ndarray, instances: np.ndarray, spacing, lesion: _Lesion,
-                  by_instance: dict[int, _Lesion]) -> None:
+def _lesion_panel(
+    ax: Axes, image: np.ndarray, instances: np.ndarray, spacing, lesion: _Lesion, by_instance: dict[int, _Lesion]
+) -> None:
     """One lesion: cropped axial slice through it, all outlines there, caption with the call."""
     crop_x, crop_y = _crop(lesion, image.shape, spacing)
     plane = _display(image[crop_x, crop_y, lesion.z])
@@ -296,12 +343,16 @@ def _lesion_panel(ax: Axes, image: np.ndarray, instances: np.ndarray, spacing, l
 
 def _notes(left_out: int, width_in: float) -> str:
     """The footer: display conventions, and how many lesions got no panel, wrapped to the page."""
-    notes = (f"Axial slices in radiological convention (patient's right on the viewer's left, anterior up); "
-             f"window W {WINDOW_WIDTH_HU:g} / L {WINDOW_LEVEL_HU:g} HU; lesion panels show "
-             f"{CROP_MARGIN_MM:g} mm around the lesion; thick outline = the panel's lesion.")
+    notes = (
+        f"Axial slices in radiological convention (patient's right on the viewer's left, anterior up); "
+        f"window W {WINDOW_WIDTH_HU:g} / L {WINDOW_LEVEL_HU:g} HU; lesion panels show "
+        f"{CROP_MARGIN_MM:g} mm around the lesion; thick outline = the panel's lesion."
+    )
     if left_out:
-        notes += (f" {left_out} further lesion{'s' if left_out != 1 else ''} not shown as panels "
-                  "(outlined in the overview if in its slice; see the results table).")
+        notes += (
+            f" {left_out} further lesion{'s' if left_out != 1 else ''} not shown as panels "
+            "(outlined in the overview if in its slice; see the results table)."
+        )
     return textwrap.fill(notes, width=int(width_in / _NOTE_CHAR_IN))
 
 
@@ -366,20 +417,33 @@ def lesion_map_figure(
     header, body, footer = fig.subfigures(3, 1, height_ratios=[_HEADER_IN, n_rows * _PANEL_HEIGHT_IN, footer_in])
     header.text(0.5, 0.93, title or "Colour-coded lesion map", ha="center", va="top", fontsize=14, fontweight="bold")
     header.text(
-        0.5, 0.56,
+        0.5,
+        0.56,
         f"Predicted class per lesion (metastasis if P(metastasis) \u2265 {threshold:.2f}); "
         f"{len(lesions)} lesion{'s' if len(lesions) != 1 else ''} classified",
-        ha="center", va="center", fontsize=9.5,
+        ha="center",
+        va="center",
+        fontsize=9.5,
     )
     handles = [
         Line2D([], [], color=METASTASIS_COLOUR, linewidth=_OWN_LINE_WIDTH, label="metastasis (predicted)"),
         Line2D([], [], color=CYST_COLOUR, linewidth=_OWN_LINE_WIDTH, label="cyst (predicted)"),
     ]
     if any(int(i) not in by_instance for i in np.unique(instances) if i > 0):
-        handles.append(Line2D([], [], color="0.4", linewidth=_OTHER_LINE_WIDTH, linestyle=":",
-                              label="not classified (white, dotted)"))
-    header.legend(handles=handles, loc="lower center", ncols=len(handles), frameon=False, fontsize=9.5,
-                  bbox_to_anchor=(0.5, 0.0), handlelength=2.5)
+        handles.append(
+            Line2D(
+                [], [], color="0.4", linewidth=_OTHER_LINE_WIDTH, linestyle=":", label="not classified (white, dotted)"
+            )
+        )
+    header.legend(
+        handles=handles,
+        loc="lower center",
+        ncols=len(handles),
+        frameon=False,
+        fontsize=9.5,
+        bbox_to_anchor=(0.5, 0.0),
+        handlelength=2.5,
+    )
 
     axes = body.subplots(n_rows, n_cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
@@ -394,12 +458,19 @@ def lesion_map_figure(
         _decorate(axes[0], image.shape[1], image.shape[0], spacing, full=True)
         axes[0].set_xlabel(f"axial slice {z}: no lesions in results", fontsize=9)
     body_in = n_rows * _PANEL_HEIGHT_IN  # margins in inches: room for the first title and last caption
-    body.subplots_adjust(left=0.02, right=0.98, bottom=0.5 / body_in, top=1 - 0.3 / body_in, wspace=0.06,
-                         hspace=0.28)
+    body.subplots_adjust(left=0.02, right=0.98, bottom=0.5 / body_in, top=1 - 0.3 / body_in, wspace=0.06, hspace=0.28)
 
     footer.text(0.5, 1.0, notes, ha="center", va="top", fontsize=8, color="0.25", linespacing=1.3)
-    footer.text(0.5, 0.2 * _FOOTER_DISCLAIMER_IN / footer_in, DISCLAIMER, ha="center", va="bottom", fontsize=10.5,
-                fontweight="bold", color="black")
+    footer.text(
+        0.5,
+        0.2 * _FOOTER_DISCLAIMER_IN / footer_in,
+        DISCLAIMER,
+        ha="center",
+        va="bottom",
+        fontsize=10.5,
+        fontweight="bold",
+        color="black",
+    )
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

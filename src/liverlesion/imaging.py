@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.wrapstruct import WrapStructError
-import numpy as np
 
 from liverlesion.contract import HU_AIR, HU_IMPOSSIBLE_ABOVE, HU_IMPOSSIBLE_BELOW, ContractError
 
@@ -147,17 +147,21 @@ def check_hu(volume: np.ndarray, where: str, padding: np.ndarray | None = None) 
             raise ContractError(
                 f"{where}: {int(low.sum())} voxels between {values.min():.0f} and {values.max():.0f} HU, below "
                 f"anything a CT holds inside its field of view (air is {HU_AIR:.0f}); a single padding value would be "
-                "read as air, several are not")
+                "read as air, several are not"
+            )
         n_padding += int(low.sum())
         hu[low] = HU_AIR
     high = hu > HU_IMPOSSIBLE_ABOVE
     if high.any():
-        raise ContractError(f"{where}: {int(high.sum())} voxels above {HU_IMPOSSIBLE_ABOVE:.0f} HU (up to "
-                            f"{hu.max():.0f}): not CT numbers")
+        raise ContractError(
+            f"{where}: {int(high.sum())} voxels above {HU_IMPOSSIBLE_ABOVE:.0f} HU (up to "
+            f"{hu.max():.0f}): not CT numbers"
+        )
     if hu.min() > CT_AIR_EVIDENCE_HU:
         raise ContractError(
             f"{where}: no voxel below {CT_AIR_EVIDENCE_HU:.0f} HU (minimum {hu.min():.0f}): not a CT in Hounsfield "
-            "units (an MR image, or CT values stored without their rescale slope and intercept)")
+            "units (an MR image, or CT values stored without their rescale slope and intercept)"
+        )
     return hu, n_padding
 
 

@@ -40,8 +40,16 @@ import numpy as np
 import pandas as pd
 
 from liverlesion.contract import (
-    CASES_FILE, COHORT_FILE, IMAGES_DIR, LABEL_NAMES, LESION_TYPES, LESION_TYPES_COLUMNS, LESION_TYPES_FILE, MASK_ENCODINGS,
-    MASKS_DIR, ContractError,
+    CASES_FILE,
+    COHORT_FILE,
+    IMAGES_DIR,
+    LABEL_NAMES,
+    LESION_TYPES,
+    LESION_TYPES_COLUMNS,
+    LESION_TYPES_FILE,
+    MASK_ENCODINGS,
+    MASKS_DIR,
+    ContractError,
 )
 from liverlesion.deid import Pseudonymiser, deidentification_record
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti
@@ -65,8 +73,22 @@ CRLM_NAME_MAP = {"tumor*": "metastasis"}
 #: a generic DICOM-SEG: tumour or metastasis segments are metastases, cyst segments cysts
 DICOM_SEG_NAME_MAP = {"*metast*": "metastasis", "tumo*r*": "metastasis", "*cyst*": "cyst", "*kyst*": "cyst"}
 #: DICOM-SEG segments that are anatomy, not lesions (``liverlesion predict`` skips them)
-NON_LESION_SEGMENTS = {name: IGNORE for name in ("liver*", "hepatic*", "portal*", "*vein*", "*vessel*", "*artery*",
-                                                 "spleen*", "kidney*", "gallbladder*", "pancreas*", "body*")}
+NON_LESION_SEGMENTS = {
+    name: IGNORE
+    for name in (
+        "liver*",
+        "hepatic*",
+        "portal*",
+        "*vein*",
+        "*vessel*",
+        "*artery*",
+        "spleen*",
+        "kidney*",
+        "gallbladder*",
+        "pancreas*",
+        "body*",
+    )
+}
 #: LiTS and the Decathlon's liver / hepatic-vessel tasks: the tumour label
 LITS_TUMOUR_LABEL = 2
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
@@ -103,9 +125,15 @@ class ImportReport:
     notes: list[str]
 
     def to_dict(self) -> dict:
-        return {"out": str(self.out), "layout": self.layout, "imported": self.imported, "refused": self.refused,
-                "notes": self.notes, "cases": len(self.imported),
-                "lesions": sum(c["lesions"] for c in self.imported)}
+        return {
+            "out": str(self.out),
+            "layout": self.layout,
+            "imported": self.imported,
+            "refused": self.refused,
+            "notes": self.notes,
+            "cases": len(self.imported),
+            "lesions": sum(c["lesions"] for c in self.imported),
+        }
 
 
 # --- name maps and type tables ------------------------------------------------------------------
@@ -147,7 +175,9 @@ def read_types_table(path: Path | None) -> dict[str, dict[int, str]]:
     return types
 
 
-def _types_for(instances_found: list[dict], given: dict[int, str], default_type: str | None, where: str) -> dict[int, str]:
+def _types_for(
+    instances_found: list[dict], given: dict[int, str], default_type: str | None, where: str
+) -> dict[int, str]:
     """Each lesion's type: from the table or a class-coded mask, else the default; unknown types and stray
     lesion numbers refused."""
     labels = lesion_labels(instances_found, given, where)  # raises on an unknown type or a stray lesion
@@ -165,20 +195,32 @@ def _components_as_instances(binary: np.ndarray, where: str) -> tuple[np.ndarray
 # --- NIfTI layouts ------------------------------------------------------------------------------
 
 
-def _nifti_case(image: Path, mask: Path, where: str, to_instances: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]],
-                given: dict[int, str], default_type: str | None) -> CaseData:
+def _nifti_case(
+    image: Path,
+    mask: Path,
+    where: str,
+    to_instances: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]],
+    given: dict[int, str],
+    default_type: str | None,
+) -> CaseData:
     hu, meta = load_nifti(image)
     mask_array, mask_meta = load_nifti(mask)
     if mask_array.shape != hu.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
-        raise ContractError(f"{where}: mask grid {mask_array.shape} differs from CT grid {hu.shape} (or their affines "
-                            "differ: the mask must lie on the CT's own voxels)")
+        raise ContractError(
+            f"{where}: mask grid {mask_array.shape} differs from CT grid {hu.shape} (or their affines "
+            "differ: the mask must lie on the CT's own voxels)"
+        )
     hu, padding = check_hu(hu, where)
     instances, found = to_instances(mask_array)
     return CaseData(hu, meta, instances, _types_for(found, given, default_type, where), padding)
 
 
-def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dict[int, str]] | None = None,
-                  default_type: str | None = None) -> list[SourceCase]:
+def scan_manifest(
+    manifest: Path,
+    root: Path | None = None,
+    types: dict[str, dict[int, str]] | None = None,
+    default_type: str | None = None,
+) -> list[SourceCase]:
     """A biobank's manifest CSV: ``patient_id, case, image, mask`` [``mask_encoding``], NIfTI paths relative to ``root``.
 
     Raises:
@@ -190,8 +232,9 @@ def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dic
     required = ("patient_id", "case", "image", "mask")
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise ContractError(f"{manifest}: missing column(s) {missing}; a manifest has {list(required)} "
-                            "and optionally mask_encoding")
+        raise ContractError(
+            f"{manifest}: missing column(s) {missing}; a manifest has {list(required)} and optionally mask_encoding"
+        )
     twice = sorted(set(table.loc[table["case"].duplicated(), "case"]))
     if twice:
         raise ContractError(f"{manifest}: duplicated case(s) {twice}")
@@ -201,20 +244,41 @@ def scan_manifest(manifest: Path, root: Path | None = None, types: dict[str, dic
         encoding = (getattr(row, "mask_encoding", "") or "class").strip()
         if encoding not in MASK_ENCODINGS:
             raise ContractError(f"{where}: unknown mask_encoding {encoding!r}; one of {list(MASK_ENCODINGS)}")
-        cases.append(_nifti_source(root, row.patient_id, row.case, row.image, row.mask, encoding, where,
-                                   (types or {}).get(row.case, {}), default_type))
+        cases.append(
+            _nifti_source(
+                root,
+                row.patient_id,
+                row.case,
+                row.image,
+                row.mask,
+                encoding,
+                where,
+                (types or {}).get(row.case, {}),
+                default_type,
+            )
+        )
     return cases
 
 
-def _nifti_source(root: Path, patient: str, case: str, image: str, mask: str, encoding: str, where: str,
-                  types: dict[int, str], default_type: str | None) -> SourceCase:
+def _nifti_source(
+    root: Path,
+    patient: str,
+    case: str,
+    image: str,
+    mask: str,
+    encoding: str,
+    where: str,
+    types: dict[int, str],
+    default_type: str | None,
+) -> SourceCase:
     """One NIfTI CT and its mask listed in a table (paths relative to ``root``, kept inside it)."""
     image_path = contained_path(root, image, f"{where}, image")
     mask_path = contained_path(root, mask, f"{where}, mask")
 
     def read() -> CaseData:
-        return _nifti_case(image_path, mask_path, where, lambda array: instance_map(array, where, encoding), types,
-                           default_type)
+        return _nifti_case(
+            image_path, mask_path, where, lambda array: instance_map(array, where, encoding), types, default_type
+        )
 
     return SourceCase(patient=patient, case=case, where=where, read=read)
 
@@ -231,21 +295,36 @@ def scan_cohort(folder: Path, default_type: str | None = None) -> list[SourceCas
         folder = folder.parent
     table = read_case_table(folder)
     types = read_lesion_types(folder, set(table["case_id"]))
-    return [_nifti_source(folder, row.patient_key, row.case_id, row.image, row.mask, row.mask_encoding,
-                          f"{folder.name}: case {row.case_id}", types.get(row.case_id, {}), default_type)
-            for row in table.itertuples(index=False)]
+    return [
+        _nifti_source(
+            folder,
+            row.patient_key,
+            row.case_id,
+            row.image,
+            row.mask,
+            row.mask_encoding,
+            f"{folder.name}: case {row.case_id}",
+            types.get(row.case_id, {}),
+            default_type,
+        )
+        for row in table.itertuples(index=False)
+    ]
 
 
-def _tumour_reader(image: Path, label: Path, where: str, tumour: int, given: dict[int, str],
-                   default_type: str | None) -> Callable[[], CaseData]:
+def _tumour_reader(
+    image: Path, label: Path, where: str, tumour: int, given: dict[int, str], default_type: str | None
+) -> Callable[[], CaseData]:
     def read() -> CaseData:
-        return _nifti_case(image, label, where, lambda a: _components_as_instances(np.asarray(a) == tumour, where),
-                           given, default_type)
+        return _nifti_case(
+            image, label, where, lambda a: _components_as_instances(np.asarray(a) == tumour, where), given, default_type
+        )
+
     return read
 
 
-def scan_lits(folder: Path, types: dict[str, dict[int, str]] | None = None,
-              default_type: str | None = None) -> list[SourceCase]:
+def scan_lits(
+    folder: Path, types: dict[str, dict[int, str]] | None = None, default_type: str | None = None
+) -> list[SourceCase]:
     """LiTS: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]``; tumour (label 2) components are lesions.
 
     Each volume is its own patient (LiTS gives no patient ids). ``types`` keys: ``volume-N``.
@@ -259,14 +338,23 @@ def scan_lits(folder: Path, types: dict[str, dict[int, str]] | None = None,
     if not volumes:
         raise ContractError(f"{folder}: no LiTS volume-N.nii[.gz] files")
     cases = []
-    for name, volume in sorted(volumes.items(), key=lambda kv: int(kv[0].split("-")[1]) if kv[0].split("-")[1].isdigit() else 0):
+    for name, volume in sorted(
+        volumes.items(), key=lambda kv: int(kv[0].split("-")[1]) if kv[0].split("-")[1].isdigit() else 0
+    ):
         number = name.split("-", 1)[1]
         labels = [p for p in volume.parent.glob(f"segmentation-{number}.nii*") if not p.name.startswith("._")]
         if not labels:
             raise ContractError(f"{volume}: no segmentation-{number}.nii[.gz] beside it")
-        cases.append(SourceCase(f"lits-{number}", name, str(volume),
-                                _tumour_reader(volume, labels[0], str(volume), LITS_TUMOUR_LABEL,
-                                               (types or {}).get(name, {}), default_type)))
+        cases.append(
+            SourceCase(
+                f"lits-{number}",
+                name,
+                str(volume),
+                _tumour_reader(
+                    volume, labels[0], str(volume), LITS_TUMOUR_LABEL, (types or {}).get(name, {}), default_type
+                ),
+            )
+        )
     return cases
 
 
@@ -281,30 +369,40 @@ def _msd_tumour_label(dataset_json: Path) -> int:
     raise ContractError(f"{dataset_json}: no tumour label among {labels}")
 
 
-def scan_msd(folder: Path, types: dict[str, dict[int, str]] | None = None,
-             default_type: str | None = None) -> list[SourceCase]:
+def scan_msd(
+    folder: Path, types: dict[str, dict[int, str]] | None = None, default_type: str | None = None
+) -> list[SourceCase]:
     """The Medical Segmentation Decathlon: ``imagesTr/X.nii.gz`` + ``labelsTr/X.nii.gz``; ``._*`` skipped."""
     folder = Path(folder)
     tumour = _msd_tumour_label(folder / "dataset.json")
     images = sorted(p for p in (folder / "imagesTr").glob("*.nii*") if not p.name.startswith("._"))
     if not images:
-        raise ContractError(f"{folder}: no imagesTr/*.nii.gz (a Decathlon task folder has imagesTr/, labelsTr/, dataset.json)")
+        raise ContractError(
+            f"{folder}: no imagesTr/*.nii.gz (a Decathlon task folder has imagesTr/, labelsTr/, dataset.json)"
+        )
     cases = []
     for image in images:
         name = _NIFTI.sub("", image.name)
         label = folder / "labelsTr" / image.name
         if not label.exists():
             raise ContractError(f"{image}: no labelsTr/{image.name}")
-        cases.append(SourceCase(f"msd-{name}", name, str(image),
-                                _tumour_reader(image, label, str(image), tumour, (types or {}).get(name, {}), default_type)))
+        cases.append(
+            SourceCase(
+                f"msd-{name}",
+                name,
+                str(image),
+                _tumour_reader(image, label, str(image), tumour, (types or {}).get(name, {}), default_type),
+            )
+        )
     return cases
 
 
 # --- DICOM layouts ------------------------------------------------------------------------------
 
 
-def stack_lesions(shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray, str]], where: str,
-                  components: bool) -> tuple[np.ndarray, dict[int, str]]:
+def stack_lesions(
+    shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray, str]], where: str, components: bool
+) -> tuple[np.ndarray, dict[int, str]]:
     """Named lesion masks (name, mask, type) into one instance mask; overlapping lesions refused."""
     instances = np.zeros(shape, dtype=np.int32)
     types: dict[int, str] = {}
@@ -318,8 +416,10 @@ def stack_lesions(shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray,
         for part in parts:
             clash = np.unique(instances[part & (instances > 0)])
             if clash.size:
-                raise ContractError(f"{where}: lesion structure {name!r} overlaps {owner[int(clash[0])]!r}; "
-                                    "a voxel belongs to one lesion")
+                raise ContractError(
+                    f"{where}: lesion structure {name!r} overlaps {owner[int(clash[0])]!r}; "
+                    "a voxel belongs to one lesion"
+                )
             number += 1
             instances[part] = number
             types[number] = kind
@@ -327,8 +427,9 @@ def stack_lesions(shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray,
     return instances, types
 
 
-def _named_lesions(named: Sequence[tuple[str, Callable[[], np.ndarray]]], name_map: dict[str, str], what: str,
-                   unmatched: str) -> tuple[list[tuple[str, np.ndarray, str]], list[str]]:
+def _named_lesions(
+    named: Sequence[tuple[str, Callable[[], np.ndarray]]], name_map: dict[str, str], what: str, unmatched: str
+) -> tuple[list[tuple[str, np.ndarray, str]], list[str]]:
     """The masks whose names the map types as lesions, (name, mask, type); the others listed, not read."""
     kept, notes = [], []
     for name, load in named:
@@ -342,16 +443,23 @@ def _named_lesions(named: Sequence[tuple[str, Callable[[], np.ndarray]]], name_m
     return kept, notes
 
 
-def _dicom_seg_reader(ct_files: Sequence[Path], seg: Path, where: str, name_map: dict[str, str]) -> Callable[[], CaseData]:
+def _dicom_seg_reader(
+    ct_files: Sequence[Path], seg: Path, where: str, name_map: dict[str, str]
+) -> Callable[[], CaseData]:
     def read() -> CaseData:
         from liverlesion.dicomio import read_ct_series, read_seg
 
         series = read_ct_series(ct_files)
         segments = read_seg(seg, series)
-        kept, notes = _named_lesions([(label, lambda mask=mask: mask) for _, (label, mask) in sorted(segments.items())],
-                                     name_map, "segment", "not in the name map: skipped")
+        kept, notes = _named_lesions(
+            [(label, lambda mask=mask: mask) for _, (label, mask) in sorted(segments.items())],
+            name_map,
+            "segment",
+            "not in the name map: skipped",
+        )
         instances, types = stack_lesions(series.hu.shape, kept, where, components=False)
         return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes)
+
     return read
 
 
@@ -383,10 +491,18 @@ def scan_dicom_seg(folder: Path, name_map: dict[str, str] | None = None) -> list
         ct = headers[targets[0]]
         patient = str(getattr(ct, "PatientID", "") or getattr(ct, "PatientName", ""))
         for seg_file in files:
-            cases.append(SourceCase(patient, f"{targets[0]}|{seg_file.name}", where,
-                                    _dicom_seg_reader(series[targets[0]], seg_file, where, name_map)))
+            cases.append(
+                SourceCase(
+                    patient,
+                    f"{targets[0]}|{seg_file.name}",
+                    where,
+                    _dicom_seg_reader(series[targets[0]], seg_file, where, name_map),
+                )
+            )
     if not cases:
-        raise ContractError(f"{folder}: no DICOM-SEG (Modality SEG) among {len(series)} series; lesion masks are needed")
+        raise ContractError(
+            f"{folder}: no DICOM-SEG (Modality SEG) among {len(series)} series; lesion masks are needed"
+        )
     return cases
 
 
@@ -398,10 +514,15 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
         series = read_ct_series(patient_dir / "PATIENT_DICOM")
         masks_dir = patient_dir / "MASKS_DICOM"
         structures = sorted(p for p in masks_dir.iterdir() if p.is_dir()) if masks_dir.is_dir() else []
-        kept, notes = _named_lesions([(s.name, lambda s=s: read_mask_series(s, series)) for s in structures],
-                                     name_map, "structure", "not a liver lesion: skipped")
+        kept, notes = _named_lesions(
+            [(s.name, lambda s=s: read_mask_series(s, series)) for s in structures],
+            name_map,
+            "structure",
+            "not a liver lesion: skipped",
+        )
         instances, types = stack_lesions(series.hu.shape, kept, where, components=True)
         return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes)
+
     return read
 
 
@@ -409,16 +530,25 @@ def scan_ircadb(folder: Path, name_map: dict[str, str] | None = None) -> list[So
     """3D-IRCADb-01: one ``3Dircadb1.N`` folder per patient (or ``folder`` itself is one)."""
     folder = Path(folder)
     name_map = check_name_map(name_map or IRCADB_NAME_MAP)
-    patients = [folder] if (folder / "PATIENT_DICOM").is_dir() else sorted(
-        (p for p in folder.iterdir() if (p / "PATIENT_DICOM").is_dir()), key=lambda p: p.name)
+    patients = (
+        [folder]
+        if (folder / "PATIENT_DICOM").is_dir()
+        else sorted((p for p in folder.iterdir() if (p / "PATIENT_DICOM").is_dir()), key=lambda p: p.name)
+    )
     if not patients:
         raise ContractError(f"{folder}: no 3D-IRCADb patient folder (3Dircadb1.N/PATIENT_DICOM)")
     return [SourceCase(f"ircadb-{p.name}", p.name, str(p), _ircadb_reader(p, name_map)) for p in patients]
 
 
-def scan_source(source: Path, layout: str, *, types: dict[str, dict[int, str]] | None = None,
-                default_type: str | None = None, name_map: dict[str, str] | None = None,
-                root: Path | None = None) -> list[SourceCase]:
+def scan_source(
+    source: Path,
+    layout: str,
+    *,
+    types: dict[str, dict[int, str]] | None = None,
+    default_type: str | None = None,
+    name_map: dict[str, str] | None = None,
+    root: Path | None = None,
+) -> list[SourceCase]:
     """The cases of ``source`` read as ``layout`` (see the module's table)."""
     if default_type is not None and default_type not in LESION_TYPES:
         raise ContractError(f"default type {default_type!r} is not in the map; known types: {sorted(LESION_TYPES)}")
@@ -448,8 +578,11 @@ def scan_source(source: Path, layout: str, *, types: dict[str, dict[int, str]] |
 def _existing(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     cases = pd.read_csv(out / CASES_FILE, dtype=str, keep_default_na=False)
     types_path = out / LESION_TYPES_FILE
-    types = (pd.read_csv(types_path, dtype=str, keep_default_na=False) if types_path.exists()
-             else pd.DataFrame(columns=list(LESION_TYPES_COLUMNS)))
+    types = (
+        pd.read_csv(types_path, dtype=str, keep_default_na=False)
+        if types_path.exists()
+        else pd.DataFrame(columns=list(LESION_TYPES_COLUMNS))
+    )
     meta_path = out / COHORT_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return cases, types, meta
@@ -484,9 +617,15 @@ def import_cohort(
         raise ContractError(f"{out} is not empty: import into a new folder, or add to its cohort with append")
     if append and not (out / CASES_FILE).exists():
         raise ContractError(f"{out}: no {CASES_FILE} to append to")
-    old_cases, old_types, old_meta = (_existing(out) if append else
-                                      (pd.DataFrame(columns=["patient_key", "case_id", "image", "mask", "mask_encoding"]),
-                                       pd.DataFrame(columns=list(LESION_TYPES_COLUMNS)), {}))
+    old_cases, old_types, old_meta = (
+        _existing(out)
+        if append
+        else (
+            pd.DataFrame(columns=["patient_key", "case_id", "image", "mask", "mask_encoding"]),
+            pd.DataFrame(columns=list(LESION_TYPES_COLUMNS)),
+            {},
+        )
+    )
     staging = out.parent / f".{out.name}.importing"
     if staging.exists():
         shutil.rmtree(staging)
@@ -503,7 +642,9 @@ def import_cohort(
                     raise ContractError(f"{source.where}: duplicated case: it is already in the cohort as {case_id}")
                 data = source.read()
                 if data.instances.shape != data.hu.shape:
-                    raise ContractError(f"{source.where}: mask shape {data.instances.shape} differs from CT {data.hu.shape}")
+                    raise ContractError(
+                        f"{source.where}: mask shape {data.instances.shape} differs from CT {data.hu.shape}"
+                    )
                 lesions = sorted(int(k) for k in np.unique(data.instances) if k)
                 if not lesions:
                     raise ContractError(f"{source.where}: its mask holds no lesion")
@@ -514,31 +655,66 @@ def import_cohort(
                 continue
             image, mask = f"{IMAGES_DIR}/{case_id}.nii.gz", f"{MASKS_DIR}/{case_id}.nii.gz"
             save_nifti(np.round(data.hu).astype(np.int16), data.meta.affine, staging / image)
-            save_nifti(data.instances.astype(np.int16 if data.instances.max() < 2**15 else np.int32),
-                       data.meta.affine, staging / mask)
+            save_nifti(
+                data.instances.astype(np.int16 if data.instances.max() < 2**15 else np.int32),
+                data.meta.affine,
+                staging / mask,
+            )
             taken.add(case_id)
-            rows.append({"patient_key": patient_key, "case_id": case_id, "image": image, "mask": mask,
-                         "mask_encoding": "instance"})
+            rows.append(
+                {
+                    "patient_key": patient_key,
+                    "case_id": case_id,
+                    "image": image,
+                    "mask": mask,
+                    "mask_encoding": "instance",
+                }
+            )
             typed = {k: t for k, t in data.types.items() if k in lesions}
             type_rows += [{"case_id": case_id, "lesion": k, "type": t} for k, t in sorted(typed.items())]
             notes += [f"case {case_id}: {note}" for note in data.notes]
             if data.padding_voxels:
-                notes.append(f"case {case_id}: {data.padding_voxels} padding voxels (outside the field of view) set to air")
-            imported.append({"case_id": case_id, "patient_key": patient_key, "lesions": len(lesions),
-                             "typed": len(typed), **{kind: sum(t == kind for t in typed.values()) for kind in LESION_TYPES}})
+                notes.append(
+                    f"case {case_id}: {data.padding_voxels} padding voxels (outside the field of view) set to air"
+                )
+            imported.append(
+                {
+                    "case_id": case_id,
+                    "patient_key": patient_key,
+                    "lesions": len(lesions),
+                    "typed": len(typed),
+                    **{kind: sum(t == kind for t in typed.values()) for kind in LESION_TYPES},
+                }
+            )
             if progress is not None:
                 progress(i, len(cases), case_id)
         if not rows:
-            raise ContractError(f"no case of the source could be imported ({len(refused)} refused):\n  " + "\n  ".join(refused))
+            raise ContractError(
+                f"no case of the source could be imported ({len(refused)} refused):\n  " + "\n  ".join(refused)
+            )
         cases_table = pd.concat([old_cases, pd.DataFrame(rows)], ignore_index=True)
         cases_table["mask_encoding"] = cases_table["mask_encoding"].replace("", "class").fillna("class")
-        types_table = pd.concat([old_types, pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS))], ignore_index=True)
-        imports = [*old_meta.get("imports", []), {
-            "importer_version": IMPORTER_VERSION, "layout": layout, "settings": settings or {},
-            "cases": len(rows), "lesions": sum(c["lesions"] for c in imported), "refused": len(refused)}]
-        meta = {"source": "liverlesion import", "imports": imports, "deidentification": deidentification_record(),
-                "mask_codes": "instance masks: 0 background, k = lesion k; types in lesion_types.csv",
-                "units": {"image": "HU (int16)", "spacing": "mm"}}
+        types_table = pd.concat(
+            [old_types, pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS))], ignore_index=True
+        )
+        imports = [
+            *old_meta.get("imports", []),
+            {
+                "importer_version": IMPORTER_VERSION,
+                "layout": layout,
+                "settings": settings or {},
+                "cases": len(rows),
+                "lesions": sum(c["lesions"] for c in imported),
+                "refused": len(refused),
+            },
+        ]
+        meta = {
+            "source": "liverlesion import",
+            "imports": imports,
+            "deidentification": deidentification_record(),
+            "mask_codes": "instance masks: 0 background, k = lesion k; types in lesion_types.csv",
+            "units": {"image": "HU (int16)", "spacing": "mm"},
+        }
         cases_table.to_csv(staging / CASES_FILE, index=False, lineterminator="\n")
         types_table.to_csv(staging / LESION_TYPES_FILE, index=False, lineterminator="\n")
         (staging / COHORT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")

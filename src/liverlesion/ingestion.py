@@ -33,15 +33,27 @@ import numpy as np
 import pandas as pd
 
 from liverlesion.contract import (
-    CASE_COLUMNS, CASES_FILE, CASES_FILE_COLUMNS, DEFAULT_MASK_ENCODING, LESION_COLUMNS, LESION_TYPES_COLUMNS,
-    LESION_TYPES_FILE, MASK_ENCODINGS, PATCH_INDEX_COLUMNS, ContractError,
+    CASE_COLUMNS,
+    CASES_FILE,
+    CASES_FILE_COLUMNS,
+    DEFAULT_MASK_ENCODING,
+    LESION_COLUMNS,
+    LESION_TYPES_COLUMNS,
+    LESION_TYPES_FILE,
+    MASK_ENCODINGS,
+    PATCH_INDEX_COLUMNS,
+    ContractError,
 )
 from liverlesion.crops import LesionCrop, LesionCrops, cut_crops
 from liverlesion.imaging import check_hu, load_nifti
 from liverlesion.lesions import bounding_box, crop_rows, instance_map, lesion_labels
 from liverlesion.patches import lesion_patches
 from liverlesion.segmentation import (
-    SEGMENTATION_CASE_COLUMNS, SEGMENTATION_LESION_COLUMNS, SegmentSettings, automatic_segmentation, compare_to_reference,
+    SEGMENTATION_CASE_COLUMNS,
+    SEGMENTATION_LESION_COLUMNS,
+    SegmentSettings,
+    automatic_segmentation,
+    compare_to_reference,
     load_cascade,
 )
 
@@ -107,8 +119,10 @@ def read_case_table(data_dir: str | Path) -> pd.DataFrame:
         if empty:
             problems.append(f"empty {column} in row(s) {[i + 2 for i in empty]} (counting the header as line 1)")
     bad_encoding = table.loc[~table["mask_encoding"].isin(MASK_ENCODINGS), ["case_id", "mask_encoding"]]
-    problems += [f"case {r.case_id}: unknown mask_encoding {r.mask_encoding!r}; one of {list(MASK_ENCODINGS)}"
-                 for r in bad_encoding.itertuples()]
+    problems += [
+        f"case {r.case_id}: unknown mask_encoding {r.mask_encoding!r}; one of {list(MASK_ENCODINGS)}"
+        for r in bad_encoding.itertuples()
+    ]
     duplicated = sorted(set(table.loc[table["case_id"].duplicated(), "case_id"]))
     if duplicated:
         problems.append(f"duplicated case_id(s) {duplicated}: one row per CT")
@@ -148,8 +162,10 @@ def read_lesion_types(data_dir: str | Path, case_ids: set[str]) -> dict[str, dic
     table["lesion"] = numbers.astype(int)
     twice = table.loc[table.duplicated(["case_id", "lesion"]), ["case_id", "lesion"]]
     if not twice.empty:
-        raise CohortError(f"{path}: lesion(s) typed twice: "
-                          + ", ".join(f"case {r.case_id} lesion {r.lesion}" for r in twice.itertuples()))
+        raise CohortError(
+            f"{path}: lesion(s) typed twice: "
+            + ", ".join(f"case {r.case_id} lesion {r.lesion}" for r in twice.itertuples())
+        )
     return types_by_case(table)
 
 
@@ -160,13 +176,22 @@ def _read_on_grid(path: Path, meta, where: str, what: str) -> np.ndarray:
     except ContractError as err:
         raise ContractError(f"{where}: {err}") from None
     if mask.shape != meta.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
-        raise ContractError(f"{where}: {what} grid {mask.shape} differs from CT grid {meta.shape} (or their "
-                            "affines differ: the mask must lie on the CT's own voxels)")
+        raise ContractError(
+            f"{where}: {what} grid {mask.shape} differs from CT grid {meta.shape} (or their "
+            "affines differ: the mask must lie on the CT's own voxels)"
+        )
     return mask
 
 
-def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version: str, crop_margin_mm: float,
-                segment: SegmentSettings, cascade_dir: str | None) -> tuple[dict, list[LesionCrop], dict | None, list[dict]]:
+def _check_case(
+    data_dir: Path,
+    case: dict,
+    types: dict[int, str],
+    data_version: str,
+    crop_margin_mm: float,
+    segment: SegmentSettings,
+    cascade_dir: str | None,
+) -> tuple[dict, list[LesionCrop], dict | None, list[dict]]:
     """Read one case, check it against the contract, segment it if asked, and cut its lesions' crops.
 
     With an automatic ``segment`` method the lesions are the automatic ones, each labelled by the
@@ -184,7 +209,9 @@ def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version:
     where = f"case {case_id}"
     image_path = contained_path(data_dir, case["image"], f"{where}, image")
     mask_path = contained_path(data_dir, case["mask"], f"{where}, mask")
-    liver_path = contained_path(data_dir, case["liver_mask"], f"{where}, liver mask") if case.get("liver_mask") else None
+    liver_path = (
+        contained_path(data_dir, case["liver_mask"], f"{where}, liver mask") if case.get("liver_mask") else None
+    )
     try:
         image, meta = load_nifti(image_path)
     except ContractError as err:
@@ -216,8 +243,18 @@ def _check_case(data_dir: Path, case: dict, types: dict[int, str], data_version:
     automatic = automatic_segmentation(hu, meta.spacing, segment, load_cascade(cascade_dir))
     auto_instances, auto_described = instance_map(automatic.lesions.astype(np.uint8), case_id, "binary")
     measures, lesion_rows_, auto_labels = compare_to_reference(
-        str(case_id), str(case["patient_key"]), segment.method, meta.spacing, automatic, auto_instances, instances,
-        labels, liver, segment.detection_dice, time.perf_counter() - started)
+        str(case_id),
+        str(case["patient_key"]),
+        segment.method,
+        meta.spacing,
+        automatic,
+        auto_instances,
+        instances,
+        labels,
+        liver,
+        segment.detection_dice,
+        time.perf_counter() - started,
+    )
     for lesion in auto_described:
         lesion["label"] = auto_labels[lesion["instance"]]
     crops = cut_crops(hu, auto_instances, auto_described, meta.spacing, str(case_id), crop_margin_mm)
@@ -232,9 +269,16 @@ def _check_case_job(args: tuple) -> tuple[dict, list[LesionCrop], dict | None, l
         return str(err)
 
 
-def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = None,
-                 quarantine: bool = False, crop_margin_mm: float = 0.0, workers: int | None = None,
-                 segment: SegmentSettings | None = None, cascade_dir: str | None = None) -> Ingested:
+def ingest_cases(
+    data_dir: str | Path,
+    data_version: str,
+    progress: Progress = None,
+    quarantine: bool = False,
+    crop_margin_mm: float = 0.0,
+    workers: int | None = None,
+    segment: SegmentSettings | None = None,
+    cascade_dir: str | None = None,
+) -> Ingested:
     """Read every case once (canonical RAS orientation): check it, record its geometry, cut its lesions.
 
     Args:
@@ -258,8 +302,10 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
     segment = segment or SegmentSettings()
     if segment.method == "learned" and cascade_dir is None:
         raise ValueError("segment method learned needs the cascade's folder (cascade_dir)")
-    jobs = [(data_dir, case, types.get(case["case_id"], {}), data_version, crop_margin_mm, segment, cascade_dir)
-            for case in cases]
+    jobs = [
+        (data_dir, case, types.get(case["case_id"], {}), data_version, crop_margin_mm, segment, cascade_dir)
+        for case in cases
+    ]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     rows, crops, problems, measured, outcomes = [], [], [], [], []
 
@@ -281,18 +327,22 @@ def ingest_cases(data_dir: str | Path, data_version: str, progress: Progress = N
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             collect(pool.map(_check_case_job, jobs))
     if problems and not quarantine:
-        raise CohortError(f"{len(problems)} case(s) of {data_dir} break the data contract:\n  "
-                          + "\n  ".join(p["problem"] for p in problems))
+        raise CohortError(
+            f"{len(problems)} case(s) of {data_dir} break the data contract:\n  "
+            + "\n  ".join(p["problem"] for p in problems)
+        )
     if not rows:
         raise CohortError(f"{data_dir}: no case is left to ingest ({len(problems)} quarantined)")
     kept = [row["case_id"] for row in rows]
     type_rows = [(case, lesion, kind) for case in kept for lesion, kind in sorted(types.get(case, {}).items())]
-    return Ingested(pd.DataFrame(rows, columns=list(CASE_COLUMNS)),
-                    pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS)),
-                    pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)),
-                    LesionCrops(crops, crop_margin_mm, source=segment.method),
-                    pd.DataFrame(measured, columns=list(SEGMENTATION_CASE_COLUMNS)),
-                    pd.DataFrame(outcomes, columns=list(SEGMENTATION_LESION_COLUMNS)))
+    return Ingested(
+        pd.DataFrame(rows, columns=list(CASE_COLUMNS)),
+        pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS)),
+        pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)),
+        LesionCrops(crops, crop_margin_mm, source=segment.method),
+        pd.DataFrame(measured, columns=list(SEGMENTATION_CASE_COLUMNS)),
+        pd.DataFrame(outcomes, columns=list(SEGMENTATION_LESION_COLUMNS)),
+    )
 
 
 def types_by_case(lesion_types: pd.DataFrame) -> dict[str, dict[int, str]]:
@@ -303,8 +353,9 @@ def types_by_case(lesion_types: pd.DataFrame) -> dict[str, dict[int, str]]:
     return types
 
 
-def segment_cases(cases: pd.DataFrame, crops: LesionCrops, types: dict[str, dict[int, str]] | None = None,
-                  progress: Progress = None) -> pd.DataFrame:
+def segment_cases(
+    cases: pd.DataFrame, crops: LesionCrops, types: dict[str, dict[int, str]] | None = None, progress: Progress = None
+) -> pd.DataFrame:
     """The lesion table from the ingested crops: one row per lesion, labelled where the type is known.
 
     Args:
@@ -363,8 +414,13 @@ def crop_patches(
     for k, crop in enumerate(crops):
         lo = crop.origin
         stack, info = lesion_patches(crop.image, crop.mask, crop.spacing, margin_mm, canvas, output_size, square_pixels)
-        info = replace(info, main_slice=info.main_slice + lo[info.main_axis],
-                       center_0=info.center_0 + lo[0], center_1=info.center_1 + lo[1], center_2=info.center_2 + lo[2])
+        info = replace(
+            info,
+            main_slice=info.main_slice + lo[info.main_axis],
+            center_0=info.center_0 + lo[0],
+            center_1=info.center_1 + lo[1],
+            center_2=info.center_2 + lo[2],
+        )
         stacks[k] = stack
         rows.append({"lesion_id": crop.lesion_id, **info.as_row()})
     return stacks, rows
@@ -382,10 +438,17 @@ def case_patches(
 ) -> tuple[np.ndarray, list[dict]]:
     """The three orthogonal patches of each lesion of one whole case, in the order of ``lesions`` (``crop_patches``)."""
     case_id = str(lesions["case_id"].iloc[0]) if len(lesions) else ""
-    described = [{"instance": int(r.instance), "label": None, "box": bounding_box(r._asdict())}
-                 for r in lesions.itertuples(index=False)]
-    return crop_patches(cut_crops(image, instances, described, spacing, case_id, margin_mm), margin_mm, canvas,
-                        output_size, square_pixels)
+    described = [
+        {"instance": int(r.instance), "label": None, "box": bounding_box(r._asdict())}
+        for r in lesions.itertuples(index=False)
+    ]
+    return crop_patches(
+        cut_crops(image, instances, described, spacing, case_id, margin_mm),
+        margin_mm,
+        canvas,
+        output_size,
+        square_pixels,
+    )
 
 
 def extract_cohort_patches(
@@ -407,16 +470,19 @@ def extract_cohort_patches(
         ValueError: the crops were cut with less margin than the patches need (re-run ingest).
     """
     if crops.margin_mm < margin_mm:
-        raise ValueError(f"the crops keep {crops.margin_mm} mm around each lesion, the patches need {margin_mm} mm: "
-                         "ingest with crop_margin_mm at least the patch margin")
+        raise ValueError(
+            f"the crops keep {crops.margin_mm} mm around each lesion, the patches need {margin_mm} mm: "
+            "ingest with crop_margin_mm at least the patch margin"
+        )
     lesions = lesions.reset_index(drop=True)
     size = tuple(output_size or canvas)
     patches = np.zeros((len(lesions), *size, 3), dtype=np.float32)
     index_rows = []
     by_case = list(lesions.groupby("case_id", sort=False))
     for i, (case_id, group) in enumerate(by_case, start=1):
-        stacks, rows = crop_patches([crops[lid] for lid in group["lesion_id"]], margin_mm, canvas, output_size,
-                                    square_pixels)
+        stacks, rows = crop_patches(
+            [crops[lid] for lid in group["lesion_id"]], margin_mm, canvas, output_size, square_pixels
+        )
         for row_number, stack, row in zip(group.index, stacks, rows):
             patches[row_number] = stack
             index_rows.append({"row": row_number, **row})

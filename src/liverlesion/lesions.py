@@ -16,18 +16,25 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from liverlesion.crops import LesionCrop, cut_crops
 from liverlesion.contract import (
-    LABEL_NAMES, LESION_COLUMNS, LESION_TYPES, MASK_ENCODINGS, MASK_TO_LABEL, ContractError,
+    LABEL_NAMES,
+    LESION_COLUMNS,
+    LESION_TYPES,
+    MASK_ENCODINGS,
+    MASK_TO_LABEL,
+    ContractError,
 )
+from liverlesion.crops import LesionCrop, cut_crops
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def _components(binary: np.ndarray, label: int | None) -> list[tuple]:
     components, _ = ndimage.label(binary, structure=_CONNECTIVITY_26)
-    return [(label, tuple(b.start for b in box[::-1]), components, index, box)
-            for index, box in enumerate(ndimage.find_objects(components), start=1)]
+    return [
+        (label, tuple(b.start for b in box[::-1]), components, index, box)
+        for index, box in enumerate(ndimage.find_objects(components), start=1)
+    ]
 
 
 def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") -> tuple[np.ndarray, list[dict]]:
@@ -53,7 +60,9 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
         if instances.min() < 0:
             raise ContractError(f"case {case_id}: an instance mask holds no negative values, found {instances.min()}")
         boxes = ndimage.find_objects(instances)
-        described = [{"instance": k, "label": None, "box": box} for k, box in enumerate(boxes, start=1) if box is not None]
+        described = [
+            {"instance": k, "label": None, "box": box} for k, box in enumerate(boxes, start=1) if box is not None
+        ]
         return instances, described
     if encoding == "binary":
         found = _components(mask != 0, None)
@@ -86,25 +95,33 @@ def lesion_labels(described: list[dict], types: Mapping[int, str] | None, case_i
     present = {d["instance"] for d in described}
     stray = sorted(set(types) - present)
     if stray:
-        raise ContractError(f"case {case_id}: lesion type(s) given for lesion(s) {stray}, which its mask does not hold "
-                            f"(it holds {sorted(present)})")
+        raise ContractError(
+            f"case {case_id}: lesion type(s) given for lesion(s) {stray}, which its mask does not hold "
+            f"(it holds {sorted(present)})"
+        )
     labels = {}
     for d in described:
         label = d["label"]
         if d["instance"] in types:
             name = str(types[d["instance"]]).strip().lower()
             if name not in LESION_TYPES:
-                raise ContractError(f"case {case_id}, lesion {d['instance']}: lesion type {types[d['instance']]!r} is not "
-                                    f"in the map; known types: {sorted(LESION_TYPES)}")
+                raise ContractError(
+                    f"case {case_id}, lesion {d['instance']}: lesion type {types[d['instance']]!r} is not "
+                    f"in the map; known types: {sorted(LESION_TYPES)}"
+                )
             if label is not None and LESION_TYPES[name] != label:
-                raise ContractError(f"case {case_id}, lesion {d['instance']}: the type table says {name}, "
-                                    f"the class-coded mask says {LABEL_NAMES[label]}")
+                raise ContractError(
+                    f"case {case_id}, lesion {d['instance']}: the type table says {name}, "
+                    f"the class-coded mask says {LABEL_NAMES[label]}"
+                )
             label = LESION_TYPES[name]
         labels[d["instance"]] = label
     return labels
 
 
-def crop_rows(crops: Iterable[LesionCrop], patient_key: str, labels: Mapping[int, int | None] | None = None) -> pd.DataFrame:
+def crop_rows(
+    crops: Iterable[LesionCrop], patient_key: str, labels: Mapping[int, int | None] | None = None
+) -> pd.DataFrame:
     """One row per lesion crop (``contract.LESION_COLUMNS``): size, box, centroid, HU statistics, label.
 
     Args:

@@ -81,7 +81,9 @@ def classification_metrics(y_true, probability, threshold: float = 0.5, undefine
     return {name: values[name] for name in METRIC_NAMES}
 
 
-def best_threshold_accuracy(values: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[float, float]:
+def best_threshold_accuracy(
+    values: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> tuple[float, float]:
     """Best accuracy that one threshold on one feature reaches, and that threshold.
 
     It measures how easy a cohort is: if one number per lesion (say mean HU) split the classes
@@ -156,8 +158,15 @@ def plot_confusion_matrix(y_true, probability, threshold: float, path: Path, tit
     ax.set_xlabel("predicted")
     ax.set_ylabel("reference")
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black", fontsize=14)
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > matrix.max() / 2 else "black",
+            fontsize=14,
+        )
     ax.set_title(title or f"Confusion matrix (test, P(metastasis) >= {threshold:g})")
     fig.tight_layout()
     fig.savefig(path)

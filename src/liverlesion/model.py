@@ -8,8 +8,8 @@ Backend-agnostic Keras 3: nothing here imports TensorFlow, ZenML or MLflow.
 
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +32,17 @@ class Backbone:
 
 BACKBONES: dict[str, Backbone] = {
     "inception_v3": Backbone(
-        "InceptionV3", keras.applications.InceptionV3,
-        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "bcbd6486424b2319ff4ef7d526e38f63"),
+        "InceptionV3",
+        keras.applications.InceptionV3,
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "bcbd6486424b2319ff4ef7d526e38f63",
+    ),
     "inception_resnet_v2": Backbone(
-        "InceptionResNetV2", keras.applications.InceptionResNetV2,
-        "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "d19885ff4a710c122648d3b5c3b684e4"),
+        "InceptionResNetV2",
+        keras.applications.InceptionResNetV2,
+        "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "d19885ff4a710c122648d3b5c3b684e4",
+    ),
 }
 #: File Keras looks for in ``$KERAS_HOME/models/`` for InceptionV3's ImageNet weights without the top.
 IMAGENET_NOTOP_FILE = BACKBONES["inception_v3"].imagenet_notop_file
@@ -123,7 +129,8 @@ def build_model(
     rows, cols, channels = input_shape
     if min(rows, cols) < MIN_INPUT_SIDE or channels != 3:
         raise ValueError(
-            f"input shape {input_shape}: {spec.label} needs (rows, cols, 3) with sides >= {MIN_INPUT_SIDE}")
+            f"input shape {input_shape}: {spec.label} needs (rows, cols, 3) with sides >= {MIN_INPUT_SIDE}"
+        )
     features = spec.application(
         include_top=False, weights=resolve_weights(weights, backbone), input_shape=tuple(input_shape)
     )
@@ -137,4 +144,3 @@ def build_model(
         x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="softmax", dtype="float32")(x)
     return keras.Model(features.input, outputs, name=name or f"{spec.label.lower()}_fc512")
-

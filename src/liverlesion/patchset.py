@@ -74,8 +74,13 @@ def export_patches(
         arrays[f"{name}_lesion_id"] = np.asarray(ids, dtype=str)
         arrays[f"{name}_patient_key"] = np.asarray([keys[i] for i in ids], dtype=str)
         counts[name] = len(ids)
-    full_meta = {**meta, "format_version": FORMAT_VERSION, "dtype": dtype, "counts": counts,
-                 "patch_shape": list(patches.shape[1:])}
+    full_meta = {
+        **meta,
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype,
+        "counts": counts,
+        "patch_shape": list(patches.shape[1:]),
+    }
     arrays["meta"] = np.asarray(json.dumps(full_meta, sort_keys=True))
     with path.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
@@ -97,8 +102,10 @@ def load_patch_set(path: Path, dtype: str = "float32") -> ExportedPatches:
             raise ValueError(f"{path}: patch export format {meta.get('format_version')}, expected {FORMAT_VERSION}")
         sets = {
             name: PatchSet(
-                data[f"{name}_x"].astype(dtype), data[f"{name}_y"].astype(np.int32),
-                data[f"{name}_lesion_id"], data[f"{name}_patient_key"],
+                data[f"{name}_x"].astype(dtype),
+                data[f"{name}_y"].astype(np.int32),
+                data[f"{name}_lesion_id"],
+                data[f"{name}_patient_key"],
             )
             for name in SETS
         }

@@ -41,7 +41,14 @@ from scipy import ndimage
 from scipy.special import ndtri
 
 from liverlesion.contract import (
-    CASES_FILE, CASES_FILE_COLUMNS, COHORT_FILE, IMAGES_DIR, LIVERS_DIR, MASK_CYST, MASK_METASTASIS, MASKS_DIR,
+    CASES_FILE,
+    CASES_FILE_COLUMNS,
+    COHORT_FILE,
+    IMAGES_DIR,
+    LIVERS_DIR,
+    MASK_CYST,
+    MASK_METASTASIS,
+    MASKS_DIR,
 )
 from liverlesion.imaging import affine_from_spacing, save_nifti
 
@@ -266,7 +273,7 @@ class CohortSpec(BaseModel):
     fov_margin_mm: float = Field(6.0, ge=0.0, le=100.0, description="field of view around the liver")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "CohortSpec":
+    def _consistent(self) -> CohortSpec:
         if self.n_lesions < self.n_patients:
             raise ValueError(
                 f"n_lesions ({self.n_lesions}) must be at least n_patients ({self.n_patients}): "
@@ -357,7 +364,9 @@ def plan_cohort(spec: CohortSpec) -> list[PatientPlan]:
     if n_met > 0:
         is_met[rng.choice(n_l, size=n_met, replace=False, p=slot_weight / slot_weight.sum())] = True
     cap_scale = min(1.0, spec.size_scale) ** 3
-    met_volumes = _class_volumes(rng, n_met, METASTASIS_VOLUME_ML, METASTASIS_LOG_VOLUME_SD, METASTASIS_VOLUME_ML.max * cap_scale)
+    met_volumes = _class_volumes(
+        rng, n_met, METASTASIS_VOLUME_ML, METASTASIS_LOG_VOLUME_SD, METASTASIS_VOLUME_ML.max * cap_scale
+    )
     cyst_volumes = _class_volumes(rng, n_l - n_met, CYST_VOLUME_ML, CYST_LOG_VOLUME_SD, CYST_VOLUME_ML.max * cap_scale)
     met_iter, cyst_iter = iter(met_volumes.tolist()), iter(cyst_volumes.tolist())
     width = max(3, len(str(n_p)))
@@ -370,7 +379,9 @@ def plan_cohort(spec: CohortSpec) -> list[PatientPlan]:
             else:
                 lesions.append(PlannedLesion(MASK_CYST, float(next(cyst_iter))))
             slot += 1
-        plans.append(PatientPlan(i, f"{PATIENT_KEY_PREFIX}-{i + 1:0{width}d}", f"case_{i + 1:0{width}d}", tuple(lesions)))
+        plans.append(
+            PatientPlan(i, f"{PATIENT_KEY_PREFIX}-{i + 1:0{width}d}", f"case_{i + 1:0{width}d}", tuple(lesions))
+        )
     return plans
 
 
@@ -421,7 +432,9 @@ def _ellipse_membership(x: np.ndarray, y: np.ndarray, semi_x: float, semi_y: flo
     return _ramp(distance, width)
 
 
-def _smooth_field(rng: np.random.Generator, axes: tuple[np.ndarray, np.ndarray, np.ndarray], n_modes: int, wavelength: Range) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, axes: tuple[np.ndarray, np.ndarray, np.ndarray], n_modes: int, wavelength: Range
+) -> np.ndarray:
     """A smooth random field of unit variance: a sum of plane waves of random direction and phase."""
     x, y, z = axes
     field = np.zeros((x.size, y.size, z.size), dtype=np.float32)
@@ -473,14 +486,16 @@ class _Shape:
         unit = _Shape(self.axes, self.rotation, self.lobe_dirs, self.lobe_heights, self.lobe_sharpness, 1.0)
         return unit.radius(_fibonacci_sphere(SHAPE_SPHERE_POINTS))
 
-    def with_volume(self, volume_ml: float) -> "_Shape":
+    def with_volume(self, volume_ml: float) -> _Shape:
         """The same shape scaled to a volume: V = (1/3) * integral of radius^3 over the sphere."""
         mean_cube = float(np.mean(self._unit_radii() ** 3))
         scale = (volume_ml * 1000.0 / (4.0 / 3.0 * math.pi * mean_cube)) ** (1.0 / 3.0)
         return self.scaled(scale / self.scale_mm)
 
-    def scaled(self, factor: float) -> "_Shape":
-        return _Shape(self.axes, self.rotation, self.lobe_dirs, self.lobe_heights, self.lobe_sharpness, self.scale_mm * factor)
+    def scaled(self, factor: float) -> _Shape:
+        return _Shape(
+            self.axes, self.rotation, self.lobe_dirs, self.lobe_heights, self.lobe_sharpness, self.scale_mm * factor
+        )
 
     @cached_property
     def extent_mm(self) -> tuple[float, float]:
@@ -538,7 +553,13 @@ def _random_appearance(rng: np.random.Generator, code: int, volume_ml: float, li
     texture_scale = _draw(rng, METASTASIS_TEXTURE_SCALE_MM)
     has_rim = rng.random() < METASTASIS_RIM_PROBABILITY
     rim_hu, rim_mm = _draw(rng, METASTASIS_RIM_HU), _draw(rng, METASTASIS_RIM_MM)
-    p_necrosis = float(np.clip(NECROSIS_PROBABILITY_AT_1ML + NECROSIS_PROBABILITY_PER_DECADE * math.log10(volume_ml), 0.0, NECROSIS_PROBABILITY_MAX))
+    p_necrosis = float(
+        np.clip(
+            NECROSIS_PROBABILITY_AT_1ML + NECROSIS_PROBABILITY_PER_DECADE * math.log10(volume_ml),
+            0.0,
+            NECROSIS_PROBABILITY_MAX,
+        )
+    )
     necrotic = rng.random() < p_necrosis
     necrosis_hu, core = _draw(rng, NECROSIS_HU), _draw(rng, NECROSIS_CORE_FRACTION)
     return _Appearance(
@@ -645,11 +666,13 @@ def _draw_anatomy(rng: np.random.Generator, scale: float, lesion_volume_ml: floa
     semi_x = (volume_mm3 / (_unit_liver_volume(left) * np.prod(aspect))) ** (1.0 / 3.0)
     semi = semi_x * aspect
     cavity = (semi[0] * _draw(rng, CAVITY_TO_LIVER_TRANSVERSE), semi[1] * _draw(rng, CAVITY_TO_LIVER_AP))
-    centre = np.array([
-        cavity[0] - _draw(rng, LIVER_LATERAL_REACH) * semi[0],
-        _draw(rng, LIVER_AP_OFFSET) * cavity[1],
-        0.0,
-    ])
+    centre = np.array(
+        [
+            cavity[0] - _draw(rng, LIVER_LATERAL_REACH) * semi[0],
+            _draw(rng, LIVER_AP_OFFSET) * cavity[1],
+            0.0,
+        ]
+    )
     wall = (_draw(rng, SKIN_MM) * scale, _draw(rng, SUBCUTANEOUS_FAT_MM) * scale, _draw(rng, MUSCLE_WALL_MM) * scale)
     return _Anatomy(
         liver_centre=centre,
@@ -668,18 +691,25 @@ def _liver_grid(anat: _Anatomy, spacing: np.ndarray, margin_mm: float) -> _Grid:
     """A grid that surely holds the liver (its wobble included) plus the margin."""
     a, th = anat.liver_semi, anat.liver_rotation
     grow = 1.0 / (1.0 - LIVER_WOBBLE * math.sqrt(2.0 * LIVER_WOBBLE_MODES))
-    half = np.array([
-        math.hypot(a[0] * math.cos(th), a[1] * math.sin(th)),
-        math.hypot(a[0] * math.sin(th), a[1] * math.cos(th)),
-        a[2],
-    ]) * grow
+    half = (
+        np.array(
+            [
+                math.hypot(a[0] * math.cos(th), a[1] * math.sin(th)),
+                math.hypot(a[0] * math.sin(th), a[1] * math.cos(th)),
+                a[2],
+            ]
+        )
+        * grow
+    )
     lo = np.maximum(anat.liver_centre - half, [-anat.cavity[0], -anat.cavity[1], -np.inf]) - margin_mm
     hi = np.minimum(anat.liver_centre + half, [anat.cavity[0], anat.cavity[1], np.inf]) + margin_mm
     shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing).astype(int) + 1)
     return _Grid(lo, spacing, shape)
 
 
-def _liver_fields(liver_seq: np.random.SeedSequence, anat: _Anatomy, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _liver_fields(
+    liver_seq: np.random.SeedSequence, anat: _Anatomy, grid: _Grid
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Liver partial-volume membership, approximate signed distance to its surface (mm) and the
     voxel extent along the surface normal (mm).
 
@@ -697,7 +727,9 @@ def _liver_fields(liver_seq: np.random.SeedSequence, anat: _Anatomy, grid: _Grid
     qy = (-sin_t * dx + cos_t * dy) / a[1]
     qz = ((z - c[2]) / a[2]).astype(np.float32)
     t2 = (_taper(qx, anat.left_thickness) ** 2).astype(np.float32)[:, :, None]
-    g = (qx * qx).astype(np.float32)[:, :, None] + ((qy * qy).astype(np.float32)[:, :, None] + (qz * qz)[None, None, :]) / t2
+    g = (qx * qx).astype(np.float32)[:, :, None] + (
+        (qy * qy).astype(np.float32)[:, :, None] + (qz * qz)[None, None, :]
+    ) / t2
     np.sqrt(g, out=g)
     wobble = _smooth_field(np.random.default_rng(liver_seq), (x, y, z), LIVER_WOBBLE_MODES, LIVER_WOBBLE_WAVELENGTH_MM)
     g *= 1.0 + LIVER_WOBBLE * wobble
@@ -794,11 +826,15 @@ def _render_scene(rng: np.random.Generator, liver_seq: np.random.SeedSequence, a
     soft_hu, fat_hu = _draw(rng, ABDOMEN_SOFT_TISSUE_HU), _draw(rng, FAT_HU)
     threshold = float(ndtri(1.0 - _draw(rng, ABDOMEN_FAT_SHARE)))  # the field is about standard normal
     texture = _smooth_field(rng, (x, y, z), ABDOMEN_TEXTURE_MODES, ABDOMEN_TEXTURE_WAVELENGTH_MM)
-    interior = soft_hu + _smoothstep(threshold - ABDOMEN_FAT_EDGE, threshold + ABDOMEN_FAT_EDGE, texture) * (fat_hu - soft_hu)
+    interior = soft_hu + _smoothstep(threshold - ABDOMEN_FAT_EDGE, threshold + ABDOMEN_FAT_EDGE, texture) * (
+        fat_hu - soft_hu
+    )
     del texture
     c, a = anat.liver_centre, anat.liver_semi
     radial = ((x2 - c[0]) / a[0]) ** 2 + ((y2 - c[1]) / a[1]) ** 2
-    level = c[2] + a[2] * (anat.lung_level - DIAPHRAGM_DOME_DROP * radial + LUNG_BASE_POSTERIOR_DROP * (y2 - c[1]) / a[1])
+    level = c[2] + a[2] * (
+        anat.lung_level - DIAPHRAGM_DOME_DROP * radial + LUNG_BASE_POSTERIOR_DROP * (y2 - c[1]) / a[1]
+    )
     above = _ramp((level[:, :, None] - z[None, None, :]).astype(np.float32), np.float32(spacing[2]))
     lung = above * (1.0 - _ramp(distance - anat.diaphragm_mm, width))
     del above, distance, width
@@ -809,7 +845,9 @@ def _render_scene(rng: np.random.Generator, liver_seq: np.random.SeedSequence, a
 
     liver_hu = _draw(rng, LIVER_HU)
     variation_sd = _draw(rng, LIVER_VARIATION_SD_HU)
-    parenchyma = liver_hu + variation_sd * _smooth_field(rng, (x, y, z), LIVER_VARIATION_MODES, LIVER_VARIATION_WAVELENGTH_MM)
+    parenchyma = liver_hu + variation_sd * _smooth_field(
+        rng, (x, y, z), LIVER_VARIATION_MODES, LIVER_VARIATION_WAVELENGTH_MM
+    )
     vessels = _vessel_membership(rng, anat, grid, liver)
     parenchyma += vessels * (_draw(rng, VESSEL_HU) - parenchyma)
     volume += liver * (parenchyma - volume)
@@ -871,9 +909,13 @@ def _draw_capsule(target: np.ndarray, grid: _Grid, p0: np.ndarray, p1: np.ndarra
     dz = rel[2][None, None, :] - t * seg[2]
     dist = np.sqrt(dx * dx + dy * dy + dz * dz)
     with np.errstate(divide="ignore", invalid="ignore"):
-        width = np.where(dist > 0, (np.abs(dx) * grid.spacing[0] + np.abs(dy) * grid.spacing[1] + np.abs(dz) * grid.spacing[2]) / dist, grid.spacing.min())
+        width = np.where(
+            dist > 0,
+            (np.abs(dx) * grid.spacing[0] + np.abs(dy) * grid.spacing[1] + np.abs(dz) * grid.spacing[2]) / dist,
+            grid.spacing.min(),
+        )
     m = _ramp(dist - radius, width)
-    region = target[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    region = target[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     np.maximum(region, m, out=region)
 
 
@@ -957,7 +999,9 @@ def _normalised_depth(shape: _Shape, rendered: _Rendered) -> np.ndarray:
     return rho
 
 
-def _lesion_values(rng: np.random.Generator, look: _Appearance, shape: _Shape, rendered: _Rendered, spacing: np.ndarray) -> np.ndarray:
+def _lesion_values(
+    rng: np.random.Generator, look: _Appearance, shape: _Shape, rendered: _Rendered, spacing: np.ndarray
+) -> np.ndarray:
     """HU inside the lesion box: flat for cysts; texture, rim and necrotic core for metastases.
 
     Rim and core are laid out on the normalised radius ``rho`` (0 centre, 1 surface), so they
@@ -977,13 +1021,17 @@ def _lesion_values(rng: np.random.Generator, look: _Appearance, shape: _Shape, r
         values += look.rim_hu * _smoothstep(1.0 - 2.0 * rim, 1.0 - rim, rho)
     if look.necrosis_hu is not None:
         edge = rho + NECROSIS_EDGE_IRREGULARITY * texture
-        core = 1.0 - _smoothstep(look.necrosis_core - NECROSIS_EDGE_SOFTNESS, look.necrosis_core + NECROSIS_EDGE_SOFTNESS, edge)
+        core = 1.0 - _smoothstep(
+            look.necrosis_core - NECROSIS_EDGE_SOFTNESS, look.necrosis_core + NECROSIS_EDGE_SOFTNESS, edge
+        )
         necrosis = look.necrosis_hu + NECROSIS_TEXTURE_FRACTION * look.texture_sd_hu * texture
         values += core * (necrosis - values)
     return values.astype(np.float32)
 
 
-def _place_lesions(rng: np.random.Generator, plan: PatientPlan, grid: _Grid, scene: _Scene, mask: np.ndarray) -> list[LesionTruth]:
+def _place_lesions(
+    rng: np.random.Generator, plan: PatientPlan, grid: _Grid, scene: _Scene, mask: np.ndarray
+) -> list[LesionTruth]:
     """Place lesions, largest first, inside the liver and apart from each other; blend them in.
 
     Centres are proposed where a coarse distance map says the lesion's bounding ball fits in the
@@ -1063,7 +1111,9 @@ def _place_lesions(rng: np.random.Generator, plan: PatientPlan, grid: _Grid, sce
 
 def _add_noise(rng: np.random.Generator, volume: np.ndarray, spacing: np.ndarray, noise_sd: float) -> np.ndarray:
     """Scanner blur (in-plane PSF), then correlated Gaussian noise of the given SD; int16 HU."""
-    blurred = ndimage.gaussian_filter(volume, sigma=(PSF_SIGMA_MM / spacing[0], PSF_SIGMA_MM / spacing[1], 0.0), mode="nearest")
+    blurred = ndimage.gaussian_filter(
+        volume, sigma=(PSF_SIGMA_MM / spacing[0], PSF_SIGMA_MM / spacing[1], 0.0), mode="nearest"
+    )
     noise = rng.standard_normal(volume.shape, dtype=np.float32)
     sigma = (NOISE_CORRELATION_SIGMA_VOXELS, NOISE_CORRELATION_SIGMA_VOXELS, 0.0)
     noise = ndimage.gaussian_filter(noise, sigma=sigma, mode="wrap")
@@ -1123,8 +1173,14 @@ def _write_case(spec: CohortSpec, plan: PatientPlan, out_dir: Path) -> dict[str,
     save_nifti(case.image, case.affine, out_dir / image)
     save_nifti(case.mask, case.affine, out_dir / mask)
     save_nifti(case.liver.astype(np.uint8), case.affine, out_dir / liver)
-    return {"patient_key": case.patient_key, "case_id": case.case_id, "image": image, "mask": mask, "liver_mask": liver,
-            "n_lesions": len(case.lesions)}
+    return {
+        "patient_key": case.patient_key,
+        "case_id": case.case_id,
+        "image": image,
+        "mask": mask,
+        "liver_mask": liver,
+        "n_lesions": len(case.lesions),
+    }
 
 
 def _write_case_job(args: tuple[dict, PatientPlan, str]) -> dict[str, str | int]:
@@ -1190,5 +1246,7 @@ def generate_cohort(spec: CohortSpec, out_dir: Path, progress: Progress | None =
     writer.writeheader()
     writer.writerows(rows)
     (out_dir / CASES_FILE).write_text(buffer.getvalue(), encoding="utf-8")
-    (out_dir / COHORT_FILE).write_text(json.dumps(cohort_metadata(spec), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out_dir / COHORT_FILE).write_text(
+        json.dumps(cohort_metadata(spec), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return out_dir

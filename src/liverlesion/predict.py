@@ -29,8 +29,18 @@ from liverlesion.lesions import instance_map, lesion_rows
 #: ``auto``: 0/1 or 0/255 masks are binary (lesions = connected components), anything else instance-numbered
 MASK_ENCODINGS_AT_INFERENCE = ("auto", "binary", "instance", "class")
 RESULT_COLUMNS = (
-    "case_id", "lesion_id", "instance", "volume_ml", "x_mm", "y_mm", "z_mm", "p_metastasis", "predicted",
-    "predicted_class", "model_name", "model_version",
+    "case_id",
+    "lesion_id",
+    "instance",
+    "volume_ml",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "p_metastasis",
+    "predicted",
+    "predicted_class",
+    "model_name",
+    "model_version",
 )
 _LABEL_TO_MASK = {label: code for code, label in MASK_TO_LABEL.items()}
 
@@ -48,8 +58,12 @@ class PatchSettings:
     def from_profile(cls, profile: dict[str, Any]) -> PatchSettings:
         """From a profile as JSON (the ``config`` lineage tag of a registered version)."""
         p = profile["patches"]
-        return cls(float(p["margin_mm"]), tuple(p["canvas"]), tuple(p["output_size"]) if p.get("output_size") else None,
-                   bool(p["square_pixels"]))
+        return cls(
+            float(p["margin_mm"]),
+            tuple(p["canvas"]),
+            tuple(p["output_size"]) if p.get("output_size") else None,
+            bool(p["square_pixels"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,8 +84,10 @@ def read_mask_nifti(path: Path, meta: ImageMeta, where: str) -> np.ndarray:
     """
     mask, mask_meta = load_nifti(path)
     if mask.shape != meta.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
-        raise ContractError(f"{where}: mask grid {mask.shape} differs from CT grid {meta.shape} (or their affines "
-                            "differ: the mask must lie on the CT's own voxels)")
+        raise ContractError(
+            f"{where}: mask grid {mask.shape} differs from CT grid {meta.shape} (or their affines "
+            "differ: the mask must lie on the CT's own voxels)"
+        )
     return mask
 
 
@@ -108,8 +124,15 @@ class LesionPredictor:
         model_name, model_version: written in every result row.
     """
 
-    def __init__(self, model, patches: PatchSettings, threshold: float = 0.5, precision: str = "auto",
-                 model_name: str = "", model_version: str = ""):
+    def __init__(
+        self,
+        model,
+        patches: PatchSettings,
+        threshold: float = 0.5,
+        precision: str = "auto",
+        model_name: str = "",
+        model_version: str = "",
+    ):
         from liverlesion.inference import inference_model, resolve_precision
 
         self.model = model
@@ -121,16 +144,22 @@ class LesionPredictor:
 
     def record(self, **more: Any) -> dict[str, Any]:
         """What answered, for the outputs: model name and version, threshold, precision (and ``more``)."""
-        return {"model_name": self.model_name, "model_version": self.model_version, "threshold": self.threshold,
-                "precision": self.precision, **more}
+        return {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "threshold": self.threshold,
+            "precision": self.precision,
+            **more,
+        }
 
     def score_patches(self, patches: np.ndarray) -> np.ndarray:
         from liverlesion.training import predict_metastasis_probability
 
         return predict_metastasis_probability(self._scorer, patches)
 
-    def predict(self, image: np.ndarray, meta: ImageMeta, mask: np.ndarray, case_id: str = "case",
-                mask_encoding: str = "auto") -> CasePrediction:
+    def predict(
+        self, image: np.ndarray, meta: ImageMeta, mask: np.ndarray, case_id: str = "case", mask_encoding: str = "auto"
+    ) -> CasePrediction:
         """Score every lesion of one case.
 
         Args:
@@ -147,18 +176,29 @@ class LesionPredictor:
         instances, described = number_lesions(mask, mask_encoding, where)
         lesions = lesion_rows(instances, described, image, meta.spacing, case_id, "")
         p = self.patches
-        stacks, _ = case_patches(image, instances, meta.spacing, lesions, p.margin_mm, p.canvas, p.output_size,
-                                 p.square_pixels)
+        stacks, _ = case_patches(
+            image, instances, meta.spacing, lesions, p.margin_mm, p.canvas, p.output_size, p.square_pixels
+        )
         probability = self.score_patches(stacks)
         predicted = (probability >= self.threshold).astype(int)
         centroids = patient_mm(meta, lesions[[f"centroid_{a}" for a in range(3)]].to_numpy())
-        results = pd.DataFrame({
-            "case_id": case_id, "lesion_id": lesions["lesion_id"], "instance": lesions["instance"].astype(int),
-            "volume_ml": lesions["volume_ml"], "x_mm": centroids[:, 0], "y_mm": centroids[:, 1], "z_mm": centroids[:, 2],
-            "p_metastasis": probability.astype(float), "predicted": predicted,
-            "predicted_class": [LABEL_NAMES[int(k)] for k in predicted],
-            "model_name": self.model_name, "model_version": self.model_version,
-        }, columns=list(RESULT_COLUMNS))
+        results = pd.DataFrame(
+            {
+                "case_id": case_id,
+                "lesion_id": lesions["lesion_id"],
+                "instance": lesions["instance"].astype(int),
+                "volume_ml": lesions["volume_ml"],
+                "x_mm": centroids[:, 0],
+                "y_mm": centroids[:, 1],
+                "z_mm": centroids[:, 2],
+                "p_metastasis": probability.astype(float),
+                "predicted": predicted,
+                "predicted_class": [LABEL_NAMES[int(k)] for k in predicted],
+                "model_name": self.model_name,
+                "model_version": self.model_version,
+            },
+            columns=list(RESULT_COLUMNS),
+        )
         return CasePrediction(results, lesions, self.threshold, instances, image, meta)
 
     def score_cases(self, cases: pd.DataFrame, lesion_ids: set[str] | None = None) -> pd.Series:
@@ -185,7 +225,9 @@ def class_volume(instances: np.ndarray, results: pd.DataFrame) -> np.ndarray:
     return lookup[instances]
 
 
-def write_outputs(prediction: CasePrediction, out: Path, title: str = "", extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_outputs(
+    prediction: CasePrediction, out: Path, title: str = "", extra: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """``lesions.csv``, ``lesions.json``, ``lesion_classes.nii.gz`` (the CT's own geometry) and ``lesion_map.png``.
 
     Args:
@@ -196,19 +238,32 @@ def write_outputs(prediction: CasePrediction, out: Path, title: str = "", extra:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = prediction.results
-    files = {"csv": out / "lesions.csv", "json": out / "lesions.json", "labels": out / "lesion_classes.nii.gz",
-             "figure": out / "lesion_map.png"}
+    files = {
+        "csv": out / "lesions.csv",
+        "json": out / "lesions.json",
+        "labels": out / "lesion_classes.nii.gz",
+        "figure": out / "lesion_map.png",
+    }
     results.to_csv(files["csv"], index=False, lineterminator="\n")
-    document = {**(extra or {}), "coordinates": "x_mm, y_mm, z_mm: lesion centroid in DICOM patient coordinates (LPS), mm",
-                "classes": {"cyst": MASK_CYST, "metastasis": MASK_METASTASIS},
-                "lesions": json.loads(results.to_json(orient="records"))}
+    document = {
+        **(extra or {}),
+        "coordinates": "x_mm, y_mm, z_mm: lesion centroid in DICOM patient coordinates (LPS), mm",
+        "classes": {"cyst": MASK_CYST, "metastasis": MASK_METASTASIS},
+        "lesions": json.loads(results.to_json(orient="records")),
+    }
     files["json"].write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     volume, affine = to_source_orientation(class_volume(prediction.instances, results), prediction.meta)
     save_nifti(volume, affine, files["labels"])
     centroids = prediction.lesions[[f"centroid_{a}" for a in range(3)]].reset_index(drop=True)
-    lesion_map_figure(prediction.image, prediction.meta.spacing, prediction.instances,
-                      pd.concat([results.reset_index(drop=True), centroids], axis=1), files["figure"],
-                      title=title, threshold=prediction.threshold)
+    lesion_map_figure(
+        prediction.image,
+        prediction.meta.spacing,
+        prediction.instances,
+        pd.concat([results.reset_index(drop=True), centroids], axis=1),
+        files["figure"],
+        title=title,
+        threshold=prediction.threshold,
+    )
     return files
 
 

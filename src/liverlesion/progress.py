@@ -18,7 +18,10 @@ def progress_printer(label: str, every_percent: int = 10, stream=None) -> Callab
             last["pct"] = pct
             elapsed = time.perf_counter() - start
             eta = elapsed / i * (n - i) if i else 0.0
-            print(f"[{label}] {i}/{n} ({pct}%) {item}  {elapsed:.0f}s elapsed, ~{eta:.0f}s left",
-                  file=stream or sys.stdout, flush=True)
+            print(
+                f"[{label}] {i}/{n} ({pct}%) {item}  {elapsed:.0f}s elapsed, ~{eta:.0f}s left",
+                file=stream or sys.stdout,
+                flush=True,
+            )
 
     return report

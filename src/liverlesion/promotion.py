@@ -51,8 +51,11 @@ def decide(candidate: Mapping[str, float], champion: Mapping[str, float] | None,
     Floors first (a version below a floor is refused, also the first one); then the primary metric
     must beat the champion's by more than ``min_margin``. A NaN candidate value never passes.
     """
-    low = [f"{name} {_fmt(candidate[name])} < floor {floor:.4f}" for name, floor in sorted(rules.floors.items())
-           if not round(candidate[name], DECIMALS) >= floor]  # NaN fails too
+    low = [
+        f"{name} {_fmt(candidate[name])} < floor {floor:.4f}"
+        for name, floor in sorted(rules.floors.items())
+        if not round(candidate[name], DECIMALS) >= floor
+    ]  # NaN fails too
     if low:
         return Decision("refused", "refused by floor: " + "; ".join(low))
     metric = rules.primary_metric

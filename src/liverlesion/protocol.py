@@ -54,8 +54,10 @@ class Protocol:
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor {self.monitor!r}: expected one of {MONITORS}")
         if self.lr_schedule == "cosine" and self.lr_patience is not None:
-            raise ValueError("lr_schedule 'cosine' sets the rate of every step; it cannot also be cut on a plateau "
-                             "(set lr_patience to null)")
+            raise ValueError(
+                "lr_schedule 'cosine' sets the rate of every step; it cannot also be cut on a plateau "
+                "(set lr_patience to null)"
+            )
 
     @property
     def mode(self) -> str:

@@ -22,8 +22,8 @@ pipeline.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -87,7 +87,9 @@ def _patient_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) 
     return per_patient[:, groups]
 
 
-def _weighted_metrics(y_true: np.ndarray, probability: np.ndarray, weights: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+def _weighted_metrics(
+    y_true: np.ndarray, probability: np.ndarray, weights: np.ndarray, threshold: float
+) -> dict[str, np.ndarray]:
     """``classification_metrics`` for many resamples at once, each given as lesion weights.
 
     The threshold metrics come from ``metrics.metrics_from_counts`` on weighted confusion counts,
@@ -99,8 +101,13 @@ def _weighted_metrics(y_true: np.ndarray, probability: np.ndarray, weights: np.n
     w = weights.astype(float)
     positive = y_true == 1
     called = probability >= threshold
-    metrics = metrics_from_counts(tp=w @ (positive & called), fp=w @ (~positive & called),
-                                  fn=w @ (positive & ~called), tn=w @ (~positive & ~called), undefined=np.nan)
+    metrics = metrics_from_counts(
+        tp=w @ (positive & called),
+        fp=w @ (~positive & called),
+        fn=w @ (positive & ~called),
+        tn=w @ (~positive & ~called),
+        undefined=np.nan,
+    )
 
     p_pos, p_neg = probability[positive], probability[~positive]
     beats = (p_pos[:, None] > p_neg[None, :]) + 0.5 * (p_pos[:, None] == p_neg[None, :])
@@ -202,11 +209,24 @@ def bootstrap_metrics(
     for name in METRIC_NAMES:
         values = resampled[name][~np.isnan(resampled[name])]
         lower, upper = np.quantile(values, [tail, 1.0 - tail]) if values.size else (np.nan, np.nan)
-        rows.append({"metric": name, "estimate": float(estimate[name]), "lower": float(lower),
-                     "upper": float(upper), "n_boot_valid": int(values.size)})
+        rows.append(
+            {
+                "metric": name,
+                "estimate": float(estimate[name]),
+                "lower": float(lower),
+                "upper": float(upper),
+                "n_boot_valid": int(values.size),
+            }
+        )
     table = pd.DataFrame(rows, columns=["metric", "estimate", "lower", "upper", "n_boot_valid"])
-    table.attrs.update(n_boot=int(n_boot), n_patients=len(keys), n_lesions=int(y.size),
-                       confidence=float(confidence), seed=seed, threshold=float(threshold))
+    table.attrs.update(
+        n_boot=int(n_boot),
+        n_patients=len(keys),
+        n_lesions=int(y.size),
+        confidence=float(confidence),
+        seed=seed,
+        threshold=float(threshold),
+    )
     return table
 
 
@@ -270,8 +290,10 @@ def _interval_note(results: Mapping[str, pd.DataFrame]) -> str:
             who += f" ({n_lesions} lesions)"
         scope = "" if len(settings) == 1 else f" ({', '.join(models)})"
         parts.append(f"{level} patient-level percentile bootstrap intervals, {boot} of {who}{scope}")
-    return ("Brackets: " + "; ".join(parts) + ". Patients, not lesions, were resampled; "
-            "a ROC AUC interval uses only resamples that hold both classes.")
+    return (
+        "Brackets: " + "; ".join(parts) + ". Patients, not lesions, were resampled; "
+        "a ROC AUC interval uses only resamples that hold both classes."
+    )
 
 
 def write_report(results: Mapping[str, pd.DataFrame], out_dir, title: str, cohort_note: str) -> dict[str, Path]:
@@ -309,25 +331,27 @@ def write_report(results: Mapping[str, pd.DataFrame], out_dir, title: str, cohor
     header = ["Model"] + [METRIC_LABELS[name] for name in METRIC_NAMES]
     ours = table2(results)
     paper_rows = [[model] + [f"{values[name]:.2f}" for name in METRIC_NAMES] for model, values in PAPER_TABLE2.items()]
-    md = "\n".join([
-        f"# {title}",
-        "",
-        cohort_note,
-        "",
-        _markdown_table(header, [[model, *ours.loc[model]] for model in ours.index]),
-        "",
-        _interval_note(results),
-        "",
-        "## The paper's Table 2, for reference only",
-        "",
-        f"Table 2 of the ISBI 2019 paper, {PAPER_TABLE2_LABEL}. Point estimates only (the paper "
-        "reports no intervals); NPW read as no pre-trained weights, IPW as ImageNet pre-trained "
-        "weights. The second column's header is lost in our copy of the paper's text; it is read "
-        "as balanced accuracy, the one metric of the seven not otherwise named.",
-        "",
-        _markdown_table(header, paper_rows),
-        "",
-    ])
+    md = "\n".join(
+        [
+            f"# {title}",
+            "",
+            cohort_note,
+            "",
+            _markdown_table(header, [[model, *ours.loc[model]] for model in ours.index]),
+            "",
+            _interval_note(results),
+            "",
+            "## The paper's Table 2, for reference only",
+            "",
+            f"Table 2 of the ISBI 2019 paper, {PAPER_TABLE2_LABEL}. Point estimates only (the paper "
+            "reports no intervals); NPW read as no pre-trained weights, IPW as ImageNet pre-trained "
+            "weights. The second column's header is lost in our copy of the paper's text; it is read "
+            "as balanced accuracy, the one metric of the seven not otherwise named.",
+            "",
+            _markdown_table(header, paper_rows),
+            "",
+        ]
+    )
     md_path = out / "table2.md"
     md_path.write_text(md, encoding="utf-8")
     return {"csv": csv_path, "md": md_path}
@@ -381,23 +405,42 @@ def plot_roc_curves(curves: Mapping[str, tuple], path) -> Path:
 def segmentation_markdown(method: str, summary: dict[str, Any], counts: dict[str, Any], detection_dice: float) -> str:
     """``segmentation.md``: the segmentation table of the test patients (``segmentation.segmentation_summary``)
     and, end to end with the classifier, what became of each reference lesion (``segmentation.end_to_end``)."""
-    rows = [("liver Dice", summary["liver_dice"]), ("liver ASSD (mm)", summary["liver_assd_mm"]),
-            ("lesion Dice (all lesions of a case)", summary["lesion_dice"]),
-            ("lesion ASSD (mm)", summary["lesion_assd_mm"]),
-            ("lesions found / reference lesions", f"{summary['found_lesions']} / {summary['reference_lesions']}"),
-            ("detection recall, metastases", summary["detection_recall_metastasis"]),
-            ("detection recall, cysts", summary["detection_recall_cyst"]),
-            ("invented lesions per patient", summary["false_positives_per_patient"]),
-            ("seconds per CT", summary["seconds_per_case"])]
-    lines = [f"# Segmentation: {method}", "", f"On the {summary['cases']} CTs of the {summary['patients']} test patients "
-             f"(a reference lesion is found at a Dice of at least {detection_dice}).", "",
-             "| measure | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows]
-    lines += ["", "End to end (test patients): each reference lesion found by segmentation and classified, or missed.", "",
-              "| | metastases | cysts |", "| --- | --- | --- |"]
+    rows = [
+        ("liver Dice", summary["liver_dice"]),
+        ("liver ASSD (mm)", summary["liver_assd_mm"]),
+        ("lesion Dice (all lesions of a case)", summary["lesion_dice"]),
+        ("lesion ASSD (mm)", summary["lesion_assd_mm"]),
+        ("lesions found / reference lesions", f"{summary['found_lesions']} / {summary['reference_lesions']}"),
+        ("detection recall, metastases", summary["detection_recall_metastasis"]),
+        ("detection recall, cysts", summary["detection_recall_cyst"]),
+        ("invented lesions per patient", summary["false_positives_per_patient"]),
+        ("seconds per CT", summary["seconds_per_case"]),
+    ]
+    lines = [
+        f"# Segmentation: {method}",
+        "",
+        f"On the {summary['cases']} CTs of the {summary['patients']} test patients "
+        f"(a reference lesion is found at a Dice of at least {detection_dice}).",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+    ]
+    lines += [
+        f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |" for name, value in rows
+    ]
+    lines += [
+        "",
+        "End to end (test patients): each reference lesion found by segmentation and classified, or missed.",
+        "",
+        "| | metastases | cysts |",
+        "| --- | --- | --- |",
+    ]
     for what in ("reference", "found_called_right", "found_called_wrong", "missed"):
         lines.append(f"| {what.replace('_', ' ')} | {counts[f'{what}_metastasis']} | {counts[f'{what}_cyst']} |")
-    lines += ["", f"Invented lesions (matching no reference lesion): {counts['invented']}. End-to-end sensitivity "
-              f"(metastases found and called metastasis / all): {counts['recall']:.3f}; end-to-end "
-              f"specificity (cysts found and called cyst / all): {counts['specificity']:.3f}."]
+    lines += [
+        "",
+        f"Invented lesions (matching no reference lesion): {counts['invented']}. End-to-end sensitivity "
+        f"(metastases found and called metastasis / all): {counts['recall']:.3f}; end-to-end "
+        f"specificity (cysts found and called cyst / all): {counts['specificity']:.3f}.",
+    ]
     return "\n".join(lines) + "\n"

@@ -56,29 +56,49 @@ class SegmentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["reference", "classical", "learned"] = Field(
-        "reference", description="reference: the cohort's masks; classical: HU thresholds and morphology, no "
-                                 "training; learned: the registered liver/lesion U-Net cascade")
-    learned_model: str = Field("liverlesion-segmenter@champion",
-                               description="learned: the registered cascade as <model name>@<alias> or @<version>")
-    liver_hu: tuple[float, float] = Field((60.0, 220.0), description="classical: HU window of enhanced liver "
-                                                                     "(vessels included)")
+        "reference",
+        description="reference: the cohort's masks; classical: HU thresholds and morphology, no "
+        "training; learned: the registered liver/lesion U-Net cascade",
+    )
+    learned_model: str = Field(
+        "liverlesion-segmenter@champion",
+        description="learned: the registered cascade as <model name>@<alias> or @<version>",
+    )
+    liver_hu: tuple[float, float] = Field(
+        (60.0, 220.0), description="classical: HU window of enhanced liver (vessels included)"
+    )
     smoothing_mm: float = Field(1.0, ge=0, description="classical: Gaussian smoothing before thresholds")
     liver_opening_mm: float = Field(4.0, ge=0, description="classical: opening that cuts the liver from neighbours")
     liver_closing_mm: float = Field(6.0, ge=0, description="classical: closing that takes edge lesions in")
     not_tissue_hu: float = Field(-50.0, description="classical: below this (fat, lung, air) is never liver nor lesion")
-    hypodense_hu: float = Field(35.0, gt=0, description="classical: a lesion seed is at least this much below the "
-                                                        "liver's median")
-    liver_edge_mm: float = Field(6.0, ge=0, description="classical: no lesion seed this close to the liver's edge "
-                                                        "(where the liver blurs into its darker neighbours)")
-    noise_factor: float = Field(3.5, ge=0, description="classical: ... and at least this many times the liver's "
-                                                       "robust standard deviation (noise) below it")
-    hyperdense_hu: float | None = Field(None, gt=0, description="classical: also seed lesions this much above the "
-                                                                "liver (None: only hypodense lesions)")
+    hypodense_hu: float = Field(
+        35.0, gt=0, description="classical: a lesion seed is at least this much below the liver's median"
+    )
+    liver_edge_mm: float = Field(
+        6.0,
+        ge=0,
+        description="classical: no lesion seed this close to the liver's edge "
+        "(where the liver blurs into its darker neighbours)",
+    )
+    noise_factor: float = Field(
+        3.5,
+        ge=0,
+        description="classical: ... and at least this many times the liver's "
+        "robust standard deviation (noise) below it",
+    )
+    hyperdense_hu: float | None = Field(
+        None, gt=0, description="classical: also seed lesions this much above the liver (None: only hypodense lesions)"
+    )
     min_lesion_ml: float = Field(0.01, ge=0, description="smaller components are dropped (both automatic methods)")
-    max_elongation: float = Field(6.0, gt=1, description="components longer than this times their width are "
-                                                          "dropped (vessels, the liver's rim)")
-    detection_dice: float = Field(0.2, gt=0, le=1, description="a reference lesion is found when an automatic one "
-                                                               "overlaps it with at least this Dice")
+    max_elongation: float = Field(
+        6.0, gt=1, description="components longer than this times their width are dropped (vessels, the liver's rim)"
+    )
+    detection_dice: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="a reference lesion is found when an automatic one overlaps it with at least this Dice",
+    )
 
     @property
     def automatic(self) -> bool:
@@ -137,7 +157,9 @@ def filter_lesions(lesions: np.ndarray, spacing, settings: SegmentSettings) -> n
     keep = np.zeros(n + 1, dtype=bool)
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
         coords = np.argwhere(labels[box] == k)
-        keep[k] = len(coords) * voxel_ml >= settings.min_lesion_ml and _elongation(coords, spacing) <= settings.max_elongation
+        keep[k] = (
+            len(coords) * voxel_ml >= settings.min_lesion_ml and _elongation(coords, spacing) <= settings.max_elongation
+        )
     return keep[labels]
 
 
@@ -193,8 +215,9 @@ def classical_segmentation(image: np.ndarray, spacing, settings: SegmentSettings
     return Segmentation(liver, segment_lesions(smoothed, liver, spacing, settings))
 
 
-def masks_from_probabilities(liver_probability: np.ndarray, lesion_probability: np.ndarray, spacing,
-                             settings: SegmentSettings) -> Segmentation:
+def masks_from_probabilities(
+    liver_probability: np.ndarray, lesion_probability: np.ndarray, spacing, settings: SegmentSettings
+) -> Segmentation:
     """The learned cascade's maps as masks: the liver's largest component, lesions inside it, filtered."""
     liver = fill_holes(largest_component(liver_probability >= 0.5))
     lesions = filter_lesions((lesion_probability >= 0.5) & liver, spacing, settings)
@@ -261,10 +284,19 @@ def match_lesions(reference: np.ndarray, automatic: np.ndarray, detection_dice: 
     return by_reference, by_automatic
 
 
-def compare_to_reference(case_id: str, patient_key: str, method: str, spacing, automatic: Segmentation,
-                         auto_instances: np.ndarray, reference_instances: np.ndarray,
-                         reference_labels: dict[int, int | None], reference_liver: np.ndarray | None,
-                         detection_dice: float, seconds: float) -> tuple[dict, list[dict], dict[int, int | None]]:
+def compare_to_reference(
+    case_id: str,
+    patient_key: str,
+    method: str,
+    spacing,
+    automatic: Segmentation,
+    auto_instances: np.ndarray,
+    reference_instances: np.ndarray,
+    reference_labels: dict[int, int | None],
+    reference_liver: np.ndarray | None,
+    detection_dice: float,
+    seconds: float,
+) -> tuple[dict, list[dict], dict[int, int | None]]:
     """One case's segmentation measures, its per-lesion outcomes and the labels the automatic lesions take.
 
     Args:
@@ -284,34 +316,68 @@ def compare_to_reference(case_id: str, patient_key: str, method: str, spacing, a
     auto_sizes = np.bincount(auto_instances.ravel(), minlength=int(auto_instances.max()) + 1)
     rows = []
     for r, (best, partner, found) in sorted(by_reference.items()):
-        rows.append({"case_id": case_id, "patient_key": patient_key, "kind": "reference", "instance": r,
-                     "lesion_id": lesion_id(case_id, r) + REFERENCE_SUFFIX, "label": reference_labels.get(r),
-                     "volume_ml": float(ref_sizes[r]) * voxel_ml, "best_dice": best,
-                     "partner": lesion_id(case_id, partner) if partner else "", "outcome": "found" if found else "missed"})
+        rows.append(
+            {
+                "case_id": case_id,
+                "patient_key": patient_key,
+                "kind": "reference",
+                "instance": r,
+                "lesion_id": lesion_id(case_id, r) + REFERENCE_SUFFIX,
+                "label": reference_labels.get(r),
+                "volume_ml": float(ref_sizes[r]) * voxel_ml,
+                "best_dice": best,
+                "partner": lesion_id(case_id, partner) if partner else "",
+                "outcome": "found" if found else "missed",
+            }
+        )
     labels = {}
     for a, (r, best, matched) in sorted(by_automatic.items()):
         labels[a] = reference_labels.get(r) if matched else None
-        rows.append({"case_id": case_id, "patient_key": patient_key, "kind": "automatic", "instance": a,
-                     "lesion_id": lesion_id(case_id, a), "label": labels[a], "volume_ml": float(auto_sizes[a]) * voxel_ml,
-                     "best_dice": best, "partner": lesion_id(case_id, r) + REFERENCE_SUFFIX if matched else "",
-                     "outcome": "matched" if matched else "invented"})
+        rows.append(
+            {
+                "case_id": case_id,
+                "patient_key": patient_key,
+                "kind": "automatic",
+                "instance": a,
+                "lesion_id": lesion_id(case_id, a),
+                "label": labels[a],
+                "volume_ml": float(auto_sizes[a]) * voxel_ml,
+                "best_dice": best,
+                "partner": lesion_id(case_id, r) + REFERENCE_SUFFIX if matched else "",
+                "outcome": "matched" if matched else "invented",
+            }
+        )
     reference_lesions = reference_instances > 0
     case = {
-        "case_id": case_id, "patient_key": patient_key, "method": method,
+        "case_id": case_id,
+        "patient_key": patient_key,
+        "method": method,
         "liver_dice": dice(automatic.liver, reference_liver) if reference_liver is not None else float("nan"),
-        "liver_assd_mm": assd(automatic.liver, reference_liver, spacing) if reference_liver is not None else float("nan"),
+        "liver_assd_mm": assd(automatic.liver, reference_liver, spacing)
+        if reference_liver is not None
+        else float("nan"),
         "lesion_dice": dice(automatic.lesions, reference_lesions),
         "lesion_assd_mm": assd(automatic.lesions, reference_lesions, spacing),
-        "reference_lesions": len(by_reference), "found_lesions": sum(f for _, _, f in by_reference.values()),
-        "automatic_lesions": len(by_automatic), "invented_lesions": sum(not m for _, _, m in by_automatic.values()),
+        "reference_lesions": len(by_reference),
+        "found_lesions": sum(f for _, _, f in by_reference.values()),
+        "automatic_lesions": len(by_automatic),
+        "invented_lesions": sum(not m for _, _, m in by_automatic.values()),
         "seconds": float(seconds),
     }
     return case, rows, labels
 
 
-def measure_case(case_id: str, patient_key: str, image: np.ndarray, spacing, reference_instances: np.ndarray,
-                 reference_labels: dict[int, int | None], reference_liver: np.ndarray | None,
-                 settings: SegmentSettings, cascade=None) -> tuple[dict, list[dict]]:
+def measure_case(
+    case_id: str,
+    patient_key: str,
+    image: np.ndarray,
+    spacing,
+    reference_instances: np.ndarray,
+    reference_labels: dict[int, int | None],
+    reference_liver: np.ndarray | None,
+    settings: SegmentSettings,
+    cascade=None,
+) -> tuple[dict, list[dict]]:
     """Segment one CT by ``settings.method`` (timed) and compare it with its reference (``compare_to_reference``).
 
     Returns:
@@ -321,9 +387,19 @@ def measure_case(case_id: str, patient_key: str, image: np.ndarray, spacing, ref
     found = automatic_segmentation(image, spacing, settings, cascade)
     seconds = time.perf_counter() - started
     automatic = _number(found.lesions, case_id)
-    row, rows, _ = compare_to_reference(case_id, patient_key, settings.method, spacing, found, automatic,
-                                        reference_instances, reference_labels, reference_liver,
-                                        settings.detection_dice, seconds)
+    row, rows, _ = compare_to_reference(
+        case_id,
+        patient_key,
+        settings.method,
+        spacing,
+        found,
+        automatic,
+        reference_instances,
+        reference_labels,
+        reference_liver,
+        settings.detection_dice,
+        seconds,
+    )
     return row, rows
 
 
@@ -366,18 +442,25 @@ def segmentation_summary(cases: pd.DataFrame, lesions: pd.DataFrame) -> dict[str
     automatic = lesions[lesions["kind"] == "automatic"]
     patients = max(cases["patient_key"].nunique(), 1)
     summary = {
-        "cases": int(len(cases)), "patients": int(cases["patient_key"].nunique()),
-        "liver_dice": float(cases["liver_dice"].mean()), "liver_assd_mm": float(cases["liver_assd_mm"].mean()),
-        "lesion_dice": float(cases["lesion_dice"].mean()), "lesion_assd_mm": float(cases["lesion_assd_mm"].mean()),
-        "reference_lesions": int(len(reference)), "found_lesions": int((reference["outcome"] == "found").sum()),
+        "cases": int(len(cases)),
+        "patients": int(cases["patient_key"].nunique()),
+        "liver_dice": float(cases["liver_dice"].mean()),
+        "liver_assd_mm": float(cases["liver_assd_mm"].mean()),
+        "lesion_dice": float(cases["lesion_dice"].mean()),
+        "lesion_assd_mm": float(cases["lesion_assd_mm"].mean()),
+        "reference_lesions": int(len(reference)),
+        "found_lesions": int((reference["outcome"] == "found").sum()),
         "detection_recall": float((reference["outcome"] == "found").mean()) if len(reference) else float("nan"),
-        "automatic_lesions": int(len(automatic)), "invented_lesions": int((automatic["outcome"] == "invented").sum()),
+        "automatic_lesions": int(len(automatic)),
+        "invented_lesions": int((automatic["outcome"] == "invented").sum()),
         "false_positives_per_patient": float((automatic["outcome"] == "invented").sum() / patients),
         "seconds_per_case": float(cases["seconds"].mean()),
     }
     for name, label in (("cyst", 0), ("metastasis", 1)):
         of_class = reference[reference["label"] == label]
-        summary[f"detection_recall_{name}"] = float((of_class["outcome"] == "found").mean()) if len(of_class) else float("nan")
+        summary[f"detection_recall_{name}"] = (
+            float((of_class["outcome"] == "found").mean()) if len(of_class) else float("nan")
+        )
     return summary
 
 

@@ -66,8 +66,18 @@ class CascadeSettings:
             raise ValueError("crop_jitter must lie in [0, crop_margin] so that a training crop keeps the liver")
         if not 0.0 <= self.lesion_slice_fraction <= 1.0:
             raise ValueError("lesion_slice_fraction must lie in [0, 1]")
-        if min(self.base_filters, self.depth, self.epochs, self.batch_size, self.liver_slices_per_case,
-               self.lesion_slices_per_case, self.min_crop) < 1:
+        if (
+            min(
+                self.base_filters,
+                self.depth,
+                self.epochs,
+                self.batch_size,
+                self.liver_slices_per_case,
+                self.lesion_slices_per_case,
+                self.min_crop,
+            )
+            < 1
+        ):
             raise ValueError("sizes, counts and epochs must be at least 1")
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,8 +91,9 @@ class CascadeSettings:
 # ---------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------
-def build_unet(size: int, base_filters: int, depth: int, in_channels: int = 1, name: str = "unet",
-               output_prior: float = 0.5):
+def build_unet(
+    size: int, base_filters: int, depth: int, in_channels: int = 1, name: str = "unet", output_prior: float = 0.5
+):
     """A plain 2D U-Net: ``depth`` poolings, two 3x3 conv + ReLU per level, one sigmoid output channel.
 
     No normalisation layers: after a few hundred steps batch statistics' running means are not yet
@@ -190,8 +201,9 @@ def _lesion_input(image: np.ndarray, liver: np.ndarray, box: Box, size: int) -> 
     return _resize(channels, (size, size), order=1).astype(np.float32)
 
 
-def _case_samples(hu: np.ndarray, liver: np.ndarray, lesion: np.ndarray, settings: CascadeSettings,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _case_samples(
+    hu: np.ndarray, liver: np.ndarray, lesion: np.ndarray, settings: CascadeSettings, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A case's training slices: liver-net inputs and targets, then lesion-net inputs and targets."""
     s = settings
     nz = hu.shape[2]
@@ -264,24 +276,35 @@ class Cascade:
 
         folder = Path(folder)
         settings = CascadeSettings.from_dict(json.loads((folder / SETTINGS_FILE).read_text()))
-        return cls(settings, keras.saving.load_model(folder / LIVER_FILE, compile=False),
-                   keras.saving.load_model(folder / LESION_FILE, compile=False))
+        return cls(
+            settings,
+            keras.saving.load_model(folder / LIVER_FILE, compile=False),
+            keras.saving.load_model(folder / LESION_FILE, compile=False),
+        )
 
 
-def _fit(net, x: np.ndarray, y: np.ndarray, settings: CascadeSettings, label: str,
-         progress: Callable[[str], None]) -> dict[str, list[float]]:
+def _fit(
+    net, x: np.ndarray, y: np.ndarray, settings: CascadeSettings, label: str, progress: Callable[[str], None]
+) -> dict[str, list[float]]:
     import keras
 
     net.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=bce_dice_loss, metrics=[dice])
-    report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress(
-        f"{label} net epoch {epoch + 1}/{settings.epochs}: loss {logs['loss']:.4f}, dice {logs['dice']:.3f}"))
-    history = net.fit(x, y, batch_size=settings.batch_size, epochs=settings.epochs, shuffle=True, verbose=0,
-                      callbacks=[report])
+    report = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: progress(
+            f"{label} net epoch {epoch + 1}/{settings.epochs}: loss {logs['loss']:.4f}, dice {logs['dice']:.3f}"
+        )
+    )
+    history = net.fit(
+        x, y, batch_size=settings.batch_size, epochs=settings.epochs, shuffle=True, verbose=0, callbacks=[report]
+    )
     return {f"{label}_{key}": [float(v) for v in values] for key, values in history.history.items()}
 
 
-def train_cascade(cases: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], settings: CascadeSettings,
-                  progress: Callable[[str], None] | None = None) -> tuple[Cascade, dict[str, list[float]]]:
+def train_cascade(
+    cases: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    settings: CascadeSettings,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Cascade, dict[str, list[float]]]:
     """Train the liver net, then the lesion net, from ``(hu, liver_bool, lesion_bool)`` cases.
 
     Each case is cut into its few training slices as it arrives and then dropped, so a cohort of large

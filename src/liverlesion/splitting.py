@@ -61,8 +61,13 @@ def split_lesions(
     return table[MANIFEST_COLUMNS]
 
 
-def split_like_reference(lesions: pd.DataFrame, reference: pd.DataFrame, val_fraction: float = 0.2,
-                         test_fraction: float = 0.2, seed: int = 2019) -> pd.DataFrame:
+def split_like_reference(
+    lesions: pd.DataFrame,
+    reference: pd.DataFrame,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 2019,
+) -> pd.DataFrame:
     """The manifest of automatically segmented ``lesions``, on the patients the reference lesions split.
 
     Each patient goes where ``split_lesions`` sends it on its reference lesions (``lesion_id,
@@ -82,8 +87,10 @@ def split_like_reference(lesions: pd.DataFrame, reference: pd.DataFrame, val_fra
     for name in SETS:
         present = set(table.loc[table["set"] == name, "label"])
         if len(present) < 2:
-            raise SplitError(f"the {name} set holds only label(s) {sorted(present)} among the automatic lesions: "
-                             "the segmentation missed every lesion of a class there")
+            raise SplitError(
+                f"the {name} set holds only label(s) {sorted(present)} among the automatic lesions: "
+                "the segmentation missed every lesion of a class there"
+            )
     return table[MANIFEST_COLUMNS]
 
 

@@ -24,7 +24,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from liverlesion.contract import LABEL_METASTASIS, SVM_C_GRID as C_GRID, SVM_GAMMA_GRID as GAMMA_GRID
+from liverlesion.contract import LABEL_METASTASIS
+from liverlesion.contract import SVM_C_GRID as C_GRID
+from liverlesion.contract import SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.crops import LesionCrop
 
 Progress = Callable[[int, int, str], None] | None
@@ -64,9 +66,13 @@ STD_FLOOR_HU = 1e-6
 MIN_LEVELS, MAX_LEVELS = 2, 255
 
 FIRST_ORDER_FEATURES = (
-    "hu_mean", "hu_std", "hu_skewness", "hu_kurtosis",
+    "hu_mean",
+    "hu_std",
+    "hu_skewness",
+    "hu_kurtosis",
     *(f"hu_p{p}" for p in HU_PERCENTILES),
-    "hu_entropy", "volume_ml",
+    "hu_entropy",
+    "volume_ml",
 )
 #: Every feature, in column order of ``cohort_texture_table``.
 TEXTURE_FEATURES = (*FIRST_ORDER_FEATURES, *GLCM_PROPERTIES)
@@ -223,9 +229,9 @@ def texture_features(
     voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
     features = _first_order(values, int(levels), hu_window, voxel_ml)
     k = largest_axial_slice(lesion)
-    features.update(_glcm_features(
-        np.take(image, k, axis=AXIAL_AXIS), np.take(lesion, k, axis=AXIAL_AXIS), int(levels), hu_window
-    ))
+    features.update(
+        _glcm_features(np.take(image, k, axis=AXIAL_AXIS), np.take(lesion, k, axis=AXIAL_AXIS), int(levels), hu_window)
+    )
     return {name: features[name] for name in TEXTURE_FEATURES}
 
 
@@ -358,17 +364,19 @@ class TextureSVM:
         return y
 
     def _pipeline(self, c: float, gamma: float, seed: int) -> Pipeline:
-        return Pipeline([
-            ("scale", StandardScaler()),
-            ("svm", SVC(kernel="rbf", C=c, gamma=gamma, probability=True, random_state=seed)),
-        ])
+        return Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("svm", SVC(kernel="rbf", C=c, gamma=gamma, probability=True, random_state=seed)),
+            ]
+        )
 
     @staticmethod
     def _proba(pipeline: Pipeline, x: np.ndarray) -> np.ndarray:
         column = list(pipeline.classes_).index(LABEL_METASTASIS)
         return pipeline.predict_proba(x)[:, column]
 
-    def fit(self, features_train, y_train, features_val, y_val, seed: int = DEFAULT_SEED) -> "TextureSVM":
+    def fit(self, features_train, y_train, features_val, y_val, seed: int = DEFAULT_SEED) -> TextureSVM:
         """Choose C and gamma on the validation split and keep that model, trained on train only.
 
         Args:
@@ -392,12 +400,14 @@ class TextureSVM:
                     warnings.filterwarnings("ignore", message=_PROBABILITY_DEPRECATION, category=FutureWarning)
                     pipeline = self._pipeline(c, gamma, seed).fit(x_train, y_train)
                 p_val = self._proba(pipeline, x_val)
-                scores.append({
-                    "C": c,
-                    "gamma": gamma,
-                    "val_roc_auc": float(roc_auc_score(y_val, p_val)),
-                    "val_accuracy": float(np.mean((p_val >= THRESHOLD).astype(int) == y_val)),
-                })
+                scores.append(
+                    {
+                        "C": c,
+                        "gamma": gamma,
+                        "val_roc_auc": float(roc_auc_score(y_val, p_val)),
+                        "val_accuracy": float(np.mean((p_val >= THRESHOLD).astype(int) == y_val)),
+                    }
+                )
                 fitted.append(pipeline)
         best = best_candidate(scores)
         self.grid_scores = pd.DataFrame(scores)
@@ -416,7 +426,9 @@ class TextureSVM:
         return self._proba(self.pipeline, self._matrix(features, "predict"))
 
 
-def features_for_set(features: pd.DataFrame, manifest: pd.DataFrame, name: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+def features_for_set(
+    features: pd.DataFrame, manifest: pd.DataFrame, name: str
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """The feature rows, labels and lesion ids of one split set, in manifest order.
 
     Raises:

@@ -20,6 +20,7 @@ import numpy as np
 
 from liverlesion.protocol import Protocol, best_epoch
 
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Python, NumPy and the Keras backend's random state, all from one seed.
 
@@ -110,8 +111,9 @@ def augmentation(input_shape: tuple[int, int, int], protocol: Protocol) -> keras
     rows, cols = input_shape[:2]
     layers = [
         keras.layers.RandomRotation(protocol.rotation_deg / 360.0, fill_mode="nearest", seed=protocol.seed),
-        keras.layers.RandomTranslation(protocol.shift_px / rows, protocol.shift_px / cols, fill_mode="nearest",
-                                       seed=protocol.seed + 1),
+        keras.layers.RandomTranslation(
+            protocol.shift_px / rows, protocol.shift_px / cols, fill_mode="nearest", seed=protocol.seed + 1
+        ),
     ]
     if protocol.flips:
         layers.append(keras.layers.RandomFlip("horizontal_and_vertical", seed=protocol.seed + 2))
@@ -142,14 +144,15 @@ def compile_for_training(trainable: keras.Model, protocol: Protocol, steps_per_e
     if protocol.lr_schedule == "cosine":
         if not steps_per_epoch:
             raise ValueError("the cosine schedule needs steps_per_epoch")
-        rate = keras.optimizers.schedules.CosineDecay(protocol.learning_rate, decay_steps=protocol.epochs * steps_per_epoch)
+        rate = keras.optimizers.schedules.CosineDecay(
+            protocol.learning_rate, decay_steps=protocol.epochs * steps_per_epoch
+        )
     trainable.compile(
         optimizer=keras.optimizers.Adam(learning_rate=rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=protocol.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     return trainable
-
 
 
 def top_up_to_full_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,13 +168,22 @@ def protocol_callbacks(protocol: Protocol) -> list[keras.callbacks.Callback]:
     """The best epoch's weights kept, learning-rate halving, early stopping."""
     callbacks: list[keras.callbacks.Callback] = [KeepBestEpoch(protocol.monitor, protocol.mode, protocol.tie_break)]
     if protocol.early_stopping_patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=protocol.monitor, mode=protocol.mode,
-                                                       patience=protocol.early_stopping_patience))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=protocol.monitor, mode=protocol.mode, patience=protocol.early_stopping_patience
+            )
+        )
     if protocol.lr_patience is not None:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=protocol.monitor, mode=protocol.mode, factor=protocol.lr_factor, patience=protocol.lr_patience,
-            min_lr=protocol.min_lr, min_delta=0.0,
-        ))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=protocol.monitor,
+                mode=protocol.mode,
+                factor=protocol.lr_factor,
+                patience=protocol.lr_patience,
+                min_lr=protocol.min_lr,
+                min_delta=0.0,
+            )
+        )
     return callbacks
 
 
@@ -212,8 +224,9 @@ def train_classifier(
     if protocol.full_batches:
         x_train, y_train = top_up_to_full_batches(x_train, y_train, protocol.batch_size, protocol.seed)
         validation_batch_size = len(x_val)
-    trainable = compile_for_training(training_model(model, protocol), protocol,
-                                     steps_per_epoch=-(-len(x_train) // protocol.batch_size))
+    trainable = compile_for_training(
+        training_model(model, protocol), protocol, steps_per_epoch=-(-len(x_train) // protocol.batch_size)
+    )
     callbacks = protocol_callbacks(protocol)
     if on_epoch is not None:
         callbacks.append(EpochReporter(on_epoch))

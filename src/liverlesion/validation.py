@@ -31,8 +31,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from liverlesion.contract import (
-    AXES, CASE_COLUMNS, LABEL_CYST, LABEL_METASTASIS, LABEL_NAMES, LESION_COLUMNS, PATCH_CHANNELS,
-    PATCH_INDEX_COLUMNS, PATCH_STATS_COLUMNS,
+    AXES,
+    CASE_COLUMNS,
+    LABEL_CYST,
+    LABEL_METASTASIS,
+    LABEL_NAMES,
+    LESION_COLUMNS,
+    PATCH_CHANNELS,
+    PATCH_INDEX_COLUMNS,
+    PATCH_STATS_COLUMNS,
 )
 
 if TYPE_CHECKING:
@@ -270,7 +277,12 @@ def validate_tables(
         frames["patch_stats"] = patch_statistics(patches, patch_index)
         suites["patch_stats"] = _patch_stats_expectations(gx.expectations, rules)
     else:
-        tables["patch_stats"] = {"rows": 0, "expectations": 0, "failed": 0, "note": "not evaluated: no (N, H, W, C) tensor"}
+        tables["patch_stats"] = {
+            "rows": 0,
+            "expectations": 0,
+            "failed": 0,
+            "note": "not evaluated: no (N, H, W, C) tensor",
+        }
 
     context = _ephemeral_context(gx)
     source = context.data_sources.add_pandas(name="liverlesion")
@@ -451,7 +463,9 @@ def _run_suite(
     batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(name=table)
     suite = context.suites.add(gx.ExpectationSuite(name=table, expectations=expectations))
     if len(suite.expectations) != len(expectations):  # the constructor logs and drops an invalid one
-        raise RuntimeError(f"suite {table!r}: {len(expectations) - len(suite.expectations)} expectation(s) were rejected")
+        raise RuntimeError(
+            f"suite {table!r}: {len(expectations) - len(suite.expectations)} expectation(s) were rejected"
+        )
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch, suite=suite))
     # An id column missing from the frame would make every column expectation raise, so only present ones.
     id_columns = [c for c in _ID_COLUMNS.get(table, ()) if c in frame.columns]
@@ -525,9 +539,13 @@ def _describe(kwargs: dict, result: dict, id_columns: list[str]) -> str:
         parts.append(f"missing columns {_fmt_list(missing, limit=len(missing))}")  # all of them: each must be fixed
     elif "partial_missing_list" in result:  # ExpectColumnDistinctValuesToEqualSet
         if result.get("missing_count"):
-            parts.append(f"{result['missing_count']} expected value(s) absent: {_fmt_list(result['partial_missing_list'])}")
+            parts.append(
+                f"{result['missing_count']} expected value(s) absent: {_fmt_list(result['partial_missing_list'])}"
+            )
         if result.get("unexpected_count"):
-            parts.append(f"{result['unexpected_count']} unexpected value(s): {_fmt_list(result.get('partial_unexpected_list') or [])}")
+            parts.append(
+                f"{result['unexpected_count']} unexpected value(s): {_fmt_list(result.get('partial_unexpected_list') or [])}"
+            )
     elif "unexpected_count" in result and "element_count" in result:  # the column-map expectations
         n_bad, n_all = result["unexpected_count"], result["element_count"]
         parts.append(f"{n_bad} of {n_all} rows unexpected ({result.get('unexpected_percent') or 0:.3g}%)")

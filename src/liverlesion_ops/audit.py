@@ -41,8 +41,9 @@ def resolve(name: str, ref: str | None):
             return mlflow_client.get_model_version_by_alias(name, ref[1:])
         return mlflow_client.get_model_version(name, ref.lstrip("v"))
     except MlflowException:
-        raise RegistryError(f"no {ref} of registered model {name!r} (`liverlesion models --name {name}` lists "
-                            "its versions and aliases)") from None
+        raise RegistryError(
+            f"no {ref} of registered model {name!r} (`liverlesion models --name {name}` lists its versions and aliases)"
+        ) from None
 
 
 def split_lineage(run_id: str, recorded_hash: str) -> dict[str, Any]:
@@ -57,11 +58,13 @@ def split_lineage(run_id: str, recorded_hash: str) -> dict[str, Any]:
     for name in SETS:
         chosen = manifest[manifest["set"] == name]
         counts = chosen["label"].value_counts()
-        sets[name] = {"patients": sorted(chosen["patient_key"].unique().tolist()), "lesions": int(len(chosen)),
-                      **{LABEL_NAMES[label]: int(counts.get(label, 0)) for label in sorted(LABEL_NAMES)}}
+        sets[name] = {
+            "patients": sorted(chosen["patient_key"].unique().tolist()),
+            "lesions": int(len(chosen)),
+            **{LABEL_NAMES[label]: int(counts.get(label, 0)) for label in sorted(LABEL_NAMES)},
+        }
     actual = manifest_hash(manifest)
-    return {"available": True, "manifest_hash": actual, "matches_recorded_hash": actual == recorded_hash,
-            "sets": sets}
+    return {"available": True, "manifest_hash": actual, "matches_recorded_hash": actual == recorded_hash, "sets": sets}
 
 
 def data_lineage(root: Path, version: str) -> dict[str, Any]:
@@ -70,29 +73,47 @@ def data_lineage(root: Path, version: str) -> dict[str, Any]:
     The remote is the one runs push to: the user's default DVC remote, else the local fallback.
     """
     if version.startswith("tree-"):
-        return {"version": version, "kind": "external",
-                "note": "a cohort folder outside the project's DVC (--data), versioned by its content hash: "
-                        "DVC holds no copy of it"}
+        return {
+            "version": version,
+            "kind": "external",
+            "note": "a cohort folder outside the project's DVC (--data), versioned by its content hash: "
+            "DVC holds no copy of it",
+        }
     remote = remote_name(root)
     try:
         held = dvcobjects.holdings(root, version, remote=remote)
     except (ValueError, dvcobjects.DvcObjectsError) as err:
         return {"version": version, "kind": "dvc", "remote_name": remote, "problem": str(err)}
     restorable = "complete" in (held["cache"]["state"], held["remote"]["state"])
-    entry = {"version": version, "kind": "dvc", "cache": held["cache"]["summary"], "remote": held["remote"]["summary"],
-             "cache_state": held["cache"]["state"], "remote_state": held["remote"]["state"], "restorable": restorable,
-             "remote_name": remote, "remote_location": held["remote"].get("location")}
+    entry = {
+        "version": version,
+        "kind": "dvc",
+        "cache": held["cache"]["summary"],
+        "remote": held["remote"]["summary"],
+        "cache_state": held["cache"]["state"],
+        "remote_state": held["remote"]["state"],
+        "restorable": restorable,
+        "remote_name": remote,
+        "remote_location": held["remote"].get("location"),
+    }
     if not held["cache"]["listing"] and not held["remote"]["listing"]:
-        entry["problem"] = (f"the data of this version ({version}) is in neither the DVC cache nor the remote: it was "
-                            "garbage-collected (`dvc gc`) or never pushed. The lineage above is what the registry "
-                            "recorded; the bytes cannot be restored or compared.")
+        entry["problem"] = (
+            f"the data of this version ({version}) is in neither the DVC cache nor the remote: it was "
+            "garbage-collected (`dvc gc`) or never pushed. The lineage above is what the registry "
+            "recorded; the bytes cannot be restored or compared."
+        )
     return entry
 
 
 def unversioned_changes(root: Path) -> bool | None:
     """Whether ``data/`` differs from what ``data.dvc`` records (``dvc status``); None if DVC cannot say."""
-    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", DVC_FILE], cwd=root, capture_output=True,
-                          text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json", DVC_FILE],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
     try:
         return bool(json.loads(done.stdout or "null")) if done.returncode == 0 else None
     except ValueError:
@@ -103,8 +124,11 @@ def workspace(root: Path, version: str) -> dict[str, Any]:
     """The project's current data (``data.dvc``) held against the version's: same, or which cases changed;
     and whether ``data/`` holds changes not yet versioned."""
     current = dvc_hash(root)
-    entry: dict[str, Any] = {"data_version": current, "same_data": current == version,
-                             "unversioned_changes": unversioned_changes(root) if current is not None else None}
+    entry: dict[str, Any] = {
+        "data_version": current,
+        "same_data": current == version,
+        "unversioned_changes": unversioned_changes(root) if current is not None else None,
+    }
     if current is None or current == version or version.startswith("tree-"):
         return entry
     try:
@@ -129,20 +153,28 @@ def audit(name: str, ref: str | None, root: Path) -> dict[str, Any]:
         "version": version,
         "aliases": sorted(a for a, v in aliases(client(), name).items() if v == version),
         "registered_at_ms": mv.creation_timestamp,
-        "decision": {k: tags.get(f"decision{s}") for k, s in
-                     (("outcome", ""), ("reason", "_reason"), ("by", "_by"), ("at", "_at"), ("job", "_job"))}
-                    | {"compared_with": tags.get("compared_with")},
-        "code": {"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty"),
-                 "code_version": tags.get("code_version")},
+        "decision": {
+            k: tags.get(f"decision{s}")
+            for k, s in (("outcome", ""), ("reason", "_reason"), ("by", "_by"), ("at", "_at"), ("job", "_job"))
+        }
+        | {"compared_with": tags.get("compared_with")},
+        "code": {
+            "git_commit": tags.get("git_commit"),
+            "git_dirty": tags.get("git_dirty"),
+            "code_version": tags.get("code_version"),
+        },
         "fingerprint": tags.get("fingerprint"),
         "profile": tags.get("profile"),
         "configuration": configuration,
-        "runs": {"zenml_run_name": tags.get("zenml_run_name"), "zenml_run_id": tags.get("zenml_run_id"),
-                 "mlflow_training_run": mv.run_id},
+        "runs": {
+            "zenml_run_name": tags.get("zenml_run_name"),
+            "zenml_run_id": tags.get("zenml_run_id"),
+            "mlflow_training_run": mv.run_id,
+        },
         "metrics": {k.removeprefix("metric."): float(v) for k, v in sorted(tags.items()) if k.startswith("metric.")},
         "data": data_lineage(root, data_version),
-        "split": split_lineage(mv.run_id, tags.get("split_manifest_hash", "")) | {
-            "recorded_hash": tags.get("split_manifest_hash")},
+        "split": split_lineage(mv.run_id, tags.get("split_manifest_hash", ""))
+        | {"recorded_hash": tags.get("split_manifest_hash")},
         "workspace": workspace(root, data_version),
     }
 
@@ -154,18 +186,36 @@ def render(report: dict[str, Any]) -> str:
     def line(text: str = "") -> None:
         out.write(text + "\n")
 
-    decision, code, data, split, ws = (report["decision"], report["code"], report["data"], report["split"],
-                                       report["workspace"])
+    decision, code, data, split, ws = (
+        report["decision"],
+        report["code"],
+        report["data"],
+        report["split"],
+        report["workspace"],
+    )
     line(f"{report['model']} v{report['version']}  aliases: {', '.join(report['aliases']) or 'none'}")
-    line(f"  decision: {decision['outcome']} by {decision['by']} at {decision['at']} ({decision['job']}): "
-         f"{decision['reason']}")
-    line(f"  code: git {code['git_commit']}" + (" (DIRTY work tree: uncommitted changes)" if code["git_dirty"] == "true"
-                                               else "") + f", {code['code_version']}")
+    line(
+        f"  decision: {decision['outcome']} by {decision['by']} at {decision['at']} ({decision['job']}): "
+        f"{decision['reason']}"
+    )
+    line(
+        f"  code: git {code['git_commit']}"
+        + (" (DIRTY work tree: uncommitted changes)" if code["git_dirty"] == "true" else "")
+        + f", {code['code_version']}"
+    )
     line(f"  fingerprint: {report['fingerprint']}  profile: {report['profile']}")
     train = report["configuration"].get("train", {})
-    line("  training settings: " + ", ".join(f"{k}={train[k]}" for k in ("backbone", "weights", "epochs", "batch_size",
-                                                                         "learning_rate", "seed") if k in train))
-    line(f"  runs: ZenML {report['runs']['zenml_run_name']}, MLflow training run {report['runs']['mlflow_training_run']}")
+    line(
+        "  training settings: "
+        + ", ".join(
+            f"{k}={train[k]}"
+            for k in ("backbone", "weights", "epochs", "batch_size", "learning_rate", "seed")
+            if k in train
+        )
+    )
+    line(
+        f"  runs: ZenML {report['runs']['zenml_run_name']}, MLflow training run {report['runs']['mlflow_training_run']}"
+    )
     line(f"  data version: {data['version']}")
     if data["kind"] == "external":
         line(f"    {data['note']}")
@@ -180,19 +230,25 @@ def render(report: dict[str, Any]) -> str:
         for name, entry in split["sets"].items():
             keys = entry["patients"]
             shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-            line(f"    {name:<5} {len(keys):3d} patients, {entry['lesions']:3d} lesions "
-                 f"({entry['cyst']} cyst, {entry['metastasis']} metastasis): {shown}")
+            line(
+                f"    {name:<5} {len(keys):3d} patients, {entry['lesions']:3d} lesions "
+                f"({entry['cyst']} cyst, {entry['metastasis']} metastasis): {shown}"
+            )
     else:
         line(f"  split manifest: {split.get('problem')}")
     line(f"  workspace: data.dvc holds {ws['data_version']}")
     if ws.get("unversioned_changes"):
-        line("    note: data/ holds changes not yet versioned (`liverlesion data` versions them); compared here: data.dvc")
+        line(
+            "    note: data/ holds changes not yet versioned (`liverlesion data` versions them); compared here: data.dvc"
+        )
     if ws["same_data"]:
         line("    same data as this version")
     elif "changes" in ws:
         changes = ws["changes"]
-        line(f"    differs from this version's data: {len(changes['added'])} case(s) added, "
-             f"{len(changes['removed'])} removed, {len(changes['changed'])} changed")
+        line(
+            f"    differs from this version's data: {len(changes['added'])} case(s) added, "
+            f"{len(changes['removed'])} removed, {len(changes['changed'])} changed"
+        )
         for key, label in (("added", "added"), ("removed", "removed")):
             if changes[key]:
                 line(f"    {label}: {', '.join(changes[key])}")

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager, redirect_stdout
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,8 +69,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                          help="print the version and exit")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     """Liver lesion classification as a reproducible pipeline."""
 
@@ -121,7 +123,6 @@ def _load(profile: str, overrides: list[str], keras_backend: bool = True):
     """The profile, or exit 2 naming the problem; with ``keras_backend`` (commands whose steps load Keras),
     its ``train.backend`` is made the one Keras loads."""
     from liverlesion.config import ConfigError, load_profile
-
     from liverlesion_ops.environment import use_keras_backend
 
     try:
@@ -136,9 +137,9 @@ def _load(profile: str, overrides: list[str], keras_backend: bool = True):
 
 def _prepare_data(profile, regenerate: bool = False, data: Path | None = None):
     from liverlesion import paths
+    from liverlesion.progress import progress_printer
     from liverlesion_ops import environment
     from liverlesion_ops.datastore import DataStoreError, external_data, prepare_data
-    from liverlesion.progress import progress_printer
 
     if data is not None and data.resolve() != paths.data_dir().resolve():
         try:
@@ -159,9 +160,14 @@ def _prepare_data(profile, regenerate: bool = False, data: Path | None = None):
 
 
 ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="profile name in configs/ or a YAML path")]
-DataOption = Annotated[Path | None, typer.Option(
-    "--data", help="the cohort folder to use (default: the project's DVC-tracked data/); any folder holding "
-                   "cases.csv, also outside the checkout, versioned by its content hash")]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="the cohort folder to use (default: the project's DVC-tracked data/); any folder holding "
+        "cases.csv, also outside the checkout, versioned by its content hash",
+    ),
+]
 SetOption = Annotated[list[str], typer.Option("--set", help="override a setting, e.g. --set train.epochs=2")]
 
 
@@ -169,7 +175,9 @@ SetOption = Annotated[list[str], typer.Option("--set", help="override a setting,
 def run(
     profile: ProfileOption = "quick",
     overrides: SetOption = [],  # noqa: B006 (typer needs a literal default)
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")
+    ] = False,
     data: DataOption = None,
 ) -> None:
     """Run the whole training DAG and register the model in MLflow.
@@ -214,9 +222,15 @@ def _training_parameters(config, version) -> dict[str, Any]:
     segmenter = _segmenter_uri(config)
     if segmenter:  # the model depends on the cascade that found its lesions
         settings["segment"]["resolved_model"] = segmenter
-    return {"data_dir": str(version.path), "data_version": version.hash, "profile": config,
-            "training_settings": settings, "code_version": code,
-            "fingerprint": training_fingerprint(version.hash, settings, code), "segmenter_uri": segmenter}
+    return {
+        "data_dir": str(version.path),
+        "data_version": version.hash,
+        "profile": config,
+        "training_settings": settings,
+        "code_version": code,
+        "fingerprint": training_fingerprint(version.hash, settings, code),
+        "segmenter_uri": segmenter,
+    }
 
 
 def _segmenter_uri(config) -> str:
@@ -277,7 +291,9 @@ def _run_pipeline(name: str, no_cache: bool, **parameters):
     except Exception as err:  # the step's own error and log were printed above by ZenML
         last = Client().get_pipeline(name).last_run
         failed = [step for step, s in last.steps.items() if s.status == ExecutionStatus.FAILED]
-        typer.secho(f"\npipeline run {last.name} failed in step(s) {', '.join(failed) or '?'}: {err}", fg="red", err=True)
+        typer.secho(
+            f"\npipeline run {last.name} failed in step(s) {', '.join(failed) or '?'}: {err}", fg="red", err=True
+        )
         from liverlesion_ops.tracking import server_problem_in
 
         for step in failed:  # a step that failed on the tracking server: say so in one line
@@ -299,7 +315,7 @@ def _close_killed_runs(pipeline: str) -> None:
     would show it running forever. Its completed steps stay cached; its unfinished ones published
     nothing, so nothing partial is ever reused.
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from mlflow.tracking import MlflowClient
     from zenml.client import Client
@@ -310,20 +326,26 @@ def _close_killed_runs(pipeline: str) -> None:
     stale = client.list_pipeline_runs(pipeline_name=pipeline, in_progress=True, size=100).items
     if not stale:
         return
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     tracking = MlflowClient()
     for run in stale:
         for step in run.steps.values():
             if not step.status.is_finished:
                 client.zen_store.update_run_step(step.id, StepRunUpdate(status=ExecutionStatus.FAILED, end_time=now))
-        client.zen_store.update_run(run.id, PipelineRunUpdate(status=ExecutionStatus.FAILED,
-                                                              status_reason="its process was killed"))
+        client.zen_store.update_run(
+            run.id, PipelineRunUpdate(status=ExecutionStatus.FAILED, status_reason="its process was killed")
+        )
         for experiment in tracking.search_experiments():
-            for left in tracking.search_runs([experiment.experiment_id],
-                                             f"attributes.status = 'RUNNING' and tags.zenml_run_id = '{run.id}'"):
+            for left in tracking.search_runs(
+                [experiment.experiment_id], f"attributes.status = 'RUNNING' and tags.zenml_run_id = '{run.id}'"
+            ):
                 tracking.set_terminated(left.info.run_id, "KILLED")
-        typer.secho(f"note: pipeline run {run.name} was left running by a killed process: marked failed (its "
-                    "MLflow runs killed); its completed steps are reused from cache", fg="yellow", err=True)
+        typer.secho(
+            f"note: pipeline run {run.name} was left running by a killed process: marked failed (its "
+            "MLflow runs killed); its completed steps are reused from cache",
+            fg="yellow",
+            err=True,
+        )
 
 
 def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
@@ -340,25 +362,33 @@ def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
     typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {elapsed:.0f}s", bold=True)
     where = [alias for alias, v in registration["aliases"].items() if v == registration["version"]]
     if step.status == ExecutionStatus.CACHED or not registration["created"]:
-        typer.echo(f"  no retraining happened ({len(cached)} cached steps): no new model version; "
-                   f"the latest model of these inputs is {registration['model_name']} v{registration['version']}")
+        typer.echo(
+            f"  no retraining happened ({len(cached)} cached steps): no new model version; "
+            f"the latest model of these inputs is {registration['model_name']} v{registration['version']}"
+        )
     else:
-        typer.echo(f"  registered {registration['model_name']} version {registration['version']}: "
-                   f"{registration['decision']} -> alias {', '.join(where) or 'none'} ({registration['reason']})")
+        typer.echo(
+            f"  registered {registration['model_name']} version {registration['version']}: "
+            f"{registration['decision']} -> alias {', '.join(where) or 'none'} ({registration['reason']})"
+        )
     intervals = evaluation.get("intervals", {})
     typer.echo(f"  test ({evaluation['n_test']} lesions; 95% patient-bootstrap intervals):")
     for name, value in evaluation["metrics"].items():
         low, high = intervals.get(name, (float("nan"), float("nan")))
         typer.echo(f"    {name:<18} {value:.3f}  [{low:.3f}, {high:.3f}]")
-    typer.echo(f"  one-feature baseline, mean HU threshold: test accuracy {evaluation['mean_hu_threshold_accuracy']:.3f} "
-               f"fitted on train, {evaluation['mean_hu_best_threshold_accuracy']:.3f} at the best threshold for the test set")
+    typer.echo(
+        f"  one-feature baseline, mean HU threshold: test accuracy {evaluation['mean_hu_threshold_accuracy']:.3f} "
+        f"fitted on train, {evaluation['mean_hu_best_threshold_accuracy']:.3f} at the best threshold for the test set"
+    )
     segmentation = pipeline_run.steps["evaluate_segmentation"].outputs["segmentation_metrics"][0].load()
     if segmentation["method"] != "reference":
         test, counts = segmentation["test"], segmentation["end_to_end"]
-        typer.echo(f"  {segmentation['method']} segmentation, test patients: liver Dice {test['liver_dice']:.3f}, lesion "
-                   f"Dice {test['lesion_dice']:.3f}, {test['found_lesions']}/{test['reference_lesions']} lesions found, "
-                   f"{test['invented_lesions']} invented; missed: {counts['missed_metastasis']} metastases, "
-                   f"{counts['missed_cyst']} cysts (metrics above: the lesions found)")
+        typer.echo(
+            f"  {segmentation['method']} segmentation, test patients: liver Dice {test['liver_dice']:.3f}, lesion "
+            f"Dice {test['lesion_dice']:.3f}, {test['found_lesions']}/{test['reference_lesions']} lesions found, "
+            f"{test['invented_lesions']} invented; missed: {counts['missed_metastasis']} metastases, "
+            f"{counts['missed_cyst']} cysts (metrics above: the lesions found)"
+        )
         typer.echo(f"  segmentation report: {segmentation['report']}")
     typer.echo(f"  reports: {Path(evaluation['plots']['roc_curve']).parent}")
     typer.echo(f"  MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
@@ -369,11 +399,17 @@ def _print_summary(pipeline_run, elapsed: float, env: dict[str, str]) -> None:
 @app.command()
 def compare(
     profile: ProfileOption = "quick",
-    models: Annotated[str | None, typer.Option(
-        help="comma-separated models (default: compare.models of the profile, all five): svm_texture, "
-             "inception_resnet_v2_npw, inception_resnet_v2_ipw, inception_v3_npw, inception_v3_ipw")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated models (default: compare.models of the profile, all five): svm_texture, "
+            "inception_resnet_v2_npw, inception_resnet_v2_ipw, inception_v3_npw, inception_v3_ipw"
+        ),
+    ] = None,
     overrides: SetOption = [],  # noqa: B006
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")
+    ] = False,
     data: DataOption = None,
 ) -> None:
     """Train and score the models of the paper's Table 2 side by side and write Table 2 with intervals.
@@ -390,32 +426,54 @@ def compare(
         overrides = [*overrides, "compare.models=[" + ",".join(m.strip() for m in models.split(",") if m.strip()) + "]"]
     config = _load(profile, overrides)
     cnns = [model_entry(key) for key in config.compare.models if model_entry(key).kind == "cnn"]
-    _check_weights([(f"{entry.key} (compare.imagenet_weights.{entry.backbone})",
-                     config.compare.train_config(entry.key, config.train).weights, entry.backbone)
-                    for entry in cnns if entry.pretrained],
-                   hint="or compare without the IPW models: --models " + ",".join(
-                       key for key in config.compare.models if not model_entry(key).pretrained))
+    _check_weights(
+        [
+            (
+                f"{entry.key} (compare.imagenet_weights.{entry.backbone})",
+                config.compare.train_config(entry.key, config.train).weights,
+                entry.backbone,
+            )
+            for entry in cnns
+            if entry.pretrained
+        ],
+        hint="or compare without the IPW models: --models "
+        + ",".join(key for key in config.compare.models if not model_entry(key).pretrained),
+    )
     version = _prepare_data(config, data=data)
     started = time.perf_counter()
-    pipeline_run = _run_pipeline("comparison_pipeline", no_cache, data_dir=str(version.path),
-                                 data_version=version.hash, profile=config, code_version=_code_version(),
-                                 segmenter_uri=_segmenter_uri(config))
+    pipeline_run = _run_pipeline(
+        "comparison_pipeline",
+        no_cache,
+        data_dir=str(version.path),
+        data_version=version.hash,
+        profile=config,
+        code_version=_code_version(),
+        segmenter_uri=_segmenter_uri(config),
+    )
     summary = pipeline_run.steps["compare_models"].outputs["table2"][0].load()
     typer.echo("")
-    typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
-                bold=True)
+    typer.secho(
+        f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
+        bold=True,
+    )
     typer.echo(Path(summary["files"]["md"]).read_text().split("\n## The paper's")[0].strip())
     typer.echo(f"\n  reports: {Path(summary['files']['md']).parent}")
-    typer.echo(f"  MLflow runs (experiment '{config.register.experiment}'): table2 {summary['mlflow_run_id']}; "
-               + ", ".join(f"{key} {run}" for key, run in summary["model_runs"].items()))
-    typer.echo(f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
+    typer.echo(
+        f"  MLflow runs (experiment '{config.register.experiment}'): table2 {summary['mlflow_run_id']}; "
+        + ", ".join(f"{key} {run}" for key, run in summary["model_runs"].items())
+    )
+    typer.echo(
+        f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}"
+    )
 
 
 @app.command(name="train-segmenter")
 def train_segmenter(
     profile: ProfileOption = "quick",
     overrides: SetOption = [],  # noqa: B006
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")
+    ] = False,
     data: DataOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the registration and test measures as JSON")] = False,
 ) -> None:
@@ -435,31 +493,55 @@ def train_segmenter(
     with _training_lock(f"liverlesion train-segmenter --profile {config.name}"):
         version = _prepare_data(config, data=data)
         started = time.perf_counter()
-        pipeline_run = _run_pipeline("segmenter_pipeline", no_cache, data_dir=str(version.path),
-                                     data_version=version.hash, profile=config, code_version=_code_version())
+        pipeline_run = _run_pipeline(
+            "segmenter_pipeline",
+            no_cache,
+            data_dir=str(version.path),
+            data_version=version.hash,
+            profile=config,
+            code_version=_code_version(),
+        )
     result = pipeline_run.steps["train_segmenter"].outputs["segmenter_registration"][0].load()
     if as_json:
         # strict JSON for programs: a measure that could not be taken (no lesion of a class) is null, not NaN
-        typer.echo(json.dumps({**result, "test": {k: None if v != v else v for k, v in result["test"].items()}},
-                              indent=2, default=str, allow_nan=False))
+        typer.echo(
+            json.dumps(
+                {**result, "test": {k: None if v != v else v for k, v in result["test"].items()}},
+                indent=2,
+                default=str,
+                allow_nan=False,
+            )
+        )
         return
     test = result["test"]
-    typer.secho(f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
-                bold=True)
-    typer.echo(f"  {result['model_name']} v{result['version']}: {result.get('decision', 'already registered')}"
-               f"{' (' + result['reason'] + ')' if result.get('reason') else ''}; champion v{result['champion']}")
-    typer.echo(f"  test patients ({test['cases']} CTs): liver Dice {test['liver_dice']:.3f}, ASSD "
-               f"{test['liver_assd_mm']:.2f} mm; lesion Dice {test['lesion_dice']:.3f}; detection recall "
-               f"{test['detection_recall']:.3f}; {test['false_positives_per_patient']:.2f} invented lesions per patient")
-    typer.echo(f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
+    typer.secho(
+        f"pipeline run {pipeline_run.name}: {pipeline_run.status.value} in {time.perf_counter() - started:.0f}s",
+        bold=True,
+    )
+    typer.echo(
+        f"  {result['model_name']} v{result['version']}: {result.get('decision', 'already registered')}"
+        f"{' (' + result['reason'] + ')' if result.get('reason') else ''}; champion v{result['champion']}"
+    )
+    typer.echo(
+        f"  test patients ({test['cases']} CTs): liver Dice {test['liver_dice']:.3f}, ASSD "
+        f"{test['liver_assd_mm']:.2f} mm; lesion Dice {test['lesion_dice']:.3f}; detection recall "
+        f"{test['detection_recall']:.3f}; {test['false_positives_per_patient']:.2f} invented lesions per patient"
+    )
+    typer.echo(
+        f"  MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}"
+    )
 
 
 @app.command()
 def export(
-    out: Annotated[Path | None, typer.Argument(help="the .npz to write; default <state>/exports/<profile>-patches.npz")] = None,
+    out: Annotated[
+        Path | None, typer.Argument(help="the .npz to write; default <state>/exports/<profile>-patches.npz")
+    ] = None,
     profile: ProfileOption = "quick",
     overrides: SetOption = [],  # noqa: B006
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="re-run the data steps instead of reusing cached ones")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="re-run the data steps instead of reusing cached ones")
+    ] = False,
     data: DataOption = None,
 ) -> None:
     """Write the validated, split patches of a profile to one .npz, for training off the pipeline.
@@ -474,19 +556,35 @@ def export(
     _environment()
     config = _load(profile, overrides)
     version = _prepare_data(config, data=data)
-    pipeline_run = _run_pipeline("patches_pipeline", no_cache, data_dir=str(version.path),
-                                 data_version=version.hash, profile=config, code_version=_code_version(),
-                                 segmenter_uri=_segmenter_uri(config))
+    pipeline_run = _run_pipeline(
+        "patches_pipeline",
+        no_cache,
+        data_dir=str(version.path),
+        data_version=version.hash,
+        profile=config,
+        code_version=_code_version(),
+        segmenter_uri=_segmenter_uri(config),
+    )
 
     def output(step: str, name: str):
         return pipeline_run.steps[step].outputs[name][0].load()
 
     target = out or paths.state_home() / "exports" / f"{config.name}-patches.npz"
-    meta = {"profile": config.name, "data_version": version.hash, "zenml_run_name": pipeline_run.name,
-            "split_manifest_hash": output("split", "split_manifest_hash"),
-            "patches": config.patches.model_dump(mode="json"), "train": config.train.model_dump(mode="json")}
-    export_patches(target, output("extract_patches", "patches"), output("extract_patches", "patch_index"),
-                   output("split", "split_manifest"), meta)
+    meta = {
+        "profile": config.name,
+        "data_version": version.hash,
+        "zenml_run_name": pipeline_run.name,
+        "split_manifest_hash": output("split", "split_manifest_hash"),
+        "patches": config.patches.model_dump(mode="json"),
+        "train": config.train.model_dump(mode="json"),
+    }
+    export_patches(
+        target,
+        output("extract_patches", "patches"),
+        output("extract_patches", "patch_index"),
+        output("split", "split_manifest"),
+        meta,
+    )
     size = target.stat().st_size / 2**20
     typer.echo(f"wrote {target} ({size:.1f} MiB): patches of {config.name!r}, split {meta['split_manifest_hash'][:12]}")
 
@@ -519,18 +617,36 @@ def _parse_name_map(pairs: list[str]) -> dict[str, str] | None:
 
 @app.command(name="import")
 def import_(
-    source: Annotated[Path, typer.Argument(help="the source: a folder (lits, msd, dicom-seg, crlm, ircadb) or a manifest CSV")],
-    layout: Annotated[str, typer.Option(help="manifest, lits, msd, dicom-seg, crlm, ircadb, or cohort (a cohort folder of new cases, e.g. with --append)")],
-    out: Annotated[Path | None, typer.Option(help="the cohort folder to write (default: the project's data/, "
-                                                  "then versioned with DVC)")] = None,
-    types: Annotated[Path | None, typer.Option(help="lesion types table: case, lesion, type (cyst or metastasis)")] = None,
+    source: Annotated[
+        Path, typer.Argument(help="the source: a folder (lits, msd, dicom-seg, crlm, ircadb) or a manifest CSV")
+    ],
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="manifest, lits, msd, dicom-seg, crlm, ircadb, or cohort (a cohort folder of new cases, e.g. with --append)"
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="the cohort folder to write (default: the project's data/, then versioned with DVC)"),
+    ] = None,
+    types: Annotated[
+        Path | None, typer.Option(help="lesion types table: case, lesion, type (cyst or metastasis)")
+    ] = None,
     default_type: Annotated[str | None, typer.Option(help="type of every lesion the table does not type")] = None,
-    name_map: Annotated[list[str], typer.Option("--map", help="structure/segment name map, PATTERN=TYPE "
-                                                             "(TYPE: cyst, metastasis, ignore); replaces the layout's")] = [],  # noqa: B006
+    name_map: Annotated[
+        list[str],
+        typer.Option(
+            "--map",
+            help="structure/segment name map, PATTERN=TYPE (TYPE: cyst, metastasis, ignore); replaces the layout's",
+        ),
+    ] = [],  # noqa: B006
     root: Annotated[Path | None, typer.Option(help="manifest layout: the data root its paths are relative to")] = None,
     append: Annotated[bool, typer.Option(help="add the cases to the cohort already there")] = False,
     replace: Annotated[bool, typer.Option(help="replace the cohort in data/ (its version stays in DVC)")] = False,
-    skip_bad: Annotated[bool, typer.Option(help="import the good cases and list the refused ones, instead of none")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option(help="import the good cases and list the refused ones, instead of none")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the import report as JSON")] = False,
 ) -> None:
     """Convert real CT (DICOM, DICOM-SEG, NIfTI; public dataset layouts) into a de-identified cohort folder.
@@ -545,10 +661,10 @@ def import_(
 
     from liverlesion import paths
     from liverlesion.contract import ContractError
-    from liverlesion_ops.datastore import DataStoreError, configure_remote, version_data
     from liverlesion.deid import pseudonymiser_from_env
     from liverlesion.importers import import_cohort, read_types_table, scan_source
     from liverlesion.progress import progress_printer
+    from liverlesion_ops.datastore import DataStoreError, configure_remote, version_data
 
     into_project = out is None
     if into_project:
@@ -561,16 +677,36 @@ def import_(
         target = out.parent / f".{out.name}.replacing"
         shutil.rmtree(target, ignore_errors=True)
     elif out.exists() and any(out.iterdir()) and not append:
-        _fail(f"{out} already holds a cohort: --append adds the new cases to it, --replace replaces it"
-              + (" (the old version stays in DVC)" if into_project else ""))
+        _fail(
+            f"{out} already holds a cohort: --append adds the new cases to it, --replace replaces it"
+            + (" (the old version stays in DVC)" if into_project else "")
+        )
     try:
         pseudonymiser = pseudonymiser_from_env()
-        cases = scan_source(source, layout, types=read_types_table(types), default_type=default_type,
-                            name_map=_parse_name_map(name_map), root=root)
-        settings = {"types_table": types is not None, "default_type": default_type,
-                    "name_map": _parse_name_map(name_map), "skip_bad": skip_bad}
-        report = import_cohort(cases, target, pseudonymiser, layout, settings, append=append, skip_bad=skip_bad,
-                               progress=None if as_json else progress_printer("import"))
+        cases = scan_source(
+            source,
+            layout,
+            types=read_types_table(types),
+            default_type=default_type,
+            name_map=_parse_name_map(name_map),
+            root=root,
+        )
+        settings = {
+            "types_table": types is not None,
+            "default_type": default_type,
+            "name_map": _parse_name_map(name_map),
+            "skip_bad": skip_bad,
+        }
+        report = import_cohort(
+            cases,
+            target,
+            pseudonymiser,
+            layout,
+            settings,
+            append=append,
+            skip_bad=skip_bad,
+            progress=None if as_json else progress_printer("import"),
+        )
     except ContractError as err:
         shutil.rmtree(target, ignore_errors=True) if replace else None
         _fail(str(err))
@@ -590,8 +726,10 @@ def import_(
     if as_json:
         typer.echo(json_module.dumps(summary, indent=2))
         return
-    typer.echo(f"imported {summary['cases']} case(s), {summary['lesions']} lesion(s) into {out}"
-               + (f" — DVC version {summary['data_version']} (commit data.dvc)" if into_project else ""))
+    typer.echo(
+        f"imported {summary['cases']} case(s), {summary['lesions']} lesion(s) into {out}"
+        + (f" — DVC version {summary['data_version']} (commit data.dvc)" if into_project else "")
+    )
     for line in report.notes:
         typer.echo(f"  note: {line}")
     for line in report.refused:
@@ -608,13 +746,21 @@ def _model_reference(model: str, version: str | None) -> str:
 @app.command()
 def predict(
     ct: Annotated[Path, typer.Argument(help="the CT: a NIfTI file (HU) or a folder holding one DICOM CT series")],
-    mask: Annotated[Path | None, typer.Option(help="its lesion mask: a NIfTI file on the CT's grid, or a DICOM-SEG file; "
-                                                   "without one, the lesions are segmented automatically (--segment)")] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="its lesion mask: a NIfTI file on the CT's grid, or a DICOM-SEG file; "
+            "without one, the lesions are segmented automatically (--segment)"
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="folder for the results (default: ./prediction-<name>)")] = None,
-    segment: Annotated[str, typer.Option(help="without --mask: classical (thresholds and morphology) or learned "
-                                              "(the registered cascade)")] = "classical",
-    segmenter: Annotated[str, typer.Option(help="with --segment learned: the cascade as <model>@<alias> or "
-                                                "<model>@<version>")] = "liverlesion-segmenter@champion",
+    segment: Annotated[
+        str,
+        typer.Option(help="without --mask: classical (thresholds and morphology) or learned (the registered cascade)"),
+    ] = "classical",
+    segmenter: Annotated[
+        str, typer.Option(help="with --segment learned: the cascade as <model>@<alias> or <model>@<version>")
+    ] = "liverlesion-segmenter@champion",
     model: Annotated[str, typer.Option(help="registered model name or MLflow model URI")] = "liver-lesion-classifier",
     version: Annotated[str | None, typer.Option(help="a registered version instead of the 'champion' alias")] = None,
     mask_encoding: Annotated[str, typer.Option(help="auto, binary, instance or class")] = "auto",
@@ -642,8 +788,9 @@ def predict(
     automatic = None
     try:  # the input first: a bad file is refused before the model is loaded
         image, meta, series = _read_ct(ct)
-        name = case_id or (f"series-{series.headers[0].get('SeriesNumber', 1)}" if series is not None
-                           else ct.name.split(".nii")[0])
+        name = case_id or (
+            f"series-{series.headers[0].get('SeriesNumber', 1)}" if series is not None else ct.name.split(".nii")[0]
+        )
         if mask is not None:
             lesion_mask, encoding = _read_mask(mask, meta, series, mask_encoding, name)
         else:
@@ -654,11 +801,17 @@ def predict(
     except ContractError as err:
         _fail(str(err))
     out = out or Path(f"prediction-{name}")
-    extra = predictor.record(model=resolved, case_id=name, input="DICOM series" if series is not None else "NIfTI",
-                             lesions_from="the given mask" if automatic is None else segmented_by)
+    extra = predictor.record(
+        model=resolved,
+        case_id=name,
+        input="DICOM series" if series is not None else "NIfTI",
+        lesions_from="the given mask" if automatic is None else segmented_by,
+    )
     from liverlesion.predict import write_outputs
 
-    files = write_outputs(prediction, out, title=f"{name}: {predictor.model_name} v{predictor.model_version}", extra=extra)
+    files = write_outputs(
+        prediction, out, title=f"{name}: {predictor.model_name} v{predictor.model_version}", extra=extra
+    )
     if automatic is not None:
         from liverlesion.imaging import save_nifti, to_source_orientation
 
@@ -667,26 +820,38 @@ def predict(
         from liverlesion.dicomio import write_seg
         from liverlesion.predict import class_volume
 
-        files["seg"] = write_seg(class_volume(prediction.instances, prediction.results),
-                                 {1: "cyst (predicted)", 2: "metastasis (predicted)"}, series,
-                                 out / "lesion_classes.seg.dcm")
+        files["seg"] = write_seg(
+            class_volume(prediction.instances, prediction.results),
+            {1: "cyst (predicted)", 2: "metastasis (predicted)"},
+            series,
+            out / "lesion_classes.seg.dcm",
+        )
     results = prediction.results
     if as_json:
         typer.echo(files["json"].read_text())
         return
-    typer.echo(f"{name}: {len(results)} lesion(s), {metastasis_count(results)} called metastasis, by "
-               f"{predictor.model_name} v{predictor.model_version} ({resolved}; P(metastasis) >= {predictor.threshold})")
+    typer.echo(
+        f"{name}: {len(results)} lesion(s), {metastasis_count(results)} called metastasis, by "
+        f"{predictor.model_name} v{predictor.model_version} ({resolved}; P(metastasis) >= {predictor.threshold})"
+    )
     for row in results.itertuples(index=False):
-        typer.echo(f"  {row.lesion_id}  {row.volume_ml:8.2f} mL  at ({row.x_mm:7.1f}, {row.y_mm:7.1f}, {row.z_mm:7.1f}) mm"
-                   f"  P(metastasis) {row.p_metastasis:.3f}  {row.predicted_class}")
+        typer.echo(
+            f"  {row.lesion_id}  {row.volume_ml:8.2f} mL  at ({row.x_mm:7.1f}, {row.y_mm:7.1f}, {row.z_mm:7.1f}) mm"
+            f"  P(metastasis) {row.p_metastasis:.3f}  {row.predicted_class}"
+        )
     typer.echo("  files: " + ", ".join(str(path) for path in files.values()))
     typer.echo("  research use only, not for diagnostic use")
 
 
 @app.command(name="predict-batch")
 def predict_batch(
-    data: Annotated[Path | None, typer.Option(help="the cohort folder of cases to answer (cases.csv; lesion types "
-                                                   "not needed); default: the project's data/")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="the cohort folder of cases to answer (cases.csv; lesion types "
+            "not needed); default: the project's data/"
+        ),
+    ] = None,
     model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
     version: Annotated[str | None, typer.Option(help="a registered version instead of the 'champion' alias")] = None,
     profile: ProfileOption = "quick",
@@ -713,18 +878,27 @@ def predict_batch(
         _refuse_incomplete(client, model, str(number))
     except MlflowException as err:
         _fail_if_server_problem(err)
-        _fail(f"no model version {model} {version or '@champion'} in {env['MLFLOW_TRACKING_URI']}: "
-              f"{err.message.splitlines()[0]}")
+        _fail(
+            f"no model version {model} {version or '@champion'} in {env['MLFLOW_TRACKING_URI']}: "
+            f"{err.message.splitlines()[0]}"
+        )
     version_info = _prepare_data(config, data=data)
-    pipeline_run = _run_pipeline("batch_inference_pipeline", False, data_dir=str(version_info.path),
-                                 data_version=version_info.hash, profile=config, model_name=model,
-                                 model_version=str(number))
+    pipeline_run = _run_pipeline(
+        "batch_inference_pipeline",
+        False,
+        data_dir=str(version_info.path),
+        data_version=version_info.hash,
+        profile=config,
+        model_name=model,
+        model_version=str(number),
+    )
     record = pipeline_run.steps["predict_cases"].outputs["inference_record"][0].load()
     if as_json:
         typer.echo(json_module.dumps(record, indent=2))
         return
-    typer.echo(f"{record['cases']} case(s), {record['lesions']} lesion(s) answered by {model} v{number}: "
-               f"{record['table']}")
+    typer.echo(
+        f"{record['cases']} case(s), {record['lesions']} lesion(s) answered by {model} v{number}: {record['table']}"
+    )
 
 
 def _refuse_incomplete(client, name: str, version: str) -> None:
@@ -758,7 +932,7 @@ def _load_predictor(reference: str, env: dict[str, str]):
     name, version = "", ""
     try:
         if reference.startswith("models:/"):
-            body = reference[len("models:/"):]
+            body = reference[len("models:/") :]
             if "@" in body:
                 name, alias = body.split("@", 1)
                 version = client.get_model_version_by_alias(name, alias).version
@@ -768,8 +942,10 @@ def _load_predictor(reference: str, env: dict[str, str]):
         served = mlflow.pyfunc.load_model(reference).unwrap_python_model()
     except MlflowException as err:
         _fail_if_server_problem(err)
-        _fail(f"no model {reference} in {env['MLFLOW_TRACKING_URI']}: {err.message.splitlines()[0]}"
-              " (`liverlesion models` lists the registered versions)")
+        _fail(
+            f"no model {reference} in {env['MLFLOW_TRACKING_URI']}: {err.message.splitlines()[0]}"
+            " (`liverlesion models` lists the registered versions)"
+        )
     predictor = served.predictor
     predictor.model_name, predictor.model_version = name or served.settings.get("model_name", ""), str(version)
     return predictor, reference
@@ -838,9 +1014,14 @@ def _read_mask(path: Path, meta, series, encoding: str, name: str):
         from liverlesion.dicomio import read_seg
         from liverlesion.importers import NON_LESION_SEGMENTS, match_name, stack_lesions
 
-        lesions = [(label, segment, "") for _, (label, segment) in sorted(read_seg(path, series).items())
-                   if match_name(label, NON_LESION_SEGMENTS) is None and segment.any()]
-        instances, _ = stack_lesions(meta.shape, lesions, f"case {name}", components=False)  # as the import numbers them
+        lesions = [
+            (label, segment, "")
+            for _, (label, segment) in sorted(read_seg(path, series).items())
+            if match_name(label, NON_LESION_SEGMENTS) is None and segment.any()
+        ]
+        instances, _ = stack_lesions(
+            meta.shape, lesions, f"case {name}", components=False
+        )  # as the import numbers them
         return instances, "instance"
     return read_mask_nifti(path, meta, f"case {name}"), encoding
 
@@ -849,9 +1030,15 @@ def _read_mask(path: Path, meta, series, encoding: str, name: str):
 def retrain(
     profile: ProfileOption = "quick",
     overrides: SetOption = [],  # noqa: B006
-    force: Annotated[bool, typer.Option("--force", help="retrain even if a version was trained on this fingerprint")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the outcome as one JSON object on standard output "
-                                                         "(progress goes to standard error)")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="retrain even if a version was trained on this fingerprint")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="print the outcome as one JSON object on standard output (progress goes to standard error)"
+        ),
+    ] = False,
 ) -> None:
     """Retrain if the data, the training settings or the code changed; gate and record the new version.
 
@@ -872,30 +1059,47 @@ def retrain(
     config = _load(profile, overrides)
     name = config.register.model_name
     outcome: dict[str, Any] = {"profile": config.name, "model_name": name}
-    with _training_lock(f"liverlesion retrain --profile {config.name}"), redirect_stdout(
-            sys.stderr if as_json else sys.stdout):
+    with (
+        _training_lock(f"liverlesion retrain --profile {config.name}"),
+        redirect_stdout(sys.stderr if as_json else sys.stdout),
+    ):
         try:
             version = _prepare_data(config)
             parameters = _training_parameters(config, version)
-            outcome.update(fingerprint=parameters["fingerprint"], data_version=version.hash,
-                           code_version=parameters["code_version"])
+            outcome.update(
+                fingerprint=parameters["fingerprint"],
+                data_version=version.hash,
+                code_version=parameters["code_version"],
+            )
             trained = job.trained_on(name, parameters["fingerprint"])
             if trained is not None and not force:
-                outcome.update(status="nothing-to-do", version=str(trained.version),
-                               decision=trained.tags.get("decision"), champion=job.champion_of(name),
-                               reason=f"v{trained.version} was trained on this fingerprint (data {version.hash[:12]}, "
-                                      f"{parameters['code_version']}, profile {config.name})")
+                outcome.update(
+                    status="nothing-to-do",
+                    version=str(trained.version),
+                    decision=trained.tags.get("decision"),
+                    champion=job.champion_of(name),
+                    reason=f"v{trained.version} was trained on this fingerprint (data {version.hash[:12]}, "
+                    f"{parameters['code_version']}, profile {config.name})",
+                )
             else:
                 _check_weights([("train.weights", config.train.weights, config.train.backbone)])
                 pipeline_run = _run_pipeline("training_pipeline", force, **parameters)
                 registration = pipeline_run.steps["register"].outputs["registration"][0].load()
-                outcome.update(status="trained", version=registration["version"], decision=registration["decision"],
-                               reason=registration["reason"], champion=registration["aliases"].get("champion"),
-                               zenml_run_name=pipeline_run.name)
+                outcome.update(
+                    status="trained",
+                    version=registration["version"],
+                    decision=registration["decision"],
+                    reason=registration["reason"],
+                    champion=registration["aliases"].get("champion"),
+                    zenml_run_name=pipeline_run.name,
+                )
         except typer.Exit as stop:
             if stop.exit_code == 1:  # the work failed (DVC, the pipeline): a scheduler's failure, recorded
-                outcome.update(status="failed", error="DVC or the training pipeline failed (see above)",
-                               seconds=round(time.perf_counter() - started, 1))
+                outcome.update(
+                    status="failed",
+                    error="DVC or the training pipeline failed (see above)",
+                    seconds=round(time.perf_counter() - started, 1),
+                )
                 job.record(config.register.experiment, outcome)
             raise
         outcome["seconds"] = round(time.perf_counter() - started, 1)
@@ -905,11 +1109,15 @@ def retrain(
         return
     champion = f"v{outcome['champion']}" if outcome.get("champion") else "none"
     if outcome["status"] == "nothing-to-do":
-        typer.echo(f"retrain: nothing to do — {outcome['reason']}; champion {champion} "
-                   f"({outcome['seconds']:.1f}s; recorded as MLflow run {outcome['mlflow_run_id']})")
+        typer.echo(
+            f"retrain: nothing to do — {outcome['reason']}; champion {champion} "
+            f"({outcome['seconds']:.1f}s; recorded as MLflow run {outcome['mlflow_run_id']})"
+        )
     else:
-        typer.echo(f"retrain: trained {name} v{outcome['version']}: {outcome['decision']} ({outcome['reason']}); "
-                   f"champion {champion} ({outcome['seconds']:.0f}s; MLflow run {outcome['mlflow_run_id']})")
+        typer.echo(
+            f"retrain: trained {name} v{outcome['version']}: {outcome['decision']} ({outcome['reason']}); "
+            f"champion {champion} ({outcome['seconds']:.0f}s; MLflow run {outcome['mlflow_run_id']})"
+        )
 
 
 ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded on the versions and in an MLflow run)")]
@@ -929,11 +1137,15 @@ def _registry_action(action, as_json: bool, *args) -> None:
     aliases = ", ".join(f"{alias} v{v}" for alias, v in sorted(result["aliases"].items()))
     if result["job"] == "promote":
         was = f"v{result['previous_champion']}" if result["previous_champion"] else "none"
-        typer.echo(f"promoted v{result['version']} to champion (was {was}) by {result['by']} "
-                   f"at {result['at']}: {result['reason']}\n  aliases: {aliases}")
+        typer.echo(
+            f"promoted v{result['version']} to champion (was {was}) by {result['by']} "
+            f"at {result['at']}: {result['reason']}\n  aliases: {aliases}"
+        )
     else:
-        typer.echo(f"rolled back: champion v{result['rolled_back']} -> v{result['version']} by {result['by']} at "
-                   f"{result['at']}: {result['reason']}\n  aliases: {aliases}")
+        typer.echo(
+            f"rolled back: champion v{result['rolled_back']} -> v{result['version']} by {result['by']} at "
+            f"{result['at']}: {result['reason']}\n  aliases: {aliases}"
+        )
 
 
 @app.command()
@@ -941,7 +1153,9 @@ def promote(
     version: Annotated[str, typer.Argument(help="the registered version to make champion (e.g. 3)")],
     reason: ReasonOption,
     model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
-    experiment: Annotated[str, typer.Option(help="MLflow experiment of the decision's run")] = "liver-lesion-classification",
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment of the decision's run")
+    ] = "liver-lesion-classification",
     as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
 ) -> None:
     """Make a version the champion by hand; the former champion becomes previous_champion.
@@ -959,7 +1173,9 @@ def promote(
 def rollback(
     reason: ReasonOption,
     model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
-    experiment: Annotated[str, typer.Option(help="MLflow experiment of the decision's run")] = "liver-lesion-classification",
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment of the decision's run")
+    ] = "liver-lesion-classification",
     as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
 ) -> None:
     """Give the champion alias back to previous_champion (which then names the version rolled back).
@@ -973,11 +1189,18 @@ def rollback(
 
 @app.command()
 def audit(
-    ref: Annotated[str | None, typer.Argument(help="a version (3, v3) or an alias (@champion); default @champion")] = None,
+    ref: Annotated[
+        str | None, typer.Argument(help="a version (3, v3) or an alias (@champion); default @champion")
+    ] = None,
     model: Annotated[str, typer.Option(help="registered model name")] = "liver-lesion-classifier",
     as_json: Annotated[bool, typer.Option("--json", help="print the audit as JSON")] = False,
-    restore: Annotated[Path | None, typer.Option(help="materialise the version's exact data in this new folder "
-                                                      "(from the DVC cache or remote) and check its hash")] = None,
+    restore: Annotated[
+        Path | None,
+        typer.Option(
+            help="materialise the version's exact data in this new folder "
+            "(from the DVC cache or remote) and check its hash"
+        ),
+    ] = None,
 ) -> None:
     """The lineage of a model version: data version (and whether DVC still holds it), code, settings,
     runs, the patients of each split; then the workspace's data held against it.
@@ -987,7 +1210,8 @@ def audit(
     or a hash mismatch); 2 no such version or alias.
     """
     from liverlesion import paths
-    from liverlesion_ops.audit import audit as build, render
+    from liverlesion_ops.audit import audit as build
+    from liverlesion_ops.audit import render
     from liverlesion_ops.registry import RegistryError
 
     _environment()
@@ -1012,8 +1236,10 @@ def audit(
         return
     typer.echo(render(report))
     if restore is not None:
-        typer.echo(f"  restored: {restore} holds exactly data version {report['restored']['verified_version']} "
-                   "(every file's md5 and the listing's hash checked)")
+        typer.echo(
+            f"  restored: {restore} holds exactly data version {report['restored']['verified_version']} "
+            "(every file's md5 and the listing's hash checked)"
+        )
 
 
 @app.command()
@@ -1050,8 +1276,13 @@ def models(name: Annotated[str, typer.Option(help="registered model name")] = "l
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
     for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
-        typer.echo(json.dumps({"version": mv.version, "aliases": by_version.get(str(mv.version), []), "tags": mv.tags},
-                              indent=2, sort_keys=True))
+        typer.echo(
+            json.dumps(
+                {"version": mv.version, "aliases": by_version.get(str(mv.version), []), "tags": mv.tags},
+                indent=2,
+                sort_keys=True,
+            )
+        )
 
 
 def main() -> None:  # pragma: no cover

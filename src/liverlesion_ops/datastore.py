@@ -72,8 +72,10 @@ class Remote:
 
     def describe(self) -> str:
         if self.fallback:
-            text = (f"pushed to the local fallback DVC remote {self.url} (no default DVC remote of your own is "
-                    "configured; `dvc remote add -d NAME URL` shares the data)")
+            text = (
+                f"pushed to the local fallback DVC remote {self.url} (no default DVC remote of your own is "
+                "configured; `dvc remote add -d NAME URL` shares the data)"
+            )
         else:
             text = f"pushed to {self}: DVC's default remote, used as configured"
         return text + (f"\n  note: {self.note}" if self.note else "")
@@ -108,7 +110,9 @@ class DataVersion:
         elif self.matches_committed:
             status = f"matches {DVC_FILE}"
         else:
-            status = f"DIFFERS from the committed {DVC_FILE} ({self.committed_hash[:12]}): {DVC_FILE} updated, commit it"
+            status = (
+                f"DIFFERS from the committed {DVC_FILE} ({self.committed_hash[:12]}): {DVC_FILE} updated, commit it"
+            )
         note = f"\n  note: {self.note}" if self.note else ""
         pushed = f"\n  {self.remote.describe()}" if self.remote is not None else ""
         return f"data: {how} {self.path} — DVC version {self.hash} ({status}){pushed}{note}"
@@ -116,9 +120,7 @@ class DataVersion:
 
 def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True)
     if check and done.returncode != 0:
         raise DataStoreError(f"`dvc {' '.join(args)}` failed in {root}:\n{done.stderr.strip() or done.stdout.strip()}")
     return done
@@ -164,8 +166,10 @@ def user_remote(root: Path, config=None) -> Remote | None:
     if not name or name == REMOTE_NAME:
         return None
     if name not in config["remote"] or not config["remote"][name].get("url"):
-        raise DataStoreError(f"DVC's default remote {name!r} is not defined (`dvc remote list` shows the remotes; "
-                             f"`dvc remote add -d {name} URL` defines it)")
+        raise DataStoreError(
+            f"DVC's default remote {name!r} is not defined (`dvc remote list` shows the remotes; "
+            f"`dvc remote add -d {name} URL` defines it)"
+        )
     return Remote(name, _public(str(config["remote"][name]["url"])), fallback=False)
 
 
@@ -202,33 +206,73 @@ def configure_remote(root: Path, remote: Path) -> Remote:
     if not config["cache"].get("type"):
         _dvc(root, "config", "--local", "cache.type", CACHE_TYPE)
     others = sorted(set(config["remote"]) - {REMOTE_NAME})
-    note = (f"DVC remote(s) {', '.join(repr(o) for o in others)} configured but none is the default: runs use the "
-            f"local fallback (`dvc remote default {others[0]}` makes them push there)") if others else ""
+    note = (
+        (
+            f"DVC remote(s) {', '.join(repr(o) for o in others)} configured but none is the default: runs use the "
+            f"local fallback (`dvc remote default {others[0]}` makes them push there)"
+        )
+        if others
+        else ""
+    )
     return Remote(REMOTE_NAME, str(folder), fallback=True, note=note)
 
 
 #: what DVC's error output says, by problem (lower case; credentials first: "failed to connect ... Forbidden")
 _PROBLEMS = (
-    ("credentials", "refused the credentials or lacks a permission (S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
-                    "AWS_PROFILE; any remote: `dvc remote modify --local NAME ...`)",
-     ("forbidden", "accessdenied", "access denied", "invalidaccesskeyid", "signaturedoesnotmatch",
-      "unable to locate credentials", "nocredentialserror", "expiredtoken", "invalidtoken", "(401)", "(403)",
-      "permission denied", "authentication failed")),
-    ("unreachable", "cannot be reached",
-     ("could not connect", "connection refused", "connect timeout", "timed out", "name or service not known",
-      "nodename nor servname", "name resolution", "no route to host", "network is unreachable",
-      "connection reset", "endpointconnectionerror")),
+    (
+        "credentials",
+        "refused the credentials or lacks a permission (S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+        "AWS_PROFILE; any remote: `dvc remote modify --local NAME ...`)",
+        (
+            "forbidden",
+            "accessdenied",
+            "access denied",
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "unable to locate credentials",
+            "nocredentialserror",
+            "expiredtoken",
+            "invalidtoken",
+            "(401)",
+            "(403)",
+            "permission denied",
+            "authentication failed",
+        ),
+    ),
+    (
+        "unreachable",
+        "cannot be reached",
+        (
+            "could not connect",
+            "connection refused",
+            "connect timeout",
+            "timed out",
+            "name or service not known",
+            "nodename nor servname",
+            "name resolution",
+            "no route to host",
+            "network is unreachable",
+            "connection reset",
+            "endpointconnectionerror",
+        ),
+    ),
     ("bucket", "does not exist (no such bucket)", ("nosuchbucket", "bucket does not exist")),
-    ("missing", "lacks the data", ("missing cache files", "neither locally nor on remote", "checkout failed",
-                                   "is your cache up to date")),
+    (
+        "missing",
+        "lacks the data",
+        ("missing cache files", "neither locally nor on remote", "checkout failed", "is your cache up to date"),
+    ),
 )
 
 
 def _remote_problem(output: str) -> tuple[str, str]:
     """(kind, one-line description) of a failed ``dvc push/pull``'s output."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line.removeprefix("ERROR:").strip().removeprefix("unexpected error - ") for line in lines
-              if line.startswith("ERROR:")]
+    errors = [
+        line.removeprefix("ERROR:").strip().removeprefix("unexpected error - ")
+        for line in lines
+        if line.startswith("ERROR:")
+    ]
     detail = (errors or lines or ["no output"])[0]
     detail = detail if len(detail) <= 240 else detail[:237] + "..."
     text = output.lower()
@@ -236,8 +280,10 @@ def _remote_problem(output: str) -> tuple[str, str]:
         if any(marker in text for marker in markers):
             if kind == "missing":
                 missing = sum(1 for line in lines if line.startswith("md5: "))
-                return kind, (f"lacks the data ({missing or 'some'} object(s) missing: never pushed, or removed by "
-                              "`dvc gc --cloud`)")
+                return kind, (
+                    f"lacks the data ({missing or 'some'} object(s) missing: never pushed, or removed by "
+                    "`dvc gc --cloud`)"
+                )
             return kind, f"{what}: {detail}"
     return "other", f"failed: {detail}"
 
@@ -264,16 +310,20 @@ def _restore(root: Path, remote: Remote, committed: str) -> bool:
     kind, problem = _remote_problem(done.stderr + "\n" + done.stdout)
     if remote.fallback or kind == "missing":
         return False
-    raise DataStoreError(f"{remote} {problem}; data version {committed} ({DVC_FILE}) was not restored, "
-                         f"{DATA_FOLDER}/ and the DVC cache are as they were")
+    raise DataStoreError(
+        f"{remote} {problem}; data version {committed} ({DVC_FILE}) was not restored, "
+        f"{DATA_FOLDER}/ and the DVC cache are as they were"
+    )
 
 
 def folder_version(folder: Path) -> str:
     """The version ``dvc add`` would give ``folder`` (``<md5>.dir``), computed without DVC's cache."""
     from liverlesion_ops.dvcobjects import tree_hash
 
-    files = {path.relative_to(folder).as_posix(): _digest(path, hashlib.md5()).hexdigest()
-             for path in sorted(p for p in Path(folder).rglob("*") if p.is_file())}
+    files = {
+        path.relative_to(folder).as_posix(): _digest(path, hashlib.md5()).hexdigest()
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    }
     return tree_hash(files)
 
 
@@ -299,8 +349,10 @@ def _check_spec(data: Path, spec: CohortSpec) -> str:
         )
     version = meta.get("generator_version")
     if version is not None and version != GENERATOR_VERSION:
-        return (f"{data} was made by phantom generator {version}; this code generates {GENERATOR_VERSION} "
-                "(`liverlesion data --regenerate` refreshes it)")
+        return (
+            f"{data} was made by phantom generator {version}; this code generates {GENERATOR_VERSION} "
+            "(`liverlesion data --regenerate` refreshes it)"
+        )
     return ""
 
 
@@ -345,10 +397,12 @@ def prepare_data(
                         f"{target} lacks data version {committed} ({DVC_FILE}) and the DVC cache has none of it; "
                         f"the cohort generated from the seed is another version ({made}): `dvc push -r "
                         f"{target.name}` it from a checkout that has it, or replace it with `liverlesion data "
-                        "--regenerate`")
+                        "--regenerate`"
+                    )
     note = _check_spec(data, spec)
-    return DataVersion(hash=version_data(root, target), source=source, committed_hash=committed, path=data, note=note,
-                       remote=target)
+    return DataVersion(
+        hash=version_data(root, target), source=source, committed_hash=committed, path=data, note=note, remote=target
+    )
 
 
 def _relink(root: Path) -> None:
@@ -378,7 +432,8 @@ def version_data(root: Path, remote: Remote | None = None) -> str:
     if remote is None:
         config = _dvc_config(root)
         remote = user_remote(root, config) or Remote(
-            REMOTE_NAME, _public(str(config["remote"].get(REMOTE_NAME, {}).get("url", "not configured"))), fallback=True)
+            REMOTE_NAME, _public(str(config["remote"].get(REMOTE_NAME, {}).get("url", "not configured"))), fallback=True
+        )
     _dvc(root, "add", DATA_FOLDER)
     version = dvc_hash(root)
     if version is None:
@@ -387,8 +442,10 @@ def version_data(root: Path, remote: Remote | None = None) -> str:
     done = _dvc(root, "push", "-r", remote.name, DVC_FILE, check=False)
     if done.returncode != 0:
         _kind, problem = _remote_problem(done.stderr + "\n" + done.stdout)
-        raise DataStoreError(f"{remote} {problem}; data version {version} is in {DVC_FILE} and the DVC cache "
-                             f"but not pushed (`dvc push -r {remote.name}` once the remote works)")
+        raise DataStoreError(
+            f"{remote} {problem}; data version {version} is in {DVC_FILE} and the DVC cache "
+            f"but not pushed (`dvc push -r {remote.name}` once the remote works)"
+        )
     return version
 
 
@@ -411,6 +468,8 @@ def external_data(folder: Path) -> DataVersion:
     """
     folder = Path(folder).resolve()
     if not (folder / "cases.csv").exists():
-        raise DataStoreError(f"{folder}: no cases.csv: not a cohort folder (see the README's data contract; "
-                             "`liverlesion import` makes one)")
+        raise DataStoreError(
+            f"{folder}: no cases.csv: not a cohort folder (see the README's data contract; "
+            "`liverlesion import` makes one)"
+        )
     return DataVersion(hash=content_version(folder), source="external", committed_hash=None, path=folder)

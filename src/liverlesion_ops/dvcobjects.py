@@ -196,8 +196,7 @@ class _Session:
             present = self.remote_has(missing)
         except RemoteUnavailable as exc:
             raise RemoteUnavailable(
-                f"data version {version}: {_count(missing)} missing from the DVC cache ({self.cache.path}), "
-                f"and {exc}"
+                f"data version {version}: {_count(missing)} missing from the DVC cache ({self.cache.path}), and {exc}"
             ) from exc
         absent = [oid for oid in missing if oid not in present]
         if absent:
@@ -447,8 +446,9 @@ def restore(root: Path | str, version: str, dest: Path | str, remote: str | None
     version = normalize_version(version)
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(f"refusing to restore data version {version} into {dest}: it exists and is not an "
-                              "empty folder")
+        raise FileExistsError(
+            f"refusing to restore data version {version} into {dest}: it exists and is not an empty folder"
+        )
     with _Session(root, remote) as session:
         listing = session.manifest(version)
         for relpath in listing.files:
@@ -505,8 +505,9 @@ def _cohort(session: _Session, version: str) -> tuple[Manifest, dict[str, dict[s
     if CASES_TABLE not in listing.files:
         raise DvcObjectsError(f"data version {version} has no {CASES_TABLE}: not a cohort folder")
     cases: dict[str, dict[str, str]] = {}
-    for row in _table(session.read(version, listing, CASES_TABLE), CASES_TABLE, version,
-                      ("patient_key", "case_id", "image", "mask")):
+    for row in _table(
+        session.read(version, listing, CASES_TABLE), CASES_TABLE, version, ("patient_key", "case_id", "image", "mask")
+    ):
         if row["case_id"] in cases:
             raise DvcObjectsError(f"data version {version}: case {row['case_id']!r} appears twice in {CASES_TABLE}")
         # the contract's fields only, with its default encoding: a column added by a later append (or an
@@ -516,8 +517,12 @@ def _cohort(session: _Session, version: str) -> tuple[Manifest, dict[str, dict[s
         cases[row["case_id"]] = row
     types: dict[str, list[tuple]] = {}
     if LESION_TYPES_TABLE in listing.files:
-        for row in _table(session.read(version, listing, LESION_TYPES_TABLE), LESION_TYPES_TABLE, version,
-                          ("case_id", "lesion", "type")):
+        for row in _table(
+            session.read(version, listing, LESION_TYPES_TABLE),
+            LESION_TYPES_TABLE,
+            version,
+            ("case_id", "lesion", "type"),
+        ):
             types.setdefault(row["case_id"], []).append(tuple(sorted((k, v) for k, v in row.items() if k != "case_id")))
     return listing, cases, {case: tuple(sorted(rows)) for case, rows in types.items()}
 
@@ -553,8 +558,7 @@ def case_changes(
     changed = []
     for case_id in sorted(set(old_cases) & set(new_cases)):
         old, new = old_cases[case_id], new_cases[case_id]
-        what = [column for column in ("image", "mask")
-                if md5(old_files, old[column]) != md5(new_files, new[column])]
+        what = [column for column in ("image", "mask") if md5(old_files, old[column]) != md5(new_files, new[column])]
         if old_types.get(case_id, ()) != new_types.get(case_id, ()):
             what.append("lesion types")
         if old != new:
@@ -570,7 +574,8 @@ def case_changes(
         if row[column]
     }
     differing = {
-        path for path in set(old_files.files) | set(new_files.files)
+        path
+        for path in set(old_files.files) | set(new_files.files)
         if old_files.files.get(path) != new_files.files.get(path)
     }
     tables = {CASES_TABLE, LESION_TYPES_TABLE}

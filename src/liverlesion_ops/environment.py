@@ -37,6 +37,7 @@ def mlflow_artifact_root() -> Path:
 def dvc_remote() -> Path:
     return Path(os.environ.get("LIVERLESION_DVC_REMOTE") or state_home() / "dvc-remote")
 
+
 #: MLflow's HTTP client, bounded (each kept where the user set it). MLflow's own defaults (7 retries,
 #: backoff factor 2, 120 s timeout) let one request to a server that went away retry for ~4 minutes, and
 #: a run makes many. With these, a request fails after 4 attempts: ~7 s when the server is gone
@@ -74,8 +75,11 @@ def configure_environment() -> dict[str, str]:
 
 
 #: the extra of the project that installs each Keras backend
-BACKEND_EXTRAS = {"tensorflow": "the project's extra tensorflow", "jax": "the project's extra jax (jax-cuda on a GPU)",
-                  "torch": "no extra of the project: install torch"}
+BACKEND_EXTRAS = {
+    "tensorflow": "the project's extra tensorflow",
+    "jax": "the project's extra jax (jax-cuda on a GPU)",
+    "torch": "no extra of the project: install torch",
+}
 
 
 def use_keras_backend(backend: str | None) -> str:
@@ -91,8 +95,10 @@ def use_keras_backend(backend: str | None) -> str:
     if "keras" in sys.modules:
         loaded = sys.modules["keras"].backend.backend()
         if loaded != backend:
-            raise RuntimeError(f"train.backend is {backend}, but Keras is already loaded with {loaded} in this process: "
-                               f"set KERAS_BACKEND={backend}")
+            raise RuntimeError(
+                f"train.backend is {backend}, but Keras is already loaded with {loaded} in this process: "
+                f"set KERAS_BACKEND={backend}"
+            )
         return backend
     if importlib.util.find_spec(backend) is None:
         raise RuntimeError(f"train.backend is {backend}, which is not installed here ({BACKEND_EXTRAS[backend]})")

@@ -42,7 +42,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,24 @@ PYFUNC_NAME = "lesion_classifier"
 #: which a GPU server must not be pinned to), and what the domain package's inference path imports
 SERVING_PACKAGES = ("keras", "numpy", "pandas", "scipy", "scikit-image", "nibabel")
 SERVING_TENSORFLOW = "tensorflow==2.21.0"
-_RESULT_TYPES = {"instance": "long", "volume_ml": "double", "x_mm": "double", "y_mm": "double", "z_mm": "double",
-                 "p_metastasis": "double", "predicted": "long"}
+_RESULT_TYPES = {
+    "instance": "long",
+    "volume_ml": "double",
+    "x_mm": "double",
+    "y_mm": "double",
+    "z_mm": "double",
+    "p_metastasis": "double",
+    "predicted": "long",
+}
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "mask"),
-                   ColSpec("string", "case_id", required=False), ColSpec("string", "mask_encoding", required=False)]),
+    inputs=Schema(
+        [
+            ColSpec("string", "image"),
+            ColSpec("string", "mask"),
+            ColSpec("string", "case_id", required=False),
+            ColSpec("string", "mask_encoding", required=False),
+        ]
+    ),
     outputs=Schema([ColSpec(_RESULT_TYPES.get(c, "string"), c) for c in RESULT_COLUMNS]),
 )
 #: how long a decider waits for another one to finish before giving up
@@ -113,7 +126,7 @@ def _client(uri: str) -> MlflowClient:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def who() -> str:
@@ -122,6 +135,7 @@ def who() -> str:
 
 
 # --- the lock -------------------------------------------------------------------------------------
+
 
 def _lock_base(kind: str, name: str) -> Path:
     folder = paths.state_home() / "locks"
@@ -153,10 +167,12 @@ def exclusive(kind: str, name: str, what: str, timeout: float) -> Iterator[None]
         held = holder(kind, name) or {}
         raise RegistryError(
             f"the {kind} lock of {name} is held by pid {held.get('pid', '?')} on {held.get('host', '?')} "
-            f"({held.get('user', '?')}, since {held.get('since', '?')}: {held.get('what', '?')})") from None
+            f"({held.get('user', '?')}, since {held.get('since', '?')}: {held.get('what', '?')})"
+        ) from None
     try:
-        base.with_suffix(".holder.json").write_text(json.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "user": who(), "since": now(), "what": what}))
+        base.with_suffix(".holder.json").write_text(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "user": who(), "since": now(), "what": what})
+        )
         yield
     finally:
         lock.release()
@@ -208,8 +224,10 @@ def _server_lock_tags(mlflow_client: MlflowClient, lock: str) -> dict[str, str] 
 
 
 def _holder_text(held: dict[str, str]) -> str:
-    return (f"{held.get('user', '?')} (process {held.get('owner', '?')}, since {held.get('since', '?')}: "
-            f"{held.get('what', '?')})")
+    return (
+        f"{held.get('user', '?')} (process {held.get('owner', '?')}, since {held.get('since', '?')}: "
+        f"{held.get('what', '?')})"
+    )
 
 
 def _abandoned(held: dict[str, str]) -> str | None:
@@ -254,13 +272,17 @@ def _break(mlflow_client: MlflowClient, name: str, held: dict[str, str], why: st
     lock = name + SERVER_LOCK_SUFFIX
     breaker = lock + ".breaker"
     try:
-        mlflow_client.create_registered_model(breaker, tags={"owner": process_id(), "since_epoch": f"{time.time():.0f}"})
+        mlflow_client.create_registered_model(
+            breaker, tags={"owner": process_id(), "since_epoch": f"{time.time():.0f}"}
+        )
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         other = _server_lock_tags(mlflow_client, breaker)
-        if other is not None and (process_gone(other.get("owner", "")) or
-                                  not time.time() - float(other.get("since_epoch") or 0) < BREAKER_LEASE_S):
+        if other is not None and (
+            process_gone(other.get("owner", ""))
+            or not time.time() - float(other.get("since_epoch") or 0) < BREAKER_LEASE_S
+        ):
             _delete_model(mlflow_client, breaker)  # a breaker died while breaking
         return
     try:
@@ -269,7 +291,9 @@ def _break(mlflow_client: MlflowClient, name: str, held: dict[str, str], why: st
             return  # released or broken meanwhile: only abandoned locks are deleted, and only here
         note = ("; " + _roll_forward(mlflow_client, name, json.loads(again["pending"]))) if again.get("pending") else ""
         if _delete_model(mlflow_client, lock):
-            print(f"[registry] broke the registry lock of {name} left by {_holder_text(again)}: {why}{note}", flush=True)
+            print(
+                f"[registry] broke the registry lock of {name} left by {_holder_text(again)}: {why}{note}", flush=True
+            )
     finally:
         _delete_model(mlflow_client, breaker)
 
@@ -292,14 +316,23 @@ def server_lock(mlflow_client: MlflowClient, name: str, what: str, timeout: floa
     """
     lock = name + SERVER_LOCK_SUFFIX
     token = uuid.uuid4().hex
-    holder = {"token": token, "owner": process_id(), "user": who(), "since": now(),
-              "since_epoch": f"{time.time():.0f}", "what": what}
+    holder = {
+        "token": token,
+        "owner": process_id(),
+        "user": who(),
+        "since": now(),
+        "since_epoch": f"{time.time():.0f}",
+        "what": what,
+    }
     deadline = time.monotonic() + timeout
     while True:
         try:
             mlflow_client.create_registered_model(
-                lock, tags=holder, description=f"The registry lock of {name} (liverlesion): it exists while a decision "
-                                               "about that model is taken. Not a model.")
+                lock,
+                tags=holder,
+                description=f"The registry lock of {name} (liverlesion): it exists while a decision "
+                "about that model is taken. Not a model.",
+            )
             break
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -314,9 +347,11 @@ def server_lock(mlflow_client: MlflowClient, name: str, what: str, timeout: floa
             _break(mlflow_client, name, held, why)
             continue
         if time.monotonic() >= deadline:
-            raise RegistryError(f"the registry lock of {name} in the tracking store is held by {_holder_text(held)}; "
-                                f"a lock whose holder died is broken by the next decider on its machine, or after "
-                                f"{SERVER_LOCK_LEASE_S // 60} minutes elsewhere")
+            raise RegistryError(
+                f"the registry lock of {name} in the tracking store is held by {_holder_text(held)}; "
+                f"a lock whose holder died is broken by the next decider on its machine, or after "
+                f"{SERVER_LOCK_LEASE_S // 60} minutes elsewhere"
+            )
         time.sleep(1.0)
     _HELD[name] = token
     try:
@@ -326,11 +361,15 @@ def server_lock(mlflow_client: MlflowClient, name: str, what: str, timeout: floa
         try:
             _release(mlflow_client, name, token)
         except MlflowException as err:  # e.g. the server went away: the next decider breaks it (its holder is gone)
-            print(f"[registry] could not release the registry lock of {name} ({err.message.splitlines()[0][:200]}); "
-                  "the next registry operation breaks it", flush=True)
+            print(
+                f"[registry] could not release the registry lock of {name} ({err.message.splitlines()[0][:200]}); "
+                "the next registry operation breaks it",
+                flush=True,
+            )
 
 
 # --- registration ---------------------------------------------------------------------------------
+
 
 def serving_requirements() -> list[str]:
     """Pinned requirements of the served model: the installed versions, TensorFlow's GPU-capable build."""
@@ -340,8 +379,13 @@ def serving_requirements() -> list[str]:
 def serving_settings(model_name: str, profile: dict[str, Any]) -> dict[str, Any]:
     """What the served model needs besides the network: the profile's patch settings and scoring."""
     evaluate = profile.get("evaluate", {})
-    return {"model_name": model_name, "patches": profile["patches"], "threshold": evaluate.get("threshold", 0.5),
-            "precision": evaluate.get("precision", "auto"), "profile": profile.get("name", "")}
+    return {
+        "model_name": model_name,
+        "patches": profile["patches"],
+        "threshold": evaluate.get("threshold", 0.5),
+        "precision": evaluate.get("precision", "auto"),
+        "profile": profile.get("name", ""),
+    }
 
 
 def log_serving_model(model, settings: dict[str, Any], card: dict[str, Any], card_markdown: str) -> str:
@@ -353,8 +397,12 @@ def log_serving_model(model, settings: dict[str, Any], card: dict[str, Any], car
         The logged model's URI.
     """
     with tempfile.TemporaryDirectory(prefix="liverlesion-pyfunc-") as tmp:
-        files = {"keras_model": Path(tmp) / "model.keras", "settings": Path(tmp) / "settings.json",
-                 "model_card": Path(tmp) / "model_card.md", "model_card_json": Path(tmp) / "model_card.json"}
+        files = {
+            "keras_model": Path(tmp) / "model.keras",
+            "settings": Path(tmp) / "settings.json",
+            "model_card": Path(tmp) / "model_card.md",
+            "model_card_json": Path(tmp) / "model_card.json",
+        }
         model.save(files["keras_model"])
         files["settings"].write_text(json.dumps(settings, indent=2, sort_keys=True))
         files["model_card"].write_text(card_markdown, encoding="utf-8")
@@ -387,9 +435,17 @@ class Registered:
     created: bool  # False: the training run had been registered before (a re-run of a cached model)
 
 
-def register_version(model, run_id: str, name: str, metrics: dict[str, float], lineage: dict[str, str],
-                     profile: dict[str, Any], card: dict[str, Any], card_markdown: str,
-                     incomplete: bool = False) -> Registered:
+def register_version(
+    model,
+    run_id: str,
+    name: str,
+    metrics: dict[str, float],
+    lineage: dict[str, str],
+    profile: dict[str, Any],
+    card: dict[str, Any],
+    card_markdown: str,
+    incomplete: bool = False,
+) -> Registered:
     """Log the served model in training run ``run_id`` and register it with every lineage and metric tag.
 
     Idempotent per training run: if ``run_id`` already has a version, that version is returned; if that
@@ -435,9 +491,11 @@ def version_description(card_markdown: str) -> str:
             dropped.append(title)
         else:
             kept += "\n## " + section
-    note = (f"\n\n*Shortened to fit the registry ({', '.join(dropped)} left out): the whole card is "
-            "`model_card.md` beside the served model and in the training run's `model_card/` artifacts.*\n")
-    return kept[:DESCRIPTION_LIMIT - len(note)] + note
+    note = (
+        f"\n\n*Shortened to fit the registry ({', '.join(dropped)} left out): the whole card is "
+        "`model_card.md` beside the served model and in the training run's `model_card/` artifacts.*\n"
+    )
+    return kept[: DESCRIPTION_LIMIT - len(note)] + note
 
 
 def incomplete_registration(model_version) -> bool:
@@ -476,9 +534,12 @@ def _discard_failed(mlflow_client: MlflowClient, name: str, version: str) -> Non
 
 
 def _left_behind(name: str, version: str) -> None:
-    print(f"[registry] could not delete the failed registration v{version} of {name} (the tracking store cannot be "
-          f"reached); it stays marked {REGISTRATION_STATE}={INCOMPLETE}: never served nor promoted, and the next "
-          "registry operation removes it", flush=True)
+    print(
+        f"[registry] could not delete the failed registration v{version} of {name} (the tracking store cannot be "
+        f"reached); it stays marked {REGISTRATION_STATE}={INCOMPLETE}: never served nor promoted, and the next "
+        "registry operation removes it",
+        flush=True,
+    )
 
 
 def check_servable(mlflow_client: MlflowClient, name: str, version: str) -> None:
@@ -489,8 +550,10 @@ def check_servable(mlflow_client: MlflowClient, name: str, version: str) -> None
     """
     found = check_version(mlflow_client, name, version)
     if incomplete_registration(found):
-        raise RegistryError(f"{name} v{version} is an incomplete registration (its run failed before the gate "
-                            "decided on it): it is not served or promoted, and the next registry operation removes it")
+        raise RegistryError(
+            f"{name} v{version} is an incomplete registration (its run failed before the gate "
+            "decided on it): it is not served or promoted, and the next registry operation removes it"
+        )
 
 
 def sweep_incomplete(mlflow_client: MlflowClient, name: str) -> list[str]:
@@ -528,11 +591,13 @@ def check_version(mlflow_client: MlflowClient, name: str, version: str):
     try:
         return mlflow_client.get_model_version(name, str(version))
     except MlflowException:
-        raise RegistryError(f"no version {version} of registered model {name!r} "
-                            "(`liverlesion models` lists them)") from None
+        raise RegistryError(
+            f"no version {version} of registered model {name!r} (`liverlesion models` lists them)"
+        ) from None
 
 
 # --- decisions: journal, record, aliases -----------------------------------------------------------
+
 
 def _journal(name: str) -> Path:
     return _lock_base("registry", name).with_suffix(".pending.json")
@@ -547,8 +612,9 @@ def _apply(mlflow_client: MlflowClient, name: str, entry: dict[str, Any]) -> Non
     experiment = ensure_experiment(run["experiment"])
     done = mlflow_client.search_runs([experiment], f"tags.decision_id = '{entry['id']}'")
     if not done:
-        active = mlflow_client.create_run(experiment, run_name=run["name"],
-                                          tags={**run["tags"], "decision_id": entry["id"]})
+        active = mlflow_client.create_run(
+            experiment, run_name=run["name"], tags={**run["tags"], "decision_id": entry["id"]}
+        )
         run_id = active.info.run_id
         for key, value in run["params"].items():
             mlflow_client.log_param(run_id, key, value)
@@ -564,8 +630,10 @@ def _apply(mlflow_client: MlflowClient, name: str, entry: dict[str, Any]) -> Non
     now_held = aliases(mlflow_client, name)
     wrong = {a: now_held.get(a) for a, v in entry["aliases"].items() if now_held.get(a) != v}
     if wrong:  # someone moved an alias outside the lock (another machine): say so, do not guess
-        raise RegistryError(f"{name}: aliases read back as {wrong} after setting {entry['aliases']}: another "
-                            "client changed them at the same time; check `liverlesion models` and decide again")
+        raise RegistryError(
+            f"{name}: aliases read back as {wrong} after setting {entry['aliases']}: another "
+            "client changed them at the same time; check `liverlesion models` and decide again"
+        )
 
 
 def _recover(mlflow_client: MlflowClient, name: str) -> str | None:
@@ -589,14 +657,18 @@ def _roll_forward(mlflow_client: MlflowClient, name: str, entry: dict[str, Any])
     # this one would undo it, even where the aliases are back where this one found them
     last = (mlflow_client.get_registered_model(name).tags or {}).get("last_decision", "")
     if not last.endswith(f"({entry['id']})"):
-        return f"dropped an interrupted decision ({entry['run']['name']}, {entry['id']}): a later decision was taken since"
+        return (
+            f"dropped an interrupted decision ({entry['run']['name']}, {entry['id']}): a later decision was taken since"
+        )
     before = entry.get("before")
     if before is not None:
         held = aliases(mlflow_client, name)
         moved = {a: held.get(a) for a, target in entry["aliases"].items() if held.get(a) not in (before.get(a), target)}
         if moved:
-            return (f"dropped an interrupted decision ({entry['run']['name']}, {entry['id']}): later decisions moved "
-                    f"{moved} since")
+            return (
+                f"dropped an interrupted decision ({entry['run']['name']}, {entry['id']}): later decisions moved "
+                f"{moved} since"
+            )
     _apply(mlflow_client, name, entry)
     return f"completed an interrupted decision ({entry['run']['name']}, {entry['id']})"
 
@@ -619,13 +691,16 @@ def decide_and_record(mlflow_client: MlflowClient, name: str, entry: dict[str, A
     entry = {"id": uuid.uuid4().hex, **entry}
     held = aliases(mlflow_client, name)
     entry["before"] = {alias: held.get(alias) for alias in entry["aliases"]}
-    mlflow_client.set_registered_model_tag(name, "last_decision", f"{entry['run']['name']} by {who()} at {now()} "
-                                                                   f"({entry['id']})")
+    mlflow_client.set_registered_model_tag(
+        name, "last_decision", f"{entry['run']['name']} by {who()} at {now()} ({entry['id']})"
+    )
     if name in _HELD:  # still ours? (a lock is broken only when abandoned, so only a holder taken for dead loses it)
         lock = name + SERVER_LOCK_SUFFIX
         if (_server_lock_tags(mlflow_client, lock) or {}).get("token") != _HELD[name]:
-            raise RegistryError(f"the registry lock of {name} was broken by another decider, which took this one "
-                                "for dead: nothing was changed; decide again")
+            raise RegistryError(
+                f"the registry lock of {name} was broken by another decider, which took this one "
+                "for dead: nothing was changed; decide again"
+            )
         mlflow_client.set_registered_model_tag(lock, "pending", json.dumps(entry))
     path = _journal(name)
     path.write_text(json.dumps(entry))
@@ -649,17 +724,27 @@ def registry_lock(name: str, what: str, timeout: float = LOCK_TIMEOUT_S) -> Iter
                 print(f"[registry] {note}", flush=True)
             removed = sweep_incomplete(mlflow_client, name)
             if removed:
-                print(f"[registry] removed the abandoned incomplete registration(s) "
-                      f"{', '.join('v' + v for v in removed)} of {name}", flush=True)
+                print(
+                    f"[registry] removed the abandoned incomplete registration(s) "
+                    f"{', '.join('v' + v for v in removed)} of {name}",
+                    flush=True,
+                )
             yield mlflow_client
 
 
 def _decision_tags(decision: str, reason: str, job: str, by: str, at: str, **more: str) -> dict[str, str]:
-    return {"decision": decision, "decision_reason": reason, "decision_job": job, "decision_by": by,
-            "decision_at": at, **more}
+    return {
+        "decision": decision,
+        "decision_reason": reason,
+        "decision_job": job,
+        "decision_by": by,
+        "decision_at": at,
+        **more,
+    }
 
 
 # --- the gate ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GateSet:
@@ -670,29 +755,46 @@ class GateSet:
     description: str  # e.g. "the test split of v3 (46 lesions, 13 patients)"
 
 
-def split_gate_set(manifest: pd.DataFrame, manifest_hash: str, cases: pd.DataFrame, lesions: pd.DataFrame,
-                   segmentation_lesions: pd.DataFrame | None = None) -> GateSet:
+def split_gate_set(
+    manifest: pd.DataFrame,
+    manifest_hash: str,
+    cases: pd.DataFrame,
+    lesions: pd.DataFrame,
+    segmentation_lesions: pd.DataFrame | None = None,
+) -> GateSet:
     """The test split of a run (``splitting`` manifest; ``lesions`` maps lesion ids to cases).
 
     A run whose lesions came from automatic segmentation is gated on the reference lesions of its
     test patients (``segmentation_lesions``): the registered model scores a CT's lesions from its
     reference mask, and champion and challenger are compared on the same, drawn, lesions.
     """
-    reference = (segmentation_lesions[segmentation_lesions["kind"] == "reference"]
-                 if segmentation_lesions is not None else pd.DataFrame())
+    reference = (
+        segmentation_lesions[segmentation_lesions["kind"] == "reference"]
+        if segmentation_lesions is not None
+        else pd.DataFrame()
+    )
     if not reference.empty:
         test_patients = set(manifest.loc[manifest["set"] == "test", "patient_key"])
         drawn = reference[reference["patient_key"].isin(test_patients) & reference["label"].notna()]
-        labels = pd.Series(drawn["label"].astype(int).to_numpy(),
-                           index=drawn["lesion_id"].str.removesuffix(REFERENCE_SUFFIX), name="label")
-        return GateSet(labels, cases[cases["case_id"].isin(set(drawn["case_id"]))],
-                       f"the reference lesions of the test patients of split {manifest_hash[:12]} ({len(drawn)} "
-                       f"lesions, {len(test_patients)} patient(s))")
+        labels = pd.Series(
+            drawn["label"].astype(int).to_numpy(),
+            index=drawn["lesion_id"].str.removesuffix(REFERENCE_SUFFIX),
+            name="label",
+        )
+        return GateSet(
+            labels,
+            cases[cases["case_id"].isin(set(drawn["case_id"]))],
+            f"the reference lesions of the test patients of split {manifest_hash[:12]} ({len(drawn)} "
+            f"lesions, {len(test_patients)} patient(s))",
+        )
     test = manifest[manifest["set"] == "test"]
     case_ids = set(lesions.loc[lesions["lesion_id"].isin(set(test["lesion_id"])), "case_id"])
-    return GateSet(test.set_index("lesion_id")["label"], cases[cases["case_id"].isin(case_ids)],
-                   f"the test split {manifest_hash[:12]} of this run ({len(test)} lesions, "
-                   f"{test['patient_key'].nunique()} patient(s))")
+    return GateSet(
+        test.set_index("lesion_id")["label"],
+        cases[cases["case_id"].isin(case_ids)],
+        f"the test split {manifest_hash[:12]} of this run ({len(test)} lesions, "
+        f"{test['patient_key'].nunique()} patient(s))",
+    )
 
 
 def cohort_gate_set(folder: str | Path) -> GateSet:
@@ -706,9 +808,12 @@ def cohort_gate_set(folder: str | Path) -> GateSet:
     root = Path(folder) if Path(folder).is_absolute() else paths.project_root() / folder
     ingested = ingest_cases(root, "pinned")
     lesions, _ = labelled_lesions(segment_cases(ingested.cases, ingested.crops, types_by_case(ingested.lesion_types)))
-    return GateSet(lesions.set_index("lesion_id")["label"], ingested.cases,
-                   f"the pinned evaluation cohort {root} ({len(lesions)} typed lesions, "
-                   f"{lesions['patient_key'].nunique()} patient(s))")
+    return GateSet(
+        lesions.set_index("lesion_id")["label"],
+        ingested.cases,
+        f"the pinned evaluation cohort {root} ({len(lesions)} typed lesions, "
+        f"{lesions['patient_key'].nunique()} patient(s))",
+    )
 
 
 def load_predictor(name: str, version: str):
@@ -726,8 +831,15 @@ def score_version(name: str, version: str, gate_set: GateSet) -> tuple[dict[str,
     return gate_scores(gate_set.labels, probability, predictor.threshold), predictor.precision
 
 
-def gate(name: str, version: str, gate_set: GateSet, rules: GateRules, experiment: str, job: str,
-         context: dict[str, str] | None = None) -> dict[str, Any]:
+def gate(
+    name: str,
+    version: str,
+    gate_set: GateSet,
+    rules: GateRules,
+    experiment: str,
+    job: str,
+    context: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Score version ``version`` and the champion on the same lesions, decide, record, move aliases.
 
     Returns:
@@ -738,30 +850,44 @@ def gate(name: str, version: str, gate_set: GateSet, rules: GateRules, experimen
         registered = mlflow_client.get_model_version(name, version).tags
         completion = {}  # an incomplete registration is complete once its decision is recorded
         if registered.get(REGISTRATION_STATE) == INCOMPLETE:
-            completion = {REGISTRATION_STATE: COMPLETE, **({"fingerprint": registered[FINGERPRINT_PENDING]}
-                                                           if FINGERPRINT_PENDING in registered else {})}
+            completion = {
+                REGISTRATION_STATE: COMPLETE,
+                **({"fingerprint": registered[FINGERPRINT_PENDING]} if FINGERPRINT_PENDING in registered else {}),
+            }
         candidate, precision = score_version(name, version, gate_set)
-        incumbent, incumbent_precision = (score_version(name, champion, gate_set) if champion is not None
-                                          else (None, None))
+        incumbent, incumbent_precision = (
+            score_version(name, champion, gate_set) if champion is not None else (None, None)
+        )
         decision: Decision = decide(candidate, incumbent, rules)
         at, by = now(), who()
         figures = {f"gate.candidate.{k}": f"{v:.{DECIMALS}f}" for k, v in candidate.items()}
         if incumbent is not None:
             figures.update({f"gate.champion.{k}": f"{v:.{DECIMALS}f}" for k, v in incumbent.items()})
-        scored_on = (f"{gate_set.description}; scored by the registered artefacts in {precision}"
-                     + (f" (champion: {incumbent_precision})" if incumbent_precision not in (None, precision) else ""))
-        tags = _decision_tags(decision.outcome, decision.reason, job, by, at, **figures,
-                              compared_with=f"v{champion}" if champion else "none", gate_scored_on=scored_on,
-                              gate_rules=json.dumps({"primary_metric": rules.primary_metric,
-                                                     "min_margin": rules.min_margin, "floors": dict(rules.floors)}))
+        scored_on = f"{gate_set.description}; scored by the registered artefacts in {precision}" + (
+            f" (champion: {incumbent_precision})" if incumbent_precision not in (None, precision) else ""
+        )
+        tags = _decision_tags(
+            decision.outcome,
+            decision.reason,
+            job,
+            by,
+            at,
+            **figures,
+            compared_with=f"v{champion}" if champion else "none",
+            gate_scored_on=scored_on,
+            gate_rules=json.dumps(
+                {"primary_metric": rules.primary_metric, "min_margin": rules.min_margin, "floors": dict(rules.floors)}
+            ),
+        )
         moves: dict[str, str | None] = {}
         version_tags = {version: {**tags, **completion}}
         if decision.outcome == "promoted":
             moves = {CHAMPION: version}
             if champion is not None:
                 moves[PREVIOUS_CHAMPION] = champion
-                version_tags[champion] = _decision_tags("superseded", f"v{version} passed the gate: {decision.reason}",
-                                                        job, by, at)
+                version_tags[champion] = _decision_tags(
+                    "superseded", f"v{version} passed the gate: {decision.reason}", job, by, at
+                )
             if alias_version(mlflow_client, name, CHALLENGER) is not None:
                 moves[CHALLENGER] = None  # it lost to the champion now replaced: no contender until the next one
         elif decision.outcome == "challenger":
@@ -771,21 +897,43 @@ def gate(name: str, version: str, gate_set: GateSet, rules: GateRules, experimen
         entry = {
             "tags": version_tags,
             "aliases": moves,
-            "run": {"experiment": experiment, "name": f"gate-v{version}",
-                    "tags": {"job": job, "model_name": name, "model_version": version, "decision": decision.outcome,
-                             "decision_reason": decision.reason, "compared_with": tags["compared_with"],
-                             "decision_by": by, **(context or {})},
-                    "params": {"primary_metric": rules.primary_metric, "min_margin": rules.min_margin,
-                               "floors": json.dumps(dict(rules.floors)), "scored_on": scored_on[:500]},
-                    "metrics": {k: v for k, v in metrics.items() if v == v}},  # MLflow refuses no NaN, but keep it clean
+            "run": {
+                "experiment": experiment,
+                "name": f"gate-v{version}",
+                "tags": {
+                    "job": job,
+                    "model_name": name,
+                    "model_version": version,
+                    "decision": decision.outcome,
+                    "decision_reason": decision.reason,
+                    "compared_with": tags["compared_with"],
+                    "decision_by": by,
+                    **(context or {}),
+                },
+                "params": {
+                    "primary_metric": rules.primary_metric,
+                    "min_margin": rules.min_margin,
+                    "floors": json.dumps(dict(rules.floors)),
+                    "scored_on": scored_on[:500],
+                },
+                "metrics": {k: v for k, v in metrics.items() if v == v},
+            },  # MLflow refuses no NaN, but keep it clean
         }
         decide_and_record(mlflow_client, name, entry)
-        return {"version": version, "decision": decision.outcome, "reason": decision.reason,
-                "compared_with": champion, "candidate": candidate, "champion": incumbent, "scored_on": scored_on,
-                "aliases": aliases(mlflow_client, name)}
+        return {
+            "version": version,
+            "decision": decision.outcome,
+            "reason": decision.reason,
+            "compared_with": champion,
+            "candidate": candidate,
+            "champion": incumbent,
+            "scored_on": scored_on,
+            "aliases": aliases(mlflow_client, name),
+        }
 
 
 # --- manual decisions -----------------------------------------------------------------------------
+
 
 def promote(name: str, version: str, reason: str, experiment: str) -> dict[str, Any]:
     """Make ``version`` the champion by hand (a person's decision, recorded with who, when and why).
@@ -804,20 +952,45 @@ def promote(name: str, version: str, reason: str, experiment: str) -> dict[str, 
             moves[PREVIOUS_CHAMPION] = champion
         if alias_version(mlflow_client, name, CHALLENGER) == str(version):
             moves[CHALLENGER] = None
-        tags = {str(version): _decision_tags("promoted", reason, "promote", by, at,
-                                             compared_with=f"v{champion}" if champion else "none")}
+        tags = {
+            str(version): _decision_tags(
+                "promoted", reason, "promote", by, at, compared_with=f"v{champion}" if champion else "none"
+            )
+        }
         if champion is not None:
             tags[champion] = _decision_tags("superseded", f"v{version} promoted by hand: {reason}", "promote", by, at)
-        decide_and_record(mlflow_client, name, {
-            "tags": tags, "aliases": moves,
-            "run": {"experiment": experiment, "name": f"promote-v{version}",
-                    "tags": {"job": "promote", "model_name": name, "model_version": str(version),
-                             "decision": "promoted", "decision_reason": reason, "decision_by": by,
-                             "previous_champion": champion or "none"},
-                    "params": {}, "metrics": {}},
-        })
-        return {"job": "promote", "version": str(version), "previous_champion": champion, "reason": reason,
-                "by": by, "at": at, "aliases": aliases(mlflow_client, name)}
+        decide_and_record(
+            mlflow_client,
+            name,
+            {
+                "tags": tags,
+                "aliases": moves,
+                "run": {
+                    "experiment": experiment,
+                    "name": f"promote-v{version}",
+                    "tags": {
+                        "job": "promote",
+                        "model_name": name,
+                        "model_version": str(version),
+                        "decision": "promoted",
+                        "decision_reason": reason,
+                        "decision_by": by,
+                        "previous_champion": champion or "none",
+                    },
+                    "params": {},
+                    "metrics": {},
+                },
+            },
+        )
+        return {
+            "job": "promote",
+            "version": str(version),
+            "previous_champion": champion,
+            "reason": reason,
+            "by": by,
+            "at": at,
+            "aliases": aliases(mlflow_client, name),
+        }
 
 
 def rollback(name: str, reason: str, experiment: str) -> dict[str, Any]:
@@ -831,27 +1004,63 @@ def rollback(name: str, reason: str, experiment: str) -> dict[str, Any]:
         champion = alias_version(mlflow_client, name, CHAMPION)
         previous = alias_version(mlflow_client, name, PREVIOUS_CHAMPION)
         if previous is None or champion is None:
-            raise RegistryError(f"{name} has no {PREVIOUS_CHAMPION} to roll back to "
-                                f"(champion: {('v' + champion) if champion else 'none'})")
+            raise RegistryError(
+                f"{name} has no {PREVIOUS_CHAMPION} to roll back to "
+                f"(champion: {('v' + champion) if champion else 'none'})"
+            )
         at, by = now(), who()
-        tags = {previous: _decision_tags("restored", reason, "rollback", by, at, compared_with=f"v{champion}"),
-                champion: _decision_tags("rolled_back", reason, "rollback", by, at)}
-        decide_and_record(mlflow_client, name, {
-            "tags": tags, "aliases": {CHAMPION: previous, PREVIOUS_CHAMPION: champion},
-            "run": {"experiment": experiment, "name": f"rollback-v{champion}-to-v{previous}",
-                    "tags": {"job": "rollback", "model_name": name, "model_version": previous,
-                             "decision": "rolled_back", "decision_reason": reason, "decision_by": by,
-                             "rolled_back_version": champion},
-                    "params": {}, "metrics": {}},
-        })
-        return {"job": "rollback", "version": previous, "rolled_back": champion, "reason": reason, "by": by,
-                "at": at, "aliases": aliases(mlflow_client, name)}
+        tags = {
+            previous: _decision_tags("restored", reason, "rollback", by, at, compared_with=f"v{champion}"),
+            champion: _decision_tags("rolled_back", reason, "rollback", by, at),
+        }
+        decide_and_record(
+            mlflow_client,
+            name,
+            {
+                "tags": tags,
+                "aliases": {CHAMPION: previous, PREVIOUS_CHAMPION: champion},
+                "run": {
+                    "experiment": experiment,
+                    "name": f"rollback-v{champion}-to-v{previous}",
+                    "tags": {
+                        "job": "rollback",
+                        "model_name": name,
+                        "model_version": previous,
+                        "decision": "rolled_back",
+                        "decision_reason": reason,
+                        "decision_by": by,
+                        "rolled_back_version": champion,
+                    },
+                    "params": {},
+                    "metrics": {},
+                },
+            },
+        )
+        return {
+            "job": "rollback",
+            "version": previous,
+            "rolled_back": champion,
+            "reason": reason,
+            "by": by,
+            "at": at,
+            "aliases": aliases(mlflow_client, name),
+        }
 
 
-def register_and_gate(model, run_id: str, name: str, metrics: dict[str, float], lineage: dict[str, str],
-                      profile: dict[str, Any], card: dict[str, Any], card_markdown: str,
-                      gate_set: Callable[[], GateSet], rules: GateRules, experiment: str,
-                      context: dict[str, str] | None = None) -> dict[str, Any]:
+def register_and_gate(
+    model,
+    run_id: str,
+    name: str,
+    metrics: dict[str, float],
+    lineage: dict[str, str],
+    profile: dict[str, Any],
+    card: dict[str, Any],
+    card_markdown: str,
+    gate_set: Callable[[], GateSet],
+    rules: GateRules,
+    experiment: str,
+    context: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Register a trained model and pass it through the gate, all or nothing.
 
     ``gate_set`` makes the gate's lesions when they are needed (a pinned cohort is read from disk),
@@ -872,9 +1081,14 @@ def register_and_gate(model, run_id: str, name: str, metrics: dict[str, float], 
     mlflow_client = client()
     if not registered.created:
         tags = mlflow_client.get_model_version(name, registered.version).tags
-        return {"version": registered.version, "created": False, "decision": tags.get("decision", ""),
-                "reason": tags.get("decision_reason", ""), "aliases": aliases(mlflow_client, name),
-                "model_uri": registered.model_uri}
+        return {
+            "version": registered.version,
+            "created": False,
+            "decision": tags.get("decision", ""),
+            "reason": tags.get("decision_reason", ""),
+            "aliases": aliases(mlflow_client, name),
+            "model_uri": registered.model_uri,
+        }
     try:
         result = gate(name, registered.version, gate_set(), rules, experiment, job="gate", context=context)
     except BaseException:

@@ -50,13 +50,33 @@ def record(experiment: str, outcome: dict[str, Any]) -> str:
     """The retrain decision as an MLflow run (``job=retrain``): status, fingerprint, version, decision."""
     mlflow_client = client()
     failed = outcome["status"] == "failed"
-    tags = {"job": "retrain", "retrain_status": outcome["status"], "decided_by": who(), "decided_at": now(),
-            **{k: str(v) for k, v in outcome.items() if k in (
-                "fingerprint", "data_version", "code_version", "profile", "model_name", "version", "decision",
-                "reason", "champion", "zenml_run_name", "error") and v is not None}}
+    tags = {
+        "job": "retrain",
+        "retrain_status": outcome["status"],
+        "decided_by": who(),
+        "decided_at": now(),
+        **{
+            k: str(v)
+            for k, v in outcome.items()
+            if k
+            in (
+                "fingerprint",
+                "data_version",
+                "code_version",
+                "profile",
+                "model_name",
+                "version",
+                "decision",
+                "reason",
+                "champion",
+                "zenml_run_name",
+                "error",
+            )
+            and v is not None
+        },
+    }
     run = mlflow_client.create_run(ensure_experiment(experiment), run_name=f"retrain-{outcome['status']}", tags=tags)
     mlflow_client.log_metric(run.info.run_id, "seconds", float(outcome.get("seconds", 0.0)))
-    mlflow_client.log_text(run.info.run_id, json.dumps(outcome, indent=2, sort_keys=True, default=str),
-                           "retrain.json")
+    mlflow_client.log_text(run.info.run_id, json.dumps(outcome, indent=2, sort_keys=True, default=str), "retrain.json")
     mlflow_client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
     return run.info.run_id

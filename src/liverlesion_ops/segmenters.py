@@ -15,7 +15,14 @@ from mlflow.exceptions import MlflowException
 
 from liverlesion.promotion import DECIMALS
 from liverlesion_ops.registry import (
-    CHAMPION, METRIC_TAG_PREFIX, RegistryError, alias_version, client, now, registry_lock, who,
+    CHAMPION,
+    METRIC_TAG_PREFIX,
+    RegistryError,
+    alias_version,
+    client,
+    now,
+    registry_lock,
+    who,
 )
 from liverlesion_ops.tracking import use_tracking_store
 
@@ -41,8 +48,10 @@ def resolve_segmenter(reference: str) -> str:
         return f"models:/{name}/{which}"
     version = alias_version(mlflow_client, name, which)  # None also when the model does not exist
     if version is None:
-        raise RegistryError(f"the segmentation model {name!r} has no {which!r} version: train one with "
-                            "`liverlesion train-segmenter` (or name a version, segment.learned_model=<model>@<n>)")
+        raise RegistryError(
+            f"the segmentation model {name!r} has no {which!r} version: train one with "
+            "`liverlesion train-segmenter` (or name a version, segment.learned_model=<model>@<n>)"
+        )
     return f"models:/{name}/{version}"
 
 
@@ -73,13 +82,24 @@ def register_segmenter(name: str, run_id: str, summary: dict[str, float], lineag
         existing = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
         if existing:
             version = min(existing, key=lambda v: int(v.version))
-            return {"model_name": name, "version": str(version.version), "created": False,
-                    "champion": alias_version(mlflow_client, name, CHAMPION)}
+            return {
+                "model_name": name,
+                "version": str(version.version),
+                "created": False,
+                "champion": alias_version(mlflow_client, name, CHAMPION),
+            }
         if not _exists(name):
-            mlflow_client.create_registered_model(name, description="liver and lesion U-Net cascade "
-                                                                     "(segment.method: learned)")
-        tags = {**lineage, **{METRIC_TAG_PREFIX + k: f"{v:.{DECIMALS}f}" for k, v in summary.items()
-                              if isinstance(v, float) and v == v}}
+            mlflow_client.create_registered_model(
+                name, description="liver and lesion U-Net cascade (segment.method: learned)"
+            )
+        tags = {
+            **lineage,
+            **{
+                METRIC_TAG_PREFIX + k: f"{v:.{DECIMALS}f}"
+                for k, v in summary.items()
+                if isinstance(v, float) and v == v
+            },
+        }
         source = f"{mlflow.get_run(run_id).info.artifact_uri}/cascade"
         version = mlflow_client.create_model_version(name, source, run_id=run_id, tags=tags)
         try:
@@ -87,7 +107,9 @@ def register_segmenter(name: str, run_id: str, summary: dict[str, float], lineag
             if current is None:
                 decision, reason = "promoted", "first version"
             else:
-                best = float(mlflow_client.get_model_version(name, current).tags.get(METRIC_TAG_PREFIX + PRIMARY, "nan"))
+                best = float(
+                    mlflow_client.get_model_version(name, current).tags.get(METRIC_TAG_PREFIX + PRIMARY, "nan")
+                )
                 ours = float(summary[PRIMARY])
                 promoted = not best == best or ours >= best
                 decision = "promoted" if promoted else "kept"
@@ -103,5 +125,11 @@ def register_segmenter(name: str, run_id: str, summary: dict[str, float], lineag
                 mlflow_client.delete_model_version(name, version.version)
             raise
     print(f"[train_segmenter] registered {name} v{version.version}: {decision} ({reason})", flush=True)
-    return {"model_name": name, "version": str(version.version), "created": True, "decision": decision,
-            "reason": reason, "champion": alias_version(mlflow_client, name, CHAMPION)}
+    return {
+        "model_name": name,
+        "version": str(version.version),
+        "created": True,
+        "decision": decision,
+        "reason": reason,
+        "champion": alias_version(mlflow_client, name, CHAMPION),
+    }

@@ -41,18 +41,25 @@ def check_server(uri: str | None = None) -> None:
     from mlflow.utils.rest_utils import http_request
 
     try:
-        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
-                                params={"max_results": 1})
+        response = http_request(
+            get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET", params={"max_results": 1}
+        )
     except Exception as err:  # connection refused, timeout, DNS: MLflow wraps them all in MlflowException
-        raise TrackingServerError(server_problem(err, uri) or f"the MLflow tracking server {uri} failed: {err}") from None
+        raise TrackingServerError(
+            server_problem(err, uri) or f"the MLflow tracking server {uri} failed: {err}"
+        ) from None
     if response.status_code == 401:
         raise TrackingServerError(_refused_credentials(uri))
     if response.status_code == 403:
-        raise TrackingServerError(f"the MLflow tracking server {uri} refused user {_user()!r} the right to read "
-                                  "experiments (HTTP 403): ask its admin for the reader or editor role")
+        raise TrackingServerError(
+            f"the MLflow tracking server {uri} refused user {_user()!r} the right to read "
+            "experiments (HTTP 403): ask its admin for the reader or editor role"
+        )
     if response.status_code >= 400:
-        raise TrackingServerError(f"the MLflow tracking server {uri} answered HTTP {response.status_code} "
-                                  f"({response.text.strip()[:120]}): is MLFLOW_TRACKING_URI an MLflow server?")
+        raise TrackingServerError(
+            f"the MLflow tracking server {uri} answered HTTP {response.status_code} "
+            f"({response.text.strip()[:120]}): is MLFLOW_TRACKING_URI an MLflow server?"
+        )
 
 
 def _user() -> str:
@@ -62,8 +69,10 @@ def _user() -> str:
 def _refused_credentials(uri: str) -> str:
     if not _user():
         return f"the MLflow tracking server {uri} asks for credentials (HTTP 401) and none were given: {_CREDENTIALS}"
-    return (f"the MLflow tracking server {uri} refused the credentials of user {_user()!r} (HTTP 401): check "
-            f"MLFLOW_TRACKING_PASSWORD, or {_CREDENTIALS}")
+    return (
+        f"the MLflow tracking server {uri} refused the credentials of user {_user()!r} (HTTP 401): check "
+        f"MLFLOW_TRACKING_PASSWORD, or {_CREDENTIALS}"
+    )
 
 
 _UNREACHABLE = re.compile(r"API request to (?P<url>\S+) failed with (timeout )?exception")
@@ -108,17 +117,21 @@ def _classify(message: str, uri: str, code: int | None = None) -> str | None:
     if code == 403 or "error code 403" in message:
         endpoint = re.search(r"endpoint (\S+)", message)
         what = f" ({endpoint.group(1)})" if endpoint else ""
-        return (f"the MLflow tracking server {uri} refused user {_user()!r} this change{what}: permission denied "
-                "(HTTP 403); a reader cannot change runs, versions or aliases: ask its admin for the editor role")
+        return (
+            f"the MLflow tracking server {uri} refused user {_user()!r} this change{what}: permission denied "
+            "(HTTP 403); a reader cannot change runs, versions or aliases: ask its admin for the editor role"
+        )
     if (found := _UNREACHABLE.search(message)) and found.group("url").startswith(uri.rstrip("/")):
         return _unreachable(uri)
     return None
 
 
 def _unreachable(uri: str) -> str:
-    return (f"cannot reach the MLflow tracking server {uri} (gave up after "
-            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '3')} retries): is it running? (MLFLOW_TRACKING_URI; "
-            "infra/mlflow/team_server.py status)")
+    return (
+        f"cannot reach the MLflow tracking server {uri} (gave up after "
+        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '3')} retries): is it running? (MLFLOW_TRACKING_URI; "
+        "infra/mlflow/team_server.py status)"
+    )
 
 
 def use_tracking_store() -> str:
