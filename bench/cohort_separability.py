@@ -32,10 +32,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from liverlesion.config import load_profile
 from liverlesion.contract import MASK_CYST, MASK_METASTASIS
 from liverlesion.imaging import load_nifti
 from liverlesion.metrics import best_threshold_accuracy
-from liverlesion.phantom import GENERATOR_VERSION, CohortSpec, generate_cohort
+from liverlesion.phantom import GENERATOR_VERSION, generate_cohort
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 CLASS_NAMES = {MASK_CYST: "cyst", MASK_METASTASIS: "metastasis"}
@@ -82,6 +83,9 @@ def lesion_table(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(case_rows)
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the project's profiles
+
+
 def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__.split("Examples:")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    defaults = CohortSpec()
+    defaults = load_profile("quick", CONFIGS).cohort
     parser.add_argument("--n-patients", type=int, default=defaults.n_patients)
     parser.add_argument("--n-lesions", type=int, default=defaults.n_lesions)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -111,8 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data
         print(f"cohort: {data} (existing)")
     else:
-        spec = CohortSpec(
-            seed=args.seed, n_patients=args.n_patients, n_lesions=args.n_lesions, size_scale=args.size_scale
+        spec = defaults.model_validate(
+            {
+                **defaults.model_dump(),
+                "seed": args.seed,
+                "n_patients": args.n_patients,
+                "n_lesions": args.n_lesions,
+                "size_scale": args.size_scale,
+            }
         )
         if args.out is None:
             temp = tempfile.mkdtemp(prefix="phantom-bench-")
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = args.out
         print(
-            f"generating {spec.n_patients} patients, {spec.n_lesions} lesions (seed {spec.seed}, size_scale {spec.size_scale}, generator {GENERATOR_VERSION}, workers {args.workers}) into {data}"
+            f"generating {spec.n_patients} patients, {spec.n_lesions} lesions (seed {spec.seed}, size_scale "
+            f"{spec.size_scale}, generator {GENERATOR_VERSION}, workers {args.workers}) into {data}"
         )
         start = time.perf_counter()
         generate_cohort(spec, data, workers=args.workers)
@@ -136,18 +147,21 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(temp, ignore_errors=True)
 
     print(
-        f"cases: {len(cases)}; voxels per case: mean {cases.voxels.mean() / 1e6:.2f} M, max {cases.voxels.max() / 1e6:.2f} M"
+        f"cases: {len(cases)}; voxels per case: mean {cases.voxels.mean() / 1e6:.2f} M, "
+        f"max {cases.voxels.max() / 1e6:.2f} M"
     )
     print(
-        f"spacing: in-plane {cases.spacing_xy.min():.3f}-{cases.spacing_xy.max():.3f} mm; slices {sorted(set(cases.spacing_z.round(3)))} mm"
+        f"spacing: in-plane {cases.spacing_xy.min():.3f}-{cases.spacing_xy.max():.3f} mm; "
+        f"slices {sorted(set(cases.spacing_z.round(3)))} mm"
     )
     per_patient = lesions.groupby("patient_key").is_metastasis.agg(["size", "sum"])
     both = int(((per_patient["sum"] > 0) & (per_patient["sum"] < per_patient["size"])).sum())
     only_met = int((per_patient["sum"] == per_patient["size"]).sum())
     only_cyst = int((per_patient["sum"] == 0).sum())
     print(
-        f"lesions: {len(lesions)} ({(lesions.label == 'cyst').sum()} cysts, {(lesions.label == 'metastasis').sum()} metastases); "
-        f"per patient min {per_patient['size'].min()}, median {per_patient['size'].median():g}, max {per_patient['size'].max()}; "
+        f"lesions: {len(lesions)} ({(lesions.label == 'cyst').sum()} cysts, "
+        f"{(lesions.label == 'metastasis').sum()} metastases); per patient min {per_patient['size'].min()}, "
+        f"median {per_patient['size'].median():g}, max {per_patient['size'].max()}; "
         f"patients with both classes {both}, only metastases {only_met}, only cysts {only_cyst}"
     )
     report.update(
@@ -164,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         v, h = group.volume_ml, group.mean_hu
         print(
             f"{name:>10}: n {len(group):3d}  volume mL min {v.min():.3f} mean {v.mean():.3f} max {v.max():.2f}  "
-            f"mean HU {h.mean():.1f} (SD across lesions {h.std():.1f}, range {h.min():.0f}..{h.max():.0f})  internal SD {group.sd_hu.mean():.1f} HU"
+            f"mean HU {h.mean():.1f} (SD across lesions {h.std():.1f}, range {h.min():.0f}..{h.max():.0f})  "
+            f"internal SD {group.sd_hu.mean():.1f} HU"
         )
         report[name] = {
             "n": len(group),

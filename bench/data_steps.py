@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from liverlesion.config import load_profile
-from liverlesion.ingestion import extract_cohort_patches, ingest_cases, segment_cases
+from liverlesion.ingestion import ingest_cases, segment_cases
+from liverlesion.patches import extract_cohort_patches
 from liverlesion.phantom import generate_cohort
 from liverlesion.texture import cohort_texture_table
 
@@ -27,6 +28,9 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the project's profiles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data"))
@@ -35,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.data / "cases.csv").exists():
         raise SystemExit(f"{args.data} holds no cohort: run `liverlesion data` first")
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, CONFIGS)
     config = profile.patches
     cores = os.cpu_count() or 1
 

@@ -27,16 +27,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the DI
 
 from dicom_fixtures import write_ct_series, write_seg_file  # noqa: E402
 
+from liverlesion.config import load_profile  # noqa: E402
 from liverlesion.deid import SECRET_ENV, pseudonymiser_from_env  # noqa: E402
 from liverlesion.dicomio import read_ct_series  # noqa: E402
 from liverlesion.importers import import_cohort, read_types_table, scan_source  # noqa: E402
 from liverlesion.lesions import instance_map  # noqa: E402
-from liverlesion.phantom import CohortSpec, generate_patient, plan_cohort  # noqa: E402
+from liverlesion.phantom import generate_patient, plan_cohort  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the project's profiles
 
 
 def write_lits(root: Path, n: int, seed: int) -> tuple[Path, Path, list[tuple[int, ...]]]:
     """``n`` phantom patients as a LiTS folder (LPS on disk) and a types table."""
-    spec = CohortSpec(seed=seed, n_patients=n, n_lesions=2 * n)
+    cohort = load_profile("quick", CONFIGS).cohort
+    spec = cohort.model_validate({**cohort.model_dump(), "seed": seed, "n_patients": n, "n_lesions": 2 * n})
     lps = nib.orientations.axcodes2ornt(("L", "P", "S"))
     rows, shapes = [], []
     for k, plan in enumerate(plan_cohort(spec)):

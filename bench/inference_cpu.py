@@ -1,6 +1,6 @@
 """CPU inference of the paper's network: the trained float32 network against the fast paths, side by side.
 
-Variants (``liverlesion.inference``): ``float32`` (as trained), ``float32+fold`` (batch norm folded
+Variants (``liverlesion.precision``): ``float32`` (as trained), ``float32+fold`` (batch norm folded
 into the convolutions), ``mixed_bfloat16`` (Keras mixed precision) and ``bfloat16+fold`` (BN folded,
 bfloat16 weights and compute: the fast path, ``inference_model(model, "bfloat16")``).
 
@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from liverlesion.inference import fold_batch_norm, inference_model, resolve_precision, with_precision  # noqa: E402
 from liverlesion.model import build_model  # noqa: E402
+from liverlesion.precision import fold_batch_norm, inference_model, resolve_precision, with_precision  # noqa: E402
 
 VARIANTS = {
     "float32": lambda m: m,
@@ -58,16 +57,17 @@ def speed(sizes: list[str], batches: list[int], repeats: int) -> None:
     )
     print(f"# evaluate.precision auto here: {' '.join(resolve_precision('auto'))}")
     print(
-        f"{'input':>9} {'batch':>5} {'variant':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} {'vs float32':>10}"
+        f"{'input':>9} {'batch':>5} {'variant':>15} {'ms/batch':>9} {'ms/lesion':>10} {'lesions/s':>10} "
+        f"{'vs float32':>10}"
     )
     for size in sizes:
         rows, cols = (int(v) for v in size.split("x"))
-        base = build_model((rows, cols, 3))
+        base = build_model((rows, cols, 3), "inception_v3", None, 512, 0.4, None)  # the paper's network
         models = {name: make(base) for name, make in VARIANTS.items()}
         for batch in batches:
             n = max(3, repeats // (1 if batch == 1 else 4))
             times: dict[str, list[float]] = {name: [] for name in models}
-            for precision, model in models.items():  # warm both first
+            for model in models.values():  # warm both first
                 time_batches(model, batch, 1)
             for _ in range(n):  # interleaved, so that machine noise hits both alike
                 for precision, model in models.items():
@@ -84,22 +84,19 @@ def speed(sizes: list[str], batches: list[int], repeats: int) -> None:
 
 def agreement() -> None:
     """Both precisions on the latest training run's model and test split (project ZenML store)."""
-    from liverlesion import paths
     from liverlesion.metrics import classification_metrics
     from liverlesion.splitting import arrays_for_set
     from liverlesion.training import predict_metastasis_probability
     from liverlesion_ops.environment import configure_environment
+    from liverlesion_ops.runs import step_output
 
     configure_environment()
-    sys.path.insert(0, str(paths.code_root()))
     from zenml.client import Client
-    from zenml.utils import source_utils
 
-    source_utils.set_custom_source_root(str(paths.code_root()))
     run = Client().get_pipeline("training_pipeline").last_successful_run
 
     def output(step: str, name: str):
-        return run.steps[step].outputs[name][0].load()
+        return step_output(run, step, name)
 
     model = output("train", "model")
     x, y, _ = arrays_for_set(
@@ -118,7 +115,7 @@ def agreement() -> None:
         f"max |p_fast - p_f32| = {np.abs(p['float32'] - p['bfloat16+fold']).max():.5f}; "
         f"lesions that change class at 0.5: {flips}"
     )
-    scores = {name: classification_metrics(y, prob) for name, prob in p.items()}
+    scores = {name: classification_metrics(y, prob, threshold=0.5) for name, prob in p.items()}
     print(f"{'metric':>18} {'float32':>9} {'fast':>9} {'difference':>10}")
     for name in scores["float32"]:
         a, b = scores["float32"][name], scores["bfloat16+fold"][name]

@@ -39,17 +39,19 @@ def main() -> None:
     from liverlesion.config import load_profile
     from liverlesion.imaging import check_hu, load_nifti
     from liverlesion.model import build_model
-    from liverlesion.phantom import CohortSpec, generate_cohort
-    from liverlesion.predict import LesionPredictor, PatchSettings, write_outputs
+    from liverlesion.phantom import generate_cohort
+    from liverlesion.predict import LesionPredictor, write_outputs
 
-    profile = load_profile("quick")
+    profile = load_profile("quick", Path(__file__).resolve().parents[1] / "configs")
+    one_case = profile.cohort.model_copy(update={"seed": 11, "n_patients": 1, "n_lesions": 5})
     with tempfile.TemporaryDirectory() as tmp:
-        cohort = generate_cohort(CohortSpec(seed=11, n_patients=1, n_lesions=5), Path(tmp) / "one")
+        cohort = generate_cohort(one_case, Path(tmp) / "one")
         case = pd.read_csv(cohort / "cases.csv").iloc[0]
         image_path, mask_path = cohort / case["image"], cohort / case["mask"]
-        settings = PatchSettings.from_profile(profile.model_dump(mode="json"))
+        settings = profile.patches
         keras.utils.set_random_seed(0)
-        network = build_model((*profile.patches.size, 3), None, bn_momentum=profile.train.bn_momentum)
+        t = profile.train
+        network = build_model((*profile.patches.size, 3), t.backbone, None, t.dense_units, t.dropout, t.bn_momentum)
         predictor = LesionPredictor(
             network, settings, profile.evaluate.threshold, profile.evaluate.precision, "bench", "0"
         )
@@ -96,7 +98,8 @@ def main() -> None:
                 print(f"liverlesion predict failed: {done.stderr.strip().splitlines()[-1]}")
             else:
                 print(
-                    f"  `liverlesion predict` (imports, registry champion, all outputs): {time.perf_counter() - start:.1f} s"
+                    "  `liverlesion predict` (imports, registry champion, all outputs): "
+                    f"{time.perf_counter() - start:.1f} s"
                 )
 
 

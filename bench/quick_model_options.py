@@ -148,7 +148,8 @@ def main() -> None:
         pipeline = data_seconds + sum(steps[s] for s in MODEL_STEPS)
         m = found["metrics"]
         print(
-            f"{name:<42} {seed if seed is not None else '-':>5} {int(m.get('best_epoch', -1)) + 1:>4} {steps['train']:>7.0f} {pipeline:>10.0f} "
+            f"{name:<42} {seed if seed is not None else '-':>5} {int(m.get('best_epoch', -1)) + 1:>4} "
+            f"{steps['train']:>7.0f} {pipeline:>10.0f} "
             + " ".join(f"{m.get('test_' + k, float('nan')):>11.3f}" for k in METRICS),
             flush=True,
         )

@@ -43,7 +43,8 @@ def main() -> None:
         inner.append(outcome["seconds"])
     audit_wall, done = timed("audit", "--json")
     print(
-        f"retrain with nothing to do ({args.profile}), {args.repeats} runs: wall median {statistics.median(walls):.1f} s "
+        f"retrain with nothing to do ({args.profile}), {args.repeats} runs: "
+        f"wall median {statistics.median(walls):.1f} s "
         f"(min {min(walls):.1f}, max {max(walls):.1f}); inside the command {statistics.median(inner):.1f} s; "
         "the rest is interpreter start and imports"
     )

@@ -48,12 +48,13 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
     from liverlesion.config import load_profile
+    from liverlesion_ops import project
     from liverlesion_ops.environment import configure_environment
-    from liverlesion_ops.registry import RegistryError, client
+    from liverlesion_ops.registry.store import RegistryError, registry_client
     from liverlesion_ops.segmenters import resolve_segmenter
 
     configure_environment()
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, project.configs_dir())
     seconds = {}
     if "learned" in methods:
         try:
@@ -66,7 +67,7 @@ def main() -> None:
     for method in methods:
         seconds[method] = liverlesion("run", "--profile", args.profile, "--set", f"segment.method={method}")
 
-    mlflow = client()
+    mlflow = registry_client()
     experiment = mlflow.get_experiment_by_name(profile.register.experiment)
     rows = {}
     for method in methods:

@@ -49,7 +49,7 @@ def main() -> None:
     table = read_case_table(args.data)
     if not table["liver_mask"].ne("").all():
         raise SystemExit(f"{args.data}: every case needs a liver_mask to be measured (regenerate: `liverlesion data`)")
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, Path(__file__).resolve().parents[1] / "configs")
     measured = list(table.head(args.cases).itertuples(index=False))
     methods: dict[str, object] = {"classical": None}
     if args.cascade:

@@ -104,11 +104,11 @@ def network(settings: TrainConfig, shape: tuple[int, ...], weights: str | None) 
     """The exported settings' network (backbone, head, batch-norm momentum), from ``weights`` (None: NPW)."""
     return build_model(
         shape,
-        weights,
-        settings.dense_units,
-        settings.dropout,
-        bn_momentum=settings.bn_momentum,
         backbone=settings.backbone,
+        weights=weights,
+        dense_units=settings.dense_units,
+        dropout=settings.dropout,
+        bn_momentum=settings.bn_momentum,
     )
 
 

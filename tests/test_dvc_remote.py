@@ -417,13 +417,14 @@ def test_a_default_remote_that_is_not_defined_is_an_error(tmp_path):
     "output, kind, words",
     [
         (
-            "ERROR: unexpected error - Forbidden: An error occurred (403) when calling the HeadObject operation: Forbidden",
+            "ERROR: unexpected error - Forbidden: An error occurred (403) when calling the HeadObject operation: "
+            "Forbidden",
             "credentials",
             "refused the credentials",
         ),
         (
-            "ERROR: failed to connect to s3 (b/files/md5) - Forbidden: An error occurred (403) when calling the HeadObject "
-            "operation: Forbidden\nERROR: failed to fetch data from the cloud - 39 files failed to download",
+            "ERROR: failed to connect to s3 (b/files/md5) - Forbidden: An error occurred (403) when calling the "
+            "HeadObject operation: Forbidden\nERROR: failed to fetch data from the cloud - 39 files failed to download",
             "credentials",
             "HeadObject",
         ),
@@ -440,7 +441,8 @@ def test_a_default_remote_that_is_not_defined_is_an_error(tmp_path):
         (
             "WARNING: Some of the cache files do not exist neither locally nor on remote. Missing cache files:\n"
             "md5: 4031a8f0e7e0a5b1b6a1c1e0b8f0a403.dir\nmd5: 55828bbea8b81bcaaea9392eb14d2f05\n"
-            "ERROR: failed to pull data from the cloud - Checkout failed for following targets:\ndata\nIs your cache up to date?",
+            "ERROR: failed to pull data from the cloud - Checkout failed for following targets:\ndata\n"
+            "Is your cache up to date?",
             "missing",
             "2 object(s) missing",
         ),

@@ -4,6 +4,7 @@ import pytest
 
 from liverlesion.evaluation import evaluate_test_set
 from liverlesion.metrics import classification_metrics
+from tests.profiles import QUICK
 
 
 def test_test_set_evaluation():
@@ -21,7 +22,7 @@ def test_test_set_evaluation():
     test_ids = [f"L{i}" for i in range(4, 10)]
     labels = np.array([1, 0, 0, 0, 1, 0])
     probability = np.array([0.9, 0.2, 0.3, 0.1, 0.8, 0.4])
-    result = evaluate_test_set(test_ids, labels, probability, manifest, lesions, threshold=0.5)
+    result = evaluate_test_set(test_ids, labels, probability, manifest, lesions, 0.5, QUICK.evaluate.bootstrap)
     assert result.metrics == pytest.approx(classification_metrics(labels, probability, 0.5), nan_ok=True)
     assert result.metrics["accuracy"] == 1.0
     assert result.predictions["patient_key"].tolist() == ["P3", "P4", "P4", "P5", "P6", "P6"]
@@ -48,12 +49,14 @@ def test_comparison_reports_every_model_on_the_same_lesions(tmp_path):
     files = write_comparison(
         {"Proposed model (IPW)": perfect, "SVM with texture features": shuffled},
         tmp_path,
+        0.5,
+        QUICK.evaluate.bootstrap,
         model_notes={"Proposed model (IPW)": "initial weights from /w/iv3.h5"},
     )
     table = pd.read_csv(files["csv"])
     assert table["model"].tolist() == ["Proposed model (IPW)", "SVM with texture features"]
     assert table.loc[0, "accuracy"] == 1.0
-    expected = classification_metrics(labels[::-1], np.array([0.2, 0.7, 0.3, 0.9, 0.2, 0.8, 0.1, 0.4]))
+    expected = classification_metrics(labels[::-1], np.array([0.2, 0.7, 0.3, 0.9, 0.2, 0.8, 0.1, 0.4]), threshold=0.5)
     assert table.loc[1, "accuracy"] == pytest.approx(expected["accuracy"]) == 7 / 8
     assert (table["accuracy_lower"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_upper"]).all()
     long = pd.read_csv(files["predictions"])
@@ -79,4 +82,4 @@ def test_comparison_refuses_models_scored_on_other_lesions(tmp_path):
     a = _predictions(["L1", "L2"], ["P1", "P2"], [0, 1], [0.1, 0.9])
     b = _predictions(["L1", "L3"], ["P1", "P3"], [0, 1], [0.1, 0.9])
     with pytest.raises(ValueError, match="model b scored other test lesions than model a"):
-        write_comparison({"model a": a, "model b": b}, tmp_path)
+        write_comparison({"model a": a, "model b": b}, tmp_path, 0.5, QUICK.evaluate.bootstrap)

@@ -77,7 +77,9 @@ def _read(path):
 
 def test_figure_is_a_png_with_both_class_colours(case, tmp_path):
     image, instances, results = case
-    out = lesion_map_figure(image, SPACING, instances, results, tmp_path / "sub" / "map.png", title="case_001")
+    out = lesion_map_figure(
+        image, SPACING, instances, results, tmp_path / "sub" / "map.png", title="case_001", threshold=0.5
+    )
     assert out == tmp_path / "sub" / "map.png" and out.is_file()
     rgb, met, cyst = _read(out)
     height, width = rgb.shape[:2]
@@ -92,16 +94,18 @@ def test_figure_is_a_png_with_both_class_colours(case, tmp_path):
 def test_colours_follow_the_prediction(case, tmp_path):
     """All called cyst: no metastasis colour outside the legend's one swatch, more cyst colour."""
     image, instances, results = case
-    _, met_mixed, cyst_mixed = _read(lesion_map_figure(image, SPACING, instances, results, tmp_path / "mixed.png"))
+    _, met_mixed, cyst_mixed = _read(
+        lesion_map_figure(image, SPACING, instances, results, tmp_path / "mixed.png", threshold=0.5)
+    )
     all_cyst = results.assign(p_metastasis=[0.3, 0.12], predicted=0)
-    _, met, cyst = _read(lesion_map_figure(image, SPACING, instances, all_cyst, tmp_path / "cyst.png"))
+    _, met, cyst = _read(lesion_map_figure(image, SPACING, instances, all_cyst, tmp_path / "cyst.png", threshold=0.5))
     rows, cols = np.nonzero(met)
     assert len(rows) < 0.25 * met_mixed.sum()  # what is left is the legend swatch...
     assert rows.max() - rows.min() < 15 and cols.max() - cols.min() < 120  # ...one short line
     assert rows.max() < _HEADER_IN * _DPI  # ...in the header
     assert cyst.sum() > cyst_mixed.sum() + 200  # the metastasis's outlines turned cyst-coloured
     all_met = results.assign(p_metastasis=[0.87, 0.6], predicted=1)
-    _, met, cyst = _read(lesion_map_figure(image, SPACING, instances, all_met, tmp_path / "met.png"))
+    _, met, cyst = _read(lesion_map_figure(image, SPACING, instances, all_met, tmp_path / "met.png", threshold=0.5))
     rows = np.nonzero(cyst)[0]
     assert rows.max() - rows.min() < 15 and rows.max() < _HEADER_IN * _DPI
     assert met.sum() > met_mixed.sum() + 200
@@ -111,7 +115,7 @@ def test_overview_is_in_radiological_orientation(case, tmp_path):
     """Metastasis at the patient's right-anterior, cyst left-posterior: in the overview (first
     panel, left column, below the header) the metastasis is up and left of the cyst."""
     image, instances, results = case
-    rgb, met, cyst = _read(lesion_map_figure(image, SPACING, instances, results, tmp_path / "map.png"))
+    rgb, met, cyst = _read(lesion_map_figure(image, SPACING, instances, results, tmp_path / "map.png", threshold=0.5))
     overview = np.zeros(met.shape, dtype=bool)
     overview[int(_HEADER_IN * _DPI) :, : rgb.shape[1] // 3] = True  # 3 panels in one row
     (met_r, met_c), (cyst_r, cyst_c) = (np.argwhere(m & overview).mean(axis=0) for m in (met, cyst))
@@ -130,8 +134,8 @@ def test_display_puts_right_anterior_top_left():
 
 def test_same_inputs_give_the_same_bytes(case, tmp_path):
     image, instances, results = case
-    a = lesion_map_figure(image, SPACING, instances, results, tmp_path / "a.png", title="t")
-    b = lesion_map_figure(image, SPACING, instances, results, tmp_path / "b.png", title="t")
+    a = lesion_map_figure(image, SPACING, instances, results, tmp_path / "a.png", title="t", threshold=0.5)
+    b = lesion_map_figure(image, SPACING, instances, results, tmp_path / "b.png", title="t", threshold=0.5)
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -159,8 +163,12 @@ def test_many_lesions_are_capped(tmp_path):
             )
         return instances, pd.DataFrame(rows)
 
-    capped = mimage.imread(lesion_map_figure(image, spacing, *case_of(MAX_LESION_PANELS + 6), tmp_path / "a.png"))
-    full = mimage.imread(lesion_map_figure(image, spacing, *case_of(MAX_LESION_PANELS), tmp_path / "b.png"))
+    capped = mimage.imread(
+        lesion_map_figure(image, spacing, *case_of(MAX_LESION_PANELS + 6), tmp_path / "a.png", threshold=0.5)
+    )
+    full = mimage.imread(
+        lesion_map_figure(image, spacing, *case_of(MAX_LESION_PANELS), tmp_path / "b.png", threshold=0.5)
+    )
     assert capped.shape == full.shape
 
 
@@ -171,16 +179,18 @@ def test_disclaimer_text_is_the_agreed_line():
 def test_errors_name_the_problem(case, tmp_path):
     image, instances, results = case
     with pytest.raises(ValueError, match=r"shape \(120, 110, 19\)"):
-        lesion_map_figure(image, SPACING, instances[:, :, :-1], results, tmp_path / "x.png")
+        lesion_map_figure(image, SPACING, instances[:, :, :-1], results, tmp_path / "x.png", threshold=0.5)
     ghost = pd.concat([results, results.iloc[[0]].assign(instance=7, lesion_id="case_001-L07")], ignore_index=True)
     with pytest.raises(ValueError, match="case_001-L07.*instance 7"):
-        lesion_map_figure(image, SPACING, instances, ghost, tmp_path / "x.png")
+        lesion_map_figure(image, SPACING, instances, ghost, tmp_path / "x.png", threshold=0.5)
     with pytest.raises(ValueError, match="case_001-L02.*contradicts"):
-        lesion_map_figure(image, SPACING, instances, results.assign(predicted=1), tmp_path / "x.png")
+        lesion_map_figure(image, SPACING, instances, results.assign(predicted=1), tmp_path / "x.png", threshold=0.5)
     with pytest.raises(ValueError, match="spacing"):
-        lesion_map_figure(image, (0.8, 0.0, 2.5), instances, results, tmp_path / "x.png")
+        lesion_map_figure(image, (0.8, 0.0, 2.5), instances, results, tmp_path / "x.png", threshold=0.5)
     with pytest.raises(ValueError, match="volume_ml"):
-        lesion_map_figure(image, SPACING, instances, results.drop(columns="volume_ml"), tmp_path / "x.png")
+        lesion_map_figure(
+            image, SPACING, instances, results.drop(columns="volume_ml"), tmp_path / "x.png", threshold=0.5
+        )
     assert not (tmp_path / "x.png").exists()
 
 

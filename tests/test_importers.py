@@ -26,17 +26,13 @@ from liverlesion.contract import CASES_FILE, COHORT_FILE, LESION_TYPES_FILE, Con
 from liverlesion.deid import SECRET_ENV, MissingSecretError, pseudonymiser_from_env
 from liverlesion.imaging import affine_from_spacing, load_nifti, save_nifti
 from liverlesion.importers import CRLM_NAME_MAP, import_cohort, read_types_table, scan_source
-from liverlesion.ingestion import (
-    CohortError,
-    extract_cohort_patches,
-    ingest_cases,
-    read_lesion_types,
-    segment_cases,
-)
+from liverlesion.ingestion import CohortError, ingest_cases, read_lesion_types, segment_cases
 from liverlesion.lesions import instance_map
-from liverlesion.phantom import CohortSpec, generate_cohort, generate_patient, plan_cohort
+from liverlesion.patches import extract_cohort_patches
+from liverlesion.phantom import generate_cohort, generate_patient, plan_cohort
+from tests.profiles import QUICK, with_changes
 
-SPEC = CohortSpec(seed=3, n_patients=2, n_lesions=5, size_scale=0.4)
+SPEC = with_changes(QUICK.cohort, seed=3, n_patients=2, n_lesions=5, size_scale=0.4)
 SECRET = "test-secret-0123456789abcdef"
 MARGIN_MM = 4.0
 CANVAS = (96, 80)
@@ -96,7 +92,7 @@ def run_pipeline(folder: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     ingested = ingest_cases(folder, "test", crop_margin_mm=MARGIN_MM)
     cases = ingested.cases
     lesions = segment_cases(cases, ingested.crops, read_lesion_types(folder, set(cases["case_id"])))
-    patches, index = extract_cohort_patches(lesions, ingested.crops, MARGIN_MM, CANVAS, None)
+    patches, index = extract_cohort_patches(lesions, ingested.crops, MARGIN_MM, CANVAS, None, True)
     assert list(index["lesion_id"]) == list(lesions["lesion_id"])
     order = np.lexsort(
         (

@@ -10,17 +10,19 @@ import liverlesion.imaging
 import liverlesion.ingestion
 from liverlesion.crops import LesionCrops
 from liverlesion.imaging import affine_from_spacing, check_hu, load_nifti, save_nifti
-from liverlesion.ingestion import CohortError, extract_cohort_patches, ingest_cases, segment_cases
+from liverlesion.ingestion import CohortError, ingest_cases, segment_cases
 from liverlesion.lesions import instance_map, lesion_instances
-from liverlesion.patches import lesion_patches
-from liverlesion.phantom import CohortSpec, generate_cohort
+from liverlesion.patches import extract_cohort_patches, lesion_patches
+from liverlesion.phantom import generate_cohort
 from liverlesion.texture import cohort_texture_table, texture_features
+from tests.profiles import QUICK, with_changes
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     return generate_cohort(
-        CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4), tmp_path_factory.mktemp("c") / "data"
+        with_changes(QUICK.cohort, seed=3, n_patients=3, n_lesions=7, size_scale=0.4),
+        tmp_path_factory.mktemp("c") / "data",
     )
 
 

@@ -1,9 +1,9 @@
 """The Kubeflow stack, compiled offline: no cluster, no ZenML server, no Docker.
 
-In a child process with its own ZenML store, ``infra/kubeflow/register_stack.py`` registers the Kubeflow stack
+In a child process with its own ZenML store, ``liverlesion stack register-kubeflow`` registers the Kubeflow stack
 (``kubeflow_gpu`` orchestrator, S3 artifact store, container registry, image builder, MLflow tracker and registry,
 credentials as ZenML secrets) and activates it. Then the training pipeline goes through ZenML the way
-``liverlesion run`` sends it (``cli._run_pipeline``) and the way ``infra/zenml/schedule.py`` schedules it
+``liverlesion run`` sends it (``runs.run_pipeline``) and the way ``liverlesion schedule`` schedules it
 (``schedule_training``): compiled by ZenML, recorded as a snapshot with a build whose image is a named, pre-built
 step image (``LIVERLESION_STEP_IMAGE``: ZenML's own skip-build path, nothing is built), and compiled by ZenML's
 Kubeflow orchestrator with the KFP compiler into the pipeline spec it submits. The tests read that spec. Last,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -144,7 +143,7 @@ def test_only_the_train_step_asks_for_a_gpu_and_gpu_nodes(compiled, run):
 def test_zenml_own_kubeflow_flavour_drops_the_gpu_request(compiled):
     """Why ``kubeflow_gpu`` exists: ZenML 0.98's ``kubeflow`` flavour, given ``ResourceSettings(gpu_count=1)`` and
     ``KubeflowOrchestratorSettings(node_selectors={"accelerator": ...})`` on the train step, compiles no GPU request.
-    If this fails, a newer ZenML passes it on: ``infra/kubeflow/gpu_orchestrator.py`` may no longer be needed."""
+    If this fails, a newer ZenML passes it on: ``liverlesion_ops.kubeflow.gpu_orchestrator`` may no longer be needed."""
     pipeline, platform = _spec(compiled["builtin"]["package"])
     containers = _executors(pipeline)
     assert set(containers) == STEPS and containers["train"]["image"] == IMAGE
@@ -184,10 +183,17 @@ def test_kubeflow_gpu_submissions_are_quiet(compiled):
     assert "will be ignored: ['affinity']" not in own and "Ignoring invalid setting attributes" not in own
 
 
-def test_the_equivalent_zenml_commands_name_the_same_options():
-    register = runpy.run_path(str(REPO / "infra" / "kubeflow" / "register_stack.py"))
-    env = {"MLFLOW_TRACKING_USERNAME": "trainer", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
-    lines = register["commands"](register["plan"](register["parser"]().parse_args(REGISTER), env))
+def test_the_equivalent_zenml_commands_name_the_same_options(tmp_path):
+    """``--dry-run`` prints the zenml commands and changes nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "LIVERLESION_"))}
+    env.update({"MLFLOW_TRACKING_USERNAME": "trainer", "MLFLOW_TRACKING_PASSWORD": PASSWORD})
+    env.update({"ZENML_CONFIG_PATH": str(tmp_path / "zenml"), "LIVERLESION_HOME": str(tmp_path / "state")})
+    command = [str(Path(sys.executable).with_name("liverlesion")), "--project", str(REPO)]
+    done = subprocess.run(
+        [*command, "stack", "register-kubeflow", *REGISTER, "--dry-run"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
     assert lines[-1] == "zenml stack set liverlesion-kubeflow" and not any(PASSWORD in line for line in lines)
     assert any(
         line.startswith("zenml orchestrator register liverlesion-kubeflow --flavor=kubeflow_gpu ")
@@ -200,7 +206,6 @@ def test_the_equivalent_zenml_commands_name_the_same_options():
 
 
 def _child(out: Path) -> None:
-    sys.path.insert(0, str(REPO))
     calls: dict = {}
     _stub_the_cluster(calls, out)
 
@@ -208,19 +213,20 @@ def _child(out: Path) -> None:
         calls.update(name=name, current=[])
         return {"package": str(out / f"{name}.yaml"), "calls": calls["current"]}
 
-    register = runpy.run_path(str(REPO / "infra" / "kubeflow" / "register_stack.py"))
-    assert register["main"](REGISTER) == 0
+    from liverlesion_ops.cli import app
+
+    assert app(["stack", "register-kubeflow", *REGISTER], standalone_mode=False) in (None, 0)
 
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
 
-    from liverlesion import paths
     from liverlesion.config import load_profile
-    from liverlesion.lineage import code_version, training_fingerprint
-    from liverlesion_ops.cli import _run_pipeline
+    from liverlesion.lineage import training_fingerprint
+    from liverlesion_ops import runs
+    from liverlesion_ops.schedule import cron_for, schedule_training
 
-    config = load_profile("paper")
-    code = code_version(paths.code_root())
+    config = load_profile("paper", REPO / "configs")
+    code = runs.current_code_version()
     settings = config.training_settings()
     parameters = {
         "data_dir": "/data/cohort",
@@ -232,11 +238,10 @@ def _child(out: Path) -> None:
         "segmenter_uri": "",
     }
     summary: dict = {"run": submitted("run")}
-    _run_pipeline("training_pipeline", False, **parameters)  # as `liverlesion run` sends it
+    runs.run_pipeline(runs.TRAINING, False, **parameters)  # as `liverlesion run` sends it
     summary["schedule"] = submitted("schedule")
-    schedule = runpy.run_path(str(REPO / "infra" / "zenml" / "schedule.py"))
     flavor = Client().active_stack.orchestrator.flavor
-    schedule["schedule_training"](parameters, schedule["cron_for"](flavor, "17 2 * * *"), name="liverlesion-paper")
+    schedule_training(parameters, cron_for(flavor, "17 2 * * *"), name="liverlesion-paper")  # as `liverlesion schedule`
 
     stack = Client().active_stack_model
     component = {t: stack.components[t][0] for t in (T.ORCHESTRATOR, T.ARTIFACT_STORE, T.EXPERIMENT_TRACKER)}
@@ -251,8 +256,8 @@ def _child(out: Path) -> None:
     # ZenML's own kubeflow flavour, the GPU asked for as ZenML documents it (why kubeflow_gpu exists)
     from zenml.integrations.kubeflow.flavors.kubeflow_orchestrator_flavor import KubeflowOrchestratorSettings
 
-    from pipelines import training_pipeline
-    from pipelines.placement import run_options, train_settings
+    from liverlesion_ops.pipelines import training_pipeline
+    from liverlesion_ops.pipelines.placement import run_options, train_settings
 
     print(BUILTIN, flush=True)
     Client().create_stack_component(

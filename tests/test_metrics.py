@@ -32,12 +32,12 @@ def test_metrics_against_a_hand_computed_confusion_matrix():
 
 
 def test_no_positive_call_gives_zero_precision_not_an_error():
-    m = classification_metrics([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4])
+    m = classification_metrics([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4], threshold=0.5)
     assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["specificity"] == 1.0
 
 
 def test_one_class_auc_is_nan():
-    assert math.isnan(classification_metrics([1, 1], [0.2, 0.9])["roc_auc"])
+    assert math.isnan(classification_metrics([1, 1], [0.2, 0.9], threshold=0.5)["roc_auc"])
 
 
 def test_best_threshold_accuracy_separable():

@@ -19,7 +19,8 @@ from liverlesion.modelcard import (
     render_markdown,
     split_sizes,
 )
-from liverlesion.phantom import CohortSpec, cohort_metadata
+from liverlesion.phantom import cohort_metadata
+from tests.profiles import QUICK, with_changes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -53,7 +54,7 @@ LINEAGE = {
 
 
 def profile(overrides: dict | None = None) -> dict:
-    return load_profile(CONFIGS / "quick.yaml", overrides).model_dump(mode="json")
+    return load_profile("quick", CONFIGS, overrides).model_dump(mode="json")
 
 
 def cases_table() -> pd.DataFrame:
@@ -90,7 +91,7 @@ def manifest_table(test_lesions: int = 4) -> pd.DataFrame:
 
 
 def synthetic_meta() -> dict:
-    return cohort_metadata(CohortSpec(seed=7, n_patients=5, n_lesions=7))
+    return cohort_metadata(with_changes(QUICK.cohort, seed=7, n_patients=5, n_lesions=7))
 
 
 def imported_meta(layouts: tuple[str, ...] = ("crlm",)) -> dict:

@@ -2,6 +2,10 @@
 scheduled retraining (``retrain``, its lock, exit codes, the crontab and systemd lines as written),
 appending cases to the versioned cohort, and data-versioning audits (``audit``, ``--restore``,
 garbage-collected data). Registry decisions are tested in ``test_registry.py``.
+
+The tests on the shared project (``project``, trained once by ``first_retrain``) leave its data and its
+versions as they found them, so they pass in any order; what changes the cohort (appending cases, then
+garbage-collecting a version's data) is one scenario on a project of its own.
 """
 
 import json
@@ -21,13 +25,12 @@ MODEL = "tiny-liver-lesion"
 INSTALL = "/opt/liverlesion"  # where infra/ assumes the checkout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def tiny_as_quick(folder):
     """A project whose ``quick`` profile is the tiny one, so that infra/'s lines run as written."""
-    root, env = make_project(tmp_path_factory.mktemp("ops"))
+    root, env = make_project(folder)
     from liverlesion.config import load_profile
 
-    tiny = load_profile(root / "configs" / "tiny.yaml").model_dump(mode="json")
+    tiny = load_profile("tiny", root / "configs").model_dump(mode="json")
     tiny.update(name="quick", description="the tiny test profile under the default name")
     (root / "configs" / "quick.yaml").write_text(yaml.safe_dump(tiny))
     env["LIVERLESION_PSEUDONYM_SECRET"] = "test-secret-for-pseudonyms"
@@ -36,9 +39,18 @@ def project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return tiny_as_quick(tmp_path_factory.mktemp("ops"))
+
+
+@pytest.fixture(scope="module")
 def first_retrain(project):
     root, env = project
     return json.loads(cli(root, env, "retrain", "--json").stdout)
+
+
+def run_ids(root, status) -> set[str]:
+    return {run.info.run_id for run in retrain_runs(root, status)}
 
 
 def retrain_runs(root, status=None):
@@ -56,10 +68,11 @@ def test_retrain_trains_gates_and_records_then_does_nothing_when_nothing_changed
     version = mlflow_client(root).get_model_version(MODEL, "1")
     assert version.tags["fingerprint"] == first_retrain["fingerprint"]
 
+    before = run_ids(root, "nothing-to-do")
     again = cli(root, env, "retrain")
     assert again.returncode == 0 and "retrain: nothing to do — v1 was trained on this fingerprint" in again.stdout
     assert len(mlflow_client(root).search_model_versions(f"name='{MODEL}'")) == 1
-    (noop,) = retrain_runs(root, "nothing-to-do")
+    (noop,) = [run for run in retrain_runs(root, "nothing-to-do") if run.info.run_id not in before]
     assert noop.data.tags["fingerprint"] == first_retrain["fingerprint"] and noop.data.tags["version"] == "1"
     assert len(retrain_runs(root, "trained")) == 1
 
@@ -70,7 +83,7 @@ def test_a_second_retrain_is_refused_while_the_lock_is_held(project, first_retra
         [
             sys.executable,
             "-c",
-            "from liverlesion_ops.retrain import training_lock\nimport time\n"
+            "from liverlesion_ops.runs import training_lock\nimport time\n"
             "with training_lock('a long training'):\n    print('held', flush=True)\n    time.sleep(120)\n",
         ],
         cwd=root,
@@ -116,30 +129,6 @@ def test_audit_gives_the_lineage_of_the_champion_and_restores_its_exact_data(pro
     assert missing.returncode == 2 and "no v99 of registered model" in missing.stderr
 
 
-def test_appended_cases_are_versioned_audited_and_trained_on(project, first_retrain, tmp_path):
-    root, env = project
-    before = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
-    new = tmp_path / "new-cases"
-    cli(root, env, "generate", str(new), "--n-patients", "2", "--n-lesions", "6", "--seed", "11")
-    added = json.loads(cli(root, env, "import", str(new), "--layout", "cohort", "--append", "--json").stdout)
-    assert added["cases"] == 2 and added["data_version"] != before
-
-    audit = json.loads(cli(root, env, "audit", "--model", MODEL, "--json").stdout)
-    changes = audit["workspace"]["changes"]
-    assert audit["workspace"]["same_data"] is False
-    assert len(changes["added"]) == 2 and changes["removed"] == [] and changes["changed"] == []
-    text = cli(root, env, "audit", "--model", MODEL).stdout
-    assert "2 case(s) added, 0 removed, 0 changed" in text
-
-    second = json.loads(cli(root, env, "retrain", "--json").stdout)
-    assert second["status"] == "trained" and second["version"] == "2"
-    assert second["data_version"] == added["data_version"] and second["fingerprint"] != first_retrain["fingerprint"]
-    assert second["decision"] in ("promoted", "challenger", "refused")
-    version = mlflow_client(root).get_model_version(MODEL, "2")
-    assert version.tags["decision"] == second["decision"] and version.tags["compared_with"] == "v1"
-    assert len(retrain_runs(root, "trained")) == 2
-
-
 def test_the_crontab_and_systemd_lines_run_as_written(project, first_retrain):
     root, env = project
     cron = [
@@ -176,6 +165,7 @@ def test_retrain_exit_codes_for_a_failure_and_a_usage_error(project, first_retra
     root, env = project
     bad = cli(root, env, "retrain", "--profile", "nonesuch", check=False)
     assert bad.returncode == 2 and "no profile 'nonesuch'" in bad.stderr and "Traceback" not in bad.stderr
+    before = run_ids(root, "failed")
     failed = cli(
         root,
         env,
@@ -187,14 +177,48 @@ def test_retrain_exit_codes_for_a_failure_and_a_usage_error(project, first_retra
         check=False,
     )
     assert failed.returncode == 1 and "failed in step(s) validate" in failed.stderr
-    assert len(retrain_runs(root, "failed")) == 1
+    assert len(run_ids(root, "failed") - before) == 1
 
 
-def test_audit_says_plainly_when_the_data_of_a_version_was_garbage_collected(project, first_retrain, tmp_path):
+def test_the_zenml_schedule_form_uses_kubeflow_six_field_cron_and_refuses_the_local_orchestrator(project):
     root, env = project
-    versions = mlflow_client(root).search_model_versions(f"name='{MODEL}'")
-    if len(versions) < 2:
-        pytest.skip("needs the version trained after cases were appended")
+    dry = cli(root, env, "schedule", "--cron", "17 2 * * *", "--flavor", "kubeflow", "--dry-run", "--json")
+    assert json.loads(dry.stdout)["cron_expression"] == "0 17 2 * * *"
+    local = cli(root, env, "schedule", "--cron", "17 2 * * *", check=False)
+    assert local.returncode == 2 and "the local orchestrator does not run ZenML schedules" in local.stderr
+    assert len(local.stderr.strip().splitlines()) == 1
+
+
+def test_appended_cases_are_versioned_audited_trained_on_and_a_collected_version_is_said_gone(tmp_path):
+    """One scenario on a project of its own: cases appended to the cohort are a new data version, the
+    audit of v1 sees them, the next retrain trains v2 on them and gates it against v1; then v1's data is
+    garbage-collected, and its audit says so plainly."""
+    root, env = tiny_as_quick(tmp_path / "project")
+    first = json.loads(cli(root, env, "retrain", "--json").stdout)
+    assert first["version"] == "1"
+    before = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    new = tmp_path / "new-cases"
+    cli(root, env, "generate", str(new), "--n-patients", "2", "--n-lesions", "6", "--seed", "11")
+    added = json.loads(cli(root, env, "import", str(new), "--layout", "cohort", "--append", "--json").stdout)
+    assert added["cases"] == 2 and added["data_version"] != before
+
+    audit = json.loads(cli(root, env, "audit", "--model", MODEL, "--json").stdout)
+    changes = audit["workspace"]["changes"]
+    assert audit["workspace"]["same_data"] is False
+    assert len(changes["added"]) == 2 and changes["removed"] == [] and changes["changed"] == []
+    text = cli(root, env, "audit", "--model", MODEL).stdout
+    assert "2 case(s) added, 0 removed, 0 changed" in text
+
+    second = json.loads(cli(root, env, "retrain", "--json").stdout)
+    assert second["status"] == "trained" and second["version"] == "2"
+    assert second["data_version"] == added["data_version"] and second["fingerprint"] != first["fingerprint"]
+    version = mlflow_client(root).get_model_version(MODEL, "2")
+    assert version.tags["decision"] == second["decision"] and version.tags["compared_with"] == "v1"
+    # the gate's own figures decide (no floors, no margin in the tiny profile): promoted only when v2 beats v1
+    beats = float(version.tags["gate.candidate.roc_auc"]) > float(version.tags["gate.champion.roc_auc"])
+    assert second["decision"] == ("promoted" if beats else "challenger")
+    assert len(retrain_runs(root, "trained")) == 2
+
     dvc_env = {**env, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(
         [sys.executable, "-m", "dvc", "gc", "--workspace", "--cloud", "-r", "local", "--force"],
@@ -212,17 +236,17 @@ def test_audit_says_plainly_when_the_data_of_a_version_was_garbage_collected(pro
     assert not (tmp_path / "gone").exists()
 
 
-def test_the_zenml_schedule_form_uses_kubeflow_six_field_cron_and_refuses_the_local_orchestrator(project):
+def test_the_readme_tour_runs_as_written(project, first_retrain, tmp_path):
+    """The README's five-minute tour, line by line, in a project whose champion is trained (its `quick` is the
+    tiny profile, so the lines need no change)."""
     root, env = project
-    script = str(REPO / "infra" / "zenml" / "schedule.py")
-    dry = subprocess.run(
-        [sys.executable, script, "--flavor", "kubeflow", "--dry-run"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert dry.returncode == 0 and json.loads(dry.stdout)["cron_expression"] == "0 17 2 * * *"
-    local = subprocess.run([sys.executable, script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert local.returncode == 2 and "the local orchestrator does not run ZenML schedules" in local.stderr
+    readme = (REPO / "README.md").read_text()
+    tour = readme.split("## A five-minute tour", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for line in tour.strip().splitlines()]
+    assert len(lines) == 4 and all(line.startswith(".venv/bin/liverlesion ") for line in lines)
+    for line in lines:
+        done = subprocess.run(["/bin/sh", "-c", line], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (line, done.stderr[-2000:])
+    answer = root / "answer"
+    assert (answer / "lesion_map.png").exists() and (answer / "lesion_classes.nii.gz").exists()
+    assert set(json.loads((answer / "lesions.json").read_text())["lesions"][0]) >= {"p_metastasis", "model_version"}

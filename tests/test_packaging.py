@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.test_train_gpu import backend_or_skip, without
+from tests.support import backend_or_skip, without
 
 REPO = Path(__file__).resolve().parents[1]
 ORCHESTRATION = ("zenml", "mlflow", "dvc", "great_expectations", "typer", "fastapi", "tensorflow")
@@ -49,7 +49,7 @@ def test_every_domain_module_imports_and_a_profile_reads_without_orchestration(t
         "for name in names: importlib.import_module(name)\n"
         "from liverlesion.config import load_profile\n"
         "import keras\n"
-        "print(len(names), keras.backend.backend(), load_profile('paper').train.protocol().epochs)\n"
+        "print(len(names), keras.backend.backend(), load_profile('paper', 'configs').train.protocol().epochs)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300

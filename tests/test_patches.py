@@ -69,7 +69,9 @@ def test_three_orthogonal_patches_geometry():
     image = rng.normal(100, 10, shape).astype(np.float32)
     lesion = box_lesion(shape, (10, 20, 12), (23, 27, 15))  # 13 x 7 x 3: largest face normal to axis 2
     image[lesion] = 20.0
-    stack, info = lesion_patches(image, lesion, (1.0, 1.0, 1.0), margin_mm=2, canvas=(32, 24))
+    stack, info = lesion_patches(
+        image, lesion, (1.0, 1.0, 1.0), margin_mm=2, canvas=(32, 24), output_size=None, square_pixels=True
+    )
     assert stack.shape == (32, 24, 3)
     assert info.main_axis == 2 and 12 <= info.main_slice < 15
     # the other two planes pass through the centre of the largest cross-section
@@ -89,13 +91,15 @@ def test_output_size_resizes_the_canvas():
     shape = (30, 30, 30)
     lesion = box_lesion(shape, (10, 10, 10), (16, 18, 14))
     image = np.random.default_rng(2).normal(0, 1, shape)
-    stack, _ = lesion_patches(image, lesion, (1, 1, 1), canvas=(252, 210), output_size=(96, 80))
+    stack, _ = lesion_patches(
+        image, lesion, (1, 1, 1), margin_mm=4, canvas=(252, 210), output_size=(96, 80), square_pixels=True
+    )
     assert stack.shape == (96, 80, 3)
 
 
 def test_empty_lesion_is_an_error():
     with pytest.raises(ValueError, match="empty lesion"):
-        lesion_patches(np.zeros((5, 5, 5)), np.zeros((5, 5, 5), bool), (1, 1, 1))
+        lesion_patches(np.zeros((5, 5, 5)), np.zeros((5, 5, 5), bool), (1, 1, 1), 4, (32, 24), None, True)
 
 
 def test_square_pixels_restore_true_proportions():
@@ -108,7 +112,9 @@ def test_square_pixels_restore_true_proportions():
     image[lesion] = 0.0
     grid = {}
     for square in (False, True):
-        stack, _ = lesion_patches(image, lesion, (1.0, 1.0, 5.0), margin_mm=2, canvas=(40, 40), square_pixels=square)
+        stack, _ = lesion_patches(
+            image, lesion, (1.0, 1.0, 5.0), margin_mm=2, canvas=(40, 40), output_size=None, square_pixels=square
+        )
         coronal = stack[..., 1]
         dark = coronal < (coronal.min() + coronal.max()) / 2
         grid[square] = (int(dark.any(axis=1).sum()), int(dark.any(axis=0).sum()))

@@ -1,24 +1,8 @@
 import numpy as np
-import pandas as pd
 import pytest
 
 from liverlesion.patchset import export_patches, load_patch_set
-
-
-def tiny_split(n: int = 12, shape=(75, 75, 3)):
-    rng = np.random.default_rng(0)
-    patches = rng.normal(size=(n, *shape)).astype("float32")
-    index = pd.DataFrame({"lesion_id": [f"L{i:02d}" for i in range(n)], "row": np.arange(n)[::-1]})
-    patches = patches[::-1].copy()  # rows in another order than lesion ids: the index is followed
-    manifest = pd.DataFrame(
-        {
-            "lesion_id": [f"L{i:02d}" for i in range(n)],
-            "patient_key": [f"P{i // 2}" for i in range(n)],
-            "label": [i % 2 for i in range(n)],
-            "set": ["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4),
-        }
-    )
-    return patches, index, manifest
+from tests.support import tiny_split
 
 
 def test_export_round_trip_keeps_sets_labels_ids_and_lineage(tmp_path):

@@ -25,8 +25,9 @@ from liverlesion.phantom import (
     generate_patient,
     plan_cohort,
 )
+from tests.profiles import QUICK, with_changes
 
-TINY = CohortSpec(seed=7, n_patients=4, n_lesions=10, metastasis_fraction=0.5, size_scale=0.5)
+TINY = with_changes(QUICK.cohort, seed=7, n_patients=4, n_lesions=10, metastasis_fraction=0.5, size_scale=0.5)
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -63,20 +64,20 @@ def _cases(folder: Path) -> list[dict[str, str]]:
 )
 def test_spec_rejects(bad):
     with pytest.raises(ValidationError):
-        CohortSpec(**bad)
+        with_changes(QUICK.cohort, **bad)
 
 
 def test_spec_is_frozen_and_counts_follow_rounding():
-    spec = CohortSpec()
+    spec = QUICK.cohort
     with pytest.raises(ValidationError):
         spec.seed = 1
     assert (spec.n_metastases, spec.n_cysts) == (115, 115)
-    assert CohortSpec(n_patients=3, n_lesions=7, metastasis_fraction=0.3).n_metastases == round(7 * 0.3)
+    assert with_changes(QUICK.cohort, n_patients=3, n_lesions=7, metastasis_fraction=0.3).n_metastases == round(7 * 0.3)
 
 
 # --- the cohort plan (no rendering: fast even at full size) --------------------------------------
 def test_default_plan_is_shaped_like_the_paper():
-    plans = plan_cohort(CohortSpec())
+    plans = plan_cohort(QUICK.cohort)
     lesions = [lesion for plan in plans for lesion in plan.lesions]
     assert len(plans) == 63 and len(lesions) == 230
     assert all(len(plan.lesions) >= 1 for plan in plans)
@@ -189,13 +190,13 @@ def test_refuses_a_non_empty_folder_but_accepts_an_empty_one(tmp_path):
     with pytest.raises(ValueError, match="not an empty folder"):
         generate_cohort(TINY, tmp_path / "full")
     (tmp_path / "empty").mkdir()
-    spec = CohortSpec(n_patients=1, n_lesions=1, size_scale=0.3)
+    spec = with_changes(QUICK.cohort, n_patients=1, n_lesions=1, size_scale=0.3)
     out = generate_cohort(spec, tmp_path / "empty")
     assert [r["n_lesions"] for r in _cases(out)] == ["1"]
 
 
 def test_parallel_generation_writes_the_same_bytes(tmp_path):
-    spec = CohortSpec(seed=3, n_patients=2, n_lesions=3, size_scale=0.3)
+    spec = with_changes(QUICK.cohort, seed=3, n_patients=2, n_lesions=3, size_scale=0.3)
     serial = _files(generate_cohort(spec, tmp_path / "serial"))
     parallel = _files(generate_cohort(spec, tmp_path / "parallel", workers=2))
     assert serial == parallel

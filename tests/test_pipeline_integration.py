@@ -2,6 +2,10 @@
 
 Runs the console command as a user would (``liverlesion run``) in a throw-away project folder:
 real DVC (git repo + local remote), real ZenML local store, real MLflow SQLite store.
+
+Every test passes in any order: ``first_run`` registers version 1 of the tiny model once; the tests
+that train again compare against what they find before they run, register under another model name,
+or name version 1 explicitly.
 """
 
 import importlib.util
@@ -15,7 +19,7 @@ import pytest
 import yaml
 from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
 
-from liverlesion.inference import resolve_precision
+from liverlesion.precision import resolve_precision
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +30,7 @@ def project(tmp_path_factory):
     bad = {
         **TINY_PROFILE,
         "name": "unbalanced",
-        "validation": {"patch_shape": [75, 75], "min_metastasis_fraction": 0.9, "max_metastasis_fraction": 1.0},
+        "validation": {"min_metastasis_fraction": 0.9, "max_metastasis_fraction": 1.0},
     }
     (root / "configs" / "unbalanced.yaml").write_text(yaml.safe_dump(bad))
     return root, env
@@ -92,12 +96,17 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     assert "95% patient-bootstrap intervals" in out
 
 
+def run_name(done) -> str:
+    """The ZenML run a `liverlesion run` printed it made."""
+    return done.stdout.split("pipeline run ", 1)[1].split(":", 1)[0]
+
+
 def test_the_split_is_patient_disjoint_and_recorded(project, first_run):
     root, env = project
     script = (
         f"from zenml.utils import source_utils; source_utils.set_custom_source_root({str(REPO)!r})\n"
         "from zenml.client import Client\n"
-        "run = Client().get_pipeline('training_pipeline').last_run\n"
+        f"run = Client().get_pipeline_run({run_name(first_run)!r})\n"
         "m = run.steps['split'].outputs['split_manifest'][0].load()\n"
         "h = run.steps['split'].outputs['split_manifest_hash'][0].load()\n"
         "import json; print(json.dumps({'hash': h, 'max_sets': int(m.groupby('patient_key')['set'].nunique().max()),"
@@ -113,30 +122,28 @@ def test_the_split_is_patient_disjoint_and_recorded(project, first_run):
 
 def test_second_run_is_cached_and_registers_nothing(project, first_run):
     root, env = project
+    before = len(mlflow_client(root).search_model_versions("name='tiny-liver-lesion'"))
     again = cli(root, env, "run", "--profile", "tiny")
     assert "used the cohort already in" in again.stdout and "matches data.dvc" in again.stdout
     assert "no retraining happened" in again.stdout
-    versions = mlflow_client(root).search_model_versions("name='tiny-liver-lesion'")
-    assert len(versions) == 1
+    assert len(mlflow_client(root).search_model_versions("name='tiny-liver-lesion'")) == before
 
 
 @pytest.mark.slow
 def test_retraining_registers_a_second_version_through_the_gate(project, first_run):
     root, env = project
-    cli(root, env, "run", "--profile", "tiny", "--no-cache")
     client = mlflow_client(root)
-    versions = sorted(client.search_model_versions("name='tiny-liver-lesion'"), key=lambda v: int(v.version))
-    assert [str(v.version) for v in versions] == ["1", "2"]
-    second = versions[1]
+    before = {str(v.version) for v in client.search_model_versions("name='tiny-liver-lesion'")}
+    cli(root, env, "run", "--profile", "tiny", "--no-cache")
+    (second,) = [v for v in client.search_model_versions("name='tiny-liver-lesion'") if str(v.version) not in before]
+    first = client.get_model_version("tiny-liver-lesion", "1")
     champion = client.get_model_version_by_alias("tiny-liver-lesion", "champion")
-    first_auc = float(versions[0].tags["metric.roc_auc"])
-    second_auc = float(second.tags["metric.roc_auc"])
     # same seed, same data, same code: on CPU the retrained model scores exactly the same, so the
     # gate keeps the champion and the new version becomes the challenger
-    assert second_auc == first_auc
-    assert second.tags["metric.accuracy"] == versions[0].tags["metric.accuracy"]
+    assert second.tags["metric.roc_auc"] == first.tags["metric.roc_auc"]
+    assert second.tags["metric.accuracy"] == first.tags["metric.accuracy"]
     assert str(champion.version) == "1" and second.tags["decision"] == "challenger"
-    assert str(client.get_model_version_by_alias("tiny-liver-lesion", "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias("tiny-liver-lesion", "challenger").version) == str(second.version)
     assert second.tags["compared_with"] == "v1"
     # both scored by their registered artefacts on the same patients: the same model, the same figures
     metrics = ("accuracy", "roc_auc", "recall", "specificity")
@@ -289,7 +296,7 @@ def test_export_writes_the_validated_split_patches_with_their_lineage(project, f
     done = cli(root, env, "export", "--profile", "tiny", str(out))
     assert f"wrote {out}" in done.stdout
     data = load_patch_set(out)
-    version = mlflow_client(root).get_model_version_by_alias("tiny-liver-lesion", "champion")
+    version = mlflow_client(root).get_model_version("tiny-liver-lesion", "1")
     assert data.meta["split_manifest_hash"] == version.tags["split_manifest_hash"]
     assert data.meta["data_version"] == version.tags["data_version"]
     assert sum(data.meta["counts"].values()) == 36 and data["train"].x.shape[1:] == (75, 75, 3)
@@ -320,6 +327,8 @@ def test_predict_gives_the_probabilities_evaluate_gave_and_writes_its_outputs(pr
         "class",
         "--model",
         "tiny-liver-lesion",
+        "--version",
+        "1",
         "--case-id",
         case,
         "--out",
@@ -365,8 +374,10 @@ def test_predict_batch_answers_a_folder_and_records_the_model_version(project, f
     import pandas as pd
 
     root, env = project
-    done = cli(root, env, "predict-batch", "--model", "tiny-liver-lesion", "--profile", "tiny", "--json")
-    record = json.loads(done.stdout[done.stdout.index("{") :])
+    done = cli(
+        root, env, "predict-batch", "--model", "tiny-liver-lesion", "--version", "1", "--profile", "tiny", "--json"
+    )
+    record = json.loads(done.stdout)  # JSON alone on standard output
     assert record["model_version"] == "1" and record["model_uri"] == "models:/tiny-liver-lesion/1"
     assert record["cases"] == 12 and record["lesions"] == 36
     answered = pd.read_csv(record["table"])
@@ -417,25 +428,34 @@ def test_a_bad_case_stops_the_run_or_is_quarantined_by_configuration(project, fi
 def test_the_train_step_runs_on_the_backend_the_profile_names(project, first_run, tmp_path):
     """``train.backend: jax`` (what the paper profile asks for, with JAX's CUDA build on a GPU): the
     same DAG, the train step computing on JAX (its CPU build here) in mixed bfloat16, tracked and
-    registered as usual, the registered network float32. The data steps are served from cache."""
+    registered as usual, the registered network float32. The data steps are served from cache. It registers
+    under a model name of its own, so that the tiny model's champion stays version 1."""
     import keras
     import mlflow
 
     root, env = project
     client = mlflow_client(root)
-    before = {v.version for v in client.search_model_versions("name='tiny-liver-lesion'")}
+    name = "tiny-liver-lesion-jax"
     done = cli(
-        root, env, "run", "--profile", "tiny", "--set", "train.backend=jax", "--set", "train.precision=mixed_bfloat16"
+        root,
+        env,
+        "run",
+        "--profile",
+        "tiny",
+        "--set",
+        "train.backend=jax",
+        "--set",
+        "train.precision=mixed_bfloat16",
+        "--set",
+        f"register.model_name={name}",
     )
     assert "no retraining happened" not in done.stdout
-    (new,) = [v for v in client.search_model_versions("name='tiny-liver-lesion'") if v.version not in before]
+    (new,) = client.search_model_versions(f"name='{name}'")
     params = client.get_run(new.run_id).data.params
     assert params["keras_backend"] == "jax" and params["device"].startswith("jax ") and params["device"].endswith(")")
     assert params["backend"] == "jax" and params["trained_in"] == "mixed_bfloat16"
     mlflow.set_tracking_uri(f"sqlite:///{root / 'state' / 'mlflow' / 'mlflow.db'}")
-    folder = Path(
-        mlflow.artifacts.download_artifacts(f"models:/tiny-liver-lesion/{new.version}", dst_path=str(tmp_path))
-    )
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{new.version}", dst_path=str(tmp_path)))
     model = keras.saving.load_model(folder / "artifacts" / "model.keras", compile=False)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # what evaluate and serving get
     if importlib.util.find_spec("torch") is None:  # not locked: a backend the machine lacks is refused in one line

@@ -18,13 +18,13 @@ def figures(roc_auc: float, **more: float) -> dict[str, float]:
 
 
 def test_the_first_version_is_promoted():
-    decision = decide(figures(0.7), None, GateRules())
+    decision = decide(figures(0.7), None, GateRules("roc_auc", 0.0))
     assert decision == Decision("promoted", decision.reason) and decision.promote
     assert "no champion yet" in decision.reason
 
 
 def test_floors_refuse_also_the_first_version():
-    rules = GateRules(floors={"recall": 0.6, "specificity": 0.5})
+    rules = GateRules("roc_auc", 0.0, floors={"recall": 0.6, "specificity": 0.5})
     first = decide(figures(0.9, recall=0.4), None, rules)
     assert first.outcome == "refused" and not first.promote
     assert first.reason.startswith("refused by floor") and "recall 0.4000 < floor 0.6000" in first.reason
@@ -38,43 +38,43 @@ def test_floors_refuse_also_the_first_version():
 
 
 def test_a_nan_floor_metric_is_refused():
-    decision = decide(figures(0.9, recall=math.nan), None, GateRules(floors={"recall": 0.0}))
+    decision = decide(figures(0.9, recall=math.nan), None, GateRules("roc_auc", 0.0, floors={"recall": 0.0}))
     assert decision.outcome == "refused" and "recall NaN" in decision.reason
 
 
 def test_a_nan_candidate_never_replaces_a_champion():
-    decision = decide(figures(math.nan), figures(0.5), GateRules())
+    decision = decide(figures(math.nan), figures(0.5), GateRules("roc_auc", 0.0))
     assert decision.outcome == "challenger" and "NaN" in decision.reason
-    assert not decide(figures(math.nan), figures(math.nan), GateRules()).promote
+    assert not decide(figures(math.nan), figures(math.nan), GateRules("roc_auc", 0.0)).promote
 
 
 def test_a_nan_first_version_is_not_promoted():
-    assert not decide(figures(math.nan), None, GateRules()).promote
+    assert not decide(figures(math.nan), None, GateRules("roc_auc", 0.0)).promote
 
 
 def test_a_champion_with_a_nan_primary_metric_is_replaced():
-    assert decide(figures(0.6), figures(math.nan), GateRules()).promote
+    assert decide(figures(0.6), figures(math.nan), GateRules("roc_auc", 0.0)).promote
 
 
 def test_only_a_strict_improvement_promotes():
-    better = decide(figures(0.81), figures(0.80), GateRules())
+    better = decide(figures(0.81), figures(0.80), GateRules("roc_auc", 0.0))
     assert better.promote and "beats the champion's 0.8000" in better.reason
-    tie = decide(figures(0.80), figures(0.80), GateRules())
+    tie = decide(figures(0.80), figures(0.80), GateRules("roc_auc", 0.0))
     assert tie.outcome == "challenger" and "does not beat" in tie.reason
-    worse = decide(figures(0.70), figures(0.80), GateRules())
+    worse = decide(figures(0.70), figures(0.80), GateRules("roc_auc", 0.0))
     assert worse.outcome == "challenger" and "does not beat" in worse.reason
 
 
 def test_a_tie_after_rounding_stays_a_tie():
     tiny = 10 ** -(DECIMALS + 2)  # below the compared precision
-    assert decide(figures(0.8 + tiny), figures(0.8), GateRules()).outcome == "challenger"
-    assert decide(figures(2 / 9), figures(round(2 / 9, DECIMALS)), GateRules()).outcome == "challenger"
+    assert decide(figures(0.8 + tiny), figures(0.8), GateRules("roc_auc", 0.0)).outcome == "challenger"
+    assert decide(figures(2 / 9), figures(round(2 / 9, DECIMALS)), GateRules("roc_auc", 0.0)).outcome == "challenger"
     # one step of the compared precision is an improvement
-    assert decide(figures(0.8 + 10**-DECIMALS), figures(0.8), GateRules()).promote
+    assert decide(figures(0.8 + 10**-DECIMALS), figures(0.8), GateRules("roc_auc", 0.0)).promote
 
 
 def test_min_margin_is_respected():
-    rules = GateRules(min_margin=0.05)
+    rules = GateRules("roc_auc", min_margin=0.05)
     kept = decide(figures(0.84), figures(0.80), rules)
     assert kept.outcome == "challenger" and "by more than 0.0500" in kept.reason
     assert decide(figures(0.86), figures(0.80), rules).promote
@@ -83,7 +83,7 @@ def test_min_margin_is_respected():
 
 
 def test_another_primary_metric():
-    rules = GateRules(primary_metric="balanced_accuracy")
+    rules = GateRules(primary_metric="balanced_accuracy", min_margin=0.0)
     decision = decide(figures(0.1, balanced_accuracy=0.9), figures(0.9, balanced_accuracy=0.8), rules)
     assert decision.promote and "balanced_accuracy 0.9000" in decision.reason
 
@@ -105,4 +105,4 @@ def test_gate_scores_refuse_a_set_that_was_not_fully_scored():
 
 
 def test_a_gain_of_exactly_the_margin_is_not_more_than_it():
-    assert decide(figures(0.8), figures(0.7), GateRules(min_margin=0.1)).outcome == "challenger"
+    assert decide(figures(0.8), figures(0.7), GateRules("roc_auc", min_margin=0.1)).outcome == "challenger"

@@ -36,7 +36,8 @@ from liverlesion.contract import MASK_CYST
 from liverlesion.deid import SECRET_ENV, Pseudonymiser
 from liverlesion.imaging import load_nifti
 from liverlesion.lesions import instance_map
-from liverlesion.phantom import CohortSpec, generate_cohort
+from liverlesion.phantom import generate_cohort
+from tests.profiles import QUICK, with_changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,7 +62,7 @@ def identifying(k: int) -> dict[str, str]:
 def hospital_export(tmp_path_factory):
     """The phantom cohort as DICOM: ``<source>/patientK/ct/`` + ``seg.dcm``; and every identifying string."""
     folder = tmp_path_factory.mktemp("hospital")
-    phantom = generate_cohort(CohortSpec(**TINY_PROFILE["cohort"]), folder / "phantom", workers=2)
+    phantom = generate_cohort(with_changes(QUICK.cohort, **TINY_PROFILE["cohort"]), folder / "phantom", workers=2)
     source = folder / "export"
     secrets: set[str] = set()
     patients = []
@@ -255,7 +256,9 @@ def test_the_served_model_answers_over_http(imported_and_trained, hospital_expor
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the model server did not start:\n{server.stdout.read().decode()[-3000:]}")
+                    raise AssertionError(
+                        f"the model server did not start:\n{server.stdout.read().decode()[-3000:]}"
+                    ) from None
                 time.sleep(1)
         status, answer = _post(
             f"http://127.0.0.1:{port}/invocations",

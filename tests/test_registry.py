@@ -6,7 +6,9 @@ The models are tiny Keras networks whose figures are known by construction: ``sw
 the two output columns exchanged, so P_swap = 1 - P_A and ROC AUC_swap = 1 - AUC_A on any lesion set.
 """
 
+import base64
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,13 +24,17 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from liverlesion.config import PatchConfig
 from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases, types_by_case
-from liverlesion.phantom import CohortSpec, generate_cohort
-from liverlesion.predict import LesionPredictor, PatchSettings
+from liverlesion.phantom import generate_cohort
+from liverlesion.predict import LesionPredictor
 from liverlesion.promotion import GateRules, gate_scores
-from liverlesion_ops import registry
-from liverlesion_ops.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, GateSet, RegistryError
+from liverlesion_ops.registry import decisions, manual, registration
+from liverlesion_ops.registry import store as registry_store
+from liverlesion_ops.registry.gate import GateSet, cohort_gate_set, register_and_gate
+from liverlesion_ops.registry.store import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistryError
 from liverlesion_ops.tracking import ensure_experiment
+from tests.profiles import QUICK, with_changes
 
 NAME = "test-lesion-classifier"
 EXPERIMENT = "test-registry"
@@ -51,7 +57,7 @@ INPUT = (24, 24, 3)
 #: model A's weights: seed and scale chosen so that its probabilities spread over (0, 1) and its ROC AUC
 #: on the cohort below is under 0.5 (so swap(A) beats it) and differs between the two halves
 MODEL_SEED, WEIGHT_SCALE = 4, 0.05
-COHORT = CohortSpec(seed=3, n_patients=4, n_lesions=12, size_scale=0.4)
+COHORT = with_changes(QUICK.cohort, seed=3, n_patients=4, n_lesions=12, size_scale=0.4)
 FIRST_HALF = {"PHX-001", "PHX-002"}
 
 
@@ -122,7 +128,7 @@ def constant_model(p: float) -> keras.Model:
 
 def scores(model: keras.Model, gate: GateSet) -> dict[str, float]:
     """A model's gate figures computed here, without the registry (the expected values)."""
-    predictor = LesionPredictor(model, PatchSettings.from_profile(PROFILE), 0.5, "float32")
+    predictor = LesionPredictor(model, PatchConfig.model_validate(PROFILE["patches"]), 0.5, "float32")
     return gate_scores(gate.labels, predictor.score_cases(gate.cases, set(gate.labels.index)), 0.5)
 
 
@@ -173,7 +179,7 @@ def store(tmp_path, monkeypatch, empty_store) -> Store:
         monkeypatch.setenv(key, value)
     experiment_id = ensure_experiment(EXPERIMENT)  # artifacts under LIVERLESION_HOME (a SQLite store)
     assert Path(mlflow.get_experiment(experiment_id).artifact_location.removeprefix("file://")).is_relative_to(tmp_path)
-    yield Store(registry.client(), experiment_id, tmp_path / "state", env)
+    yield Store(registry_store.registry_client(), experiment_id, tmp_path / "state", env)
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
 
@@ -183,18 +189,20 @@ def new_run(store: Store) -> str:
     return store.client.create_run(store.experiment_id).info.run_id
 
 
-def register(store: Store, model, gate: GateSet, rules: GateRules = GateRules(), run_id: str | None = None) -> dict:
-    return registry.register_and_gate(
+def register(
+    store: Store, model, gate: GateSet, rules: GateRules = GateRules("roc_auc", 0.0), run_id: str | None = None
+) -> dict:
+    return register_and_gate(
         model, run_id or new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card", lambda: gate, rules, EXPERIMENT
     )
 
 
 def register_only(store: Store, model) -> str:
-    return registry.register_version(model, new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card").version
+    return registration.register_version(model, new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card").version
 
 
 def aliases(store: Store) -> dict[str, str]:
-    return registry.aliases(store.client, NAME)
+    return registry_store.aliases(store.client, NAME)
 
 
 def tags(store: Store, version: str) -> dict[str, str]:
@@ -230,7 +238,7 @@ def test_the_gate_decides_on_the_same_lesions_and_moves_aliases(store, cohort, e
     assert recorded(store, "1", "candidate") == pytest.approx(expected["full"], abs=1e-6)
 
     # swap(A) beats A, but not by the margin asked for: kept as challenger
-    kept = register(store, swap_a(), cohort.full, GateRules(min_margin=0.9))
+    kept = register(store, swap_a(), cohort.full, GateRules("roc_auc", min_margin=0.9))
     assert kept["decision"] == "challenger" and "by more than 0.9000" in kept["reason"]
     assert aliases(store) == {CHAMPION: "1", CHALLENGER: "2"}
     candidate, champion = recorded(store, "2", "candidate"), recorded(store, "2", "champion")
@@ -259,7 +267,7 @@ def test_the_gate_decides_on_the_same_lesions_and_moves_aliases(store, cohort, e
     assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "4"}
 
     # below a floor: refused, and no alias names it
-    refused = register(store, constant_model(0.3), cohort.full, GateRules(floors={"recall": 0.5}))
+    refused = register(store, constant_model(0.3), cohort.full, GateRules("roc_auc", 0.0, floors={"recall": 0.5}))
     assert refused["decision"] == "refused" and "recall 0.0000 < floor 0.5000" in refused["reason"]
     assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "4"}
     assert tags(store, "5")["decision"] == "refused" and versions(store) == ["1", "2", "3", "4", "5"]
@@ -297,7 +305,7 @@ def test_the_champion_is_rescored_on_the_challengers_patients(store, cohort, exp
 
 
 def test_a_pinned_evaluation_cohort_is_read_from_its_folder(store, cohort, expected):
-    pinned = registry.cohort_gate_set(cohort.folder)
+    pinned = cohort_gate_set(cohort.folder)
     assert pinned.description.startswith(f"the pinned evaluation cohort {cohort.folder}")
     assert sorted(pinned.labels.index) == sorted(cohort.full.labels.index)
     assert (pinned.labels.loc[cohort.full.labels.index] == cohort.full.labels).all()
@@ -317,8 +325,27 @@ def test_registration_is_idempotent_per_training_run(store, cohort):
     version = store.client.get_model_version(NAME, "1")
     assert version.description == "card" and version.run_id == run_id
     requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{NAME}@champion")).read_text().split()
-    assert registry.SERVING_TENSORFLOW in requirements
+    assert any(r.startswith("tensorflow==") for r in requirements)
     assert not any(r.startswith("tensorflow-cpu") for r in requirements)
+
+
+def test_the_served_model_names_its_registered_version_in_every_row(store, cohort):
+    """A client of the served model (HTTP, pyfunc) learns which version answered: it is in every row."""
+    register_only(store, model_a())
+    second = register_only(store, swap_a())
+    case = cohort.full.cases.iloc[0]
+    request = pd.DataFrame(
+        [
+            {
+                "case_id": case.case_id,
+                "image": base64.b64encode(Path(case.image_path).read_bytes()).decode(),
+                "mask": base64.b64encode(Path(case.mask_path).read_bytes()).decode(),
+            }
+        ]
+    )
+    rows = mlflow.pyfunc.load_model(f"models:/{NAME}/{second}").predict(request)
+    assert second == "2" and len(rows) >= 1
+    assert set(rows["model_version"]) == {"2"} and set(rows["model_name"]) == {NAME}
 
 
 def test_a_failing_gate_leaves_nothing_behind(store, cohort):
@@ -339,19 +366,19 @@ def test_promote_and_rollback_by_hand(store):
     for _ in range(3):
         register_only(store, model_a())
     with pytest.raises(RegistryError, match="no previous_champion to roll back to \\(champion: none\\)"):
-        registry.rollback(NAME, "nothing to roll back", EXPERIMENT)
+        manual.rollback(NAME, "nothing to roll back", EXPERIMENT)
 
-    first = registry.promote(NAME, "1", "the first one", EXPERIMENT)
+    first = manual.promote(NAME, "1", "the first one", EXPERIMENT)
     assert first["previous_champion"] is None and aliases(store) == {CHAMPION: "1"}
     with pytest.raises(RegistryError, match="no previous_champion to roll back to \\(champion: v1\\)"):
-        registry.rollback(NAME, "nothing to roll back", EXPERIMENT)
+        manual.rollback(NAME, "nothing to roll back", EXPERIMENT)
     with pytest.raises(RegistryError, match="v1 is the champion already"):
-        registry.promote(NAME, "1", "again", EXPERIMENT)
+        manual.promote(NAME, "1", "again", EXPERIMENT)
     with pytest.raises(RegistryError, match="no version 9"):
-        registry.promote(NAME, "9", "no such version", EXPERIMENT)
+        manual.promote(NAME, "9", "no such version", EXPERIMENT)
 
     reason = "validated on the March cohort"
-    result = registry.promote(NAME, "2", reason, EXPERIMENT)
+    result = manual.promote(NAME, "2", reason, EXPERIMENT)
     assert result["previous_champion"] == "1" and result["reason"] == reason
     assert aliases(store) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"} == result["aliases"]
     promoted, superseded = tags(store, "2"), tags(store, "1")
@@ -366,14 +393,14 @@ def test_promote_and_rollback_by_hand(store):
     assert runs["2"]["decision_reason"] == reason and runs["2"]["previous_champion"] == "1"
     assert runs["1"]["previous_champion"] == "none"
 
-    back = registry.rollback(NAME, "false negatives on ward 3", EXPERIMENT)
+    back = manual.rollback(NAME, "false negatives on ward 3", EXPERIMENT)
     assert back["version"] == "1" and back["rolled_back"] == "2"
     assert aliases(store) == {CHAMPION: "1", PREVIOUS_CHAMPION: "2"}
     assert tags(store, "1")["decision"] == "restored" and tags(store, "2")["decision"] == "rolled_back"
     assert tags(store, "1")["decision_reason"] == "false negatives on ward 3"
     assert tags(store, "1")["decision_job"] == "rollback" and tags(store, "1")["compared_with"] == "v2"
 
-    registry.rollback(NAME, "undo the rollback", EXPERIMENT)  # a second rollback undoes the first
+    manual.rollback(NAME, "undo the rollback", EXPERIMENT)  # a second rollback undoes the first
     assert aliases(store) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
     assert tags(store, "2")["decision"] == "restored" and tags(store, "1")["decision"] == "rolled_back"
     rollbacks = decision_runs(store, "rollback")
@@ -385,7 +412,7 @@ def test_promote_and_rollback_by_hand(store):
 
     # promoting the challenger by hand takes the challenger alias away from it
     store.client.set_registered_model_alias(NAME, CHALLENGER, "3")
-    registry.promote(NAME, "3", "the challenger after all", EXPERIMENT)
+    manual.promote(NAME, "3", "the challenger after all", EXPERIMENT)
     assert aliases(store) == {CHAMPION: "3", PREVIOUS_CHAMPION: "2"}
     assert not journal(store).exists()
 
@@ -433,10 +460,10 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(store):
     assert not journal(store).exists()
 
 
-def test_an_interrupted_decision_is_completed_by_the_next_decider(store, monkeypatch, capsys):
+def test_an_interrupted_decision_is_completed_by_the_next_decider(store, monkeypatch, caplog):
     register_only(store, model_a())
     register_only(store, model_a())
-    registry.promote(NAME, "1", "the first one", EXPERIMENT)
+    manual.promote(NAME, "1", "the first one", EXPERIMENT)
     original = MlflowClient.set_registered_model_alias
     calls = []
 
@@ -449,17 +476,16 @@ def test_an_interrupted_decision_is_completed_by_the_next_decider(store, monkeyp
     with monkeypatch.context() as patch:
         patch.setattr(MlflowClient, "set_registered_model_alias", dies_on_the_second_move)
         with pytest.raises(KeyboardInterrupt):
-            registry.promote(NAME, "2", "killed half-way", EXPERIMENT)
+            manual.promote(NAME, "2", "killed half-way", EXPERIMENT)
     assert len(calls) == 2
     assert aliases(store) == {CHAMPION: "2"}  # half moved: previous_champion is missing
     assert journal(store).exists()
     pending = json.loads(journal(store).read_text())
     assert pending["aliases"] == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
 
-    capsys.readouterr()
-    with registry.registry_lock(NAME, "x"):
+    with caplog.at_level(logging.INFO, logger="liverlesion_ops"), decisions.registry_lock(NAME, "x"):
         pass
-    assert "completed an interrupted decision" in capsys.readouterr().out
+    assert "completed an interrupted decision" in caplog.text
     assert aliases(store) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
     assert not journal(store).exists()
     assert tags(store, "2")["decision"] == "promoted" and tags(store, "1")["decision"] == "superseded"

@@ -15,6 +15,19 @@ from liverlesion.report import (
     table2,
     write_report,
 )
+from tests.profiles import QUICK
+
+
+def boot(y_true, probability, groups, **chosen):
+    """``bootstrap_metrics`` with the profile's settings, except those a test chooses."""
+    b = QUICK.evaluate.bootstrap
+    settings = {
+        "threshold": QUICK.evaluate.threshold,
+        "n_boot": b.resamples,
+        "seed": b.seed,
+        "confidence": b.confidence,
+    }
+    return bootstrap_metrics(y_true, probability, groups, **{**settings, **chosen})
 
 
 def ten_patient_cohort():
@@ -40,7 +53,7 @@ def forty_six_lesion_cohort(seed=1):
 
 def test_estimate_is_classification_metrics_on_the_full_sample():
     y_true, prob, groups = ten_patient_cohort()
-    result = bootstrap_metrics(y_true, prob, groups, n_boot=300)
+    result = boot(y_true, prob, groups, n_boot=300)
     assert list(result.columns) == ["metric", "estimate", "lower", "upper", "n_boot_valid"]
     assert tuple(result["metric"]) == METRIC_NAMES
     expected = classification_metrics(y_true, prob, threshold=0.5)
@@ -60,7 +73,7 @@ def test_estimate_is_classification_metrics_on_the_full_sample():
 
 def test_intervals_lie_in_unit_interval_and_contain_the_estimate():
     y_true, prob, groups = ten_patient_cohort()
-    result = bootstrap_metrics(y_true, prob, groups, n_boot=1000)
+    result = boot(y_true, prob, groups, n_boot=1000)
     assert ((result["lower"] >= 0) & (result["upper"] <= 1)).all()
     assert (result["lower"] <= result["estimate"]).all() and (result["estimate"] <= result["upper"]).all()
     assert (result["lower"] < result["upper"]).all()  # 10 patients: real uncertainty
@@ -69,16 +82,16 @@ def test_intervals_lie_in_unit_interval_and_contain_the_estimate():
 
 def test_wider_confidence_gives_wider_intervals():
     y_true, prob, groups = ten_patient_cohort()
-    narrow = bootstrap_metrics(y_true, prob, groups, n_boot=500, confidence=0.5)
-    wide = bootstrap_metrics(y_true, prob, groups, n_boot=500, confidence=0.95)
+    narrow = boot(y_true, prob, groups, n_boot=500, confidence=0.5)
+    wide = boot(y_true, prob, groups, n_boot=500, confidence=0.95)
     assert (wide["lower"] <= narrow["lower"]).all() and (wide["upper"] >= narrow["upper"]).all()
 
 
 def test_same_seed_same_intervals_other_seed_other_intervals():
     y_true, prob, groups = ten_patient_cohort()
-    a = bootstrap_metrics(y_true, prob, groups, n_boot=500, seed=7)
-    b = bootstrap_metrics(y_true, prob, groups, n_boot=500, seed=7)
-    c = bootstrap_metrics(y_true, prob, groups, n_boot=500, seed=8)
+    a = boot(y_true, prob, groups, n_boot=500, seed=7)
+    b = boot(y_true, prob, groups, n_boot=500, seed=7)
+    c = boot(y_true, prob, groups, n_boot=500, seed=8)
     pd.testing.assert_frame_equal(a, b)
     assert not a[["lower", "upper"]].equals(c[["lower", "upper"]])
     assert a["estimate"].equals(c["estimate"])  # the seed moves the intervals only
@@ -87,8 +100,8 @@ def test_same_seed_same_intervals_other_seed_other_intervals():
 def test_lesion_order_does_not_change_the_result():
     y_true, prob, groups = ten_patient_cohort()
     order = np.random.default_rng(0).permutation(y_true.size)
-    a = bootstrap_metrics(y_true, prob, groups, n_boot=300)
-    b = bootstrap_metrics(y_true[order], prob[order], groups[order], n_boot=300)
+    a = boot(y_true, prob, groups, n_boot=300)
+    b = boot(y_true[order], prob[order], groups[order], n_boot=300)
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -96,7 +109,7 @@ def test_one_patient_holding_every_lesion_collapses_the_interval():
     # Resampling patients can only redraw the same patient: every resample is the full sample.
     # Resampling lesions would give a wide interval here.
     y_true, prob, _ = ten_patient_cohort()
-    result = bootstrap_metrics(y_true, prob, np.full(y_true.size, "only"), n_boot=200)
+    result = boot(y_true, prob, np.full(y_true.size, "only"), n_boot=200)
     assert np.array_equal(result["lower"], result["estimate"])
     assert np.array_equal(result["upper"], result["estimate"])
     assert (result["n_boot_valid"] == 200).all()
@@ -109,7 +122,7 @@ def test_whole_patients_are_resampled_not_lesions():
     y_true = np.array([1] * 9 + [0])
     prob = np.array([0.9] * 9 + [0.9])
     groups = np.array(["A"] * 9 + ["B"])
-    result = bootstrap_metrics(y_true, prob, groups, n_boot=2000).set_index("metric")
+    result = boot(y_true, prob, groups, n_boot=2000).set_index("metric")
     assert result.loc["accuracy", "estimate"] == pytest.approx(0.9)
     assert result.loc["accuracy", "lower"] == 0.0 and result.loc["accuracy", "upper"] == 1.0
     # ROC AUC and balanced accuracy need both classes: only {A, B} resamples (about half); recall
@@ -127,7 +140,7 @@ def test_a_resample_without_cysts_says_nothing_about_specificity():
     # no cyst: its specificity is undefined, not 0, so the interval stays at the estimate, 1.
     y_true = np.array([1] * 9 + [0])
     prob = np.array([0.9] * 9 + [0.1])
-    result = bootstrap_metrics(y_true, prob, np.array(["A"] * 9 + ["B"]), n_boot=2000).set_index("metric")
+    result = boot(y_true, prob, np.array(["A"] * 9 + ["B"]), n_boot=2000).set_index("metric")
     for name in ("specificity", "recall", "balanced_accuracy", "accuracy", "roc_auc"):
         assert (result.loc[name, "lower"], result.loc[name, "estimate"], result.loc[name, "upper"]) == (1.0, 1.0, 1.0)
     assert result.loc["specificity", "n_boot_valid"] < 2000
@@ -161,7 +174,7 @@ def test_vectorised_path_equals_classification_metrics_on_materialised_resamples
 def test_2000_resamples_of_46_lesions_are_fast():
     y_true, prob, groups = forty_six_lesion_cohort()
     start = time.perf_counter()
-    result = bootstrap_metrics(y_true, prob, groups, n_boot=2000)
+    result = boot(y_true, prob, groups, n_boot=2000)
     assert time.perf_counter() - start < 2.0
     assert result.attrs["n_patients"] == 11 and result.attrs["n_lesions"] == 46
 
@@ -180,7 +193,7 @@ def test_2000_resamples_of_46_lesions_are_fast():
 )
 def test_bad_input_is_refused(kwargs):
     with pytest.raises(ValueError):
-        bootstrap_metrics(**kwargs)
+        boot(**kwargs)
 
 
 def hand_made_result(estimate=0.87, lower=0.78, upper=0.94):
@@ -223,8 +236,8 @@ def test_paper_table2_as_printed():
 def test_write_report_writes_csv_and_labelled_markdown(tmp_path):
     y_true, prob, groups = forty_six_lesion_cohort()
     results = {
-        "InceptionV3 (ImageNet)": bootstrap_metrics(y_true, prob, groups, n_boot=400),
-        "texture SVM": bootstrap_metrics(y_true, 1 - prob, groups, n_boot=400),
+        "InceptionV3 (ImageNet)": boot(y_true, prob, groups, n_boot=400),
+        "texture SVM": boot(y_true, 1 - prob, groups, n_boot=400),
     }
     paths = write_report(results, tmp_path / "report", "Test-set metrics", "Test split of the phantom cohort.")
     assert set(paths) == {"csv", "md"} and all(p.exists() for p in paths.values())

@@ -6,10 +6,9 @@ import pytest
 
 from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases
 from liverlesion.lesions import instance_map
-from liverlesion.phantom import CohortSpec, generate_cohort, generate_patient, plan_cohort
+from liverlesion.phantom import generate_cohort, generate_patient, plan_cohort
 from liverlesion.segmentation import (
     Segmentation,
-    SegmentSettings,
     assd,
     classical_segmentation,
     compare_to_reference,
@@ -19,8 +18,9 @@ from liverlesion.segmentation import (
     segmentation_summary,
 )
 from liverlesion.splitting import split_lesions, split_like_reference
+from tests.profiles import QUICK, with_changes
 
-CLASSICAL = SegmentSettings(method="classical")
+CLASSICAL = with_changes(QUICK.segment, method="classical")
 # floors for the classical method on default-size phantoms (measured: liver Dice 0.98-0.99, lesion Dice
 # 0.43-0.85 per case, every reference lesion of 0.1 mL and more found)
 LIVER_DICE_FLOOR = 0.95
@@ -88,7 +88,7 @@ def test_lesions_are_matched_found_missed_and_invented():
 
 @pytest.fixture(scope="module")
 def phantoms():
-    spec = CohortSpec(seed=2019)
+    spec = with_changes(QUICK.cohort, seed=2019)
     plans = plan_cohort(spec)
     return [generate_patient(spec, plans[i]) for i in (0, 4, 7)]
 
@@ -124,7 +124,7 @@ def test_classical_segmentation_finds_nothing_in_a_liver_without_lesions():
 
 
 def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_splits_the_same_patients(tmp_path):
-    spec = CohortSpec(seed=7, n_patients=12, n_lesions=36, size_scale=0.5)
+    spec = with_changes(QUICK.cohort, seed=7, n_patients=12, n_lesions=36, size_scale=0.5)
     cohort = generate_cohort(spec, tmp_path / "cohort", workers=2)
     auto = ingest_cases(cohort, "v", crop_margin_mm=2.0, segment=CLASSICAL, workers=2)
     reference = ingest_cases(cohort, "v", crop_margin_mm=2.0, workers=2)

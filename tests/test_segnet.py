@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from liverlesion.phantom import CohortSpec, generate_patient, plan_cohort
+from liverlesion.phantom import generate_patient, plan_cohort
 from liverlesion.segnet import Cascade, CascadeSettings, _crop_box, build_unet, train_cascade
+from tests.profiles import QUICK, with_changes
 
 # Five small phantoms, ~120 steps per net: ~25 s on 2 CPU cores. Measured on the held-out phantom
 # (TensorFlow CPU, seeds 1-5): liver Dice 0.95-0.96; lesion probability, averaged over the lesions' voxels,
@@ -15,7 +16,8 @@ from liverlesion.segnet import Cascade, CascadeSettings, _crop_box, build_unet, 
 # assert). The floors leave room for other backends and machines.
 LIVER_DICE_FLOOR = 0.85
 LESION_CONTRAST_FLOOR = 5.0
-SETTINGS = CascadeSettings(
+SETTINGS = with_changes(
+    QUICK.segmenter,
     liver_size=64,
     lesion_size=64,
     base_filters=8,
@@ -35,7 +37,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def phantoms():
-    spec = CohortSpec(seed=7, n_patients=6, n_lesions=24, size_scale=0.4)
+    spec = with_changes(QUICK.cohort, seed=7, n_patients=6, n_lesions=24, size_scale=0.4)
     return [generate_patient(spec, plan) for plan in plan_cohort(spec)]
 
 
@@ -68,15 +70,15 @@ def test_settings_json_round_trip_and_validation():
     restored = CascadeSettings.from_dict(json.loads(json.dumps(SETTINGS.as_dict())))
     assert restored == SETTINGS and isinstance(restored.hu_window, tuple)
     with pytest.raises(ValueError, match="multiple of 2"):
-        CascadeSettings(liver_size=100, depth=3)
+        with_changes(QUICK.segmenter, liver_size=100, depth=3)
     with pytest.raises(ValueError, match="hu_window"):
-        CascadeSettings(hu_window=(200.0, -100.0))
+        with_changes(QUICK.segmenter, hu_window=(200.0, -100.0))
     with pytest.raises(ValueError, match="crop_jitter"):
-        CascadeSettings(crop_margin=2, crop_jitter=5)
+        with_changes(QUICK.segmenter, crop_margin=2, crop_jitter=5)
 
 
 def test_crop_box_adds_margin_keeps_a_minimum_side_and_stays_inside_the_slice():
-    settings = CascadeSettings(crop_margin=3, crop_jitter=2, min_crop=10)
+    settings = with_changes(QUICK.segmenter, crop_margin=3, crop_jitter=2, min_crop=10)
     liver = np.zeros((40, 30), bool)
     liver[10:25, 5:20] = True
     assert _crop_box(liver, settings) == (7, 28, 2, 23)
@@ -140,7 +142,8 @@ def test_save_load_round_trip_gives_identical_probabilities(trained, held_out, t
 
 
 def test_training_is_repeatable_with_the_same_seed(phantoms):
-    settings = CascadeSettings(
+    settings = with_changes(
+        QUICK.segmenter,
         liver_size=32,
         lesion_size=32,
         base_filters=4,

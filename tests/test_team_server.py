@@ -1,4 +1,4 @@
-"""The team MLflow server (``infra/mlflow/team_server.py``) and the pipeline through it: the embedded
+"""The team MLflow server (``liverlesion server``) and the pipeline through it: the embedded
 PostgreSQL, ``mlflow server`` with proxied artifacts and basic authentication, real HTTP, no mocks.
 
 One server (module fixture, free port, tmp folder) with three users: alice and carol (editors), bob
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from integration_support import REPO, cli, make_project
+from integration_support import cli, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-SCRIPT = REPO / "infra" / "mlflow" / "team_server.py"
+LIVERLESION = str(Path(sys.executable).with_name("liverlesion"))
 ADMIN_PASSWORD = f"admin-{secrets.token_hex(8)}"
 USERS = {"alice": "editor", "carol": "editor", "bob": "reader"}
 PASSWORDS = {user: f"{user}-{secrets.token_hex(8)}" for user in USERS}
@@ -37,8 +37,14 @@ FAILURE_BOUND_S = 60
 
 
 def script(data: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``liverlesion server ARGS --data DATA`` (outside any project: the data folder is named)."""
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--data", str(data)], env=env, capture_output=True, text=True, timeout=300
+        [LIVERLESION, "server", *args, "--data", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=data.parent,
     )
 
 
@@ -144,7 +150,7 @@ HOLDER = """
 import sys, time
 from liverlesion_ops.environment import configure_environment
 configure_environment()
-from liverlesion_ops.registry import registry_lock
+from liverlesion_ops.registry.decisions import registry_lock
 with registry_lock(sys.argv[1], "a decider that will be killed"):
     print("held", flush=True)
     time.sleep(600)
@@ -211,23 +217,27 @@ def test_the_pipeline_runs_through_the_server_with_credentials(team, project, fi
     assert cards, "the model's artifacts are in the server's artifact store"
     assert not (root / "state" / "mlflow" / "artifacts").exists()
 
-    listed = cli(root, as_user(env, team, "bob"), "models", "--name", MODEL)  # a reader reads
-    assert '"champion"' in listed.stdout
+    listed = cli(root, as_user(env, team, "bob"), "models", "--model", MODEL, "--json")  # a reader reads
+    assert json.loads(listed.stdout)["versions"][0]["aliases"] == ["champion"]
 
 
 def test_two_promotions_racing_through_the_server_leave_one_consistent_champion(team, project, first_run, tmp_path):
     root, env = project
     with client_as(team, "alice", PASSWORDS["alice"]) as client:
         v1 = client.get_model_version(MODEL, "1")
-        for _ in range(2):  # two more versions of the same artefact, to promote
-            client.create_model_version(
-                MODEL,
-                v1.source,
-                v1.run_id,
-                tags={"data_version": v1.tags["data_version"]},
-                model_id=v1.model_id or v1.source.removeprefix("models:/"),
-                await_creation_for=0,
+        created = [  # two more versions of the same artefact, to promote
+            str(
+                client.create_model_version(
+                    MODEL,
+                    v1.source,
+                    v1.run_id,
+                    tags={"data_version": v1.tags["data_version"]},
+                    model_id=v1.model_id or v1.source.removeprefix("models:/"),
+                    await_creation_for=0,
+                ).version
             )
+            for _ in range(2)
+        ]
     before = aliases(team)["champion"]
     # three machines: each has its own state folder, so its own file lock; only the store's lock is shared.
     # The first takes the registry lock and is killed while it holds it; the other two race for it.
@@ -240,13 +250,12 @@ def test_two_promotions_racing_through_the_server_leave_one_consistent_champion(
     )
     assert holder.stdout.readline().strip() == "held"
     racers = {
-        "2": as_user(env, team, "alice", home=tmp_path / "machine-a"),
-        "3": as_user(env, team, "carol", home=tmp_path / "machine-b"),
+        created[0]: as_user(env, team, "alice", home=tmp_path / "machine-a"),
+        created[1]: as_user(env, team, "carol", home=tmp_path / "machine-b"),
     }
-    command = str(Path(sys.executable).with_name("liverlesion"))
     processes = {
         version: subprocess.Popen(
-            [command, "promote", version, "--reason", f"race {version}", "--model", MODEL, "--json"],
+            [LIVERLESION, "promote", version, "--reason", f"race {version}", "--model", MODEL, "--json"],
             cwd=root,
             env=racer,
             stdout=subprocess.PIPE,
@@ -255,18 +264,20 @@ def test_two_promotions_racing_through_the_server_leave_one_consistent_champion(
         )
         for version, racer in racers.items()
     }
-    time.sleep(8)  # both are waiting for the lock by now (a command starts in ~5 s)
+    # proven by the lock, not by a clock: each racer says when it found the lock held and began to wait
+    waited = {version: waiting_for_the_lock(process) for version, process in processes.items()}
     assert all(process.poll() is None for process in processes.values())  # held: neither has decided
     holder.kill()
     holder.wait()
     outputs = {version: process.communicate(timeout=300) for version, process in processes.items()}
+    outputs = {version: (out, waited[version] + err) for version, (out, err) in outputs.items()}
     for version, process in processes.items():
         assert process.returncode == 0, outputs[version]
-    results = {version: json.loads(out[out.index("{") :]) for version, (out, _) in outputs.items()}
+    results = {version: json.loads(out) for version, (out, _) in outputs.items()}  # JSON alone on standard output
 
     now = aliases(team)
     winner = now["champion"]
-    first = {"2": "3", "3": "2"}[winner]
+    first = {created[0]: created[1], created[1]: created[0]}[winner]
     assert now == {"champion": winner, "previous_champion": first}
     # serialised: the first saw the old champion, the second saw the first
     assert results[first]["previous_champion"] == before and results[winner]["previous_champion"] == first
@@ -274,8 +285,21 @@ def test_two_promotions_racing_through_the_server_leave_one_consistent_champion(
     assert tags[winner]["decision"] == "promoted" and tags[first]["decision"] == "superseded"
     assert tags[before]["decision"] == "superseded"
     assert not lock_exists(team)
-    broke = [out for out, _ in outputs.values() if "broke the registry lock of tiny-liver-lesion" in out]
+    broke = [err for _, err in outputs.values() if "broke the registry lock of tiny-liver-lesion" in err]
     assert len(broke) == 1 and "its process has ended" in broke[0]
+
+
+def waiting_for_the_lock(process: subprocess.Popen, timeout: float = 120) -> str:
+    """Read a racer's standard error until it says it waits for the registry lock; what it said until then."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:  # it ended before waiting: its output says why
+            pytest.fail("a racer ended before it waited for the lock:\n" + "".join(seen))
+        seen.append(line)
+        if "waiting for the registry lock of" in line:
+            return "".join(seen)
+    pytest.fail("a racer never waited for the lock:\n" + "".join(seen))
 
 
 def test_a_reader_cannot_move_an_alias(team, project, first_run):
@@ -299,7 +323,7 @@ def test_a_reader_cannot_move_an_alias(team, project, first_run):
 def test_a_wrong_password_is_one_line_naming_the_server_and_what_to_set(team, project):
     root, env = project
     wrong = as_user(env, team, "alice", password="not-alices-password")
-    for args in (("models", "--name", MODEL), ("run", "--profile", "tiny")):
+    for args in (("models", "--model", MODEL), ("run", "--profile", "tiny")):
         started = time.perf_counter()
         done = cli(root, wrong, *args, check=False)
         assert done.returncode == 4, (args, done.stderr)
@@ -308,7 +332,7 @@ def test_a_wrong_password_is_one_line_naming_the_server_and_what_to_set(team, pr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
         assert time.perf_counter() - started < 60  # refused before any work
     anonymous = {k: v for k, v in wrong.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    done = cli(root, anonymous, "models", "--name", MODEL, check=False)
+    done = cli(root, anonymous, "models", "--model", MODEL, check=False)
     assert done.returncode == 4 and "none were given" in done.stderr
 
 
@@ -319,6 +343,7 @@ def test_a_server_gone_while_registering_fails_in_bounded_time_and_leaves_nothin
     team, project, first_run
 ):
     root, env = project
+    champion = aliases(team)["champion"]
     name = "tiny-gone"  # only `register` runs again (its settings changed): the rest is cached
     run = subprocess.Popen(
         [
@@ -369,7 +394,7 @@ def test_a_server_gone_while_registering_fails_in_bounded_time_and_leaves_nothin
     assert refused.returncode == 2 and f"no version {version}" in refused.stderr
     assert f"removed the abandoned incomplete registration(s) v{version} of {name}" in refused.stdout
     assert versions(team, name) == {} and not lock_exists(team, name)
-    assert aliases(team)["champion"] in ("2", "3")  # the other model untouched
+    assert aliases(team)["champion"] == champion  # the other model untouched
 
 
 def versions_seen(team: Team, name: str) -> bool:

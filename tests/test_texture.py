@@ -6,10 +6,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from liverlesion.ingestion import ingest_cases, segment_cases
-from liverlesion.phantom import CohortSpec, generate_cohort
+from liverlesion.phantom import generate_cohort
 from liverlesion.texture import (
-    C_GRID,
-    GAMMA_GRID,
     GLCM_ANGLES,
     GLCM_DISTANCES,
     GLCM_PROPERTIES,
@@ -21,6 +19,10 @@ from liverlesion.texture import (
     quantise,
     texture_features,
 )
+from tests.profiles import QUICK, with_changes
+
+C_GRID, GAMMA_GRID = QUICK.compare.svm_c_grid, QUICK.compare.svm_gamma_grid
+THRESHOLD = QUICK.evaluate.threshold
 
 SHAPE = (32, 32, 16)
 UNIFORM_GLCM = {
@@ -160,7 +162,7 @@ def clouds(n, seed, shift=2.5, n_features=6):
 
 def test_svm_separates_clouds_and_chooses_from_the_grid():
     (xt, yt), (xv, yv), (xs, ys) = clouds(60, 1), clouds(40, 2), clouds(200, 3)
-    model = TextureSVM().fit(xt, yt, xv, yv, seed=2019)
+    model = TextureSVM(C_GRID, GAMMA_GRID).fit(xt, yt, xv, yv, seed=2019, threshold=THRESHOLD)
     proba = model.predict_proba(xs)
     assert proba.shape == (200,) and ((proba >= 0) & (proba <= 1)).all()
     assert roc_auc_score(ys, proba) > 0.95
@@ -178,8 +180,8 @@ def test_svm_separates_clouds_and_chooses_from_the_grid():
 def test_svm_is_deterministic_for_a_seed():
     (xt, yt), (xv, yv), (xs, _) = clouds(40, 4, shift=1.0), clouds(30, 5, shift=1.0), clouds(50, 6, shift=1.0)
     small = {"c_grid": (1.0, 10.0), "gamma_grid": (0.01, 0.1)}
-    a = TextureSVM(**small).fit(xt, yt, xv, yv, seed=7)
-    b = TextureSVM(**small).fit(xt, yt, xv, yv, seed=7)
+    a = TextureSVM(**small).fit(xt, yt, xv, yv, seed=7, threshold=THRESHOLD)
+    b = TextureSVM(**small).fit(xt, yt, xv, yv, seed=7, threshold=THRESHOLD)
     assert a.chosen == b.chosen
     pd.testing.assert_frame_equal(a.grid_scores, b.grid_scores)
     np.testing.assert_array_equal(a.predict_proba(xs), b.predict_proba(xs))
@@ -198,9 +200,9 @@ def test_ties_on_auc_are_broken_by_accuracy_then_grid_order():
 def test_svm_needs_both_classes_and_a_fit():
     x, y = clouds(20, 0)
     with pytest.raises(ValueError, match="both classes"):
-        TextureSVM().fit(x, y, x, np.zeros_like(y))
+        TextureSVM(C_GRID, GAMMA_GRID).fit(x, y, x, np.zeros_like(y), seed=1, threshold=THRESHOLD)
     with pytest.raises(RuntimeError, match="before fit"):
-        TextureSVM().predict_proba(x)
+        TextureSVM(C_GRID, GAMMA_GRID).predict_proba(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +211,8 @@ def test_svm_needs_both_classes_and_a_fit():
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     out = generate_cohort(
-        CohortSpec(seed=3, n_patients=3, n_lesions=7, size_scale=0.4), tmp_path_factory.mktemp("tex") / "data"
+        with_changes(QUICK.cohort, seed=3, n_patients=3, n_lesions=7, size_scale=0.4),
+        tmp_path_factory.mktemp("tex") / "data",
     )
     ingested = ingest_cases(out, "v")
     return ingested.cases, segment_cases(ingested.cases, ingested.crops), ingested.crops

@@ -6,7 +6,6 @@ locked test dependency. torch is not (uv would fetch a CUDA build of several GB)
 only where torch is installed (a CPU build: ``pip install torch --index-url https://download.pytorch.org/whl/cpu``).
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,8 @@ import pytest
 
 from liverlesion.config import load_profile
 from liverlesion.patchset import export_patches
-from tests.test_patchset import tiny_split
+from tests.profiles import CONFIGS
+from tests.support import backend_or_skip, tiny_split, without
 
 REPO = Path(__file__).resolve().parents[1]
 #: what the GPU machines lack (the other Keras backend is blocked as well, so each run uses only its own)
@@ -25,35 +25,12 @@ BLOCKED = ("tensorflow", "zenml", "mlflow")
 OTHER_BACKEND = {"jax": "torch", "torch": "jax"}
 
 
-def without(tmp_path: Path, modules: tuple[str, ...]) -> Path:
-    """A folder of stand-in packages that raise ImportError when imported, to put first on PYTHONPATH.
-
-    Unlike an import hook that raises from ``find_spec``, this leaves probing alone: torch asks
-    ``importlib.util.find_spec("tensorflow")`` while importing and only an ``import`` must fail.
-    """
-    folder = tmp_path / "blocked"
-    for name in modules:
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
-    return folder
-
-
-def backend_or_skip(backend: str) -> None:
-    if importlib.util.find_spec(backend) is None:
-        reason = (
-            "JAX is a test dependency (requirements.lock); install it"
-            if backend == "jax"
-            else "torch is not a locked dependency (a CUDA build of several GB); install a CPU build"
-        )
-        pytest.skip(f"{reason} to test bench/train_gpu.py under KERAS_BACKEND={backend}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend):
     backend_or_skip(backend)
     patches, index, manifest = tiny_split(n=16)
-    paper = load_profile("paper")  # what `liverlesion export --profile paper` writes with the patches
+    paper = load_profile("paper", CONFIGS)  # what `liverlesion export --profile paper` writes with the patches
     export = export_patches(
         tmp_path / "tiny.npz",
         patches,
@@ -124,10 +101,11 @@ def test_on_jax_the_augmented_train_step_is_compiled_not_eager():
     script = (
         "import keras\n"
         "from liverlesion.model import build_model\n"
-        "from liverlesion.protocol import Protocol\n"
         "from liverlesion.training import compile_for_training, training_model\n"
-        "model = build_model((75, 75, 3))\n"
-        "trainable = compile_for_training(training_model(model, Protocol(augment=True)), Protocol(augment=True))\n"
+        "from tests.profiles import profile\n"
+        "t = profile('paper').train  # augmented, a constant rate\n"
+        "model = build_model((75, 75, 3), t.backbone, None, t.dense_units, t.dropout, t.bn_momentum)\n"
+        "trainable = compile_for_training(training_model(model, t.protocol()), t.protocol())\n"
         "print(keras.backend.backend(), trainable.jit_compile)\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

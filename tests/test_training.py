@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from liverlesion.config import TrainConfig, load_profile
-from liverlesion.inference import with_precision
+from liverlesion.precision import with_precision
 from liverlesion.protocol import resolve_training_precision
 from liverlesion.training import (
     Protocol,
@@ -15,11 +15,33 @@ from liverlesion.training import (
     protocol_callbacks,
     train_classifier,
 )
+from tests.profiles import CONFIGS, QUICK, with_changes
+
+#: a plain run, the protocols below change: no augmentation, a constant rate, the paper's epoch choice
+PLAIN = Protocol(
+    epochs=103,
+    batch_size=8,
+    learning_rate=1e-3,
+    lr_patience=None,
+    lr_factor=0.5,
+    min_lr=1e-10,
+    early_stopping_patience=None,
+    augment=False,
+    rotation_deg=30.0,
+    shift_px=25,
+    flips=True,
+    label_smoothing=0.0,
+    seed=2019,
+    monitor="val_accuracy",
+    tie_break="first",
+    lr_schedule="constant",
+    full_batches=False,
+)
 
 
 def paper_protocol() -> Protocol:
     """The paper's protocol as the ``paper`` profile writes it (its one definition)."""
-    return load_profile("paper").train.protocol()
+    return load_profile("paper", CONFIGS).train.protocol()
 
 
 def tiny_model(shape=(8, 8, 3)):
@@ -39,20 +61,21 @@ def stuck_data(n=16, shape=(8, 8, 3)):
 
 
 def test_paper_protocol_values():
-    """Section 3.3 of the paper, as the paper profile gives it (over the quick profile it extends)."""
+    """Section 3.3 of the paper, as the paper profile gives it (over base.yaml, which quick extends too)."""
     p = paper_protocol()
     assert (p.epochs, p.batch_size, p.learning_rate) == (103, 8, 1e-3)
     assert (p.lr_patience, p.lr_factor, p.min_lr, p.early_stopping_patience) == (10, 0.5, 1e-10, 50)
     assert p.augment and p.rotation_deg == 30 and p.shift_px == 25 and p.flips
     assert (p.monitor, p.lr_schedule) == ("val_accuracy", "constant")
-    train = load_profile("paper").train
+    train = load_profile("paper", CONFIGS).train
     assert (train.backend, train.precision, train.weights) == ("jax", "auto", "imagenet")
 
 
-def test_train_settings_default_to_the_protocols_defaults():
-    """One definition: TrainConfig's protocol fields take Protocol's defaults, and give a Protocol back."""
-    assert TrainConfig().protocol() == Protocol()
-    assert TrainConfig(epochs=3, monitor="val_loss").protocol() == Protocol(epochs=3, monitor="val_loss")
+def test_train_settings_give_the_protocol_of_their_values():
+    """TrainConfig's protocol fields are the Protocol's, and give a Protocol back with the profile's values."""
+    changed = with_changes(QUICK.train, epochs=3, monitor="val_accuracy")
+    assert isinstance(changed, TrainConfig)
+    assert changed.protocol() == with_changes(QUICK.train.protocol(), epochs=3, monitor="val_accuracy")
 
 
 def test_training_precision_auto_is_mixed_only_on_an_accelerator():
@@ -73,7 +96,7 @@ def test_mixed_precision_training_returns_a_float32_model_with_the_kept_weights(
             inputs, keras.layers.Dense(2, activation="softmax", name="softmax", dtype="float32")(hidden)
         )
         assert model.layers[2].compute_dtype == "bfloat16"
-        train_classifier(model, x, y, xv, yv, Protocol(epochs=2, batch_size=8), verbose=0)
+        train_classifier(model, x, y, xv, yv, with_changes(PLAIN, epochs=2, batch_size=8), verbose=0)
     assert keras.config.dtype_policy().name == "float32"  # the policy is put back for the next steps
     plain = with_precision(model, "float32")
     assert {layer.compute_dtype for layer in plain.layers[1:]} == {"float32"}
@@ -84,7 +107,9 @@ def test_mixed_precision_training_returns_a_float32_model_with_the_kept_weights(
 
 def test_learning_rate_halves_after_patience_epochs_without_improvement():
     x, y, xv, yv = stuck_data()
-    protocol = Protocol(epochs=9, batch_size=8, learning_rate=1e-3, lr_patience=2, early_stopping_patience=None)
+    protocol = with_changes(
+        PLAIN, epochs=9, batch_size=8, learning_rate=1e-3, lr_patience=2, early_stopping_patience=None
+    )
     history = train_classifier(tiny_model(), x, y, xv, yv, protocol, verbose=0)
     # val accuracy never improves after epoch 1: after 2 more epochs the rate is halved, and again
     # after every 2 further epochs without improvement
@@ -93,7 +118,7 @@ def test_learning_rate_halves_after_patience_epochs_without_improvement():
 
 def test_learning_rate_stops_at_its_floor():
     x, y, xv, yv = stuck_data()
-    protocol = Protocol(epochs=8, batch_size=8, learning_rate=1e-3, lr_patience=1, min_lr=4e-4)
+    protocol = with_changes(PLAIN, epochs=8, batch_size=8, learning_rate=1e-3, lr_patience=1, min_lr=4e-4)
     history = train_classifier(tiny_model(), x, y, xv, yv, protocol, verbose=0)
     assert min(history["learning_rate"]) == pytest.approx(4e-4)
 
@@ -107,7 +132,7 @@ def test_early_stopping_after_patience_epochs_restores_the_best_weights():
         def on_epoch_end(self, epoch, logs=None):
             recorded.append([w.copy() for w in self.model.get_weights()])
 
-    protocol = Protocol(epochs=50, batch_size=8, early_stopping_patience=3)
+    protocol = with_changes(PLAIN, epochs=50, batch_size=8, early_stopping_patience=3)
     callbacks = protocol_callbacks(protocol) + [Snapshot()]
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy", metrics=["accuracy"])
     model.fit(
@@ -126,7 +151,7 @@ def test_early_stopping_after_patience_epochs_restores_the_best_weights():
 
 def test_without_early_stopping_every_epoch_runs():
     x, y, xv, yv = stuck_data()
-    history = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=6, batch_size=8), verbose=0)
+    history = train_classifier(tiny_model(), x, y, xv, yv, with_changes(PLAIN, epochs=6, batch_size=8), verbose=0)
     assert len(history["loss"]) == 6
 
 
@@ -142,7 +167,7 @@ def test_augmentation_ranges_and_identity_at_inference():
 
     image = np.zeros((1, 100, 100, 3), "float32")
     image[0, 50, 50] = 1.0
-    aug = augmentation((100, 100, 3), Protocol(rotation_deg=0.0, shift_px=10, flips=False))
+    aug = augmentation((100, 100, 3), with_changes(PLAIN, rotation_deg=0.0, shift_px=10, flips=False))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(image, training=False)), image)
     moved = [np.argwhere(keras.ops.convert_to_numpy(aug(image, training=True))[0, ..., 0] > 0.25) for _ in range(20)]
     offsets = np.concatenate([m - 50 for m in moved if len(m)])
@@ -153,7 +178,15 @@ def test_augmented_training_leaves_the_plain_model():
     x, y, xv, yv = stuck_data(shape=(16, 16, 3))
     model = tiny_model((16, 16, 3))
     before = [w.copy() for w in model.get_weights()]
-    train_classifier(model, x, y, xv, yv, Protocol(epochs=2, batch_size=8, augment=True, shift_px=2), verbose=0)
+    train_classifier(
+        model,
+        x,
+        y,
+        xv,
+        yv,
+        with_changes(PLAIN, epochs=2, batch_size=8, augment=True, shift_px=2),
+        verbose=0,
+    )
     assert [layer.__class__.__name__ for layer in model.layers][0] == "InputLayer"
     assert "augmentation" not in [layer.name for layer in model.layers]
     assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
@@ -161,9 +194,15 @@ def test_augmented_training_leaves_the_plain_model():
 
 def test_label_smoothing_changes_the_loss():
     x, y, xv, yv = stuck_data()
-    plain = train_classifier(tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1), verbose=0)
+    plain = train_classifier(tiny_model(), x, y, xv, yv, with_changes(PLAIN, epochs=1, batch_size=8, seed=1), verbose=0)
     smooth = train_classifier(
-        tiny_model(), x, y, xv, yv, Protocol(epochs=1, batch_size=8, seed=1, label_smoothing=0.2), verbose=0
+        tiny_model(),
+        x,
+        y,
+        xv,
+        yv,
+        with_changes(PLAIN, epochs=1, batch_size=8, seed=1, label_smoothing=0.2),
+        verbose=0,
     )
     assert smooth["loss"][0] != pytest.approx(plain["loss"][0])
 
@@ -184,7 +223,13 @@ def test_same_seed_same_weights():
         keras.utils.set_random_seed(11)
         model = conv_model()
         train_classifier(
-            model, x, y, x[:8], y[:8], Protocol(epochs=3, batch_size=8, seed=11, augment=True, shift_px=2), verbose=0
+            model,
+            x,
+            y,
+            x[:8],
+            y[:8],
+            with_changes(PLAIN, epochs=3, batch_size=8, seed=11, augment=True, shift_px=2),
+            verbose=0,
         )
         runs.append(model.get_weights())
     for a, b in zip(*runs):
@@ -211,9 +256,9 @@ def test_the_best_epoch_breaks_ties_as_asked_and_never_picks_nan():
     assert best_epoch(accuracy, "max", "first") == 1 and best_epoch(accuracy, "max", "last") == 3
     loss = [1.5, 0.39, float("nan"), 0.39, 0.5]
     assert best_epoch(loss, "min", "first") == 1 and best_epoch(loss, "min", "last") == 3
-    assert best_epoch([float("nan"), 0.2], "min") == 1 and best_epoch([float("nan")] * 3, "max") == 2
+    assert best_epoch([float("nan"), 0.2], "min", "first") == 1 and best_epoch([float("nan")] * 3, "max", "first") == 2
     with pytest.raises(ValueError, match="no epoch"):
-        best_epoch([], "max")
+        best_epoch([], "max", "first")
 
 
 def test_a_tie_goes_to_the_later_epoch_and_its_weights_are_kept():
@@ -225,7 +270,7 @@ def test_a_tie_goes_to_the_later_epoch_and_its_weights_are_kept():
         recorded = []
 
         class Snapshot(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
+            def on_epoch_end(self, epoch, logs=None, recorded=recorded):
                 recorded.append([w.copy() for w in self.model.get_weights()])
 
         history = train_classifier(
@@ -234,7 +279,7 @@ def test_a_tie_goes_to_the_later_epoch_and_its_weights_are_kept():
             y,
             xv,
             yv,
-            Protocol(epochs=4, batch_size=8, tie_break=tie_break, learning_rate=1e-2),
+            with_changes(PLAIN, epochs=4, batch_size=8, tie_break=tie_break, learning_rate=1e-2),
             verbose=0,
             extra_callbacks=[Snapshot()],
         )
@@ -260,7 +305,7 @@ def test_choosing_by_validation_loss_keeps_the_lowest_loss_epoch():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(32, 8, 8, 3)).astype("float32"), rng.integers(0, 2, 32)
     xv, yv = rng.normal(size=(16, 8, 8, 3)).astype("float32"), rng.integers(0, 2, 16)
-    protocol = Protocol(epochs=6, batch_size=8, monitor="val_loss", tie_break="last", learning_rate=5e-2)
+    protocol = with_changes(PLAIN, epochs=6, batch_size=8, monitor="val_loss", tie_break="last", learning_rate=5e-2)
     model, snapshots = tiny_model(), Snapshots()
     history = train_classifier(model, x, y, xv, yv, protocol, verbose=0, extra_callbacks=[snapshots])
     kept = int(np.argmin(history["val_loss"]))
@@ -278,7 +323,7 @@ def test_the_cosine_schedule_decays_the_rate_to_zero_over_the_run():
         y,
         xv,
         yv,
-        Protocol(epochs=4, batch_size=8, lr_schedule="cosine", learning_rate=1e-2),
+        with_changes(PLAIN, epochs=4, batch_size=8, lr_schedule="cosine", learning_rate=1e-2),
         verbose=0,
         extra_callbacks=[snapshots],
     )
@@ -288,8 +333,8 @@ def test_the_cosine_schedule_decays_the_rate_to_zero_over_the_run():
 
 def test_a_cosine_schedule_cannot_also_be_cut_on_a_plateau():
     with pytest.raises(ValueError, match="cosine"):
-        Protocol(lr_schedule="cosine", lr_patience=10)
+        with_changes(PLAIN, lr_schedule="cosine", lr_patience=10)
     with pytest.raises(ValueError, match="lr_patience"):
         TrainConfig(lr_schedule="cosine", lr_patience=10)
     with pytest.raises(ValueError, match="monitor"):
-        Protocol(monitor="val_auc")
+        with_changes(PLAIN, monitor="val_auc")

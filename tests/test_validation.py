@@ -14,18 +14,18 @@ import pandas as pd
 import pytest
 
 from liverlesion.contract import CASE_COLUMNS, LESION_COLUMNS, PATCH_INDEX_COLUMNS
-from liverlesion.validation import (
+from liverlesion_ops.validation import (
     DataValidationError,
     Failure,
     ValidationReport,
-    ValidationRules,
     patch_statistics,
     raise_for_report,
     validate_tables,
 )
+from tests.profiles import QUICK, with_changes
 
 PATCH_SHAPE = (16, 12)
-RULES = ValidationRules(patch_shape=PATCH_SHAPE)
+RULES = QUICK.validation
 
 
 def make_patches(n: int, shape: tuple[int, int] = PATCH_SHAPE, seed: int = 0) -> np.ndarray:
@@ -110,9 +110,9 @@ def tables():
 
 @pytest.fixture(scope="module")
 def valid_report(tables) -> ValidationReport:
-    validate_tables(*tables, rules=RULES)  # the first call pays for importing GX (~5 s)
+    validate_tables(*tables, rules=RULES, patch_shape=PATCH_SHAPE)  # the first call pays for importing GX (~5 s)
     start = time.perf_counter()
-    report = validate_tables(*tables, rules=RULES)
+    report = validate_tables(*tables, rules=RULES, patch_shape=PATCH_SHAPE)
     print(f"validate_tables on 6 lesions: {time.perf_counter() - start:.2f} s")
     return report
 
@@ -249,7 +249,7 @@ def test_report_is_json_safe(valid_report):
 @pytest.mark.parametrize(("breaker", "table", "column", "expectation"), BREAKS, ids=[b[0].__name__ for b in BREAKS])
 def test_each_break_is_named(tables, breaker, table, column, expectation):
     *broken, rules = breaker(*copies(tables), RULES)
-    report = validate_tables(*broken, rules=rules)
+    report = validate_tables(*broken, rules=rules, patch_shape=PATCH_SHAPE)
 
     assert not report.success
     named = [f for f in report.failures if f.table == table and f.column == column]
@@ -269,7 +269,7 @@ def test_each_break_is_named(tables, breaker, table, column, expectation):
 def test_offending_values_and_rows_are_quoted(tables):
     c, l, i, p = copies(tables)
     l.loc[3, "volume_ml"] = 9999.0
-    report = validate_tables(c, l, i, p, rules=RULES)
+    report = validate_tables(c, l, i, p, rules=RULES, patch_shape=PATCH_SHAPE)
     (failure,) = report.failures
     assert (failure.table, failure.column) == ("lesions", "volume_ml")
     assert "9999" in failure.details and l.loc[3, "lesion_id"] in failure.details and "1 of 6" in failure.details
@@ -282,7 +282,7 @@ def test_several_problems_are_all_reported(tables):
     c, l, i, p, _ = unknown_case_id(c, l, i, p, RULES)
     c, l, i, p, _ = wrong_patch_shape(c, l, i, p, RULES)
     c, l, i, p, _ = nan_in_patch(c, l, i, p, RULES)
-    report = validate_tables(c, l, i, p, rules=RULES)
+    report = validate_tables(c, l, i, p, rules=RULES, patch_shape=PATCH_SHAPE)
 
     where = {(f.table, f.column) for f in report.failures}
     expected = {
@@ -301,8 +301,8 @@ def test_several_problems_are_all_reported(tables):
 
 
 def test_rules_thresholds_are_applied(tables):
-    strict = ValidationRules(patch_shape=PATCH_SHAPE, max_lesion_volume_ml=0.185, min_lesions=7)
-    report = validate_tables(*copies(tables), rules=strict)
+    strict = with_changes(QUICK.validation, max_lesion_volume_ml=0.185, min_lesions=7)
+    report = validate_tables(*copies(tables), rules=strict, patch_shape=PATCH_SHAPE)
     where = {(f.table, f.column, f.expectation) for f in report.failures}
     assert ("lesions", "volume_ml", "expect_column_values_to_be_between") in where
     assert ("lesions", None, "expect_table_row_count_to_be_between") in where
@@ -344,11 +344,11 @@ def test_patch_statistics_rejects_a_3d_tensor():
 
 def test_rules_reject_typos_and_inconsistent_thresholds():
     with pytest.raises(ValueError, match="extra"):
-        ValidationRules(min_metastasis_fractoin=0.2)
+        with_changes(QUICK.validation, min_metastasis_fractoin=0.2)
     with pytest.raises(ValueError, match="min_metastasis_fraction"):
-        ValidationRules(min_metastasis_fraction=0.8, max_metastasis_fraction=0.7)
+        with_changes(QUICK.validation, min_metastasis_fraction=0.8, max_metastasis_fraction=0.7)
     with pytest.raises(ValueError, match="spacing_range_mm"):
-        ValidationRules(spacing_range_mm=(5.0, 1.0))
+        with_changes(QUICK.validation, spacing_range_mm=(5.0, 1.0))
     with pytest.raises(ValueError):
         RULES.min_lesions = 3  # frozen
 
@@ -369,11 +369,11 @@ def test_import_is_lazy_and_gx_is_quiet():
         f"""
         import logging, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import liverlesion.validation as v
+        import liverlesion_ops.validation as v
         assert "great_expectations" not in sys.modules
         logging.basicConfig(level=logging.DEBUG, format="LOG %(name)s %(message)s")
-        from test_validation import make_tables
-        assert v.validate_tables(*make_tables()).success
+        from test_validation import PATCH_SHAPE, QUICK, make_tables
+        assert v.validate_tables(*make_tables(), rules=QUICK.validation, patch_shape=PATCH_SHAPE).success
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

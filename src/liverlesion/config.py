@@ -1,7 +1,10 @@
-"""Run profiles: one YAML per profile in ``configs/``, keyed by pipeline step, validated on load.
+"""Run profiles: one YAML per profile, keyed by pipeline step, validated on load into typed sections.
 
-A profile may say ``extends: <other profile>`` and then hold only its differences (merged key by
-key). Unknown keys and wrong types are errors that name the key, never silent defaults.
+A profile is the one home of every value a run depends on. The sections below say each setting's
+type, bounds and meaning, and hold no value: ``configs/base.yaml`` holds the values every profile
+shares, and a profile (``quick``, ``paper``) says ``extends: base`` and holds only its differences
+(merged key by key). A setting missing from the merged profile, an unknown key and a wrong type are
+errors that name the key, never silent defaults.
 """
 
 from __future__ import annotations
@@ -14,13 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from liverlesion.contract import SVM_C_GRID as C_GRID
-from liverlesion.contract import SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.phantom import CohortSpec
 from liverlesion.protocol import MONITORS, TRAINING_PRECISIONS, Protocol
 from liverlesion.segmentation import SegmentSettings
 from liverlesion.segnet import CascadeSettings
-from liverlesion.validation import ValidationRules
 from liverlesion.zoo import TABLE2_MODELS, model_entry
 
 
@@ -28,92 +28,105 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ValidationRules(_Section):
+    """``validation``: the thresholds of the data contract; everything else in it is fixed by the pipeline (the
+    patch shape the tensor must have is the profile's patch size, ``PatchConfig.size``)."""
+
+    min_metastasis_fraction: float = Field(ge=0, le=1, description="lowest share of metastases in the cohort")
+    max_metastasis_fraction: float = Field(ge=0, le=1, description="highest share of metastases in the cohort")
+    spacing_range_mm: tuple[float, float] = Field(description="voxel sizes a CT may have")
+    hu_range: tuple[float, float] = Field(description="CT numbers a CT may hold")
+    max_lesion_volume_ml: float = Field(gt=0, description="larger than any liver: a mask or spacing error")
+    min_lesions: int = Field(ge=1, description="a split needs one lesion of each class at least")
+    standardisation_tolerance: float = Field(gt=0, description="on |mean| and |std - 1| of each patch channel")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ValidationRules:
+        if not self.min_metastasis_fraction <= self.max_metastasis_fraction:
+            raise ValueError(
+                "need min_metastasis_fraction <= max_metastasis_fraction, got "
+                f"{self.min_metastasis_fraction} and {self.max_metastasis_fraction}"
+            )
+        for name in ("spacing_range_mm", "hu_range"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"{name}: the lower bound {lo} must be below the upper bound {hi}")
+        return self
+
+
 class IngestConfig(_Section):
     """``ingest``: what a case that breaks the data contract does to the run."""
 
     on_bad_case: Literal["stop", "quarantine"] = Field(
-        "stop",
         description="stop: the run stops before training, naming every bad case; quarantine: bad cases "
         "are set aside, listed in the run's quarantine report, and the run goes on",
     )
 
 
 class PatchConfig(_Section):
-    """``extract_patches``: the paper's three orthogonal patches."""
+    """``patches``: the paper's three orthogonal patches (``liverlesion.patches``)."""
 
-    margin_mm: float = Field(4.0, ge=0, description="added around the lesion bounding box on each side")
-    square_pixels: bool = Field(True, description="reformat planes in true proportions (False: raw voxel grid)")
-    canvas: tuple[int, int] = Field((252, 210), description="padded size (rows, cols), the paper's 252x210")
-    output_size: tuple[int, int] | None = Field(None, description="network input (rows, cols); None = canvas")
+    margin_mm: float = Field(ge=0, description="added around the lesion bounding box on each side")
+    square_pixels: bool = Field(description="reformat planes in true proportions (false: the raw voxel grid)")
+    canvas: tuple[int, int] = Field(description="padded size (rows, cols); the paper's is 252x210")
+    output_size: tuple[int, int] | None = Field(description="network input (rows, cols); null: the canvas")
 
     @property
     def size(self) -> tuple[int, int]:
+        """The patch size the network sees (and validation expects)."""
         return tuple(self.output_size or self.canvas)
 
 
 class SplitConfig(_Section):
     """``split``: patient-level, label-stratified, seeded."""
 
-    seed: int = 2019
-    val_fraction: float = Field(0.2, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-
-
-_P = Protocol  # the training protocol's defaults are written once, in liverlesion.protocol
+    seed: int
+    val_fraction: float = Field(gt=0, lt=0.5)
+    test_fraction: float = Field(gt=0, lt=0.5)
 
 
 class TrainConfig(_Section):
-    """``train``: a backbone + the paper's head (FC-512, Dropout 0.4, FC-512, Dropout 0.4, softmax), the
-    training protocol (``protocol.Protocol``'s fields, with its defaults), and where it computes."""
+    """``train``: a backbone + the paper's head (FC, dropout, FC, dropout, softmax), the training protocol
+    (``protocol.Protocol``'s fields), and where it computes."""
 
-    backbone: Literal["inception_v3", "inception_resnet_v2"] = "inception_v3"
-    weights: str | None = Field(None, description="None (random init, offline), 'imagenet' or a weights file path")
-    dense_units: int = Field(512, ge=1)
-    dropout: float = Field(0.4, ge=0, lt=1)
-    bn_momentum: float | None = Field(
-        None, gt=0, lt=1, description="batch-norm moving-average momentum; None = Keras's 0.99"
-    )
+    backbone: Literal["inception_v3", "inception_resnet_v2"]
+    weights: str | None = Field(description="null (random init, offline), 'imagenet' or a weights file path")
+    dense_units: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    bn_momentum: float | None = Field(gt=0, lt=1, description="batch-norm moving-average momentum; null: Keras's 0.99")
     backend: Literal["tensorflow", "jax", "torch"] | None = Field(
-        None,
-        description="the Keras backend the run loads (sets KERAS_BACKEND); None: KERAS_BACKEND or Keras's "
+        description="the Keras backend the run loads (sets KERAS_BACKEND); null: KERAS_BACKEND or Keras's "
         "default, TensorFlow. jax with the jax-cuda extra trains on a GPU",
     )
     precision: Literal[TRAINING_PRECISIONS] = Field(
-        "float32",
         description="float32, mixed_float16 or mixed_bfloat16 (Keras mixed precision: float32 weights), "
         "or auto: mixed_bfloat16 on an accelerator, float32 on a CPU. The registered model "
         "is float32 whatever it was trained in",
     )
-    epochs: int = Field(_P.epochs, ge=1)
-    batch_size: int = Field(_P.batch_size, ge=1)
-    learning_rate: float = Field(_P.learning_rate, gt=0)
-    lr_patience: int | None = Field(
-        _P.lr_patience, ge=1, description="epochs without val-accuracy gain before the rate is cut"
-    )
-    lr_factor: float = Field(_P.lr_factor, gt=0, lt=1)
-    min_lr: float = Field(_P.min_lr, ge=0)
-    early_stopping_patience: int | None = Field(
-        _P.early_stopping_patience, ge=1, description="None: no early stop (best weights kept)"
-    )
-    augment: bool = _P.augment
-    rotation_deg: float = Field(_P.rotation_deg, ge=0, le=180)
-    shift_px: int = Field(_P.shift_px, ge=0)
-    flips: bool = _P.flips
-    label_smoothing: float = Field(_P.label_smoothing, ge=0, lt=1)
-    seed: int = _P.seed
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    lr_patience: int | None = Field(ge=1, description="epochs without a better monitor value before the rate is cut")
+    lr_factor: float = Field(gt=0, lt=1)
+    min_lr: float = Field(ge=0)
+    early_stopping_patience: int | None = Field(ge=1, description="null: no early stop (best weights kept)")
+    augment: bool
+    rotation_deg: float = Field(ge=0, le=180)
+    shift_px: int = Field(ge=0)
+    flips: bool
+    label_smoothing: float = Field(ge=0, lt=1)
+    seed: int
     monitor: Literal[MONITORS] = Field(
-        _P.monitor,
         description="what chooses the kept epoch, cuts the rate and stops early (the paper: "
         "val_accuracy, which on a few dozen validation lesions often ties)",
     )
     tie_break: Literal["first", "last"] = Field(
-        _P.tie_break, description="among epochs that tie on the monitor, keep the first (Keras, the paper) or the last"
+        description="among epochs that tie on the monitor, keep the first (Keras, the paper) or the last"
     )
     lr_schedule: Literal["constant", "cosine"] = Field(
-        _P.lr_schedule, description="constant (cut only by lr_patience) or a cosine decay to 0 over the epochs"
+        description="constant (cut only by lr_patience) or a cosine decay to 0 over the epochs"
     )
     full_batches: bool = Field(
-        _P.full_batches,
         description="top the train set up to whole batches, validate in one batch (one compiled step on JAX)",
     )
 
@@ -123,8 +136,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _one_rate_policy(self) -> TrainConfig:
-        if self.lr_schedule == "cosine" and self.lr_patience is not None:
-            raise ValueError("lr_schedule cosine sets the rate of every step: set lr_patience to null")
+        self.protocol()  # its own checks (one rate policy, a known monitor), in the profile's words
         return self
 
 
@@ -136,14 +148,12 @@ class CompareConfig(_Section):
     per backbone) or else from the Keras cache, ``$KERAS_HOME/models/``.
     """
 
-    models: tuple[str, ...] = Field(
-        tuple(TABLE2_MODELS), min_length=1, description="keys of liverlesion.zoo.TABLE2_MODELS"
-    )
+    models: tuple[str, ...] = Field(min_length=1, description="keys of liverlesion.zoo.TABLE2_MODELS")
     imagenet_weights: dict[Literal["inception_v3", "inception_resnet_v2"], str] = Field(
-        default_factory=dict, description="backbone -> weights file (no top); default: the Keras cache"
+        description="backbone -> weights file (no top); {}: the Keras cache"
     )
-    svm_c_grid: tuple[float, ...] = Field(C_GRID, min_length=1)
-    svm_gamma_grid: tuple[float, ...] = Field(GAMMA_GRID, min_length=1)
+    svm_c_grid: tuple[float, ...] = Field(min_length=1, description="the texture SVM's C values, tried on validation")
+    svm_gamma_grid: tuple[float, ...] = Field(min_length=1, description="its RBF gamma values")
 
     @field_validator("models")
     @classmethod
@@ -173,16 +183,24 @@ class CompareConfig(_Section):
         return "ImageNet weights from the Keras cache" if weights == "imagenet" else f"initial weights from {weights}"
 
 
+class BootstrapConfig(_Section):
+    """``evaluate.bootstrap``: the patient-level percentile intervals of every reported metric."""
+
+    resamples: int = Field(ge=100, description="resamples of the test patients")
+    confidence: float = Field(gt=0, lt=1, description="coverage of the two-sided interval")
+    seed: int
+
+
 class EvaluateConfig(_Section):
-    threshold: float = Field(
-        0.5, gt=0, lt=1, description="metastasis probability above which a lesion is called metastasis"
-    )
+    """``evaluate``: how the held-out lesions are scored, and the decision threshold every answer uses."""
+
+    threshold: float = Field(gt=0, lt=1, description="P(metastasis) at or above which a lesion is called metastasis")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto",
         description="scoring: float32 as trained, or the CPU fast path (BN folded, bfloat16; "
-        "liverlesion.inference), which gave the same metrics on the default test split; "
+        "liverlesion.precision), which gave the same metrics on the default test split; "
         "auto: the fast path where the CPU has bfloat16 units, else float32",
     )
+    bootstrap: BootstrapConfig
 
 
 Metric = Literal["accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"]
@@ -196,14 +214,12 @@ class GateConfig(_Section):
     every floor, then beat the champion's ``primary_metric`` by more than ``min_margin``.
     """
 
-    primary_metric: Metric = "roc_auc"
-    min_margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by more than this")
+    primary_metric: Metric
+    min_margin: float = Field(ge=0, lt=1, description="the challenger must beat the champion by more than this")
     floors: dict[Metric, float] = Field(
-        default_factory=dict,
         description="metric -> lowest value a champion may have (recall is the sensitivity to metastases)",
     )
     evaluation_cohort: str | None = Field(
-        None,
         description="a pinned cohort folder (cases.csv + lesion_types.csv) "
         "both models are scored on, instead of the test split",
     )
@@ -218,15 +234,15 @@ class GateConfig(_Section):
 
 
 class RegisterConfig(_Section):
-    """``register``: the MLflow registered model and its promotion gate."""
+    """``register``: the MLflow registered model, its experiment and its promotion gate."""
 
-    model_name: str = "liver-lesion-classifier"
-    gate: GateConfig = GateConfig()
-    experiment: str = "liver-lesion-classification"
+    model_name: str = Field(description="the registered model (what predict, serving and the registry commands name)")
+    experiment: str = Field(description="the MLflow experiment of training, evaluation and decision runs")
+    gate: GateConfig
 
 
 #: the profile sections a trained model depends on (its fingerprint); the others (name, description,
-#: register, compare) change where a model is filed or what is compared, not the model
+#: register, compare, the segmenter's) change where a model is filed or what is compared, not the model
 TRAINING_SECTIONS = ("cohort", "ingest", "segment", "patches", "validation", "split", "train", "evaluate")
 
 
@@ -235,29 +251,22 @@ warnings.filterwarnings("ignore", message='Field name "register" in "Profile" sh
 
 
 class Profile(_Section):
-    """A whole pipeline run profile."""
+    """A whole pipeline run profile: every value a run depends on."""
 
     name: str
-    description: str = ""
-    cohort: CohortSpec = CohortSpec()
-    ingest: IngestConfig = IngestConfig()
-    segment: SegmentSettings = SegmentSettings()
-    segmenter: CascadeSettings = CascadeSettings()  # the learned cascade (`liverlesion train-segmenter`)
-    segment_experiment: str = "liver-lesion-segmentation"
-    patches: PatchConfig = PatchConfig()
-    validation: ValidationRules = ValidationRules()
-    split: SplitConfig = SplitConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    register: RegisterConfig = RegisterConfig()
-    compare: CompareConfig = CompareConfig()
-
-    @model_validator(mode="after")
-    def _patch_shape_follows_patches(self) -> Profile:
-        shape = self.validation.patch_shape
-        if shape is not None and tuple(shape) != self.patches.size:
-            raise ValueError(f"validation.patch_shape {tuple(shape)} differs from the patch size {self.patches.size}")
-        return self
+    description: str = ""  # what the profile is for, in words (not a setting: a profile need not say it)
+    cohort: CohortSpec
+    ingest: IngestConfig
+    segment: SegmentSettings
+    segmenter: CascadeSettings  # the learned cascade (`liverlesion train-segmenter`)
+    segment_experiment: str  # the MLflow experiment of its training runs
+    patches: PatchConfig
+    validation: ValidationRules
+    split: SplitConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    register: RegisterConfig = Field(...)  # required: a bare annotation would take ABCMeta.register as its default
+    compare: CompareConfig
 
     def validation_rules(self) -> ValidationRules:
         """The rules ``validate`` applies to this profile's lesions.
@@ -278,12 +287,6 @@ class Profile(_Section):
 
 class ConfigError(ValueError):
     """A profile that cannot be loaded; the message names the file and the key."""
-
-
-def configs_dir() -> Path:
-    from liverlesion.paths import project_root
-
-    return project_root() / "configs"
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -317,11 +320,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _deep_merge(base, raw)
 
 
-def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:
+def load_profile(name_or_path: str | Path, configs: Path, overrides: dict[str, Any] | None = None) -> Profile:
     """Load and validate a run profile.
 
     Args:
-        name_or_path: a profile name in ``configs/`` (``quick``, ``paper``) or a YAML path.
+        name_or_path: a profile name in ``configs`` (``quick``, ``paper``) or a YAML path.
+        configs: the folder of the project's profiles (``configs/``).
         overrides: nested settings merged over the file (e.g. from the command line or a test).
 
     Raises:
@@ -330,7 +334,7 @@ def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = No
     """
     path = Path(name_or_path)
     if path.suffix not in {".yaml", ".yml"}:
-        path = configs_dir() / f"{name_or_path}.yaml"
+        path = Path(configs) / f"{name_or_path}.yaml"
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
         raise ConfigError(f"no profile {str(name_or_path)!r} ({path}); available: {', '.join(available) or 'none'}")

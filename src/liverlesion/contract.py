@@ -98,12 +98,3 @@ def lesion_id(case_id: str, instance: int) -> str:
 
 class ContractError(ValueError):
     """Input that breaks the data contract; the message names the case (or file) and the problem."""
-
-
-#: the texture baseline's RBF-SVM hyper-parameter grids (the paper's Table 2 SVM row), from most to
-#: least regularised; small because the validation split is small (tens of lesions) and a large grid
-#: would over-fit it. Features are standardised first, so gamma = 1 / n_features (~0.07 for 15
-#: features) lies inside the gamma grid. Here, not in ``texture``, so that the configuration reads
-#: them without importing scikit-learn.
-SVM_C_GRID = (0.1, 1.0, 10.0, 100.0)
-SVM_GAMMA_GRID = (0.001, 0.01, 0.1, 1.0)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from liverlesion.config import BootstrapConfig
 from liverlesion.metrics import best_threshold_accuracy, fitted_threshold_accuracy, plot_confusion_matrix
 from liverlesion.report import bootstrap_metrics, plot_roc_curves, write_report
 
@@ -32,7 +33,8 @@ def evaluate_test_set(
     probability: np.ndarray,
     manifest: pd.DataFrame,
     lesions: pd.DataFrame,
-    threshold: float = 0.5,
+    threshold: float,
+    bootstrap: BootstrapConfig,
 ) -> TestEvaluation:
     """Per-lesion predictions, the 7 metrics with intervals, and the mean-HU baselines.
 
@@ -51,7 +53,13 @@ def evaluate_test_set(
     )
     predictions = predictions.merge(lesions[["lesion_id", "patient_key", "volume_ml", "mean_hu"]], on="lesion_id")
     intervals = bootstrap_metrics(
-        predictions["label"], predictions["p_metastasis"], predictions["patient_key"].to_numpy(), threshold
+        predictions["label"],
+        predictions["p_metastasis"],
+        predictions["patient_key"].to_numpy(),
+        threshold,
+        bootstrap.resamples,
+        bootstrap.seed,
+        bootstrap.confidence,
     )
     train = manifest[manifest["set"] == "train"].merge(lesions[["lesion_id", "mean_hu"]], on="lesion_id")
     fitted, _ = fitted_threshold_accuracy(
@@ -64,7 +72,8 @@ def evaluate_test_set(
 def write_comparison(
     predictions: Mapping[str, pd.DataFrame],
     out_dir: Path,
-    threshold: float = 0.5,
+    threshold: float,
+    bootstrap: BootstrapConfig,
     title: str = "Table 2 on this cohort",
     cohort_note: str = "",
     model_notes: Mapping[str, str] | None = None,
@@ -99,7 +108,15 @@ def write_comparison(
         for name, table in predictions.items()
     }
     intervals = {
-        name: bootstrap_metrics(t["label"], t["p_metastasis"], t["patient_key"].to_numpy(), threshold)
+        name: bootstrap_metrics(
+            t["label"],
+            t["p_metastasis"],
+            t["patient_key"].to_numpy(),
+            threshold,
+            bootstrap.resamples,
+            bootstrap.seed,
+            bootstrap.confidence,
+        )
         for name, t in by_model.items()
     }
     note = cohort_note or (

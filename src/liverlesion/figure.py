@@ -362,8 +362,8 @@ def lesion_map_figure(
     instances: np.ndarray,
     results: pd.DataFrame,
     out: Path,
+    threshold: float,
     title: str = "",
-    threshold: float = 0.5,
 ) -> Path:
     """Draw the colour-coded lesion map of one CT volume as a PNG (the paper's Figure 5).
 

@@ -221,7 +221,8 @@ def scan_manifest(
     types: dict[str, dict[int, str]] | None = None,
     default_type: str | None = None,
 ) -> list[SourceCase]:
-    """A biobank's manifest CSV: ``patient_id, case, image, mask`` [``mask_encoding``], NIfTI paths relative to ``root``.
+    """A biobank's manifest CSV: ``patient_id, case, image, mask`` [``mask_encoding``], NIfTI paths relative to
+    ``root``.
 
     Raises:
         ContractError: missing columns, a case listed twice, a path outside the root.

@@ -1,4 +1,4 @@
-"""Cohort ingestion, the one pass that reads the CTs, and the per-lesion work of ``segment`` and ``extract_patches``.
+"""Cohort ingestion, the one pass that reads the CTs, and the per-lesion work of ``segment``.
 
 The cohort folder follows ``liverlesion.contract``: ``cases.csv`` (``patient_key, case_id, image,
 mask`` and optionally ``mask_encoding``), one CT per case as NIfTI in Hounsfield units, one lesion
@@ -15,7 +15,7 @@ Each CT and mask is decompressed once, here: while a case is in memory it is che
 if the run asks for automatic segmentation (``liverlesion.segmentation``, measured against the
 reference masks at the same time), its lesions are numbered and each lesion's box is cut
 (``liverlesion.crops``) with the largest margin a later step needs. ``segment_cases`` and
-``extract_cohort_patches`` are pure functions of those crops.
+``liverlesion.patches.extract_cohort_patches`` are pure functions of those crops.
 Cases are read by worker processes, one per core.
 """
 
@@ -24,9 +24,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +40,12 @@ from liverlesion.contract import (
     LESION_TYPES_COLUMNS,
     LESION_TYPES_FILE,
     MASK_ENCODINGS,
-    PATCH_INDEX_COLUMNS,
     ContractError,
 )
 from liverlesion.crops import LesionCrop, LesionCrops, cut_crops
 from liverlesion.imaging import check_hu, load_nifti
-from liverlesion.lesions import bounding_box, crop_rows, instance_map, lesion_labels
-from liverlesion.patches import lesion_patches
+from liverlesion.lesions import crop_rows, instance_map, lesion_labels
+from liverlesion.progress import Progress, report_progress
 from liverlesion.segmentation import (
     SEGMENTATION_CASE_COLUMNS,
     SEGMENTATION_LESION_COLUMNS,
@@ -57,7 +55,6 @@ from liverlesion.segmentation import (
     load_cascade,
 )
 
-Progress = Callable[[int, int, str], None] | None
 QUARANTINE_COLUMNS = ("case_id", "patient_key", "problem")
 
 
@@ -73,11 +70,6 @@ class Ingested:
     crops: LesionCrops  # every lesion of the cases that passed, cut with the asked margin
     segmentation_cases: pd.DataFrame  # segmentation.SEGMENTATION_CASE_COLUMNS (empty for reference masks)
     segmentation_lesions: pd.DataFrame  # segmentation.SEGMENTATION_LESION_COLUMNS (empty for reference masks)
-
-
-def _report(progress: Progress, i: int, n: int, case_id: str) -> None:
-    if progress is not None:
-        progress(i, n, case_id)
 
 
 def contained_path(root: Path, relative: str, what: str) -> Path:
@@ -189,7 +181,7 @@ def _check_case(
     types: dict[int, str],
     data_version: str,
     crop_margin_mm: float,
-    segment: SegmentSettings,
+    segment: SegmentSettings | None,
     cascade_dir: str | None,
 ) -> tuple[dict, list[LesionCrop], dict | None, list[dict]]:
     """Read one case, check it against the contract, segment it if asked, and cut its lesions' crops.
@@ -236,7 +228,7 @@ def _check_case(
         "hu_max": float(hu.max()),
         "data_version": data_version,
     }
-    if not segment.automatic:
+    if segment is None or not segment.automatic:
         return row, cut_crops(hu, instances, described, meta.spacing, str(case_id), crop_margin_mm), None, []
     liver = _read_on_grid(liver_path, meta, where, "liver mask") != 0 if liver_path else None
     started = time.perf_counter()
@@ -299,8 +291,7 @@ def ingest_cases(
     table = read_case_table(data_dir)
     types = read_lesion_types(data_dir, set(table["case_id"]))
     cases = table.to_dict("records")
-    segment = segment or SegmentSettings()
-    if segment.method == "learned" and cascade_dir is None:
+    if segment is not None and segment.method == "learned" and cascade_dir is None:
         raise ValueError("segment method learned needs the cascade's folder (cascade_dir)")
     jobs = [
         (data_dir, case, types.get(case["case_id"], {}), data_version, crop_margin_mm, segment, cascade_dir)
@@ -319,7 +310,7 @@ def ingest_cases(
                 if result[2] is not None:
                     measured.append(result[2])
                 outcomes.extend(result[3])
-            _report(progress, i, len(cases), str(case["case_id"]))
+            report_progress(progress, i, len(cases), str(case["case_id"]))
 
     if workers <= 1:
         collect(map(_check_case_job, jobs))
@@ -339,7 +330,7 @@ def ingest_cases(
         pd.DataFrame(rows, columns=list(CASE_COLUMNS)),
         pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS)),
         pd.DataFrame(problems, columns=list(QUARANTINE_COLUMNS)),
-        LesionCrops(crops, crop_margin_mm, source=segment.method),
+        LesionCrops(crops, crop_margin_mm, source=segment.method if segment is not None else "reference"),
         pd.DataFrame(measured, columns=list(SEGMENTATION_CASE_COLUMNS)),
         pd.DataFrame(outcomes, columns=list(SEGMENTATION_LESION_COLUMNS)),
     )
@@ -377,7 +368,7 @@ def segment_cases(
         described = [{"instance": c.instance, "label": c.mask_label} for c in found]
         labels = lesion_labels(described, types.get(case.case_id, {}), case.case_id)
         tables.append(crop_rows(found, case.patient_key, labels))
-        _report(progress, i, len(cases), case.case_id)
+        report_progress(progress, i, len(cases), case.case_id)
     table = pd.concat(tables, ignore_index=True)[list(LESION_COLUMNS)]
     table["label"] = table["label"].astype("Int64")
     return table
@@ -389,103 +380,3 @@ def labelled_lesions(lesions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     labelled = lesions[known].reset_index(drop=True)
     labelled = labelled.astype({"label": np.int64})
     return labelled, lesions[~known].reset_index(drop=True)
-
-
-def crop_patches(
-    crops: list[LesionCrop],
-    margin_mm: float,
-    canvas: tuple[int, int],
-    output_size: tuple[int, int] | None,
-    square_pixels: bool = True,
-) -> tuple[np.ndarray, list[dict]]:
-    """The three orthogonal patches of each crop, in order: the one preprocessing path.
-
-    ``extract_patches`` (training, evaluation) and ``predict`` both cut patches here, so a lesion
-    gets the same patches whichever way it comes in. A crop holds the lesion's box plus at least
-    ``margin_mm`` (clipped at the volume's edge), so the patch geometry finds there what it would
-    find in the whole volume; positions are given in the volume's voxels.
-
-    Returns:
-        ``(patches (n, rows, cols, 3) float32, patch-index rows without "row")``.
-    """
-    size = tuple(output_size or canvas)
-    stacks = np.zeros((len(crops), *size, 3), dtype=np.float32)
-    rows = []
-    for k, crop in enumerate(crops):
-        lo = crop.origin
-        stack, info = lesion_patches(crop.image, crop.mask, crop.spacing, margin_mm, canvas, output_size, square_pixels)
-        info = replace(
-            info,
-            main_slice=info.main_slice + lo[info.main_axis],
-            center_0=info.center_0 + lo[0],
-            center_1=info.center_1 + lo[1],
-            center_2=info.center_2 + lo[2],
-        )
-        stacks[k] = stack
-        rows.append({"lesion_id": crop.lesion_id, **info.as_row()})
-    return stacks, rows
-
-
-def case_patches(
-    image: np.ndarray,
-    instances: np.ndarray,
-    spacing: tuple[float, float, float],
-    lesions: pd.DataFrame,
-    margin_mm: float,
-    canvas: tuple[int, int],
-    output_size: tuple[int, int] | None,
-    square_pixels: bool = True,
-) -> tuple[np.ndarray, list[dict]]:
-    """The three orthogonal patches of each lesion of one whole case, in the order of ``lesions`` (``crop_patches``)."""
-    case_id = str(lesions["case_id"].iloc[0]) if len(lesions) else ""
-    described = [
-        {"instance": int(r.instance), "label": None, "box": bounding_box(r._asdict())}
-        for r in lesions.itertuples(index=False)
-    ]
-    return crop_patches(
-        cut_crops(image, instances, described, spacing, case_id, margin_mm),
-        margin_mm,
-        canvas,
-        output_size,
-        square_pixels,
-    )
-
-
-def extract_cohort_patches(
-    lesions: pd.DataFrame,
-    crops: LesionCrops,
-    margin_mm: float,
-    canvas: tuple[int, int],
-    output_size: tuple[int, int] | None,
-    square_pixels: bool = True,
-    progress: Progress = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Three orthogonal patches for every lesion, in lesion-table order, from the ingested crops.
-
-    Returns:
-        ``patches`` (N, rows, cols, 3) float32 and the patch index (``lesion_id``, ``row`` and how
-        each stack was cut).
-
-    Raises:
-        ValueError: the crops were cut with less margin than the patches need (re-run ingest).
-    """
-    if crops.margin_mm < margin_mm:
-        raise ValueError(
-            f"the crops keep {crops.margin_mm} mm around each lesion, the patches need {margin_mm} mm: "
-            "ingest with crop_margin_mm at least the patch margin"
-        )
-    lesions = lesions.reset_index(drop=True)
-    size = tuple(output_size or canvas)
-    patches = np.zeros((len(lesions), *size, 3), dtype=np.float32)
-    index_rows = []
-    by_case = list(lesions.groupby("case_id", sort=False))
-    for i, (case_id, group) in enumerate(by_case, start=1):
-        stacks, rows = crop_patches(
-            [crops[lid] for lid in group["lesion_id"]], margin_mm, canvas, output_size, square_pixels
-        )
-        for row_number, stack, row in zip(group.index, stacks, rows):
-            patches[row_number] = stack
-            index_rows.append({"row": row_number, **row})
-        _report(progress, i, len(by_case), str(case_id))
-    index = pd.DataFrame(index_rows, columns=list(PATCH_INDEX_COLUMNS)).sort_values("row").reset_index(drop=True)
-    return patches, index

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,12 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-#: the code a trained model depends on: the domain package, the steps and pipelines, the served model,
-#: and the locked dependencies (not the command line, the docs or the tests)
-CODE_GLOBS = ("src/liverlesion/**/*.py", "steps/*.py", "pipelines/*.py", "serving/*.py", "requirements.lock")
-
-
-def code_version(root: Path) -> str:
-    """A SHA-256 over the paths and bytes of the training code (``CODE_GLOBS``) under ``root``: the
-    same for any checkout of the same code, committed or not (``code-<16 hex>``)."""
+def code_version(files: Iterable[tuple[str, Path]]) -> str:
+    """A SHA-256 over the names and bytes of the training code (``(name, path)`` pairs; the caller says which
+    files are training code): the same for any copy of the same code, committed or not (``code-<16 hex>``)."""
     digest = hashlib.sha256()
-    files = sorted({path for pattern in CODE_GLOBS for path in Path(root).glob(pattern) if path.is_file()})
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, path in sorted(files):
+        digest.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
     return "code-" + digest.hexdigest()[:16]
 
 

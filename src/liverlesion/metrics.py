@@ -62,7 +62,7 @@ def metrics_from_counts(tp, fp, fn, tn, undefined: float = 0.0) -> dict[str, np.
     }
 
 
-def classification_metrics(y_true, probability, threshold: float = 0.5, undefined: float = 0.0) -> dict[str, float]:
+def classification_metrics(y_true, probability, threshold: float, undefined: float = 0.0) -> dict[str, float]:
     """The seven metrics of the paper's Table 2 for metastasis probabilities.
 
     Args:
@@ -77,8 +77,14 @@ def classification_metrics(y_true, probability, threshold: float = 0.5, undefine
     probability = np.asarray(probability, dtype=float)
     c = confusion_counts(y_true, (probability >= threshold).astype(int))
     values = {k: float(v) for k, v in metrics_from_counts(c.tp, c.fp, c.fn, c.tn, undefined).items()}
-    values["roc_auc"] = float(roc_auc_score(y_true, probability)) if len(set(y_true)) == 2 else float("nan")
+    values["roc_auc"] = roc_auc(y_true, probability)
     return {name: values[name] for name in METRIC_NAMES}
+
+
+def roc_auc(y_true, probability) -> float:
+    """The area under the ROC curve (no threshold); NaN with a single class present."""
+    y_true = np.asarray(y_true).astype(int)
+    return float(roc_auc_score(y_true, np.asarray(probability, dtype=float))) if len(set(y_true)) == 2 else float("nan")
 
 
 def best_threshold_accuracy(

@@ -70,7 +70,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_weights(weights: str | None, backbone: str = "inception_v3") -> str | None:
+def resolve_weights(weights: str | None, backbone: str) -> str | None:
     """Turn the configured ``weights`` into a weights file path (or ``None``), offline.
 
     ``None`` is random initialisation (NPW). ``"imagenet"`` (IPW) is the file Keras would otherwise
@@ -106,24 +106,26 @@ def resolve_weights(weights: str | None, backbone: str = "inception_v3") -> str 
 
 def build_model(
     input_shape: tuple[int, int, int],
-    weights: str | None = None,
-    dense_units: int = 512,
-    dropout: float = 0.4,
+    backbone: str,
+    weights: str | None,
+    dense_units: int,
+    dropout: float,
+    bn_momentum: float | None,
     n_classes: int = 2,
     name: str | None = None,
-    bn_momentum: float | None = None,
-    backbone: str = "inception_v3",
 ) -> keras.Model:
     """Backbone (no top) -> GAP -> [Dense(relu) -> Dropout] x2 -> Dense softmax (float32).
 
     Args:
         input_shape: (rows, cols, 3); each side at least 75 pixels.
+        backbone: a key of ``BACKBONES``.
         weights: see ``resolve_weights``.
+        dense_units, dropout: the head's two FC layers and the dropout after each (the paper: 512, 0.4).
         name: the model's name; default ``inceptionv3_fc512`` / ``inceptionresnetv2_fc512``.
         bn_momentum: momentum of the backbone's batch-normalisation moving statistics (Keras:
             0.99). A short run from scratch (a few hundred steps) needs less, e.g. 0.9, or its
             moving statistics stay far from the data and inference collapses to one class.
-        backbone: a key of ``BACKBONES``.
+        n_classes: the softmax's width (cyst, metastasis).
     """
     spec = _backbone(backbone)
     rows, cols, channels = input_shape

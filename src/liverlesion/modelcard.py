@@ -228,19 +228,17 @@ def _head(dense_units: int, dropout: float) -> str:
 
 def _training(train: dict, profile: dict) -> dict[str, Any]:
     epochs = train.get("epochs")
-    monitor = {"val_loss": "validation-loss", "val_accuracy": "validation-accuracy"}[
-        train.get("monitor", "val_accuracy")
-    ]
+    monitor = {"val_loss": "validation-loss", "val_accuracy": "validation-accuracy"}[train["monitor"]]
     kept = (
         f"the epoch with the {'lowest validation loss' if monitor == 'validation-loss' else 'best validation accuracy'}"
-        f" kept (of equal ones the {train.get('tie_break', 'first')})"
+        f" kept (of equal ones the {train['tie_break']})"
     )
     if train.get("lr_schedule") == "cosine":
-        schedule = f"cosine decay from {train.get('learning_rate'):g} to 0 over the {epochs} epochs"
+        schedule = f"cosine decay from {train['learning_rate']:g} to 0 over the {epochs} epochs"
     elif train.get("lr_patience"):
         schedule = (
-            f"x{train.get('lr_factor', 0.5):g} after {train['lr_patience']} epochs without a {monitor} "
-            f"gain, down to {train.get('min_lr', 0):g}"
+            f"x{train['lr_factor']:g} after {train['lr_patience']} epochs without a {monitor} "
+            f"gain, down to {train['min_lr']:g}"
         )
     else:
         schedule = "constant"
@@ -249,9 +247,8 @@ def _training(train: dict, profile: dict) -> dict[str, Any]:
     else:
         stopping = f"none: all {epochs} epochs run, {kept}"
     if train.get("augment"):
-        augmentation = (
-            f"random rotation up to {train.get('rotation_deg', 0):g} deg, shift up to "
-            f"{train.get('shift_px', 0)} px" + (", horizontal and vertical flips" if train.get("flips") else "")
+        augmentation = f"random rotation up to {train['rotation_deg']:g} deg, shift up to {train['shift_px']} px" + (
+            ", horizontal and vertical flips" if train.get("flips") else ""
         )
     else:
         augmentation = "none"
@@ -288,10 +285,11 @@ def _evaluation(
         "set": "test",
         "lesions": test.get("lesions"),
         "patients": test.get("patients"),
-        "interval": "95% percentile bootstrap over patients",
+        "interval": f"{evaluate['bootstrap']['confidence']:.0%} percentile bootstrap over patients "
+        f"({evaluate['bootstrap']['resamples']} resamples)",
         "precision": precision,
         "precision_setting": evaluate.get("precision"),
-        "threshold": evaluate.get("threshold", 0.5),
+        "threshold": evaluate["threshold"],
         "metrics": rows,
     }
 
@@ -299,7 +297,8 @@ def _evaluation(
 def _limitations(cohort: dict, split: dict, evaluation: dict, lesions_from: str = "reference") -> list[str]:
     items = [
         "Two classes only: every lesion is called a colorectal metastasis or a benign cyst. Other lesions "
-        "(hemangioma, focal nodular hyperplasia, hepatocellular carcinoma, abscess, metastases of other primaries, ...) "
+        "(hemangioma, focal nodular hyperplasia, hepatocellular carcinoma, abscess, metastases of other "
+        "primaries, ...) "
         "are forced into one of the two.",
         "Depends on the lesion mask: the patches are cut around the segmented lesion, so a missed, merged or "
         "badly drawn lesion gives a wrong or meaningless result; it does not find lesions itself.",
@@ -381,12 +380,12 @@ def build_model_card(
     patches = dict(profile.get("patches", {}))
     split_settings = dict(profile.get("split", {}))
     evaluate = dict(profile.get("evaluate", {}))
-    backbone_key = str(train.get("backbone", "inception_v3"))
+    backbone_key = str(train["backbone"])
     backbone = BACKBONE_NAMES.get(backbone_key, backbone_key)
-    units, dropout = int(train.get("dense_units", 512)), float(train.get("dropout", 0.4))
+    units, dropout = int(train["dense_units"]), float(train["dropout"])
     weights = train.get("weights")
     shape = [int(s) for s in input_shape if s is not None]
-    threshold = float(evaluate.get("threshold", 0.5))
+    threshold = float(evaluate["threshold"])
     canvas = patches.get("canvas")
     segment = dict(profile.get("segment", {}))
     lesions_from = str(segment.get("method", "reference"))
@@ -525,7 +524,13 @@ def render_markdown(card: dict) -> str:
         f"P(metastasis) >= {out['threshold']:g}. Its data: {_ORIGIN_WORDS.get(data['origin'], data['origin'])}, "
         f"{cohort.get('lesions', 'n/a')} lesions of {cohort.get('patients', 'n/a')} patients (data version "
         f"`{data['version']}`), split by patient into training, validation and test sets; its training lesions "
-        f"came from {'the reference masks' if data.get('lesions_from', 'reference') == 'reference' else 'a ' + data['lesions_from']}.",
+        "came from "
+        + (
+            "the reference masks"
+            if data.get("lesions_from", "reference") == "reference"
+            else "a " + data["lesions_from"]
+        )
+        + ".",
         "",
         "## Intended use",
         "",

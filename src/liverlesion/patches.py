@@ -8,13 +8,17 @@ the bounding box's mean value, and standardised (mean 0, standard deviation 1).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import pandas as pd
 from skimage.transform import resize
 
-#: The paper's padded patch size (rows, columns), chosen there to fit the largest lesion.
-PAPER_CANVAS = (252, 210)
+from liverlesion.contract import PATCH_INDEX_COLUMNS
+from liverlesion.crops import LesionCrop, LesionCrops, cut_crops
+from liverlesion.lesions import bounding_box
+from liverlesion.progress import Progress, report_progress
+
 _STD_FLOOR = 1e-6  # a constant patch is centred but not scaled
 
 
@@ -121,10 +125,10 @@ def lesion_patches(
     image: np.ndarray,
     lesion: np.ndarray,
     spacing: tuple[float, float, float],
-    margin_mm: float = 4.0,
-    canvas: tuple[int, int] = PAPER_CANVAS,
-    output_size: tuple[int, int] | None = None,
-    square_pixels: bool = True,
+    margin_mm: float,
+    canvas: tuple[int, int],
+    output_size: tuple[int, int] | None,
+    square_pixels: bool,
 ) -> tuple[np.ndarray, PatchInfo]:
     """Three orthogonal, padded, standardised patches of one lesion as an (H, W, 3) array.
 
@@ -193,3 +197,103 @@ def lesion_patches(
         fit_scale=float(fit_scale),
     )
     return np.stack(channels, axis=-1).astype(np.float32), info
+
+
+def crop_patches(
+    crops: list[LesionCrop],
+    margin_mm: float,
+    canvas: tuple[int, int],
+    output_size: tuple[int, int] | None,
+    square_pixels: bool,
+) -> tuple[np.ndarray, list[dict]]:
+    """The three orthogonal patches of each crop, in order: the one preprocessing path.
+
+    ``extract_patches`` (training, evaluation) and ``predict`` both cut patches here, so a lesion
+    gets the same patches whichever way it comes in. A crop holds the lesion's box plus at least
+    ``margin_mm`` (clipped at the volume's edge), so the patch geometry finds there what it would
+    find in the whole volume; positions are given in the volume's voxels.
+
+    Returns:
+        ``(patches (n, rows, cols, 3) float32, patch-index rows without "row")``.
+    """
+    size = tuple(output_size or canvas)
+    stacks = np.zeros((len(crops), *size, 3), dtype=np.float32)
+    rows = []
+    for k, crop in enumerate(crops):
+        lo = crop.origin
+        stack, info = lesion_patches(crop.image, crop.mask, crop.spacing, margin_mm, canvas, output_size, square_pixels)
+        info = replace(
+            info,
+            main_slice=info.main_slice + lo[info.main_axis],
+            center_0=info.center_0 + lo[0],
+            center_1=info.center_1 + lo[1],
+            center_2=info.center_2 + lo[2],
+        )
+        stacks[k] = stack
+        rows.append({"lesion_id": crop.lesion_id, **info.as_row()})
+    return stacks, rows
+
+
+def case_patches(
+    image: np.ndarray,
+    instances: np.ndarray,
+    spacing: tuple[float, float, float],
+    lesions: pd.DataFrame,
+    margin_mm: float,
+    canvas: tuple[int, int],
+    output_size: tuple[int, int] | None,
+    square_pixels: bool,
+) -> tuple[np.ndarray, list[dict]]:
+    """The three orthogonal patches of each lesion of one whole case, in the order of ``lesions`` (``crop_patches``)."""
+    case_id = str(lesions["case_id"].iloc[0]) if len(lesions) else ""
+    described = [
+        {"instance": int(r.instance), "label": None, "box": bounding_box(r._asdict())}
+        for r in lesions.itertuples(index=False)
+    ]
+    return crop_patches(
+        cut_crops(image, instances, described, spacing, case_id, margin_mm),
+        margin_mm,
+        canvas,
+        output_size,
+        square_pixels,
+    )
+
+
+def extract_cohort_patches(
+    lesions: pd.DataFrame,
+    crops: LesionCrops,
+    margin_mm: float,
+    canvas: tuple[int, int],
+    output_size: tuple[int, int] | None,
+    square_pixels: bool,
+    progress: Progress = None,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Three orthogonal patches for every lesion, in lesion-table order, from the ingested crops.
+
+    Returns:
+        ``patches`` (N, rows, cols, 3) float32 and the patch index (``lesion_id``, ``row`` and how
+        each stack was cut).
+
+    Raises:
+        ValueError: the crops were cut with less margin than the patches need (re-run ingest).
+    """
+    if crops.margin_mm < margin_mm:
+        raise ValueError(
+            f"the crops keep {crops.margin_mm} mm around each lesion, the patches need {margin_mm} mm: "
+            "ingest with crop_margin_mm at least the patch margin"
+        )
+    lesions = lesions.reset_index(drop=True)
+    size = tuple(output_size or canvas)
+    patches = np.zeros((len(lesions), *size, 3), dtype=np.float32)
+    index_rows = []
+    by_case = list(lesions.groupby("case_id", sort=False))
+    for i, (case_id, group) in enumerate(by_case, start=1):
+        stacks, rows = crop_patches(
+            [crops[lid] for lid in group["lesion_id"]], margin_mm, canvas, output_size, square_pixels
+        )
+        for row_number, stack, row in zip(group.index, stacks, rows):
+            patches[row_number] = stack
+            index_rows.append({"row": row_number, **row})
+        report_progress(progress, i, len(by_case), str(case_id))
+    index = pd.DataFrame(index_rows, columns=list(PATCH_INDEX_COLUMNS)).sort_values("row").reset_index(drop=True)
+    return patches, index

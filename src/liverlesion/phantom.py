@@ -76,9 +76,8 @@ class VolumeStats(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # The paper's biobank (Perdigon Romero et al., ISBI 2019, section 2.1 "Dataset").
 # ---------------------------------------------------------------------------------------------
-PAPER_N_PATIENTS = 63
-PAPER_N_LESIONS = 230
-PAPER_METASTASIS_FRACTION = 0.5  # "an equal distribution of cysts and metastases"
+# Its size and class balance (63 patients, 230 lesions, half metastases) are the default cohort's
+# settings, written in ``configs/base.yaml``; what a lesion of each class looks like is the generator's.
 # "The largest cyst lesion was 13.8mL, while the largest metastasis was 534.6mL. [...] the smallest
 # volumes was 0.018mL and 0.272mL [...] The average volumes of metastases and cysts was 24.871 mL
 # and 0.791 mL".
@@ -257,20 +256,20 @@ DESCRIPTION = (
 class CohortSpec(BaseModel):
     """Everything that determines a phantom cohort; the same spec gives the same bytes.
 
-    The defaults give the paper-shaped cohort; ``size_scale`` below 1 shrinks anatomy and field of
-    view (and caps lesion volumes at ``scale**3`` times the paper's maxima) for tiny, fast test
-    cohorts.
+    The values come from a profile's ``cohort`` section (``configs/base.yaml``: the paper-shaped
+    cohort); ``size_scale`` below 1 shrinks anatomy and field of view (and caps lesion volumes at
+    ``scale**3`` times the paper's maxima) for tiny, fast test cohorts.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: int = Field(2019, ge=0, description="root of every random stream")
-    n_patients: int = Field(PAPER_N_PATIENTS, ge=1, le=MAX_PATIENTS)
-    n_lesions: int = Field(PAPER_N_LESIONS, ge=1, description="total lesions; each patient gets at least one")
-    metastasis_fraction: float = Field(PAPER_METASTASIS_FRACTION, ge=0.0, le=1.0)
-    size_scale: float = Field(1.0, ge=MIN_SIZE_SCALE, le=MAX_SIZE_SCALE, description="linear anatomy scale")
-    noise_sd_hu: tuple[float, float] = Field((10.0, 20.0), description="per-patient image noise range (HU)")
-    fov_margin_mm: float = Field(6.0, ge=0.0, le=100.0, description="field of view around the liver")
+    seed: int = Field(ge=0, description="root of every random stream")
+    n_patients: int = Field(ge=1, le=MAX_PATIENTS)
+    n_lesions: int = Field(ge=1, description="total lesions; each patient gets at least one")
+    metastasis_fraction: float = Field(ge=0.0, le=1.0)
+    size_scale: float = Field(ge=MIN_SIZE_SCALE, le=MAX_SIZE_SCALE, description="linear anatomy scale")
+    noise_sd_hu: tuple[float, float] = Field(description="per-patient image noise range (HU)")
+    fov_margin_mm: float = Field(ge=0.0, le=100.0, description="field of view around the liver")
 
     @model_validator(mode="after")
     def _consistent(self) -> CohortSpec:

@@ -1,9 +1,9 @@
 """Answers for one new patient: a CT and its lesion mask in, per-lesion probabilities and a lesion map out.
 
 The preprocessing is the training preprocessing: lesions are numbered by ``lesions.instance_map``,
-described by ``lesions.lesion_rows`` and cut into patches by ``ingestion.case_patches``, the
+described by ``lesions.lesion_rows`` and cut into patches by ``patches.case_patches``, the
 functions ``segment`` and ``extract_patches`` use; they are scored like ``evaluate`` scores
-(``inference.inference_model`` at the precision the profile asks for). The same lesion therefore
+(``precision.inference_model`` at the precision the profile asks for). The same lesion therefore
 gets the probability ``evaluate`` gave it.
 
 Outputs (:func:`write_outputs`): ``lesions.csv`` and ``lesions.json`` (one row per lesion), a
@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from liverlesion.config import PatchConfig
 from liverlesion.contract import LABEL_METASTASIS, LABEL_NAMES, MASK_CYST, MASK_METASTASIS, MASK_TO_LABEL, ContractError
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti, to_source_orientation
-from liverlesion.ingestion import case_patches
 from liverlesion.lesions import instance_map, lesion_rows
+from liverlesion.patches import case_patches
 
 #: ``auto``: 0/1 or 0/255 masks are binary (lesions = connected components), anything else instance-numbered
 MASK_ENCODINGS_AT_INFERENCE = ("auto", "binary", "instance", "class")
@@ -43,27 +44,6 @@ RESULT_COLUMNS = (
     "model_version",
 )
 _LABEL_TO_MASK = {label: code for code, label in MASK_TO_LABEL.items()}
-
-
-@dataclass(frozen=True)
-class PatchSettings:
-    """How patches are cut: the ``patches`` section of the profile the model was trained with."""
-
-    margin_mm: float
-    canvas: tuple[int, int]
-    output_size: tuple[int, int] | None
-    square_pixels: bool
-
-    @classmethod
-    def from_profile(cls, profile: dict[str, Any]) -> PatchSettings:
-        """From a profile as JSON (the ``config`` lineage tag of a registered version)."""
-        p = profile["patches"]
-        return cls(
-            float(p["margin_mm"]),
-            tuple(p["canvas"]),
-            tuple(p["output_size"]) if p.get("output_size") else None,
-            bool(p["square_pixels"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -120,20 +100,20 @@ class LesionPredictor:
         model: the Keras network as trained (float32).
         patches: how its patches were cut.
         threshold: P(metastasis) at or above which a lesion is called metastasis.
-        precision: ``auto``, ``float32`` or ``bfloat16`` (``inference.resolve_precision``).
+        precision: ``auto``, ``float32`` or ``bfloat16`` (``precision.resolve_precision``).
         model_name, model_version: written in every result row.
     """
 
     def __init__(
         self,
         model,
-        patches: PatchSettings,
-        threshold: float = 0.5,
-        precision: str = "auto",
+        patches: PatchConfig,
+        threshold: float,
+        precision: str,
         model_name: str = "",
         model_version: str = "",
     ):
-        from liverlesion.inference import inference_model, resolve_precision
+        from liverlesion.precision import inference_model, resolve_precision
 
         self.model = model
         self.patches = patches

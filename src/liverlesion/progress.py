@@ -1,14 +1,28 @@
-"""Progress lines for long loops (cohort generation, ingestion, patch extraction)."""
+"""Progress lines for long loops (cohort generation, ingestion, patch extraction), as log records.
+
+Nothing here configures logging: the command line sends the ``liverlesion`` loggers' lines to the terminal
+(``liverlesion_ops.logs``); a bare use of the domain package sees them once it configures logging itself.
+"""
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
 
+#: ``progress(i, n, item)``: item ``i`` of ``n`` is done; None: nothing to report to
+Progress = Callable[[int, int, str], None] | None
 
-def progress_printer(label: str, every_percent: int = 10, stream=None) -> Callable[[int, int, str], None]:
-    """A ``progress(i, n, item)`` callable printing about every ``every_percent`` % and at the end."""
+
+def report_progress(progress: Progress, i: int, n: int, item: str) -> None:
+    if progress is not None:
+        progress(i, n, item)
+
+
+def progress_printer(label: str, every_percent: int = 10) -> Callable[[int, int, str], None]:
+    """A ``progress(i, n, item)`` callable logging (logger ``liverlesion.<label>``) about every ``every_percent``
+    % and at the end."""
+    log = logging.getLogger(f"liverlesion.{label}")
     start = time.perf_counter()
     last = {"pct": -every_percent}
 
@@ -18,10 +32,6 @@ def progress_printer(label: str, every_percent: int = 10, stream=None) -> Callab
             last["pct"] = pct
             elapsed = time.perf_counter() - start
             eta = elapsed / i * (n - i) if i else 0.0
-            print(
-                f"[{label}] {i}/{n} ({pct}%) {item}  {elapsed:.0f}s elapsed, ~{eta:.0f}s left",
-                file=stream or sys.stdout,
-                flush=True,
-            )
+            log.info("%d/%d (%d%%) %s  %.0fs elapsed, ~%.0fs left", i, n, pct, item, elapsed, eta)
 
     return report

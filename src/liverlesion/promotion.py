@@ -25,8 +25,8 @@ DECIMALS = 6
 
 @dataclass(frozen=True)
 class GateRules:
-    primary_metric: str = "roc_auc"
-    min_margin: float = 0.0
+    primary_metric: str
+    min_margin: float
     floors: Mapping[str, float] = field(default_factory=dict)
 
 

@@ -1,9 +1,9 @@
 """How a model is trained, as data: the ``Protocol`` every trainer reads (the pipeline's ``train`` step
 through ``config.TrainConfig``, ``bench/train_gpu.py`` from an export's settings).
 
-Its defaults are a plain run; a profile changes them (``configs/paper.yaml`` is the paper's
-protocol, section 3.3: the one place its values are written). Nothing here imports Keras, so a
-profile can be read, and the Keras backend chosen from it, before Keras is loaded.
+Its values come from a profile (``configs/paper.yaml`` is the paper's protocol, section 3.3: the one
+place its values are written). Nothing here imports Keras, so a profile can be read, and the Keras
+backend chosen from it, before Keras is loaded.
 """
 
 from __future__ import annotations
@@ -14,41 +14,40 @@ from typing import Literal
 
 import numpy as np
 
-MONITOR = "val_accuracy"  # the paper schedules and stops on validation accuracy
 #: what an epoch can be chosen by: the paper's validation accuracy, or the validation loss (lower is
-#: better), which moves with every lesion's probability rather than with the few that cross 0.5
+#: better), which moves with every lesion's probability rather than with the few that cross the threshold
 MONITORS = ("val_accuracy", "val_loss")
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a model is trained; the defaults are a plain run, a profile changes them."""
+    """How a model is trained: every field is a setting of the profile's ``train`` section (no defaults here)."""
 
-    epochs: int = 103
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    lr_patience: int | None = None  # epochs without improvement before the rate is cut; None: never
-    lr_factor: float = 0.5
-    min_lr: float = 1e-10
-    early_stopping_patience: int | None = None  # None: run every epoch (best weights still restored)
-    augment: bool = False
-    rotation_deg: float = 30.0
-    shift_px: int = 25
-    flips: bool = True
-    label_smoothing: float = 0.0
-    seed: int = 2019
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_patience: int | None  # epochs without improvement before the rate is cut; None: never
+    lr_factor: float
+    min_lr: float
+    early_stopping_patience: int | None  # None: run every epoch (best weights still restored)
+    augment: bool
+    rotation_deg: float
+    shift_px: int
+    flips: bool
+    label_smoothing: float
+    seed: int
     # Which epoch's weights are kept: the best by ``monitor``; among equal values the first (the
     # paper's Keras callbacks) or the last (more training behind it, and a tie on 45 validation
     # lesions is common). The same monitor drives the rate cuts and early stopping.
-    monitor: Literal["val_accuracy", "val_loss"] = MONITOR
-    tie_break: Literal["first", "last"] = "first"
+    monitor: Literal["val_accuracy", "val_loss"]
+    tie_break: Literal["first", "last"]
     # "constant": the rate stays (cut only by lr_patience); "cosine": it decays along a half cosine
     # from learning_rate to 0 over the epochs, so a short run ends with small, steady steps
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine"]
     # Every training batch full and validation in one batch, so a compiling backend (JAX) traces
     # one train step and one eval step instead of one more per odd batch size: the training set is
     # topped up to a multiple of the batch with randomly repeated lesions (seeded; < 1 batch).
-    full_batches: bool = False
+    full_batches: bool
 
     def __post_init__(self):
         if self.monitor not in MONITORS:
@@ -65,7 +64,7 @@ class Protocol:
         return "min" if self.monitor.endswith("loss") else "max"
 
 
-def best_epoch(values: Sequence[float], mode: str = "max", tie_break: str = "first") -> int:
+def best_epoch(values: Sequence[float], mode: str, tie_break: str) -> int:
     """The index of the best value (``mode`` max or min); among equal ones the first or the last.
 
     NaN is never best (a diverged epoch); all NaN gives the last epoch.

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from liverlesion.metrics import METRIC_NAMES, classification_metrics, metrics_from_counts
+from liverlesion.metrics import METRIC_NAMES, classification_metrics, metrics_from_counts, roc_auc
 
 #: Human-readable column headers, in the order of ``METRIC_NAMES`` (the paper's Table 2 order).
 METRIC_LABELS = {
@@ -142,10 +142,10 @@ def bootstrap_metrics(
     y_true,
     probability,
     groups,
-    threshold: float = 0.5,
-    n_boot: int = 2000,
-    seed: int = 2019,
-    confidence: float = 0.95,
+    threshold: float,
+    n_boot: int,
+    seed: int,
+    confidence: float,
 ) -> pd.DataFrame:
     """The seven metrics with patient-level percentile bootstrap intervals.
 
@@ -383,7 +383,7 @@ def plot_roc_curves(curves: Mapping[str, tuple], path) -> Path:
     for model, (y_true, probability) in curves.items():
         y = np.asarray(y_true).astype(int)
         p = np.asarray(probability, dtype=float)
-        auc = classification_metrics(y, p)["roc_auc"]
+        auc = roc_auc(y, p)
         if np.isnan(auc):
             ax.plot([], [], lw=2, label=f"{model} (AUC undefined: one class)")
             continue

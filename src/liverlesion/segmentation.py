@@ -31,11 +31,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
+from liverlesion.morphology import CONNECTIVITY_26, ball, fill_holes, largest_component
+from liverlesion.segnet import Cascade
+
 SEGMENT_METHODS = ("reference", "classical", "learned")
 #: a reference lesion's id in the segmentation tables: its id in the reference masks' numbering plus this
 #: (automatic lesions are numbered on their own and would otherwise share ids with other lesions)
 REFERENCE_SUFFIX = "-ref"
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 #: per case, how the automatic segmentation compares with the reference (``compare_to_reference``)
 SEGMENTATION_CASE_COLUMNS = (
@@ -56,45 +58,38 @@ class SegmentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["reference", "classical", "learned"] = Field(
-        "reference",
         description="reference: the cohort's masks; classical: HU thresholds and morphology, no "
         "training; learned: the registered liver/lesion U-Net cascade",
     )
     learned_model: str = Field(
-        "liverlesion-segmenter@champion",
         description="learned: the registered cascade as <model name>@<alias> or @<version>",
     )
-    liver_hu: tuple[float, float] = Field(
-        (60.0, 220.0), description="classical: HU window of enhanced liver (vessels included)"
-    )
-    smoothing_mm: float = Field(1.0, ge=0, description="classical: Gaussian smoothing before thresholds")
-    liver_opening_mm: float = Field(4.0, ge=0, description="classical: opening that cuts the liver from neighbours")
-    liver_closing_mm: float = Field(6.0, ge=0, description="classical: closing that takes edge lesions in")
-    not_tissue_hu: float = Field(-50.0, description="classical: below this (fat, lung, air) is never liver nor lesion")
+    liver_hu: tuple[float, float] = Field(description="classical: HU window of enhanced liver (vessels included)")
+    smoothing_mm: float = Field(ge=0, description="classical: Gaussian smoothing before thresholds")
+    liver_opening_mm: float = Field(ge=0, description="classical: opening that cuts the liver from neighbours")
+    liver_closing_mm: float = Field(ge=0, description="classical: closing that takes edge lesions in")
+    not_tissue_hu: float = Field(description="classical: below this (fat, lung, air) is never liver nor lesion")
     hypodense_hu: float = Field(
-        35.0, gt=0, description="classical: a lesion seed is at least this much below the liver's median"
+        gt=0, description="classical: a lesion seed is at least this much below the liver's median"
     )
     liver_edge_mm: float = Field(
-        6.0,
         ge=0,
         description="classical: no lesion seed this close to the liver's edge "
         "(where the liver blurs into its darker neighbours)",
     )
     noise_factor: float = Field(
-        3.5,
         ge=0,
         description="classical: ... and at least this many times the liver's "
         "robust standard deviation (noise) below it",
     )
     hyperdense_hu: float | None = Field(
-        None, gt=0, description="classical: also seed lesions this much above the liver (None: only hypodense lesions)"
+        gt=0, description="classical: also seed lesions this much above the liver (None: only hypodense lesions)"
     )
-    min_lesion_ml: float = Field(0.01, ge=0, description="smaller components are dropped (both automatic methods)")
+    min_lesion_ml: float = Field(ge=0, description="smaller components are dropped (both automatic methods)")
     max_elongation: float = Field(
-        6.0, gt=1, description="components longer than this times their width are dropped (vessels, the liver's rim)"
+        gt=1, description="components longer than this times their width are dropped (vessels, the liver's rim)"
     )
     detection_dice: float = Field(
-        0.2,
         gt=0,
         le=1,
         description="a reference lesion is found when an automatic one overlaps it with at least this Dice",
@@ -113,31 +108,6 @@ class Segmentation:
     lesions: np.ndarray
 
 
-def _ball(radius_mm: float, spacing) -> np.ndarray:
-    """An ellipsoidal structuring element of ``radius_mm`` on a grid of ``spacing``."""
-    radii = np.maximum(np.floor(radius_mm / np.asarray(spacing, dtype=float)), 0).astype(int)
-    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-    inside = sum((g / max(r, 1)) ** 2 if r > 0 else g.astype(float) ** 2 for g, r in zip(grids, radii))
-    return inside <= 1.0
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask, structure=_CONNECTIVITY_26)
-    if n == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in 3D and in every axial slice (a lesion at the dome is a hole only in-plane)."""
-    filled = ndimage.binary_fill_holes(mask)
-    for k in range(filled.shape[2]):
-        filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
-    return filled
-
-
 def _elongation(coords: np.ndarray, spacing) -> float:
     """Longest over shortest principal extent (mm) of a component's voxels; 1 for a ball."""
     if len(coords) < 4:
@@ -150,7 +120,7 @@ def _elongation(coords: np.ndarray, spacing) -> float:
 
 def filter_lesions(lesions: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
     """Drop components smaller than ``min_lesion_ml`` or more elongated than ``max_elongation``."""
-    labels, n = ndimage.label(lesions, structure=_CONNECTIVITY_26)
+    labels, n = ndimage.label(lesions, structure=CONNECTIVITY_26)
     if n == 0:
         return lesions.astype(bool)
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -168,12 +138,14 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
     lo, hi = settings.liver_hu
     window = (smoothed >= lo) & (smoothed <= hi)
     if settings.liver_opening_mm > 0:
-        window = ndimage.binary_opening(window, structure=_ball(settings.liver_opening_mm, spacing))
+        window = ndimage.binary_opening(window, structure=ball(settings.liver_opening_mm, spacing))
     liver = largest_component(window)
     if settings.liver_closing_mm > 0:
-        ball = _ball(settings.liver_closing_mm, spacing)
-        pad = [(r, r) for r in np.array(ball.shape) // 2]  # closing must not be cut short at the volume's edge
-        liver = ndimage.binary_closing(np.pad(liver, pad), structure=ball)[tuple(slice(p, -p or None) for p, _ in pad)]
+        closing = ball(settings.liver_closing_mm, spacing)
+        pad = [(r, r) for r in np.array(closing.shape) // 2]  # closing must not be cut short at the volume's edge
+        liver = ndimage.binary_closing(np.pad(liver, pad), structure=closing)[
+            tuple(slice(p, -p or None) for p, _ in pad)
+        ]
     return fill_holes(liver) & (smoothed >= settings.not_tissue_hu)
 
 
@@ -186,11 +158,11 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
     noise = 1.4826 * float(np.median(np.abs(values - median)))  # robust: vessels and lesions are outliers
     inner = liver
     if settings.liver_edge_mm > 0:
-        inner = ndimage.binary_erosion(liver, structure=_ball(settings.liver_edge_mm, spacing))
+        inner = ndimage.binary_erosion(liver, structure=ball(settings.liver_edge_mm, spacing))
     seeds = inner & (smoothed < median - max(settings.hypodense_hu, settings.noise_factor * noise))
     if settings.hyperdense_hu is not None:
         seeds |= inner & (smoothed > median + max(settings.hyperdense_hu, settings.noise_factor * noise))
-    labels, n = ndimage.label(seeds, structure=_CONNECTIVITY_26)
+    labels, n = ndimage.label(seeds, structure=CONNECTIVITY_26)
     lesions = np.zeros(liver.shape, dtype=bool)
     grow = np.ceil(3.0 / np.asarray(spacing, dtype=float)).astype(int)  # a partial-volume edge is ~1-2 voxels
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -199,7 +171,7 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
         core = float(np.median(smoothed[wide][seed]))
         level = (core + median) / 2.0  # the edge of a lesion blurred into the liver
         region = liver[wide] & ((smoothed[wide] <= level) if core < median else (smoothed[wide] >= level))
-        grown, _ = ndimage.label(region, structure=_CONNECTIVITY_26)
+        grown, _ = ndimage.label(region, structure=CONNECTIVITY_26)
         keep = np.unique(grown[seed & (grown > 0)])
         lesion = np.isin(grown, keep[keep > 0])
         if inner[wide][lesion].mean() >= 0.5:  # else a piece of the liver's blurred rim, not a lesion
@@ -234,7 +206,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=_CONNECTIVITY_26, border_value=0)
+    return mask & ~ndimage.binary_erosion(mask, structure=CONNECTIVITY_26, border_value=0)
 
 
 def assd(a: np.ndarray, b: np.ndarray, spacing) -> float:
@@ -488,8 +460,6 @@ def load_cascade(folder: str | None):
     if folder is None:
         return None
     if folder not in _CASCADES:
-        from liverlesion.segnet import Cascade
-
         _CASCADES[folder] = Cascade.load(folder)
     return _CASCADES[folder]
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from liverlesion.segmentation import largest_component
+from liverlesion.morphology import largest_component
 
 #: slices per ``predict`` batch at inference
 PREDICT_BATCH = 64
@@ -34,25 +34,26 @@ Box = tuple[int, int, int, int]  # x0, x1, y0, y1 (half-open) of one slice's cro
 class CascadeSettings:
     """Everything that determines a cascade and its training; JSON round trip via ``as_dict``/``from_dict``.
 
-    The defaults train on ~60 full-size cases in a few minutes on 2 CPU cores: each case gives only a
-    few dozen small slices, which is what makes that possible without keeping any volume.
+    The values come from a profile's ``segmenter`` section; ``configs/base.yaml``'s train on ~60 full-size
+    cases in a few minutes on 2 CPU cores: each case gives only a few dozen small slices, which is what
+    makes that possible without keeping any volume.
     """
 
-    liver_size: int = 96  # whole axial slice resized to liver_size x liver_size for the liver net
-    lesion_size: int = 96  # each slice's liver box (plus crop_margin) resized to this for the lesion net
-    base_filters: int = 8
-    depth: int = 3  # 2x downsamplings of the U-Net (depth + 1 resolutions)
-    epochs: int = 12  # on the default cohort: test lesion Dice 0.758 (4 epochs: 0.676), ~3 min on 2 cores
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    hu_window: tuple[float, float] = (-100.0, 250.0)  # HU clipped to this and scaled to [0, 1]
-    seed: int = 2019
-    liver_slices_per_case: int = 16  # spread over all of a case's slices, with or without liver
-    lesion_slices_per_case: int = 16  # liver slices, those with lesions first (up to lesion_slice_fraction)
-    lesion_slice_fraction: float = 0.75  # lesions are rare: most lesion-net slices show one
-    crop_margin: int = 8  # voxels added on each side of a slice's liver box
-    crop_jitter: int = 4  # training only: each side of the box moves by up to this many voxels
-    min_crop: int = 32  # a crop side is at least this many voxels, so the liver's tips are not blown up
+    liver_size: int  # whole axial slice resized to liver_size x liver_size for the liver net
+    lesion_size: int  # each slice's liver box (plus crop_margin) resized to this for the lesion net
+    base_filters: int
+    depth: int  # 2x downsamplings of the U-Net (depth + 1 resolutions)
+    epochs: int  # on the default cohort: test lesion Dice 0.758 (4 epochs: 0.676), ~3 min on 2 cores
+    batch_size: int
+    learning_rate: float
+    hu_window: tuple[float, float]  # HU clipped to this and scaled to [0, 1]
+    seed: int
+    liver_slices_per_case: int  # spread over all of a case's slices, with or without liver
+    lesion_slices_per_case: int  # liver slices, those with lesions first (up to lesion_slice_fraction)
+    lesion_slice_fraction: float  # lesions are rare: most lesion-net slices show one
+    crop_margin: int  # voxels added on each side of a slice's liver box
+    crop_jitter: int  # training only: each side of the box moves by up to this many voxels
+    min_crop: int  # a crop side is at least this many voxels, so the liver's tips are not blown up
 
     def __post_init__(self) -> None:
         for name in ("liver_size", "lesion_size"):
@@ -85,7 +86,7 @@ class CascadeSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CascadeSettings:
-        return cls(**{**data, "hu_window": tuple(data.get("hu_window", cls.hu_window))})
+        return cls(**{**data, "hu_window": tuple(data["hu_window"])})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def build_unet(
     return keras.Model(inputs, outputs, name=name)
 
 
-def dice(y_true, y_pred):
+def batch_dice(y_true, y_pred):
     """Batch Dice of the prediction thresholded at 0.5 (1 when both are empty): the training metric."""
     from keras import ops
 
@@ -288,7 +289,11 @@ def _fit(
 ) -> dict[str, list[float]]:
     import keras
 
-    net.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=bce_dice_loss, metrics=[dice])
+    net.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss=bce_dice_loss,
+        metrics=[keras.metrics.MeanMetricWrapper(batch_dice, name="dice")],
+    )
     report = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: progress(
             f"{label} net epoch {epoch + 1}/{settings.epochs}: loss {logs['loss']:.4f}, dice {logs['dice']:.3f}"

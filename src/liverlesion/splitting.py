@@ -32,9 +32,7 @@ def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     return held_out
 
 
-def split_lesions(
-    lesions: pd.DataFrame, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 2019
-) -> pd.DataFrame:
+def split_lesions(lesions: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.DataFrame:
     """Assign each lesion to ``train``, ``val`` or ``test`` by patient.
 
     Returns:
@@ -64,9 +62,9 @@ def split_lesions(
 def split_like_reference(
     lesions: pd.DataFrame,
     reference: pd.DataFrame,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.2,
-    seed: int = 2019,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
 ) -> pd.DataFrame:
     """The manifest of automatically segmented ``lesions``, on the patients the reference lesions split.
 

@@ -25,8 +25,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from liverlesion.contract import LABEL_METASTASIS
-from liverlesion.contract import SVM_C_GRID as C_GRID
-from liverlesion.contract import SVM_GAMMA_GRID as GAMMA_GRID
 from liverlesion.crops import LesionCrop
 
 Progress = Callable[[int, int, str], None] | None
@@ -274,9 +272,6 @@ def cohort_texture_table(
 # ---------------------------------------------------------------------------------------------
 # The SVM
 # ---------------------------------------------------------------------------------------------
-DEFAULT_SEED = 2019
-#: Probability at or above which accuracy calls a metastasis (as ``metrics.classification_metrics``).
-THRESHOLD = 0.5
 #: Validation scores closer than this count as tied.
 SCORE_TOLERANCE = 1e-12
 #: scikit-learn 1.9 deprecates ``SVC(probability=True)`` (removal planned for 1.11) in favour of
@@ -308,7 +303,7 @@ class TextureSVM:
 
     ``fit`` trains one ``StandardScaler`` + ``SVC`` pipeline per (C, gamma) of the grids on the
     training split only and scores each on the validation split (ROC AUC of P(metastasis), ties
-    broken by accuracy at ``THRESHOLD``, then by grid order). The kept model is the chosen grid
+    broken by accuracy at the decision threshold, then by grid order). The kept model is the chosen grid
     point's pipeline, trained on train only: validation is never trained on, so it stays a
     validation set for this baseline exactly as for the network, and test is never seen.
     ``SVC(probability=True, random_state=seed)`` makes Platt scaling's internal cross-validation
@@ -319,9 +314,14 @@ class TextureSVM:
         grid_scores: one row per grid point (C, gamma, val_roc_auc, val_accuracy), in grid order.
         feature_names: the feature columns, in the order the model uses them.
         pipeline: the fitted scikit-learn ``Pipeline``.
+
+    The grids (``compare.svm_c_grid``, ``compare.svm_gamma_grid``) go from most to least regularised and are
+    small because the validation split is small (tens of lesions): a large grid would over-fit it.
+    Features are standardised first, so gamma = 1 / n_features (~0.07 for 15 features) lies inside
+    ``configs/base.yaml``'s gamma grid.
     """
 
-    def __init__(self, c_grid: Sequence[float] = C_GRID, gamma_grid: Sequence[float] = GAMMA_GRID):
+    def __init__(self, c_grid: Sequence[float], gamma_grid: Sequence[float]):
         if not c_grid or not gamma_grid:
             raise ValueError("c_grid and gamma_grid must not be empty")
         self.c_grid = tuple(float(c) for c in c_grid)
@@ -376,7 +376,7 @@ class TextureSVM:
         column = list(pipeline.classes_).index(LABEL_METASTASIS)
         return pipeline.predict_proba(x)[:, column]
 
-    def fit(self, features_train, y_train, features_val, y_val, seed: int = DEFAULT_SEED) -> TextureSVM:
+    def fit(self, features_train, y_train, features_val, y_val, seed: int, threshold: float) -> TextureSVM:
         """Choose C and gamma on the validation split and keep that model, trained on train only.
 
         Args:
@@ -384,6 +384,7 @@ class TextureSVM:
                 matched by name) or matrices with the same columns.
             y_train, y_val: 0 cyst, 1 metastasis; each split needs both classes (ROC AUC).
             seed: ``SVC``'s random state (Platt scaling); same seed and data, same model.
+            threshold: P(metastasis) at or above which the validation accuracy calls a metastasis.
 
         Returns:
             ``self``.
@@ -405,7 +406,7 @@ class TextureSVM:
                         "C": c,
                         "gamma": gamma,
                         "val_roc_auc": float(roc_auc_score(y_val, p_val)),
-                        "val_accuracy": float(np.mean((p_val >= THRESHOLD).astype(int) == y_val)),
+                        "val_accuracy": float(np.mean((p_val >= threshold).astype(int) == y_val)),
                     }
                 )
                 fitted.append(pipeline)

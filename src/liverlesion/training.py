@@ -3,9 +3,10 @@
 A model is trained by a ``protocol.Protocol`` (the paper's, section 3.3, is ``configs/paper.yaml``):
 Adam, a learning rate cut on plateaus or decayed along a cosine, early stopping with the best
 epoch's weights restored, and on-the-fly augmentation (rotation, shifts, flips) as Keras
-preprocessing layers, so that it runs wherever the model runs. Choosing the epoch by validation accuracy on a few dozen lesions is a coin toss
-between epochs that tie; a protocol may choose by validation loss instead, break ties towards the
-later epoch, and decay the rate along a cosine (the ``quick`` profile does all three).
+preprocessing layers, so that it runs wherever the model runs. Choosing the epoch by validation
+accuracy on a few dozen lesions is a coin toss between epochs that tie; a protocol may choose by
+validation loss instead, break ties towards the later epoch, and decay the rate along a cosine (the
+``quick`` profile does all three).
 Nothing here imports TensorFlow, ZenML or MLflow.
 """
 
@@ -55,7 +56,8 @@ def accelerator() -> str | None:
 
 
 def device_description() -> str:
-    """The backend, its version and the device, in words (``jax 0.10.2 on NVIDIA H200``, ``tensorflow 2.21.0 on cpu``)."""
+    """The backend, its version and the device, in words (``jax 0.10.2 on NVIDIA H200``,
+    ``tensorflow 2.21.0 on cpu``)."""
     backend = keras.backend.backend()
     version = getattr(__import__(backend), "__version__", "?") if backend in ("jax", "tensorflow", "torch") else "?"
     return f"{backend} {version} on {accelerator() or 'cpu (' + (platform.processor() or platform.machine()) + ')'}"

@@ -23,7 +23,7 @@ from liverlesion.contract import LABEL_NAMES
 from liverlesion.splitting import SETS, manifest_hash
 from liverlesion_ops import dvcobjects
 from liverlesion_ops.datastore import DVC_FILE, dvc_hash, remote_name
-from liverlesion_ops.registry import CHAMPION, RegistryError, aliases, client
+from liverlesion_ops.registry.store import CHAMPION, RegistryError, aliases, registry_client
 
 MANIFEST_ARTIFACT = "lineage/split_manifest.csv"
 
@@ -34,7 +34,7 @@ def resolve(name: str, ref: str | None):
     Raises:
         RegistryError: no such model, version or alias.
     """
-    mlflow_client = client()
+    mlflow_client = registry_client()
     ref = ref or f"@{CHAMPION}"
     try:
         if ref.startswith("@"):
@@ -48,7 +48,7 @@ def resolve(name: str, ref: str | None):
 
 def split_lineage(run_id: str, recorded_hash: str) -> dict[str, Any]:
     """The split manifest recorded with the training run: patient keys and lesions per class, per set."""
-    mlflow_client = client()
+    mlflow_client = registry_client()
     try:
         local = mlflow_client.download_artifacts(run_id, MANIFEST_ARTIFACT)
     except (MlflowException, OSError) as err:
@@ -151,7 +151,7 @@ def audit(name: str, ref: str | None, root: Path) -> dict[str, Any]:
     return {
         "model": name,
         "version": version,
-        "aliases": sorted(a for a, v in aliases(client(), name).items() if v == version),
+        "aliases": sorted(a for a, v in aliases(registry_client(), name).items() if v == version),
         "registered_at_ms": mv.creation_timestamp,
         "decision": {
             k: tags.get(f"decision{s}")
@@ -239,7 +239,8 @@ def render(report: dict[str, Any]) -> str:
     line(f"  workspace: data.dvc holds {ws['data_version']}")
     if ws.get("unversioned_changes"):
         line(
-            "    note: data/ holds changes not yet versioned (`liverlesion data` versions them); compared here: data.dvc"
+            "    note: data/ holds changes not yet versioned (`liverlesion data` versions them); "
+            "compared here: data.dvc"
         )
     if ws["same_data"]:
         line("    same data as this version")
@@ -259,3 +260,26 @@ def render(report: dict[str, Any]) -> str:
     elif ws.get("problem"):
         line(f"    {ws['problem']}")
     return out.getvalue().rstrip("\n")
+
+
+class RestoreError(RuntimeError):
+    """A version's data cannot be restored: outside DVC, gone from the cache and remote, or not its hash."""
+
+
+def restore_data(report: dict[str, Any], root: Path, dest: Path) -> dict[str, str]:
+    """Materialise the exact data a version was trained on (``report``: ``audit``'s) in the new folder ``dest``,
+    from the DVC cache or remote, every file's md5 and the listing's hash checked.
+
+    Raises:
+        RestoreError: naming the version and why.
+    """
+    data_version = report["data"]["version"]
+    if report["data"]["kind"] != "dvc":
+        raise RestoreError(
+            f"v{report['version']} was trained on {data_version}, a folder outside DVC: nothing to restore"
+        )
+    try:
+        verified = dvcobjects.restore(root, data_version, dest, remote=report["data"].get("remote_name"))
+    except (FileExistsError, ValueError, dvcobjects.DvcObjectsError) as err:
+        raise RestoreError(f"cannot restore the data of v{report['version']}: {err}") from None
+    return {"path": str(dest), "verified_version": verified}

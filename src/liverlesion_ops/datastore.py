@@ -58,6 +58,10 @@ class DataStoreError(RuntimeError):
     """A DVC operation failed or the data folder does not match what was asked for."""
 
 
+class NotACohort(DataStoreError, ValueError):
+    """A folder given as a cohort holds none (a mistake of the caller's)."""
+
+
 @dataclass(frozen=True)
 class Remote:
     """The DVC remote runs push the cohort to and restore it from."""
@@ -464,11 +468,11 @@ def external_data(folder: Path) -> DataVersion:
     """A cohort folder chosen with ``--data`` (anywhere, also outside the checkout), by content hash.
 
     Raises:
-        DataStoreError: no cohort there.
+        NotACohort: no cohort there.
     """
     folder = Path(folder).resolve()
     if not (folder / "cases.csv").exists():
-        raise DataStoreError(
+        raise NotACohort(
             f"{folder}: no cases.csv: not a cohort folder (see the README's data contract; "
             "`liverlesion import` makes one)"
         )

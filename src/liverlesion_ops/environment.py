@@ -7,17 +7,18 @@
 | ``LIVERLESION_DVC_REMOTE`` | ``<home>/dvc-remote`` | the fallback DVC remote, where the user configured no default one |
 | ``MLFLOW_HTTP_REQUEST_*`` | ``MLFLOW_HTTP_DEFAULTS`` | how long an MLflow request to a tracking server may take |
 
-``<home>`` is ``liverlesion.paths.state_home()``.
+``<home>`` is ``liverlesion_ops.project.state_home()``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
 
-from liverlesion.paths import state_home
+from liverlesion_ops.project import state_home
 
 
 def zenml_config_path() -> Path:
@@ -66,11 +67,15 @@ def configure_environment() -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
         "ZENML_ENABLE_REPO_INIT_WARNINGS": "false",
         "ZENML_LOGGING_VERBOSITY": os.environ.get("ZENML_LOGGING_VERBOSITY", "WARN"),
+        # MLflow's own INFO lines (creating a store's tables, "Created version 3") would come between a command's
+        # output and its one-line error; the project's log lines say what was registered
+        "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING"),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
         **{key: os.environ.get(key, value) for key, value in MLFLOW_HTTP_DEFAULTS.items()},
     }
     os.environ.update(values)
+    logging.getLogger("mlflow").setLevel(values["MLFLOW_LOGGING_LEVEL"].upper())  # if MLflow was imported already
     return values
 
 

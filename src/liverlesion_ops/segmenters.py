@@ -7,6 +7,7 @@ version that segmented a run is a parameter of the run (and of its cache key), n
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from typing import Any
 
@@ -14,17 +15,19 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from liverlesion.promotion import DECIMALS
-from liverlesion_ops.registry import (
+from liverlesion_ops.registry.decisions import registry_lock
+from liverlesion_ops.registry.store import (
     CHAMPION,
     METRIC_TAG_PREFIX,
     RegistryError,
+    acting_user,
     alias_version,
-    client,
-    now,
-    registry_lock,
-    who,
+    registry_client,
+    timestamp,
 )
 from liverlesion_ops.tracking import use_tracking_store
+
+log = logging.getLogger(__name__)
 
 #: the measure a new cascade must match or beat (on its test patients) to become champion
 PRIMARY = "lesion_dice"
@@ -39,7 +42,7 @@ def resolve_segmenter(reference: str) -> str:
     name, _, which = reference.partition("@")
     if not name or not which:
         raise RegistryError(f"segment.learned_model {reference!r}: expected <model>@<alias> or <model>@<version>")
-    mlflow_client = client()
+    mlflow_client = registry_client()
     if which.isdigit():
         try:
             mlflow_client.get_model_version(name, which)
@@ -65,7 +68,7 @@ def download_cascade(model_uri: str) -> str:
 
 def _exists(name: str) -> bool:
     try:
-        client().get_registered_model(name)
+        registry_client().get_registered_model(name)
         return True
     except MlflowException:
         return False
@@ -77,7 +80,7 @@ def register_segmenter(name: str, run_id: str, summary: dict[str, float], lineag
     Idempotent per run. Under the registry lock: the version is created with every tag at once, then
     the alias moves (and is read back). A failure before the alias moves deletes the new version.
     """
-    mlflow_client = client()
+    mlflow_client = registry_client()
     with registry_lock(name, f"register segmenter from run {run_id}"):
         existing = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
         if existing:
@@ -115,7 +118,9 @@ def register_segmenter(name: str, run_id: str, summary: dict[str, float], lineag
                 decision = "promoted" if promoted else "kept"
                 reason = f"test {PRIMARY} {ours:.3f} vs champion v{current} {best:.3f}"
             mlflow_client.set_model_version_tag(name, version.version, "decision", f"{decision}: {reason}")
-            mlflow_client.set_model_version_tag(name, version.version, "decided_by", f"{who()} at {now()}")
+            mlflow_client.set_model_version_tag(
+                name, version.version, "decided_by", f"{acting_user()} at {timestamp()}"
+            )
             if decision == "promoted":
                 mlflow_client.set_registered_model_alias(name, CHAMPION, version.version)
                 if alias_version(mlflow_client, name, CHAMPION) != str(version.version):
@@ -124,7 +129,7 @@ def register_segmenter(name: str, run_id: str, summary: dict[str, float], lineag
             if alias_version(mlflow_client, name, CHAMPION) != str(version.version):
                 mlflow_client.delete_model_version(name, version.version)
             raise
-    print(f"[train_segmenter] registered {name} v{version.version}: {decision} ({reason})", flush=True)
+    log.info(f"registered {name} v{version.version}: {decision} ({reason})")
     return {
         "model_name": name,
         "version": str(version.version),

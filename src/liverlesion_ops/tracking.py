@@ -1,5 +1,5 @@
-"""The MLflow store of this project (from the environment) and its experiments; and what to tell the
-user when a tracking server (``MLFLOW_TRACKING_URI=http://...``) cannot be used.
+"""The MLflow store of this project (from the environment), its experiments and the runs steps open; and
+what to tell the user when a tracking server (``MLFLOW_TRACKING_URI=http://...``) cannot be used.
 
 A team server (``infra/mlflow``) is reached by the environment alone: ``MLFLOW_TRACKING_URI``,
 ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``; ``environment.MLFLOW_HTTP_DEFAULTS``
@@ -12,6 +12,7 @@ import os
 import re
 
 import mlflow
+from mlflow import ActiveRun
 
 from liverlesion_ops import environment
 
@@ -152,3 +153,32 @@ def ensure_experiment(name: str) -> str:
     if environment.mlflow_tracking_uri().startswith("sqlite:"):
         location = environment.mlflow_artifact_root().resolve().as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def zenml_run():
+    """The ZenML pipeline run the calling step belongs to (id and name)."""
+    from zenml import get_step_context
+
+    return get_step_context().pipeline_run
+
+
+def start_tracked_run(
+    experiment: str, label: str, profile: str, data_version: str, split_manifest_hash: str, model: str, **tags: str
+) -> ActiveRun:
+    """A new MLflow run named ``<label>-<profile>-<pipeline run>``, tagged with the lineage every run
+    of this project carries (ZenML run, profile, data version, split hash, model) and ``tags``."""
+    run = zenml_run()
+    mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
+    active = mlflow.start_run(run_name=f"{label}-{profile}-{run.name}" if label else f"{profile}-{run.name}")
+    mlflow.set_tags(
+        {
+            "zenml_run_id": str(run.id),
+            "zenml_run_name": run.name,
+            "profile": profile,
+            "data_version": data_version,
+            "split_manifest_hash": split_manifest_hash,
+            "model": model,
+            **tags,
+        }
+    )
+    return active

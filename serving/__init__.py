@@ -1,1 +1,0 @@
-"""What a registered model version carries for clients: the MLflow pyfunc model (models from code)."""

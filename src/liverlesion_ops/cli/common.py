@@ -1,0 +1,244 @@
+"""What every command shares: its options, the one error path, the project set-up, and JSON on standard output.
+
+The error path (``main``): a user's mistake (a bad option, profile, file, version) is one line on standard
+error and exit 2; work that failed (a pipeline step, DVC, the registry) exit 1; a lock another process holds,
+exit 3; a tracking server that refused the credentials or a permission, or cannot be reached, exit 4. No
+traceback for any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.exceptions import TyperException
+
+#: exit codes of every command (``liverlesion --help`` and docs/cli.md say them)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_SERVER = 0, 1, 2, 3, 4
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 the work failed (a pipeline step, DVC, the registry); 2 a usage or input error (bad "
+    "option, profile, data or version), named in one line; 3 another process holds a lock the command needs "
+    "(the project's training lock, the registry lock), named; 4 the MLflow tracking server (MLFLOW_TRACKING_URI) "
+    "refused the credentials (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD) or a permission, or cannot be "
+    "reached."
+)
+DEFAULT_PROFILE = "quick"
+
+
+class CommandError(Exception):
+    """What a command says instead of its result: one line, and the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> CommandError:
+    """``raise fail("...")``: stop the command with one line on standard error and ``code``."""
+    return CommandError(message, code)
+
+
+# --- options every command spells the same way ------------------------------------------------------------
+
+ProfileOption = Annotated[
+    str, typer.Option("--profile", "-p", help="a profile name in the project's configs/, or a YAML path")
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override a setting, e.g. --set train.epochs=2")
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="the cohort folder to use (default: the project's DVC-tracked data/); any folder holding cases.csv, "
+        "versioned by its content hash",
+    ),
+]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="re-run every step instead of reusing cached ones")]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="print the result as one JSON object on standard output (progress: standard error)"),
+]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="the registered model (default: the profile's register.model_name)")
+]
+ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded on the versions and in an MLflow run)")]
+
+
+# --- the project and its settings ---------------------------------------------------------------------------
+
+
+def setup(tracking: bool = True) -> dict[str, str]:
+    """Export where ZenML, MLflow and DVC keep their state (nothing phones home); with ``tracking``, check that
+    a tracking server (``MLFLOW_TRACKING_URI=http...``) takes the credentials.
+
+    Raises:
+        CommandError: not inside a project (exit 2); a tracking server that refuses or is gone (exit 4).
+    """
+    from liverlesion_ops.environment import configure_environment
+
+    try:
+        values = configure_environment()  # before MLflow is imported: it reads its logging level once
+    except FileNotFoundError as err:
+        raise fail(str(err)) from None
+    from liverlesion_ops.tracking import TrackingServerError, check_server
+
+    if tracking:
+        try:
+            check_server(values["MLFLOW_TRACKING_URI"])
+        except TrackingServerError as err:
+            raise fail(str(err), EXIT_SERVER) from None
+    return values
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``train.epochs=2`` -> ``{"train": {"epochs": 2}}`` (values parsed as YAML)."""
+    import yaml
+
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise fail(f"--set {pair!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        key, value = pair.split("=", 1)
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return result
+
+
+def load_profile(name: str, overrides: list[str] | None = None, keras_backend: bool = True):
+    """The profile with the ``--set`` overrides; with ``keras_backend`` (commands whose steps load Keras), its
+    ``train.backend`` made the one Keras loads.
+
+    Raises:
+        CommandError: naming the file and every bad key, or a backend that is missing or clashes (exit 2).
+    """
+    from liverlesion.config import ConfigError
+    from liverlesion.config import load_profile as load
+    from liverlesion_ops import project
+    from liverlesion_ops.environment import use_keras_backend
+
+    try:
+        profile = load(name, project.configs_dir(), parse_overrides(overrides))
+        if keras_backend:
+            use_keras_backend(profile.train.backend)  # before anything loads Keras
+    except (ConfigError, RuntimeError, FileNotFoundError) as err:
+        raise fail(str(err)) from None
+    return profile
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def json_output(as_json: bool) -> Iterator[None]:
+    """With ``--json``, everything the work prints goes to standard error, so that standard output holds the
+    JSON alone."""
+    if not as_json:
+        yield
+        return
+    with redirect_stdout(sys.stderr):
+        yield
+
+
+def print_json(value: Any) -> None:
+    """Strict JSON (a measure not taken is null, never NaN) on standard output."""
+    typer.echo(json.dumps(_strict(value), indent=2, sort_keys=True, default=str, allow_nan=False))
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def say(text: str) -> None:
+    typer.echo(text)
+
+
+def warn(text: str) -> None:
+    typer.echo(f"warning: {text}", err=True)
+
+
+def tools_dir() -> Path:
+    """Where this installation's commands are (``mlflow``, ``zenml``, ``liverlesion``)."""
+    return Path(sys.executable).parent
+
+
+# --- the one error path ---------------------------------------------------------------------------------------
+
+
+def exit_code_of(err: BaseException) -> int | None:
+    """The exit code of an error a command may raise (None: a bug, shown with its traceback)."""
+    from liverlesion.config import ConfigError
+    from liverlesion.contract import ContractError
+    from liverlesion_ops.audit import RestoreError
+    from liverlesion_ops.datastore import DataStoreError, NotACohort
+    from liverlesion_ops.dvcobjects import DvcObjectsError
+    from liverlesion_ops.registry.locks import LockHeld
+    from liverlesion_ops.registry.store import RegistryError
+    from liverlesion_ops.runs import PipelineFailed, WeightsMissing
+    from liverlesion_ops.schedule import ScheduleError
+    from liverlesion_ops.team_server import ServerFailed, ServerUsageError
+    from liverlesion_ops.tracking import TrackingServerError
+
+    order: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
+        (CommandError, -1),
+        (TrackingServerError, EXIT_SERVER),
+        (LockHeld, EXIT_BUSY),
+        ((NotACohort, ContractError, ConfigError, RegistryError, WeightsMissing, ServerUsageError), EXIT_USAGE),
+        (ScheduleError, EXIT_USAGE),
+        ((PipelineFailed, DataStoreError, DvcObjectsError, RestoreError, ServerFailed), EXIT_FAILED),
+    ]
+    for kinds, code in order:
+        if isinstance(err, kinds):
+            return err.code if isinstance(err, CommandError) else code
+    return None
+
+
+def main(app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run the command line; every error it knows becomes one line on standard error and its exit code."""
+    from liverlesion_ops import logs
+
+    logs.configure()
+    try:
+        code = app(args=argv, prog_name="liverlesion", standalone_mode=False)
+    except TyperException as err:  # the parser's: a usage error (bad option, missing argument, bad value)
+        message = one_line(err.format_message() if hasattr(err, "format_message") else str(err))
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None and err.exit_code == EXIT_USAGE else ""
+        typer.echo(f"error: {message}{hint}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:
+        from liverlesion_ops.tracking import server_problem
+
+        problem = server_problem(err)  # the tracking server's refusal, wherever in a command it happened
+        if problem is not None:
+            typer.echo(f"error: {problem}", err=True)
+            sys.exit(EXIT_SERVER)
+        code = exit_code_of(err)
+        if code is None:
+            raise
+        typer.echo(f"error: {one_line(str(err))}", err=True)
+        for detail in getattr(err, "details", []):
+            typer.echo(f"  {detail}", err=True)
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split()) or "failed"

@@ -1,0 +1,92 @@
+"""Real CT into a de-identified cohort folder (``liverlesion import``): into a folder of the user's, or into the
+project's ``data/``, which is then versioned with DVC.
+
+The conversion itself (layouts, de-identification, the data contract) is the domain's
+(``liverlesion.importers``); here the target folder is chosen, replaced whole or appended to, and versioned.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from liverlesion.contract import ContractError
+from liverlesion.progress import Progress
+
+
+class ImportTargetError(ContractError):
+    """The target folder cannot take this import as asked (it holds a cohort; options that exclude each other)."""
+
+
+def import_cases(
+    source: Path,
+    layout: str,
+    out: Path | None,
+    types: Path | None = None,
+    default_type: str | None = None,
+    name_map: dict[str, str] | None = None,
+    root: Path | None = None,
+    append: bool = False,
+    replace: bool = False,
+    skip_bad: bool = False,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    """Convert ``source`` into the cohort folder ``out`` (None: the project's ``data/``, versioned with DVC).
+
+    ``replace`` writes the new cohort beside the old one and swaps them only when the import succeeded;
+    ``append`` adds the cases to the cohort there. Needs ``LIVERLESION_PSEUDONYM_SECRET``.
+
+    Returns:
+        The import report (``importers.ImportReport.to_dict``), with ``data_version`` when imported into ``data/``.
+
+    Raises:
+        ContractError: a case or the source breaks the data contract, naming it (nothing is left half-written).
+        DataStoreError: DVC failed to version ``data/``.
+    """
+    from liverlesion.deid import pseudonymiser_from_env
+    from liverlesion.importers import import_cohort, read_types_table, scan_source
+    from liverlesion_ops import environment, project
+
+    into_project = out is None
+    out = project.data_dir() if into_project else out
+    if append and replace:
+        raise ImportTargetError("--append and --replace exclude each other")
+    target = out
+    if replace:
+        target = out.parent / f".{out.name}.replacing"
+        shutil.rmtree(target, ignore_errors=True)
+    elif out.exists() and any(out.iterdir()) and not append:
+        raise ImportTargetError(
+            f"{out} already holds a cohort: --append adds the new cases to it, --replace replaces it"
+            + (" (the old version stays in DVC)" if into_project else "")
+        )
+    settings = {
+        "types_table": types is not None,
+        "default_type": default_type,
+        "name_map": name_map,
+        "skip_bad": skip_bad,
+    }
+    try:
+        pseudonymiser = pseudonymiser_from_env()
+        cases = scan_source(
+            source, layout, types=read_types_table(types), default_type=default_type, name_map=name_map, root=root
+        )
+        report = import_cohort(
+            cases, target, pseudonymiser, layout, settings, append=append, skip_bad=skip_bad, progress=progress
+        )
+    except ContractError:
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    if replace:
+        shutil.rmtree(out, ignore_errors=True)
+        target.replace(out)
+        report.out = out
+    summary = report.to_dict()
+    if into_project:
+        from liverlesion_ops.datastore import configure_remote, version_data
+
+        remote = configure_remote(project.project_root(), environment.dvc_remote())
+        summary["data_version"] = version_data(project.project_root(), remote)
+    return summary

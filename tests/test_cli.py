@@ -1,0 +1,166 @@
+"""The command line keeps its promises: one-line errors and the documented exit codes, the same option names
+everywhere, ``--json`` alone on standard output, ``--project`` from anywhere, a reference that is its help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from liverlesion_ops.cli import app
+from liverlesion_ops.cli.reference import command_paths, help_text, reference
+
+REPO = Path(__file__).resolve().parents[1]
+LIVERLESION = str(Path(sys.executable).with_name("liverlesion"))
+#: commands a program calls and reads: each prints JSON alone on standard output with --json
+JSON_COMMANDS = {
+    ("run",),
+    ("compare",),
+    ("train-segmenter",),
+    ("retrain",),
+    ("export",),
+    ("profile",),
+    ("data",),
+    ("import",),
+    ("generate",),
+    ("predict",),
+    ("predict-batch",),
+    ("models",),
+    ("promote",),
+    ("rollback",),
+    ("audit",),
+    ("schedule",),
+    ("server", "start"),
+    ("server", "stop"),
+    ("server", "status"),
+    ("server", "add-user"),
+}
+
+
+def liverlesion(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed command, as a user runs it."""
+    return subprocess.run(
+        [LIVERLESION, *args], cwd=cwd, env=env or os.environ, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture()
+def outside(tmp_path):
+    """A working directory outside any project, and an environment that names none."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVERLESION_", "ZENML_", "MLFLOW_"))}
+    env.update(ZENML_CONFIG_PATH=str(tmp_path / "zenml"), LIVERLESION_HOME=str(tmp_path / "state"))
+    return tmp_path, env
+
+
+def test_the_reference_in_docs_is_what_the_commands_help_says():
+    assert (REPO / "docs" / "cli.md").read_text() == reference(), "run `make docs`"
+
+
+def options_of(*path: str) -> set[str]:
+    command = typer.main.get_command(app)
+    context = command.context_class(command, info_name="liverlesion")
+    for name in path:
+        command = command.get_command(context, name)
+        context = command.context_class(command, info_name=name, parent=context)
+    return {opt for param in command.params for opt in getattr(param, "opts", [])}
+
+
+def test_every_command_spells_its_options_the_same_way():
+    paths = command_paths()
+    assert len(paths) >= 20
+    for path in paths:
+        options = options_of(*path)
+        if not options:  # a group
+            continue
+        assert "--name" not in options, path  # a registered model is --model everywhere
+        if "--profile" in options:
+            assert "-p" in options, path
+        assert not any("_" in option for option in options), (path, options)  # --no-cache, never --no_cache
+    for path in JSON_COMMANDS:
+        assert "--json" in options_of(*path), path
+
+
+def test_boolean_flags_show_no_value():
+    assert "--no-cache <bool>" not in help_text("run") and "--no-cache " in help_text("run")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("run", "--bogus"), "No such option: --bogus (see 'liverlesion run --help')"),
+        (("promote",), "Missing argument 'version'"),
+        (("nosuch",), "No such command 'nosuch'"),
+        (("run", "--set", "train.epochs"), "--set 'train.epochs': expected KEY=VALUE"),
+        (("profile", "nonesuch"), "no profile 'nonesuch'"),
+        (("profile", "--set", "train.epoch=3"), "train.epoch: Extra inputs are not permitted"),
+    ],
+)
+def test_a_users_mistake_is_one_line_and_exit_2(args, expected, outside):
+    _, env = outside
+    done = liverlesion("--project", str(REPO), *args, cwd=REPO, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and "╭" not in done.stderr
+
+
+def test_version():
+    from liverlesion import __version__
+
+    done = liverlesion("--version", cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == f"liverlesion {__version__}"
+
+
+def test_outside_the_project_a_command_says_to_name_it_and_runs_with_project(outside):
+    where, env = outside
+    lost = liverlesion("profile", cwd=where, env=env)
+    assert lost.returncode == 2 and lost.stderr.startswith("error: no data.dvc in ") and "--project" in lost.stderr
+    found = liverlesion("--project", str(REPO), "profile", "paper", "--json", cwd=where, env=env)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["train"]["epochs"] == 103  # JSON alone on standard output
+    by_variable = liverlesion("profile", "--json", cwd=where, env={**env, "LIVERLESION_PROJECT": str(REPO)})
+    assert json.loads(by_variable.stdout)["name"] == "quick"
+
+
+def test_json_output_is_alone_on_standard_output_and_progress_goes_to_standard_error(outside):
+    where, env = outside
+    out = where / "cohort"
+    done = liverlesion(
+        "--project",
+        str(REPO),
+        "generate",
+        str(out),
+        "--n-patients",
+        "2",
+        "--n-lesions",
+        "2",
+        "--json",
+        cwd=where,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["path"] == str(out) and record["n_patients"] == 2 and (out / "cases.csv").exists()
+    assert "[generate] 2/2" in done.stderr  # the progress lines went to standard error
+
+
+def test_an_unknown_model_is_one_line_naming_it(outside):
+    where, env = outside
+    done = liverlesion("--project", str(REPO), "models", "--model", "nosuch", cwd=where, env=env)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: no registered model 'nosuch' in sqlite:///{where / 'state' / 'mlflow' / 'mlflow.db'}"
+    )
+
+
+def test_retrain_takes_the_cohort_with_data(outside):
+    """The cluster's retraining names its cohort on the shared volume (docs/team.md); a folder holding none is
+    refused in one line before any work."""
+    where, env = outside
+    done = liverlesion("--project", str(REPO), "retrain", "--data", str(where), cwd=where, env=env)
+    assert done.returncode == 2 and "no cases.csv: not a cohort folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
