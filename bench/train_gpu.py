@@ -201,8 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         # model runs hundreds of small eager initialiser programs, each compiled again otherwise
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     data = load_patch_set(args.patches)
-    if "train" not in data.meta:
-        parser.error(f"{args.patches}: the export carries no training settings; write it with `liverlesion export`")
+    if "train" not in data.meta or "threshold" not in data.meta:
+        parser.error(
+            f"{args.patches}: the export carries no training settings or threshold; write it with `liverlesion export`"
+        )
     settings = TrainConfig(**data.meta["train"])
     changes = {
         k: v
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
                     else None
                 ),
                 "validation_s_median": statistics.median(clock.validation) if clock.validation else None,
-                "test_metrics": classification_metrics(sets["test"].y, probability),
+                "test_metrics": classification_metrics(sets["test"].y, probability, data.meta["threshold"]),
             },
         )
         results.add("inference", inference(model, sets["test"].x, args.inference_batches, args.repeats))

@@ -36,7 +36,12 @@ def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend)
         patches,
         index,
         manifest,
-        {"data_version": "synthetic", "profile": "paper", "train": paper.train.model_dump(mode="json")},
+        {
+            "data_version": "synthetic",
+            "profile": "paper",
+            "train": paper.train.model_dump(mode="json"),
+            "threshold": paper.evaluate.threshold,
+        },
     )
     out = tmp_path / "results.json"
     blocked = without(tmp_path, BLOCKED + (OTHER_BACKEND[backend],))

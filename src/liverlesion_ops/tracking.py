@@ -88,7 +88,7 @@ def server_problem(err: BaseException, uri: str | None = None) -> str | None:
     import requests
     from mlflow.exceptions import MlflowException
 
-    uri = uri or environment.mlflow_tracking_uri()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")  # a server is always named there (no project needed)
     if not is_remote(uri):  # a local store: no server to blame
         return None
     seen: set[int] = set()
@@ -109,7 +109,7 @@ def server_problem(err: BaseException, uri: str | None = None) -> str | None:
 
 def server_problem_in(text: str, uri: str | None = None) -> str | None:
     """``server_problem`` of an error known only as text (the traceback ZenML kept of a failed step)."""
-    return _classify(text, uri or environment.mlflow_tracking_uri())
+    return _classify(text, uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
 
 
 def _classify(message: str, uri: str, code: int | None = None) -> str | None:

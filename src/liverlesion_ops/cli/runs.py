@@ -297,6 +297,7 @@ def export(
         "split_manifest_hash": runs.step_output(pipeline_run, "split", "split_manifest_hash"),
         "patches": config.patches.model_dump(mode="json"),
         "train": config.train.model_dump(mode="json"),
+        "threshold": config.evaluate.threshold,  # what the test metrics call a metastasis
     }
     export_patches(
         target,
