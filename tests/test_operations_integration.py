@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from integration_support import REPO, cli, make_project, mlflow_client
@@ -249,4 +250,6 @@ def test_the_readme_tour_runs_as_written(project, first_retrain, tmp_path):
         assert done.returncode == 0, (line, done.stderr[-2000:])
     answer = root / "answer"
     assert (answer / "lesion_map.png").exists() and (answer / "lesion_classes.nii.gz").exists()
-    assert set(json.loads((answer / "lesions.json").read_text())["lesions"][0]) >= {"p_metastasis", "model_version"}
+    answered = json.loads((answer / "lesions.json").read_text())["lesions"]
+    drawn = pd.read_csv(root / "data" / "cases.csv").set_index("case_id").loc["case_002", "n_lesions"]
+    assert len(answered) == drawn and set(answered[0]) >= {"p_metastasis", "model_version"}  # every drawn lesion

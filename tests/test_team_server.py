@@ -202,8 +202,7 @@ def test_mlflow_http_requests_are_bounded_unless_the_user_set_them(tmp_path, mon
 def test_the_pipeline_runs_through_the_server_with_credentials(team, project, first_run):
     root, env = project
     assert "registered tiny-liver-lesion version 1: promoted -> alias champion" in first_run.stdout
-    assert aliases(team) == {"champion": "1"}
-    tags = versions(team, MODEL)["1"]
+    tags = versions(team, MODEL)["1"]  # (the aliases may have moved since: the racing promotions below)
     assert tags["registration_state"] == "complete" and tags["decision"] == "promoted"
     assert tags["fingerprint"].startswith("fp-") and tags["fingerprint"] == tags["fingerprint_pending"]
     with client_as(team) as client:
@@ -217,8 +216,8 @@ def test_the_pipeline_runs_through_the_server_with_credentials(team, project, fi
     assert cards, "the model's artifacts are in the server's artifact store"
     assert not (root / "state" / "mlflow" / "artifacts").exists()
 
-    listed = cli(root, as_user(env, team, "bob"), "models", "--model", MODEL, "--json")  # a reader reads
-    assert json.loads(listed.stdout)["versions"][0]["aliases"] == ["champion"]
+    listed = json.loads(cli(root, as_user(env, team, "bob"), "models", "--model", MODEL, "--json").stdout)
+    assert {v["version"]: v["tags"] for v in listed["versions"]} == versions(team, MODEL)  # a reader reads it all
 
 
 def test_two_promotions_racing_through_the_server_leave_one_consistent_champion(team, project, first_run, tmp_path):
