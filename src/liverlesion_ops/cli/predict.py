@@ -92,7 +92,8 @@ def predict(
     from liverlesion_ops import prediction
 
     setup()
-    config = load_profile(profile, overrides)
+    # the profile's segmentation and model name only: the registered network loads on whatever Keras backend is here
+    config = load_profile(profile, overrides, keras_backend=False)
     settings = config.segment
     method = segment or (settings.method if settings.automatic else "classical")
     settings = settings.model_copy(update={"method": method, "learned_model": segmenter or settings.learned_model})
