@@ -37,7 +37,7 @@ def timed_run(profile: str, state: Path, code: Path | None = None) -> tuple[floa
     env["LIVERLESION_HOME"] = str(state)
     if code is not None:  # another checkout: its packages first on the path, its steps as ZenML's source, its profile
         env["PYTHONPATH"] = str(code / "src")
-        env["LIVERLESION_CODE"] = str(code)
+        env["LIVERLESION_CODE"] = str(code)  # where a checkout from before 2026-12 keeps its steps and pipelines
         profile = str(code / "configs" / f"{profile}.yaml")
     cli = Path(sys.executable).with_name("liverlesion")
     start = time.perf_counter()

@@ -42,7 +42,8 @@ def resolve(name: str, ref: str | None):
         return mlflow_client.get_model_version(name, ref.lstrip("v"))
     except MlflowException:
         raise RegistryError(
-            f"no {ref} of registered model {name!r} (`liverlesion models --name {name}` lists its versions and aliases)"
+            f"no {ref} of registered model {name!r} "
+            f"(`liverlesion models --model {name}` lists its versions and aliases)"
         ) from None
 
 

@@ -1,7 +1,7 @@
 """The MLflow store of this project (from the environment), its experiments and the runs steps open; and
 what to tell the user when a tracking server (``MLFLOW_TRACKING_URI=http://...``) cannot be used.
 
-A team server (``infra/mlflow``) is reached by the environment alone: ``MLFLOW_TRACKING_URI``,
+A team server (``liverlesion server``) is reached by the environment alone: ``MLFLOW_TRACKING_URI``,
 ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``; ``environment.MLFLOW_HTTP_DEFAULTS``
 bounds how long a request to it may take.
 """
@@ -131,7 +131,7 @@ def _unreachable(uri: str) -> str:
     return (
         f"cannot reach the MLflow tracking server {uri} (gave up after "
         f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '3')} retries): is it running? (MLFLOW_TRACKING_URI; "
-        "infra/mlflow/team_server.py status)"
+        "liverlesion server status)"
     )
 
 
