@@ -153,20 +153,18 @@ def load_predictor(reference: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from liverlesion_ops.registry.registration import check_servable, load_registered_predictor
-    from liverlesion_ops.registry.store import registry_client
+    from liverlesion_ops.registry.registration import load_registered_predictor, servable_version
     from liverlesion_ops.tracking import server_problem
 
-    client = registry_client()
     try:
         if reference.startswith("models:/"):
             body = reference[len("models:/") :]
             if "@" in body:
                 name, alias = body.split("@", 1)
-                version = str(client.get_model_version_by_alias(name, alias).version)
+                version = servable_version(name, None, alias)
             else:
                 name, version = body.split("/", 1)
-            check_servable(client, name, version)
+                version = servable_version(name, version)
             return load_registered_predictor(name, version), f"models:/{name}/{version}"
         served = mlflow.pyfunc.load_model(reference).unwrap_python_model()
     except MlflowException as err:

@@ -321,21 +321,22 @@ def load_registered_predictor(name: str, version: str):
     return predictor
 
 
-def servable_version(name: str, version: str | None) -> str:
-    """Version ``version`` of model ``name`` (a number, ``v3`` too), or its champion's when None.
+def servable_version(name: str, version: str | None, alias: str = CHAMPION) -> str:
+    """Version ``version`` of model ``name`` (a number, ``v3`` too), or the one ``alias`` names when None.
 
     Raises:
-        RegistryError: no such model, version or champion, or an incomplete registration.
+        RegistryError: no such model, version or alias, or an incomplete registration.
     """
     mlflow_client = registry_client()
     if version is None:
         try:
-            version = str(mlflow_client.get_model_version_by_alias(name, CHAMPION).version)
+            version = str(mlflow_client.get_model_version_by_alias(name, alias).version)
         except MlflowException as err:
             if server_problem(err) is not None:
                 raise
             raise RegistryError(
-                f"{name} has no {CHAMPION}: `liverlesion run` registers one, `liverlesion models` lists the versions"
+                f"no model models:/{name}@{alias} (`liverlesion run` registers one; `liverlesion models` lists "
+                "the versions)"
             ) from None
     version = str(version).removeprefix("v")
     check_servable(mlflow_client, name, version)
