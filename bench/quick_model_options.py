@@ -83,6 +83,26 @@ OPTIONS: dict[str, list[str]] = {
         "train.shift_px=10",
         "train.flips=true",
     ],
+    "32 ep, val_loss, cosine, augment": [
+        "train.epochs=32",
+        "train.monitor=val_loss",
+        "train.tie_break=last",
+        "train.lr_schedule=cosine",
+        "train.augment=true",
+        "train.rotation_deg=30",
+        "train.shift_px=10",
+        "train.flips=true",
+    ],
+    "24 ep, val_accuracy, cosine, augment": [
+        "train.epochs=24",
+        "train.monitor=val_accuracy",
+        "train.tie_break=last",
+        "train.lr_schedule=cosine",
+        "train.augment=true",
+        "train.rotation_deg=30",
+        "train.shift_px=10",
+        "train.flips=true",
+    ],
 }
 DATA_STEPS = ("ingest", "segment", "extract_patches", "validate", "split")
 MODEL_STEPS = ("train", "evaluate", "register")
