@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import pandas as pd
 import pydicom
 import pytest
 import yaml
-from dicom_fixtures import IDENTIFYING, write_ct_series, write_seg_file
+from dicom_fixtures import IDENTIFYING, rewrite, write_ct_series, write_seg_file
 from integration_support import TINY_PROFILE, cli, make_project, mlflow_client
 
 from liverlesion.contract import MASK_CYST
@@ -195,6 +196,37 @@ def test_predict_on_dicom_matches_evaluate_and_writes_a_dicom_seg(imported_and_t
     assert set(labels) == {"cyst (predicted)", "metastasis (predicted)"}
     assert (labels["metastasis (predicted)"] > 0) == bool((answered["predicted"] == 1).any())
     assert (out / "lesion_map.png").stat().st_size > 20_000
+
+
+def test_predict_answers_a_series_without_frame_of_reference_or_series_number(
+    imported_and_trained, hospital_export, tmp_path
+):
+    """Real exports lack what the standard makes optional or what an anonymiser strips: the answer is still
+    written (exit 0), the DICOM-SEG left out with a one-line note, and the case named without the series
+    number it lacks."""
+    import shutil
+
+    root, env, _, _ = imported_and_trained
+    _, _, patients = hospital_export
+    patient, case_id, evaluated = _test_patient(root, patients)
+    ct = tmp_path / "stripped"
+    shutil.copytree(patient["folder"] / "ct", ct)
+    rewrite(sorted(ct.iterdir()), FrameOfReferenceUID=None, SeriesNumber=None)
+    out = tmp_path / "answer"
+    done = cli(
+        root, env, "predict", str(ct), "--mask", str(patient["folder"] / "seg.dcm"), "--model", MODEL,
+        "--out", str(out), "--json",
+    )  # fmt: skip
+    answer = json.loads(done.stdout)
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "Frame of Reference" in notes[0], done.stderr
+    assert answer["notes"] == [notes[0].removeprefix("note: ")]
+    assert not (out / "lesion_classes.seg.dcm").exists()
+    assert {"lesions.csv", "lesions.json", "lesion_classes.nii.gz", "lesion_map.png"} <= {f.name for f in out.iterdir()}
+    # named by a digest of the series UID: not "series-None", not a number the series does not have
+    assert re.fullmatch(r"series-[0-9a-f]{8}", answer["case_id"]), answer["case_id"]
+    answered = pd.read_csv(out / "lesions.csv")
+    np.testing.assert_allclose(np.sort(answered["p_metastasis"]), np.sort(evaluated["p_metastasis"]), rtol=0, atol=1e-6)
 
 
 def _free_port() -> int:

@@ -132,8 +132,8 @@ def read_case(
     image, meta, series = read_ct(ct)
     if case_id:
         name = case_id
-    elif series is not None:  # a pseudonymous position, never a description or a folder's name
-        name = f"series-{series.headers[0].get('SeriesNumber') or 1}"
+    elif series is not None:
+        name = series_name(series)
     else:
         name = ct.name.split(".nii")[0]
     if mask is not None:
@@ -141,6 +141,40 @@ def read_case(
         return CaseInput(name, image, meta, series, lesion_mask, encoding, None, "the given mask")
     found, by = segment_automatically(image, meta, segment, name)
     return CaseInput(name, image, meta, series, found.lesions.astype("uint8"), "binary", found.liver, by)
+
+
+def series_name(series) -> str:
+    """A DICOM case's name in the results: ``series-<SeriesNumber>``, or, where the series has no number,
+    ``series-<8 hex digits>`` digested from its SeriesInstanceUID (stable, and not the UID itself); never
+    a description or a folder's name, which can identify the patient."""
+    import hashlib
+
+    header = series.headers[0]
+    number = str(header.get("SeriesNumber", None) or "").strip()
+    if number:
+        return f"series-{number}"
+    uid = str(header.get("SeriesInstanceUID", None) or "")
+    return f"series-{hashlib.sha256(uid.encode()).hexdigest()[:8]}" if uid else "series"
+
+
+def seg_not_written(series) -> str | None:
+    """Why no DICOM-SEG can be written for ``series`` (None: it can).
+
+    A segmentation shares the Frame of Reference of the images it segments (DICOM PS3.3, the Segmentation
+    IOD's Frame of Reference module); a series without a Frame of Reference UID gives it none to share.
+    """
+    if not str(series.headers[0].get("FrameOfReferenceUID", None) or "").strip():
+        return (
+            "no DICOM-SEG written: the CT series has no Frame of Reference UID for a segmentation to share; "
+            "lesion_classes.nii.gz holds the same classes"
+        )
+    return None
+
+
+def answer_notes(case: CaseInput) -> list[str]:
+    """What a reader of the answer should know that is not an error (a file that could not be written)."""
+    why = seg_not_written(case.series) if case.series is not None else None
+    return [why] if why else []
 
 
 def load_predictor(reference: str):
@@ -180,7 +214,8 @@ def load_predictor(reference: str):
 
 def write_answers(case: CaseInput, prediction, predictor, resolved: str, out: Path) -> dict[str, Path]:
     """The files of one answer: the table (CSV, JSON), the label volume, Figure 5, the liver an automatic
-    segmentation found, and for DICOM input a DICOM-SEG referencing the CT series."""
+    segmentation found, and for DICOM input a DICOM-SEG referencing the CT series (where the series has a
+    Frame of Reference; else ``lesions.json`` says why there is none, in ``notes``)."""
     from liverlesion.imaging import save_nifti, to_source_orientation
     from liverlesion.predict import class_volume, write_outputs
 
@@ -189,12 +224,13 @@ def write_answers(case: CaseInput, prediction, predictor, resolved: str, out: Pa
         case_id=case.name,
         input="DICOM series" if case.series is not None else "NIfTI",
         lesions_from=case.lesions_from,
+        notes=answer_notes(case),
     )
     title = f"{case.name}: {predictor.model_name} v{predictor.model_version}"
     files = write_outputs(prediction, out, title=title, extra=extra)
     if case.liver is not None:
         files["liver"] = save_nifti(*to_source_orientation(case.liver.astype("uint8"), case.meta), out / "liver.nii.gz")
-    if case.series is not None:
+    if case.series is not None and seg_not_written(case.series) is None:
         from liverlesion.dicomio import write_seg
 
         volume = class_volume(prediction.instances, prediction.results)
@@ -230,4 +266,5 @@ def predict(
         "lesions_from": case.lesions_from,
         "results": prediction.results,
         "files": files,
+        "notes": answer_notes(case),
     }

@@ -167,6 +167,11 @@ def say(text: str) -> None:
     typer.echo(text)
 
 
+def note(text: str) -> None:
+    """One line on standard error that is neither a result nor a problem (``--json`` keeps standard output)."""
+    typer.echo(f"note: {text}", err=True)
+
+
 def warn(text: str) -> None:
     typer.echo(f"warning: {text}", err=True)
 

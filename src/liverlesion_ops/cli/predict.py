@@ -17,6 +17,7 @@ from liverlesion_ops.cli.common import (
     fail,
     json_output,
     load_profile,
+    note,
     print_json,
     say,
     setup,
@@ -103,6 +104,8 @@ def predict(
     with json_output(as_json):
         answer = prediction.predict(ct, mask, out, settings, reference, mask_encoding, case_id)
     results = answer["results"]
+    for text in answer["notes"]:
+        note(text)
     if as_json:
         say(answer["files"]["json"].read_text().rstrip())
         return
