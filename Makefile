@@ -26,9 +26,11 @@ $(BIN)/.installed: requirements.lock pyproject.toml | $(BIN)/uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
-# the tests', the team server's and the cluster's too (requirements-dev.lock, a superset at the same versions)
-$(BIN)/.installed-dev: requirements-dev.lock pyproject.toml | $(BIN)/uv
+# the tests', the team server's and the cluster's too (requirements-dev.lock, a superset at the same versions),
+# and the tests' real CT (requirements-fixtures.lock: a data package, without the dependencies it declares)
+$(BIN)/.installed-dev: requirements-dev.lock requirements-fixtures.lock pyproject.toml | $(BIN)/uv
 	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements-dev.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --require-hashes -r requirements-fixtures.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@ $(BIN)/.installed
 
