@@ -3,13 +3,18 @@
 Three methods give a case's lesions (``SegmentSettings.method``):
 
 - ``reference``: the masks someone drew (the cohort's ``mask`` files), as they are.
-- ``classical``: no training. The liver is the largest component of the smoothed CT inside a soft-
-  tissue HU window, opened to cut it from its neighbours and closed and hole-filled so that the
-  lesions inside it belong to it. Lesion seeds are voxels away from the liver's edge (where it blurs
-  into darker neighbours) and darker than the liver's own median by more than ``hypodense_hu`` (and
-  than its noise); each is grown to the level half-way between its core and the liver (a partial-
-  volume edge), and components too small, too thin or lying mostly in the edge band are dropped.
-  The defaults were chosen on cases 1-30 of the default phantom cohort (``bench/segmentation.py``).
+- ``classical``: no training. The liver, on a coarse grid (``liver_grid_mm``): the thickest soft-tissue
+  organ (the largest component of the ``liver_hu`` window that survives a wide opening) is its seed;
+  the seed's own CT numbers (mode and spread) give the liver's window, which leaves out the brighter
+  kidney cortex and vessels and the darker bowel wall and muscle; that window, opened to cut thin
+  bridges to the neighbours, is grown from the seed; darker tissue in the liver's bays (tumours at
+  its edge) is taken in by a wide closing, then holes are filled and the boundary is refined at full
+  resolution. Lesion seeds are voxels away from the liver's edge (where it blurs into darker
+  neighbours) and darker than the liver's own median by more than ``hypodense_hu`` (and than its
+  noise); each is grown to the level half-way between its core and the liver (a partial-volume edge),
+  and components too small, too thin or lying mostly in the edge band are dropped. The liver's
+  settings were chosen on one real CT (LiTS case 117, ``tests/real_ct.py``) and on phantom cases; the
+  lesions' on cases 1-30 of the default phantom cohort (``bench/segmentation.py``).
 - ``learned``: the cascade of ``liverlesion.segnet`` (a liver U-Net, then a lesion U-Net on the
   liver's crop) gives two probability maps; they become masks here, with the same size filters.
 
@@ -31,7 +36,17 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
-from liverlesion.morphology import CONNECTIVITY_26, ball, fill_holes, largest_component
+from liverlesion.morphology import (
+    CONNECTIVITY_26,
+    ball,
+    close_mm,
+    dilate_mm,
+    erode_mm,
+    fill_holes,
+    largest_component,
+    open_mm,
+    reconstruct,
+)
 from liverlesion.segnet import Cascade
 
 SEGMENT_METHODS = ("reference", "classical", "learned")
@@ -64,10 +79,36 @@ class SegmentSettings(BaseModel):
     learned_model: str = Field(
         description="learned: the registered cascade as <model name>@<alias> or @<version>",
     )
-    liver_hu: tuple[float, float] = Field(description="classical: HU window of enhanced liver (vessels included)")
+    liver_hu: tuple[float, float] = Field(
+        description="classical: HU window of enhanced soft tissue in which the liver's seed is looked for"
+    )
     smoothing_mm: float = Field(ge=0, description="classical: Gaussian smoothing before thresholds")
-    liver_opening_mm: float = Field(ge=0, description="classical: opening that cuts the liver from neighbours")
-    liver_closing_mm: float = Field(ge=0, description="classical: closing that takes edge lesions in")
+    liver_grid_mm: float = Field(
+        gt=0, description="classical: the liver is found on a grid this coarse (mm), its boundary then refined"
+    )
+    liver_seed_opening_mm: float = Field(
+        gt=0,
+        description="classical: opening that leaves only the thickest organs; the largest that survives is the "
+        "liver's seed",
+    )
+    liver_window_sd: tuple[float, float] = Field(
+        description="classical: the liver's window: the seed's HU mode minus and plus these many of its robust "
+        "standard deviations",
+    )
+    liver_window_min_hu: float = Field(
+        ge=0, description="classical: ... and at least this far either side of the mode (a CT with little noise)"
+    )
+    liver_opening_mm: float = Field(
+        ge=0, description="classical: opening of the liver's window that cuts its bridges to the neighbours"
+    )
+    liver_bay_mm: float = Field(
+        ge=0,
+        description="classical: closing that takes darker tissue in the liver's bays in (tumours at its edge); 0: none",
+    )
+    liver_bay_min_hu: float = Field(
+        description="classical: ... tissue at least this dense (not fat, not gas) and darker than the liver's window"
+    )
+    liver_closing_mm: float = Field(ge=0, description="classical: closing that takes edge lesions and vessels in")
     not_tissue_hu: float = Field(description="classical: below this (fat, lung, air) is never liver nor lesion")
     hypodense_hu: float = Field(
         gt=0, description="classical: a lesion seed is at least this much below the liver's median"
@@ -133,20 +174,48 @@ def filter_lesions(lesions: np.ndarray, spacing, settings: SegmentSettings) -> n
     return keep[labels]
 
 
+def liver_level(values: np.ndarray) -> tuple[float, float]:
+    """The liver's CT number (the histogram's mode, 2 HU bins) and spread (robust standard deviation of the
+    values within 40 HU of it) from voxels that are mostly liver."""
+    hist, edges = np.histogram(values, bins=np.arange(-50.0, 302.0, 2.0))
+    mode = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2.0)))] + 1.0)
+    near = values[np.abs(values - mode) < 40.0]
+    return mode, 1.4826 * float(np.median(np.abs(near - np.median(near)))) if len(near) else 0.0
+
+
 def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
-    """The liver of a smoothed CT: HU window, opening, largest component, closing, holes filled."""
+    """The liver of a smoothed CT (see the module's description of ``classical``)."""
+    spacing = np.asarray(spacing, dtype=float)
+    factor = np.minimum(spacing / settings.liver_grid_mm, 1.0)
+    coarse = ndimage.zoom(smoothed, factor, order=1) if (factor < 1).any() else smoothed
+    grid = spacing * np.array(smoothed.shape) / np.array(coarse.shape)
     lo, hi = settings.liver_hu
-    window = (smoothed >= lo) & (smoothed <= hi)
+    seed = largest_component(open_mm((coarse >= lo) & (coarse <= hi), settings.liver_seed_opening_mm, grid))
+    if not seed.any():
+        return np.zeros(smoothed.shape, dtype=bool)
+    mode, spread = liver_level(coarse[seed])
+    low = mode - max(settings.liver_window_sd[0] * spread, settings.liver_window_min_hu)
+    high = mode + max(settings.liver_window_sd[1] * spread, settings.liver_window_min_hu)
+    window = (coarse >= low) & (coarse <= high)
     if settings.liver_opening_mm > 0:
-        window = ndimage.binary_opening(window, structure=ball(settings.liver_opening_mm, spacing))
-    liver = largest_component(window)
+        window = open_mm(window, settings.liver_opening_mm, grid)
+    liver = largest_component(reconstruct(seed & window, window))
+    if settings.liver_bay_mm > 0:
+        darker = (coarse >= settings.liver_bay_min_hu) & (coarse < low)
+        liver |= close_mm(liver, settings.liver_bay_mm, grid) & darker
     if settings.liver_closing_mm > 0:
-        closing = ball(settings.liver_closing_mm, spacing)
-        pad = [(r, r) for r in np.array(closing.shape) // 2]  # closing must not be cut short at the volume's edge
-        liver = ndimage.binary_closing(np.pad(liver, pad), structure=closing)[
-            tuple(slice(p, -p or None) for p, _ in pad)
-        ]
-    return fill_holes(liver) & (smoothed >= settings.not_tissue_hu)
+        liver = close_mm(liver, settings.liver_closing_mm, grid)
+    liver = fill_holes(liver)
+    if coarse is not smoothed:
+        # back to the CT's grid: in a band of one coarse voxel each side, the boundary follows the CT, at the
+        # seed window's lower end (nearer half-way between the liver and fat than the liver's own window)
+        liver = ndimage.zoom(liver.astype(np.float32), np.array(smoothed.shape) / np.array(liver.shape), order=1)
+        liver = liver >= 0.5
+        band = settings.liver_grid_mm
+        within = (smoothed >= min(lo, low)) & (smoothed <= high)
+        liver = erode_mm(liver, band, spacing) | (dilate_mm(liver, band, spacing) & within)
+        liver = fill_holes(largest_component(liver))
+    return liver & (smoothed >= settings.not_tissue_hu)
 
 
 def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
