@@ -325,6 +325,35 @@ def test_every_layout_gives_the_phantoms_lesions_and_patches(layout, imported, r
     np.testing.assert_allclose(patches, ref_patches, atol=1e-3)
 
 
+@pytest.mark.parametrize("layout", ["lits", "msd", "crlm", "ircadb", "cohort"])
+def test_the_sources_liver_mask_is_kept_on_the_ct_grid_with_its_lesions_inside(layout, imported, phantom):
+    """LiTS/Decathlon liver labels, CRLM's Liver segment, IRCADb's liver structure, a cohort's liver_mask: each
+    becomes the cohort's liver_mask, what train-segmenter and the segmentation measures need."""
+    out, _ = imported(layout)
+    table = pd.read_csv(out / CASES_FILE, dtype=str, keep_default_na=False)
+    assert (table["liver_mask"] != "").all()
+    found = []
+    for row in table.itertuples(index=False):
+        liver, liver_meta = load_nifti(out / row.liver_mask)
+        image, image_meta = load_nifti(out / row.image)
+        mask, _ = load_nifti(out / row.mask)
+        assert liver.shape == image.shape and np.allclose(liver_meta.affine, image_meta.affine)
+        assert set(np.unique(liver)) <= {0, 1} and not ((mask > 0) & (liver == 0)).any()
+        found.append(int(liver.sum()))
+    expected = [int((p["liver"] | (p["mask"] > 0)).sum()) for p in phantom[1]]
+    assert sorted(found) == sorted(expected)
+
+
+def test_a_decathlon_task_without_a_liver_label_imports_no_liver(tmp_path, phantom, pseudonymiser):
+    """Task08 (hepatic vessels) labels vessels and tumours: no label is the liver, so no liver_mask."""
+    root, _ = write_msd(tmp_path / "Task08_HepaticVessel", phantom[1][:1])
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Vessel", "2": "Tumour"}}))
+    out = tmp_path / "cohort"
+    import_cohort(scan_source(root, "msd", default_type="metastasis"), out, pseudonymiser, "msd")
+    table = pd.read_csv(out / CASES_FILE, dtype=str, keep_default_na=False)
+    assert (table["liver_mask"] == "").all() and not (out / "livers").exists()
+
+
 def test_ircadb_skips_organs_adrenal_tumours_and_resection_beds_and_says_so(imported):
     _, report = imported("ircadb")
     for case in report.imported:
@@ -342,7 +371,7 @@ def test_crlm_skips_the_liver_segment_and_says_so(imported):
 def test_the_importer_writes_the_contracts_folder(imported):
     out, report = imported("lits")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["images", "masks", CASES_FILE, LESION_TYPES_FILE, COHORT_FILE]
+        ["images", "masks", "livers", CASES_FILE, LESION_TYPES_FILE, COHORT_FILE]
     )
     table = pd.read_csv(out / CASES_FILE, dtype=str)
     assert set(table["mask_encoding"]) == {"instance"}

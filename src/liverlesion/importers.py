@@ -4,7 +4,10 @@ Every layout is read into the same thing, one :class:`SourceCase` per CT (a CT i
 units on canonical RAS+ axes, its lesions numbered in an instance mask, and the lesions' types where
 known), and :func:`import_cohort` writes them in the contract's form (``liverlesion.contract``):
 ``images/<case>.nii.gz`` (int16 HU), ``masks/<case>.nii.gz`` (instance mask), ``cases.csv``,
-``lesion_types.csv`` and ``cohort.json``. Patient and case keys are keyed-hash pseudonyms
+``lesion_types.csv`` and ``cohort.json``; and where the source has the liver's own mask (LiTS and Decathlon
+labels, an IRCADb ``liver`` structure, a DICOM-SEG ``Liver`` segment, a manifest's or cohort's ``liver_mask``),
+``livers/<case>.nii.gz`` with the lesions inside it, listed as ``liver_mask``: what automatic segmentation is
+trained and measured against. Patient and case keys are keyed-hash pseudonyms
 (``liverlesion.deid``); no header, path or name of the source is written. The cohort folder, not the
 raw files, is what DVC, ZenML and MLflow see.
 
@@ -12,7 +15,7 @@ Layouts (``LAYOUTS``):
 
 | layout | source |
 | --- | --- |
-| ``manifest`` | a biobank's CSV (``patient_id, case, image, mask`` and optionally ``mask_encoding``), paths relative to its folder (or a data root); NIfTI |
+| ``manifest`` | a biobank's CSV (``patient_id, case, image, mask`` and optionally ``mask_encoding``, ``liver_mask``), paths relative to its folder (or a data root); NIfTI |
 | ``lits`` | LiTS: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` (0 background, 1 liver, 2 tumour) |
 | ``msd`` | Medical Segmentation Decathlon (Task03 liver, Task08 hepatic vessel): ``imagesTr/``, ``labelsTr/``, ``dataset.json`` (the tumour label found by name); ``._*`` files skipped |
 | ``dicom-seg`` | DICOM CT series, each with a DICOM-SEG whose segments are lesions, named by a segment-name map |
@@ -47,6 +50,7 @@ from liverlesion.contract import (
     LESION_TYPES,
     LESION_TYPES_COLUMNS,
     LESION_TYPES_FILE,
+    LIVERS_DIR,
     MASK_ENCODINGS,
     MASKS_DIR,
     ContractError,
@@ -57,7 +61,7 @@ from liverlesion.ingestion import contained_path, read_case_table, read_lesion_t
 from liverlesion.lesions import instance_map, lesion_labels
 
 Progress = Callable[[int, int, str], None] | None
-IMPORTER_VERSION = "1.0.0"
+IMPORTER_VERSION = "1.1.0"  # 1.1: the source's liver masks kept (``liver_mask``)
 #: a type in a name map that means "not a lesion to classify" (organs, vessels, resection beds)
 IGNORE = "ignore"
 LAYOUTS = ("manifest", "lits", "msd", "dicom-seg", "crlm", "ircadb", "cohort")
@@ -91,6 +95,11 @@ NON_LESION_SEGMENTS = {
 }
 #: LiTS and the Decathlon's liver / hepatic-vessel tasks: the tumour label
 LITS_TUMOUR_LABEL = 2
+#: LiTS: the liver label (its tumours, label 2, lie inside the liver too)
+LITS_LIVER_LABEL = 1
+#: the names a liver's own mask goes by: an IRCADb structure folder, a DICOM-SEG segment (CRLM's ``Liver``), a
+#: Decathlon label; it becomes the cohort's ``liver_mask`` (``Liver Remnant`` and the like are not the liver)
+LIVER_NAMES = ("liver", "liver parenchyma", "whole liver")
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
 
@@ -104,6 +113,7 @@ class CaseData:
     types: dict[int, str]  # lesion number -> contract type; lesions without one have no type
     padding_voxels: int = 0  # scanner padding outside the field of view, set to air by ``check_hu``
     notes: list[str] = field(default_factory=list)  # e.g. structures skipped, by name
+    liver: np.ndarray | None = None  # bool, the source's own liver mask where it has one
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,11 @@ def match_name(name: str, name_map: dict[str, str]) -> str | None:
         if fnmatch.fnmatchcase(lowered, pattern.lower()):
             return kind
     return None
+
+
+def is_liver(name: str) -> bool:
+    """Whether a structure, segment or label name is the liver itself (``LIVER_NAMES``, case and ``_`` ignored)."""
+    return " ".join(name.replace("_", " ").strip().lower().split()) in LIVER_NAMES
 
 
 def check_name_map(name_map: dict[str, str]) -> dict[str, str]:
@@ -202,17 +217,28 @@ def _nifti_case(
     to_instances: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]],
     given: dict[int, str],
     default_type: str | None,
+    liver_of: Callable[[np.ndarray], np.ndarray] | None = None,
+    liver_file: Path | None = None,
 ) -> CaseData:
+    """One NIfTI CT with its lesion mask; its liver from the same label file (``liver_of``) or its own file."""
     hu, meta = load_nifti(image)
-    mask_array, mask_meta = load_nifti(mask)
-    if mask_array.shape != hu.shape or not np.allclose(mask_meta.affine, meta.affine, atol=1e-3):
-        raise ContractError(
-            f"{where}: mask grid {mask_array.shape} differs from CT grid {hu.shape} (or their affines "
-            "differ: the mask must lie on the CT's own voxels)"
-        )
+    mask_array = _on_grid(mask, meta, hu.shape, where, "mask")
     hu, padding = check_hu(hu, where)
     instances, found = to_instances(mask_array)
-    return CaseData(hu, meta, instances, _types_for(found, given, default_type, where), padding)
+    liver = liver_of(mask_array) if liver_of is not None else None
+    if liver_file is not None:
+        liver = _on_grid(liver_file, meta, hu.shape, where, "liver mask") != 0
+    return CaseData(hu, meta, instances, _types_for(found, given, default_type, where), padding, liver=liver)
+
+
+def _on_grid(path: Path, meta: ImageMeta, shape, where: str, what: str) -> np.ndarray:
+    array, its_meta = load_nifti(path)
+    if array.shape != shape or not np.allclose(its_meta.affine, meta.affine, atol=1e-3):
+        raise ContractError(
+            f"{where}: {what} grid {array.shape} differs from CT grid {shape} (or their affines "
+            "differ: the mask must lie on the CT's own voxels)"
+        )
+    return array
 
 
 def scan_manifest(
@@ -234,7 +260,8 @@ def scan_manifest(
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise ContractError(
-            f"{manifest}: missing column(s) {missing}; a manifest has {list(required)} and optionally mask_encoding"
+            f"{manifest}: missing column(s) {missing}; a manifest has {list(required)} and optionally mask_encoding "
+            "and liver_mask"
         )
     twice = sorted(set(table.loc[table["case"].duplicated(), "case"]))
     if twice:
@@ -256,6 +283,7 @@ def scan_manifest(
                 where,
                 (types or {}).get(row.case, {}),
                 default_type,
+                (getattr(row, "liver_mask", "") or "").strip(),
             )
         )
     return cases
@@ -271,14 +299,23 @@ def _nifti_source(
     where: str,
     types: dict[int, str],
     default_type: str | None,
+    liver_mask: str = "",
 ) -> SourceCase:
-    """One NIfTI CT and its mask listed in a table (paths relative to ``root``, kept inside it)."""
+    """One NIfTI CT and its mask (and liver mask, where listed) in a table (paths relative to ``root``, kept
+    inside it)."""
     image_path = contained_path(root, image, f"{where}, image")
     mask_path = contained_path(root, mask, f"{where}, mask")
+    liver_path = contained_path(root, liver_mask, f"{where}, liver mask") if liver_mask else None
 
     def read() -> CaseData:
         return _nifti_case(
-            image_path, mask_path, where, lambda array: instance_map(array, where, encoding), types, default_type
+            image_path,
+            mask_path,
+            where,
+            lambda array: instance_map(array, where, encoding),
+            types,
+            default_type,
+            liver_file=liver_path,
         )
 
     return SourceCase(patient=patient, case=case, where=where, read=read)
@@ -307,17 +344,32 @@ def scan_cohort(folder: Path, default_type: str | None = None) -> list[SourceCas
             f"{folder.name}: case {row.case_id}",
             types.get(row.case_id, {}),
             default_type,
+            row.liver_mask,
         )
         for row in table.itertuples(index=False)
     ]
 
 
 def _tumour_reader(
-    image: Path, label: Path, where: str, tumour: int, given: dict[int, str], default_type: str | None
+    image: Path,
+    label: Path,
+    where: str,
+    tumour: int,
+    given: dict[int, str],
+    default_type: str | None,
+    liver: int | None,
 ) -> Callable[[], CaseData]:
+    """A label volume's tumour components as lesions; its liver label and the tumours in it as the liver."""
+
     def read() -> CaseData:
         return _nifti_case(
-            image, label, where, lambda a: _components_as_instances(np.asarray(a) == tumour, where), given, default_type
+            image,
+            label,
+            where,
+            lambda a: _components_as_instances(np.asarray(a) == tumour, where),
+            given,
+            default_type,
+            liver_of=None if liver is None else (lambda a: np.isin(np.asarray(a), (liver, tumour))),
         )
 
     return read
@@ -352,22 +404,30 @@ def scan_lits(
                 name,
                 str(volume),
                 _tumour_reader(
-                    volume, labels[0], str(volume), LITS_TUMOUR_LABEL, (types or {}).get(name, {}), default_type
+                    volume,
+                    labels[0],
+                    str(volume),
+                    LITS_TUMOUR_LABEL,
+                    (types or {}).get(name, {}),
+                    default_type,
+                    LITS_LIVER_LABEL,
                 ),
             )
         )
     return cases
 
 
-def _msd_tumour_label(dataset_json: Path) -> int:
-    """The Decathlon task's tumour label, by its name in ``dataset.json`` (2 in Task03 and Task08)."""
+def _msd_labels(dataset_json: Path) -> tuple[int, int | None]:
+    """The Decathlon task's tumour label and liver label, by their names in ``dataset.json`` (Task03: 2 and 1;
+    Task08, hepatic vessels: 2 and none); without the file, LiTS's."""
     if not dataset_json.exists():
-        return LITS_TUMOUR_LABEL
+        return LITS_TUMOUR_LABEL, LITS_LIVER_LABEL
     labels = json.loads(dataset_json.read_text()).get("labels", {})
-    for key, name in labels.items():
-        if re.search(r"tumou?r|cancer|lesion", str(name), re.IGNORECASE):
-            return int(key)
-    raise ContractError(f"{dataset_json}: no tumour label among {labels}")
+    tumour = [int(key) for key, name in labels.items() if re.search(r"tumou?r|cancer|lesion", str(name), re.I)]
+    if not tumour:
+        raise ContractError(f"{dataset_json}: no tumour label among {labels}")
+    liver = [int(key) for key, name in labels.items() if is_liver(str(name))]
+    return tumour[0], liver[0] if liver else None
 
 
 def scan_msd(
@@ -375,7 +435,7 @@ def scan_msd(
 ) -> list[SourceCase]:
     """The Medical Segmentation Decathlon: ``imagesTr/X.nii.gz`` + ``labelsTr/X.nii.gz``; ``._*`` skipped."""
     folder = Path(folder)
-    tumour = _msd_tumour_label(folder / "dataset.json")
+    tumour, liver = _msd_labels(folder / "dataset.json")
     images = sorted(p for p in (folder / "imagesTr").glob("*.nii*") if not p.name.startswith("._"))
     if not images:
         raise ContractError(
@@ -392,7 +452,7 @@ def scan_msd(
                 f"msd-{name}",
                 name,
                 str(image),
-                _tumour_reader(image, label, str(image), tumour, (types or {}).get(name, {}), default_type),
+                _tumour_reader(image, label, str(image), tumour, (types or {}).get(name, {}), default_type, liver),
             )
         )
     return cases
@@ -459,7 +519,9 @@ def _dicom_seg_reader(
             "not in the name map: skipped",
         )
         instances, types = stack_lesions(series.hu.shape, kept, where, components=False)
-        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes)
+        livers = [mask for label, mask in segments.values() if is_liver(label)]
+        liver = np.logical_or.reduce(livers) if livers else None
+        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver)
 
     return read
 
@@ -522,7 +584,9 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
             "not a liver lesion: skipped",
         )
         instances, types = stack_lesions(series.hu.shape, kept, where, components=True)
-        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes)
+        livers = [read_mask_series(s, series) for s in structures if is_liver(s.name)]
+        liver = np.logical_or.reduce(livers) if livers else None
+        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver)
 
     return read
 
@@ -622,7 +686,7 @@ def import_cohort(
         _existing(out)
         if append
         else (
-            pd.DataFrame(columns=["patient_key", "case_id", "image", "mask", "mask_encoding"]),
+            pd.DataFrame(columns=["patient_key", "case_id", "image", "mask", "mask_encoding", "liver_mask"]),
             pd.DataFrame(columns=list(LESION_TYPES_COLUMNS)),
             {},
         )
@@ -630,8 +694,8 @@ def import_cohort(
     staging = out.parent / f".{out.name}.importing"
     if staging.exists():
         shutil.rmtree(staging)
-    (staging / IMAGES_DIR).mkdir(parents=True)
-    (staging / MASKS_DIR).mkdir(parents=True)
+    for sub in (IMAGES_DIR, MASKS_DIR, LIVERS_DIR):
+        (staging / sub).mkdir(parents=True)
     rows, type_rows, refused, notes, imported = [], [], [], [], []
     taken = set(old_cases["case_id"])
     try:
@@ -661,6 +725,10 @@ def import_cohort(
                 data.meta.affine,
                 staging / mask,
             )
+            liver = ""
+            if data.liver is not None and data.liver.any():  # the lesions lie in the liver (the contract)
+                liver = f"{LIVERS_DIR}/{case_id}.nii.gz"
+                save_nifti((data.liver | (data.instances > 0)).astype(np.uint8), data.meta.affine, staging / liver)
             taken.add(case_id)
             rows.append(
                 {
@@ -669,6 +737,7 @@ def import_cohort(
                     "image": image,
                     "mask": mask,
                     "mask_encoding": "instance",
+                    "liver_mask": liver,
                 }
             )
             typed = {k: t for k, t in data.types.items() if k in lesions}
@@ -695,6 +764,7 @@ def import_cohort(
             )
         cases_table = pd.concat([old_cases, pd.DataFrame(rows)], ignore_index=True)
         cases_table["mask_encoding"] = cases_table["mask_encoding"].replace("", "class").fillna("class")
+        cases_table["liver_mask"] = cases_table["liver_mask"].fillna("")
         types_table = pd.concat(
             [old_types, pd.DataFrame(type_rows, columns=list(LESION_TYPES_COLUMNS))], ignore_index=True
         )
@@ -714,6 +784,7 @@ def import_cohort(
             "imports": imports,
             "deidentification": deidentification_record(),
             "mask_codes": "instance masks: 0 background, k = lesion k; types in lesion_types.csv",
+            "liver_mask_codes": {"background": 0, "liver": 1},
             "units": {"image": "HU (int16)", "spacing": "mm"},
         }
         cases_table.to_csv(staging / CASES_FILE, index=False, lineterminator="\n")
@@ -721,7 +792,9 @@ def import_cohort(
         (staging / COHORT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         # all read and written: move in (the tables last, so a cohort never lists a missing file)
         out.mkdir(parents=True, exist_ok=True)
-        for sub in (IMAGES_DIR, MASKS_DIR):
+        for sub in (IMAGES_DIR, MASKS_DIR, LIVERS_DIR):
+            if sub == LIVERS_DIR and not any((staging / sub).iterdir()):
+                continue
             (out / sub).mkdir(exist_ok=True)
             for path in (staging / sub).iterdir():
                 path.replace(out / sub / path.name)
