@@ -40,6 +40,7 @@ LAYERS = {
     "liverlesion_ops.runs": 5,
     "liverlesion_ops.retrain": 5,
     "liverlesion_ops.prediction": 5,
+    "liverlesion_ops.evaluation": 5,
     "liverlesion_ops.importing": 5,
     "liverlesion_ops.schedule": 5,
     "liverlesion_ops.cli": 6,

@@ -61,7 +61,18 @@ def test_lesions_are_matched_found_missed_and_invented():
 
     seg = Segmentation(liver=np.ones(shape, bool), lesions=automatic > 0)
     case, rows, labels = compare_to_reference(
-        "c1", "P1", "classical", (1.0, 1.0, 1.0), seg, automatic, reference, {1: 1, 2: 0}, None, 0.2, 0.5
+        "c1",
+        "P1",
+        "classical",
+        (1.0, 1.0, 1.0),
+        seg,
+        automatic,
+        reference,
+        {1: 1, 2: 0},
+        None,
+        0.2,
+        0.5,
+        outside_liver_mm=10.0,
     )
     assert labels == {1: 1, 2: None}  # the found lesion takes its reference's class; the invented one none
     assert (case["reference_lesions"], case["found_lesions"], case["automatic_lesions"], case["invented_lesions"]) == (

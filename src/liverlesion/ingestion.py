@@ -246,6 +246,7 @@ def _check_case(
         liver,
         segment.detection_dice,
         time.perf_counter() - started,
+        outside_liver_mm=segment.outside_liver_mm,
     )
     for lesion in auto_described:
         lesion["label"] = auto_labels[lesion["instance"]]

@@ -444,3 +444,46 @@ def segmentation_markdown(method: str, summary: dict[str, Any], counts: dict[str
         f"specificity (cysts found and called cyst / all): {counts['specificity']:.3f}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def evaluation_markdown(
+    method: str, cascade: str, data_version: str, cases: Any, summary: dict[str, Any], detection_dice: float
+) -> str:
+    """``segmentation.md`` of ``liverlesion evaluate``: the cohort's figures, detection by lesion size, and one
+    row per case (``cases``: ``segmentation.SEGMENTATION_CASE_COLUMNS`` rows)."""
+
+    def number(value: Any, digits: int = 3) -> str:
+        return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+    lines = [
+        f"# Segmentation: {method}" + (f" ({cascade})" if cascade else ""),
+        "",
+        f"Cohort {data_version[:12]}: {summary['cases']} CT(s) of {summary['patients']} patient(s). A reference "
+        f"lesion is found when an automatic lesion overlaps it with a Dice of at least {detection_dice}.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| liver Dice, median (min) | {number(summary['liver_dice_median'])} ({number(summary['liver_dice_min'])}) |",
+        f"| liver ASSD (mm), mean | {number(summary['liver_assd_mm'], 2)} |",
+        f"| lesion Dice, mean per CT | {number(summary['lesion_dice'])} |",
+        f"| lesions found / reference lesions | {summary['found_lesions']} / {summary['reference_lesions']} |",
+        f"| invented lesions (all; median per patient) | {summary['invented_lesions']} "
+        f"({number(summary['invented_per_patient_median'], 1)}) |",
+        f"| automatic lesions outside the reference liver | {number(summary['outside_liver_lesions'], 0)} |",
+        f"| seconds per CT, mean (max) | {number(summary['seconds_per_case'], 1)} "
+        f"({number(summary['seconds_per_case_max'], 1)}) |",
+        "",
+        "| reference lesion size | lesions | found | recall |",
+        "| --- | --- | --- | --- |",
+        *(f"| {s['size']} | {s['reference']} | {s['found']} | {number(s['recall'])} |" for s in summary["by_size"]),
+        "",
+        "| case | liver Dice | lesion Dice | found / reference | invented | outside liver | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {c.case_id} | {number(c.liver_dice)} | {number(c.lesion_dice)} | {c.found_lesions} / "
+            f"{c.reference_lesions} | {c.invented_lesions} | {number(c.outside_liver_lesions, 0)} | {c.seconds:.1f} |"
+            for c in cases.itertuples(index=False)
+        ),
+        "",
+    ]
+    return "\n".join(lines)

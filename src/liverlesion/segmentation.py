@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage
 
 from liverlesion.morphology import (
@@ -57,7 +57,8 @@ REFERENCE_SUFFIX = "-ref"
 #: per case, how the automatic segmentation compares with the reference (``compare_to_reference``)
 SEGMENTATION_CASE_COLUMNS = (
     "case_id", "patient_key", "method", "liver_dice", "liver_assd_mm", "lesion_dice", "lesion_assd_mm",
-    "reference_lesions", "found_lesions", "automatic_lesions", "invented_lesions", "seconds",
+    "reference_lesions", "found_lesions", "automatic_lesions", "invented_lesions", "outside_liver_lesions",
+    "seconds",
 )  # fmt: skip
 #: per lesion, reference and automatic: ``kind`` is ``reference`` (found or missed) or ``automatic``
 #: (matched, i.e. mostly inside a reference lesion, or invented)
@@ -135,6 +136,22 @@ class SegmentSettings(BaseModel):
         le=1,
         description="a reference lesion is found when an automatic one overlaps it with at least this Dice",
     )
+    diameter_bins_mm: tuple[float, ...] = Field(
+        min_length=1,
+        description="detection is reported per size class of reference lesion, split at these diameters (mm, "
+        "of the ball of the lesion's volume)",
+    )
+    outside_liver_mm: float = Field(
+        ge=0,
+        description="an automatic lesion wholly farther than this from the reference liver is counted as outside it",
+    )
+
+    @field_validator("diameter_bins_mm")
+    @classmethod
+    def _increasing(cls, bins: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= a for a, b in zip(bins, bins[1:])) or bins[0] <= 0:
+            raise ValueError("diameters must be positive and increasing")
+        return bins
 
     @property
     def automatic(self) -> bool:
@@ -337,6 +354,8 @@ def compare_to_reference(
     reference_liver: np.ndarray | None,
     detection_dice: float,
     seconds: float,
+    *,
+    outside_liver_mm: float,
 ) -> tuple[dict, list[dict], dict[int, int | None]]:
     """One case's segmentation measures, its per-lesion outcomes and the labels the automatic lesions take.
 
@@ -344,6 +363,8 @@ def compare_to_reference(
         auto_instances, reference_instances: the two lesion masks numbered (``lesions.instance_map``).
         reference_labels: reference lesion -> model label (None where its type is unknown).
         reference_liver: the reference liver mask, where the cohort has one.
+        outside_liver_mm: automatic lesions wholly farther than this from the reference liver are counted
+            (``outside_liver_lesions``; NaN without a reference liver).
 
     Returns:
         ``(case row (SEGMENTATION_CASE_COLUMNS), lesion rows (SEGMENTATION_LESION_COLUMNS),
@@ -403,6 +424,9 @@ def compare_to_reference(
         "found_lesions": sum(f for _, _, f in by_reference.values()),
         "automatic_lesions": len(by_automatic),
         "invented_lesions": sum(not m for _, _, m in by_automatic.values()),
+        "outside_liver_lesions": len(outside_liver(auto_instances, reference_liver, spacing, outside_liver_mm))
+        if reference_liver is not None
+        else float("nan"),
         "seconds": float(seconds),
     }
     return case, rows, labels
@@ -440,6 +464,7 @@ def measure_case(
         reference_liver,
         settings.detection_dice,
         seconds,
+        outside_liver_mm=settings.outside_liver_mm,
     )
     return row, rows
 
@@ -450,27 +475,82 @@ class ReferenceCase:
 
     image: np.ndarray  # HU, float32, canonical axes
     spacing: tuple[float, float, float]
-    liver: np.ndarray  # bool
+    liver: np.ndarray | None  # bool; None where the cohort has no liver mask for the case
     instances: np.ndarray  # the reference lesions numbered (``lesions.instance_map``)
     labels: dict[int, int | None]  # lesion number -> class where the mask codes it
 
 
-def read_reference_case(image_path, mask_path, liver_path, case_id: str, mask_encoding: str) -> ReferenceCase:
-    """One read of a case's CT, lesion mask and liver mask."""
+def read_reference_case(
+    image_path, mask_path, liver_path, case_id: str, mask_encoding: str, types: dict[int, str] | None = None
+) -> ReferenceCase:
+    """One read of a case's CT, lesion mask and liver mask (``liver_path`` None: no liver mask).
+
+    Args:
+        types: lesion number -> type (``lesion_types.csv``), for masks that do not code the class.
+    """
+    from liverlesion.contract import LESION_TYPES
     from liverlesion.imaging import load_nifti
     from liverlesion.lesions import instance_map
 
     image, meta = load_nifti(image_path, dtype=np.float32)
     mask, _ = load_nifti(mask_path)
-    liver, _ = load_nifti(liver_path)
+    liver = load_nifti(liver_path)[0] != 0 if liver_path else None
     instances, described = instance_map(mask, case_id, mask_encoding)
-    return ReferenceCase(image, meta.spacing, liver != 0, instances, {d["instance"]: d["label"] for d in described})
+    labels = {d["instance"]: d["label"] for d in described}
+    for number, kind in (types or {}).items():
+        if labels.get(number) is None and number in labels:
+            labels[number] = LESION_TYPES[kind]
+    return ReferenceCase(image, meta.spacing, liver, instances, labels)
 
 
 def _number(lesions: np.ndarray, case_id: str) -> np.ndarray:
     from liverlesion.lesions import instance_map
 
     return instance_map(lesions.astype(np.uint8), case_id, "binary")[0]
+
+
+def lesion_diameter_mm(volume_ml) -> np.ndarray:
+    """The diameter (mm) of a ball of the lesion's volume: how lesions are put in size classes."""
+    return (6.0 * np.asarray(volume_ml, dtype=float) * 1000.0 / np.pi) ** (1.0 / 3.0)
+
+
+def size_class(diameter_mm: float, bins: tuple[float, ...]) -> str:
+    """``<10 mm``, ``10-20 mm``, ``>=20 mm`` for bins (10, 20)."""
+    if diameter_mm < bins[0]:
+        return f"<{bins[0]:g} mm"
+    for lo, hi in zip(bins, bins[1:]):
+        if diameter_mm < hi:
+            return f"{lo:g}-{hi:g} mm"
+    return f">={bins[-1]:g} mm"
+
+
+def detection_by_size(lesions: pd.DataFrame, bins: tuple[float, ...]) -> pd.DataFrame:
+    """Per size class of reference lesion: how many, how many found, the recall (``SEGMENTATION_LESION_COLUMNS``
+    rows in)."""
+    reference = lesions[lesions["kind"] == "reference"]
+    classes = [size_class(d, bins) for d in lesion_diameter_mm(reference["volume_ml"])]
+    names = [size_class(b - 1e-9, bins) for b in bins] + [size_class(bins[-1], bins)]
+    rows = []
+    for name in names:
+        of_class = reference[[c == name for c in classes]]
+        found = int((of_class["outcome"] == "found").sum())
+        rows.append(
+            {
+                "size": name,
+                "reference": int(len(of_class)),
+                "found": found,
+                "recall": found / len(of_class) if len(of_class) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def outside_liver(instances: np.ndarray, reference_liver: np.ndarray, spacing, distance_mm: float) -> list[int]:
+    """The automatic lesions (numbers in ``instances``) with no voxel within ``distance_mm`` of the reference liver."""
+    near = dilate_mm(reference_liver, distance_mm, spacing)
+    numbers = [int(k) for k in np.unique(instances) if k]
+    inside = set(np.unique(instances[near & (instances > 0)]).tolist())
+    return [k for k in numbers if k not in inside]
 
 
 def segmentation_summary(cases: pd.DataFrame, lesions: pd.DataFrame) -> dict[str, float]:

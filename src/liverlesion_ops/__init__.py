@@ -11,7 +11,8 @@ on a GPU machine or in a step image. Here, by layer (each imports only the layer
    ``audit``, ``team_server``, ``kubeflow``: MLflow, DVC, Great Expectations and the cluster, as library calls.
 3. ``steps``: ZenML steps, one per file, each a thin wrapper over the domain package.
 4. ``pipelines``: ZenML pipelines, wiring only.
-5. ``runs``, ``retrain``, ``prediction``, ``importing``, ``schedule``: what each command does, as a library call.
+5. ``runs``, ``retrain``, ``prediction``, ``evaluation``, ``importing``, ``schedule``: what each command does, as a
+   library call.
 6. ``cli``: the ``liverlesion`` command (parsing, the one error path, reporting).
 
 ``lesion_classifier`` is the served model, logged "from code" with the domain package beside it: it imports

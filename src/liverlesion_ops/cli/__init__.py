@@ -3,6 +3,7 @@
 - ``runs``: ``run``, ``compare``, ``train-segmenter``, ``retrain``, ``export``, ``profile``
 - ``data``: ``data``, ``import``, ``generate``
 - ``predict``: ``predict``, ``predict-batch``
+- ``evaluate``: ``evaluate`` (a cohort's automatic segmentation against its reference masks)
 - ``registry``: ``models``, ``promote``, ``rollback``, ``audit``
 - ``team``: ``server`` (the team MLflow server), ``stack`` (the Kubeflow stack), ``schedule``
 
@@ -64,9 +65,9 @@ def _main(
 
 
 def _register_commands() -> None:
-    from liverlesion_ops.cli import data, predict, registry, runs, team
+    from liverlesion_ops.cli import data, evaluate, predict, registry, runs, team
 
-    for group in (runs, data, predict, registry, team):
+    for group in (runs, data, predict, evaluate, registry, team):
         group.register(app)
 
 

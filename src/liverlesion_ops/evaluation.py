@@ -1,0 +1,173 @@
+"""``liverlesion evaluate``: a cohort's automatic segmentation measured against its reference masks, without
+training anything.
+
+Each CT of the cohort is segmented by the chosen method (classical, or the registered cascade), timed, and
+compared with its reference: liver Dice and ASSD (where the cohort has a ``liver_mask``), lesion Dice and
+ASSD, each reference lesion found or missed (by size class, ``segment.diameter_bins_mm``), automatic lesions
+invented or lying outside the liver (``segment.outside_liver_mm``). The tables and a summary go to a report
+folder and to an MLflow run tagged ``job=evaluation`` in the segmentation experiment, with the cohort's
+content hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from liverlesion.config import Profile
+
+log = logging.getLogger(__name__)
+
+JOB = "evaluation"
+
+
+def metric_name(size: str) -> str:
+    """A size class as MLflow allows it in a metric name: ``<10 mm`` -> ``under_10mm``, ``>=20 mm`` -> ``from_20mm``."""
+    return size.replace("<", "under_").replace(">=", "from_").replace(" ", "")
+
+
+def _cascade(profile: Profile) -> tuple[Any, str]:
+    """The registered cascade a ``learned`` evaluation uses, and its URI; (None, "") for ``classical``."""
+    if profile.segment.method != "learned":
+        return None, ""
+    from liverlesion.segmentation import load_cascade
+    from liverlesion_ops.segmenters import download_cascade, resolve_segmenter
+
+    uri = resolve_segmenter(profile.segment.learned_model)
+    return load_cascade(download_cascade(uri)), uri
+
+
+def measure_cohort(folder: Path, profile: Profile, cascade: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every case of the cohort segmented by ``profile.segment.method`` and measured (the segmentation tables,
+    ``segmentation.SEGMENTATION_CASE_COLUMNS`` and ``SEGMENTATION_LESION_COLUMNS`` plus ``diameter_mm`` and
+    ``size`` per lesion).
+
+    Raises:
+        CohortError / ContractError: the folder or a case breaks the data contract, naming it.
+    """
+    from liverlesion.ingestion import contained_path, read_case_table, read_lesion_types
+    from liverlesion.segmentation import (
+        SEGMENTATION_CASE_COLUMNS,
+        SEGMENTATION_LESION_COLUMNS,
+        lesion_diameter_mm,
+        measure_case,
+        read_reference_case,
+        size_class,
+    )
+
+    settings = profile.segment
+    table = read_case_table(folder)
+    types = read_lesion_types(folder, set(table["case_id"]))
+    cases, lesions = [], []
+    for i, row in enumerate(table.itertuples(index=False), start=1):
+        where = f"case {row.case_id}"
+        reference = read_reference_case(
+            contained_path(folder, row.image, f"{where}, image"),
+            contained_path(folder, row.mask, f"{where}, mask"),
+            contained_path(folder, row.liver_mask, f"{where}, liver mask") if row.liver_mask else None,
+            row.case_id,
+            row.mask_encoding,
+            types.get(row.case_id, {}),
+        )
+        case, outcome = measure_case(
+            row.case_id,
+            row.patient_key,
+            reference.image,
+            reference.spacing,
+            reference.instances,
+            reference.labels,
+            reference.liver,
+            settings,
+            cascade,
+        )
+        cases.append(case)
+        lesions += outcome
+        log.info(
+            f"{i}/{len(table)} {row.case_id}: liver Dice {case['liver_dice']:.3f}, {case['found_lesions']}/"
+            f"{case['reference_lesions']} lesions found, {case['invented_lesions']} invented, {case['seconds']:.1f} s"
+        )
+    lesion_table = pd.DataFrame(lesions, columns=list(SEGMENTATION_LESION_COLUMNS))
+    lesion_table["diameter_mm"] = lesion_diameter_mm(lesion_table["volume_ml"])
+    lesion_table["size"] = [size_class(d, settings.diameter_bins_mm) for d in lesion_table["diameter_mm"]]
+    return pd.DataFrame(cases, columns=list(SEGMENTATION_CASE_COLUMNS)), lesion_table
+
+
+def summarise(cases: pd.DataFrame, lesions: pd.DataFrame, profile: Profile) -> dict[str, Any]:
+    """The cohort's figures: ``segmentation.segmentation_summary``, the medians per patient, detection per size
+    class, and the automatic lesions outside the liver."""
+    from liverlesion.segmentation import detection_by_size, segmentation_summary
+
+    summary: dict[str, Any] = segmentation_summary(cases, lesions)
+    per_patient = cases.groupby("patient_key")[["invented_lesions", "outside_liver_lesions"]].sum(min_count=1)
+    summary["liver_dice_median"] = float(cases["liver_dice"].median())
+    summary["liver_dice_min"] = float(cases["liver_dice"].min())
+    summary["invented_per_patient_median"] = float(per_patient["invented_lesions"].median())
+    summary["outside_liver_lesions"] = float(cases["outside_liver_lesions"].sum(min_count=1))
+    summary["seconds_per_case_max"] = float(cases["seconds"].max())
+    summary["by_size"] = detection_by_size(lesions, profile.segment.diameter_bins_mm).to_dict(orient="records")
+    return summary
+
+
+def evaluate(profile: Profile, data: Path | None, out: Path | None) -> dict[str, Any]:
+    """Measure the profile's automatic segmentation on a cohort; write the report folder and the MLflow run.
+
+    Returns:
+        ``{"method", "cascade", "data": {...}, "summary", "report", "mlflow_run_id"}``.
+
+    Raises:
+        ContractError: ``segment.method`` is not automatic.
+    """
+    import mlflow
+
+    from liverlesion.contract import ContractError
+    from liverlesion.report import evaluation_markdown
+    from liverlesion_ops import project, runs
+    from liverlesion_ops.tracking import ensure_experiment, use_tracking_store
+
+    settings = profile.segment
+    if not settings.automatic:
+        raise ContractError("evaluate measures an automatic segmentation: --segment classical or learned")
+    version = runs.cohort(profile, data)
+    cascade, uri = _cascade(profile)
+    started = time.perf_counter()
+    cases, lesions = measure_cohort(version.path, profile, cascade)
+    summary = summarise(cases, lesions, profile)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(out) if out is not None else project.reports_dir() / f"evaluation-{settings.method}-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    cases.to_csv(folder / "segmentation_cases.csv", index=False)
+    lesions.to_csv(folder / "segmentation_lesions.csv", index=False)
+    report = folder / "segmentation.md"
+    report.write_text(evaluation_markdown(settings.method, uri, version.hash, cases, summary, settings.detection_dice))
+    record = {
+        "method": settings.method,
+        "cascade": uri,
+        "data": {"version": version.hash, "source": version.source, "cases": int(len(cases))},
+        "summary": summary,
+        "seconds": time.perf_counter() - started,
+        "report": str(folder),
+    }
+    (folder / "summary.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    use_tracking_store()
+    mlflow.set_experiment(experiment_id=ensure_experiment(profile.segment_experiment))
+    with mlflow.start_run(run_name=f"{JOB}-{settings.method}-{version.hash[:8]}") as run:
+        mlflow.set_tags(
+            {"job": JOB, "profile": profile.name, "data_version": version.hash, "segment_method": settings.method}
+            | ({"segmenter": uri} if uri else {})
+        )
+        mlflow.log_params({f"segment.{k}": v for k, v in settings.model_dump().items()})
+        numbers = {k: v for k, v in summary.items() if isinstance(v, int | float) and np.isfinite(v)}
+        mlflow.log_metrics({k: float(v) for k, v in numbers.items()})
+        for size in summary["by_size"]:
+            if np.isfinite(size["recall"]):
+                mlflow.log_metric(f"detection_recall_{metric_name(size['size'])}", float(size["recall"]))
+        mlflow.log_artifacts(str(folder), artifact_path="evaluation")
+    record["mlflow_run_id"] = run.info.run_id
+    return record
