@@ -38,7 +38,6 @@ from scipy import ndimage
 
 from liverlesion.morphology import (
     CONNECTIVITY_26,
-    ball,
     close_mm,
     dilate_mm,
     erode_mm,
@@ -226,13 +225,27 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
     if coarse is not smoothed:
         # back to the CT's grid: in a band of one coarse voxel each side, the boundary follows the CT, at the
         # seed window's lower end (nearer half-way between the liver and fat than the liver's own window)
-        liver = ndimage.zoom(liver.astype(np.float32), np.array(smoothed.shape) / np.array(liver.shape), order=1)
-        liver = liver >= 0.5
         band = settings.liver_grid_mm
-        within = (smoothed >= min(lo, low)) & (smoothed <= high)
-        liver = erode_mm(liver, band, spacing) | (dilate_mm(liver, band, spacing) & within)
-        liver = fill_holes(largest_component(liver))
+        scale = np.array(smoothed.shape) / np.array(liver.shape)
+        core, shell = (
+            ndimage.zoom(m.astype(np.float32), scale, order=1) >= 0.5
+            for m in (erode_mm(liver, band, grid), dilate_mm(liver, band, grid))
+        )
+        box = bounding_box(shell, 1)  # the work where the liver is
+        within = (smoothed[box] >= min(lo, low)) & (smoothed[box] <= high)
+        liver = np.zeros(smoothed.shape, dtype=bool)
+        liver[box] = fill_holes(largest_component(core[box] | (shell[box] & within)))
     return liver & (smoothed >= settings.not_tissue_hu)
+
+
+def bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
+    """The slices around ``mask``'s voxels, widened by ``margin`` voxels per axis (within the volume); the whole
+    volume for an empty mask."""
+    found = ndimage.find_objects(mask.astype(np.uint8))
+    if not found or found[0] is None:
+        return tuple(slice(0, n) for n in mask.shape)
+    margin = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
+    return tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(found[0], margin, mask.shape))
 
 
 def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
@@ -244,7 +257,7 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
     noise = 1.4826 * float(np.median(np.abs(values - median)))  # robust: vessels and lesions are outliers
     inner = liver
     if settings.liver_edge_mm > 0:
-        inner = ndimage.binary_erosion(liver, structure=ball(settings.liver_edge_mm, spacing))
+        inner = erode_mm(liver, settings.liver_edge_mm, spacing)
     seeds = inner & (smoothed < median - max(settings.hypodense_hu, settings.noise_factor * noise))
     if settings.hyperdense_hu is not None:
         seeds |= inner & (smoothed > median + max(settings.hyperdense_hu, settings.noise_factor * noise))
@@ -270,7 +283,10 @@ def classical_segmentation(image: np.ndarray, spacing, settings: SegmentSettings
     sigma = settings.smoothing_mm / np.asarray(spacing, dtype=float)
     smoothed = ndimage.gaussian_filter(image.astype(np.float32), sigma) if settings.smoothing_mm > 0 else image
     liver = segment_liver(smoothed, spacing, settings)
-    return Segmentation(liver, segment_lesions(smoothed, liver, spacing, settings))
+    box = bounding_box(liver, 1)  # lesions lie in the liver: the rest of the CT is not looked at
+    lesions = np.zeros(liver.shape, dtype=bool)
+    lesions[box] = segment_lesions(smoothed[box], liver[box], spacing, settings)
+    return Segmentation(liver, lesions)
 
 
 def masks_from_probabilities(
