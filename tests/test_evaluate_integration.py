@@ -64,6 +64,8 @@ def test_evaluate_writes_the_tables_and_the_report(evaluated):
     assert sum(s["found"] for s in by_size.values()) == summary["found_lesions"] == int(cases["found_lesions"].sum())
     assert summary["outside_liver_lesions"] == 0
     assert "| reference lesion size |" in (out / "segmentation.md").read_text()
+    written = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert written["summary"]["found_lesions"] == summary["found_lesions"]
 
 
 def test_evaluate_logs_an_evaluation_run_with_the_cohorts_hash(evaluated):

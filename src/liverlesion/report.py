@@ -487,3 +487,19 @@ def evaluation_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """JSON any parser reads: a measure not taken (NaN) is null, never ``NaN`` (``options``: ``json.dumps``'s)."""
+    import json
+
+    def strict(item: Any) -> Any:
+        if isinstance(item, float) and item != item:
+            return None
+        if isinstance(item, dict):
+            return {k: strict(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [strict(v) for v in item]
+        return item
+
+    return json.dumps(strict(value), allow_nan=False, **options)

@@ -92,6 +92,11 @@ class SegmentSettings(BaseModel):
         description="classical: opening that leaves only the thickest organs; the largest that survives is the "
         "liver's seed",
     )
+    liver_level_band_hu: float = Field(
+        gt=0,
+        description="classical: the liver's spread is measured on its CT numbers within this far of their mode "
+        "(tumours and vessels beyond it do not widen it)",
+    )
     liver_window_sd: tuple[float, float] = Field(
         description="classical: the liver's window: the seed's HU mode minus and plus these many of its robust "
         "standard deviations",
@@ -191,12 +196,18 @@ def filter_lesions(lesions: np.ndarray, spacing, settings: SegmentSettings) -> n
     return keep[labels]
 
 
-def liver_level(values: np.ndarray) -> tuple[float, float]:
-    """The liver's CT number (the histogram's mode, 2 HU bins) and spread (robust standard deviation of the
-    values within 40 HU of it) from voxels that are mostly liver."""
-    hist, edges = np.histogram(values, bins=np.arange(-50.0, 302.0, 2.0))
+#: where the liver's level is looked for: a histogram of 2 HU bins over every CT number soft tissue can have
+#: (smoothed over 2 bins, so that noise does not choose the mode)
+LEVEL_BINS_HU = np.arange(-50.0, 302.0, 2.0)
+
+
+def liver_level(values: np.ndarray, band_hu: float) -> tuple[float, float]:
+    """The liver's CT number (the mode of its histogram, ``LEVEL_BINS_HU``) and spread (the robust standard
+    deviation of the values within ``band_hu`` of the mode, so that tumours and vessels beyond do not widen
+    it), from voxels that are mostly liver."""
+    hist, edges = np.histogram(values, bins=LEVEL_BINS_HU)
     mode = float(edges[int(np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 2.0)))] + 1.0)
-    near = values[np.abs(values - mode) < 40.0]
+    near = values[np.abs(values - mode) < band_hu]
     return mode, 1.4826 * float(np.median(np.abs(near - np.median(near)))) if len(near) else 0.0
 
 
@@ -210,7 +221,7 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
     seed = largest_component(open_mm((coarse >= lo) & (coarse <= hi), settings.liver_seed_opening_mm, grid))
     if not seed.any():
         return np.zeros(smoothed.shape, dtype=bool)
-    mode, spread = liver_level(coarse[seed])
+    mode, spread = liver_level(coarse[seed], settings.liver_level_band_hu)
     low = mode - max(settings.liver_window_sd[0] * spread, settings.liver_window_min_hu)
     high = mode + max(settings.liver_window_sd[1] * spread, settings.liver_window_min_hu)
     window = (coarse >= low) & (coarse <= high)
@@ -256,7 +267,7 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
         return np.zeros(liver.shape, dtype=bool)
     # the parenchyma's level and noise, robust to a liver full of tumours (the median and spread of the whole
     # liver are not: on a real CT with 79 tumours they sit 5 HU and 6 HU off, and hide every small tumour)
-    median, noise = liver_level(smoothed[liver])
+    median, noise = liver_level(smoothed[liver], settings.liver_level_band_hu)
     inner = liver
     if settings.liver_edge_mm > 0:
         inner = erode_mm(liver, settings.liver_edge_mm, spacing)

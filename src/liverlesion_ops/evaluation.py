@@ -11,7 +11,6 @@ content hash.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -127,7 +126,7 @@ def evaluate(profile: Profile, data: Path | None, out: Path | None) -> dict[str,
     import mlflow
 
     from liverlesion.contract import ContractError
-    from liverlesion.report import evaluation_markdown
+    from liverlesion.report import evaluation_markdown, strict_json
     from liverlesion_ops import project, runs
     from liverlesion_ops.tracking import ensure_experiment, use_tracking_store
 
@@ -154,7 +153,7 @@ def evaluate(profile: Profile, data: Path | None, out: Path | None) -> dict[str,
         "seconds": time.perf_counter() - started,
         "report": str(folder),
     }
-    (folder / "summary.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    (folder / "summary.json").write_text(strict_json(record, indent=2, default=float) + "\n")
     use_tracking_store()
     mlflow.set_experiment(experiment_id=ensure_experiment(profile.segment_experiment))
     with mlflow.start_run(run_name=f"{JOB}-{settings.method}-{version.hash[:8]}") as run:

@@ -8,7 +8,6 @@ traceback for any of them.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
@@ -150,17 +149,9 @@ def json_output(as_json: bool) -> Iterator[None]:
 
 def print_json(value: Any) -> None:
     """Strict JSON (a measure not taken is null, never NaN) on standard output."""
-    typer.echo(json.dumps(_strict(value), indent=2, sort_keys=True, default=str, allow_nan=False))
+    from liverlesion.report import strict_json
 
-
-def _strict(value: Any) -> Any:
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    return value
+    typer.echo(strict_json(value, indent=2, sort_keys=True, default=str))
 
 
 def say(text: str) -> None:
