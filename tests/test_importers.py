@@ -358,14 +358,15 @@ def test_ircadb_skips_organs_adrenal_tumours_and_resection_beds_and_says_so(impo
     _, report = imported("ircadb")
     for case in report.imported:
         notes = [n for n in report.notes if n.startswith(f"case {case['case_id']}:")]
-        for structure in ("liver", "surretumor", "metastasectomie"):
+        for structure in ("surretumor", "metastasectomie"):
             assert any(f"structure '{structure}'" in n and "skipped" in n for n in notes), (structure, notes)
+        assert any("structure 'liver': the liver, kept as the liver mask" in n for n in notes), notes
         assert not any("livertumor" in n or "liverkyst" in n for n in notes)
 
 
-def test_crlm_skips_the_liver_segment_and_says_so(imported):
+def test_crlm_keeps_the_liver_segment_as_the_liver_mask_and_says_so(imported):
     _, report = imported("crlm")
-    assert sum("segment 'Liver'" in n and "skipped" in n for n in report.notes) == SPEC.n_patients
+    assert sum("segment 'Liver': the liver, kept as the liver mask" in n for n in report.notes) == SPEC.n_patients
 
 
 def test_the_importer_writes_the_contracts_folder(imported):

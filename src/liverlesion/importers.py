@@ -495,6 +495,9 @@ def _named_lesions(
     kept, notes = [], []
     for name, load in named:
         kind = match_name(name, name_map)
+        if is_liver(name) and kind in (None, IGNORE):
+            notes.append(f"{what} {name!r}: the liver, kept as the liver mask (not a lesion)")
+            continue
         if kind is None or kind == IGNORE:
             notes.append(f"{what} {name!r} {'ignored by the name map' if kind else unmatched}")
             continue
