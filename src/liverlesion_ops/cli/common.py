@@ -66,6 +66,22 @@ JsonOption = Annotated[
 ModelOption = Annotated[
     str | None, typer.Option("--model", help="the registered model (default: the profile's register.model_name)")
 ]
+SegmentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--segment",
+        help="the automatic segmentation: classical (thresholds and morphology) or learned (the registered "
+        "cascade); default: the profile's segment.method, classical where it is reference",
+    ),
+]
+SegmenterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--segmenter",
+        help="with --segment learned: the cascade as <model>@<alias> or <model>@<version> (default: the profile's "
+        "segment.learned_model)",
+    ),
+]
 ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded on the versions and in an MLflow run)")]
 
 
@@ -152,6 +168,19 @@ def print_json(value: Any) -> None:
     from liverlesion.report import strict_json
 
     typer.echo(strict_json(value, indent=2, sort_keys=True, default=str))
+
+
+def automatic_segmentation(settings, segment: str | None, segmenter: str | None):
+    """The profile's ``segment`` settings with ``--segment`` and ``--segmenter`` applied: the method is
+    ``--segment``, else the profile's where it is automatic, else classical.
+
+    Raises:
+        CommandError: a method other than classical or learned (exit 2).
+    """
+    method = segment or (settings.method if settings.automatic else "classical")
+    if method not in ("classical", "learned"):
+        raise fail(f"--segment {method!r}: classical or learned")
+    return settings.model_copy(update={"method": method, "learned_model": segmenter or settings.learned_model})
 
 
 def say(text: str) -> None:

@@ -12,8 +12,10 @@ from liverlesion_ops.cli.common import (
     DataOption,
     JsonOption,
     ProfileOption,
+    SegmenterOption,
+    SegmentOption,
     SetOption,
-    fail,
+    automatic_segmentation,
     json_output,
     load_profile,
     print_json,
@@ -30,22 +32,8 @@ def register(app: typer.Typer) -> None:
 
 def evaluate(
     data: DataOption = None,
-    segment: Annotated[
-        str | None,
-        typer.Option(
-            "--segment",
-            help="classical (thresholds and morphology) or learned (the registered cascade); default: the "
-            "profile's segment.method, classical where it is reference",
-        ),
-    ] = None,
-    segmenter: Annotated[
-        str | None,
-        typer.Option(
-            "--segmenter",
-            help="with --segment learned: the cascade as <model>@<alias> or <model>@<version> (default: the "
-            "profile's segment.learned_model)",
-        ),
-    ] = None,
+    segment: SegmentOption = None,
+    segmenter: SegmenterOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="folder for the report (default: reports/evaluation-<method>-<time>/)"),
@@ -67,12 +55,7 @@ def evaluate(
 
     setup()
     config = load_profile(profile, overrides, keras_backend=False)
-    settings = config.segment
-    method = segment or (settings.method if settings.automatic else "classical")
-    if method not in ("classical", "learned"):
-        raise fail(f"--segment {method!r}: classical or learned")
-    settings = settings.model_copy(update={"method": method, "learned_model": segmenter or settings.learned_model})
-    config = config.model_copy(update={"segment": settings})
+    config = config.model_copy(update={"segment": automatic_segmentation(config.segment, segment, segmenter)})
     with json_output(as_json):
         record = evaluation.evaluate(config, data, out)
     if as_json:
@@ -80,8 +63,8 @@ def evaluate(
         return
     summary = record["summary"]
     say(
-        f"{method} segmentation of {summary['cases']} CT(s) (cohort {record['data']['version'][:12]}): liver Dice "
-        f"median {summary['liver_dice_median']:.3f} (min {summary['liver_dice_min']:.3f}), "
+        f"{record['method']} segmentation of {summary['cases']} CT(s) (cohort {record['data']['version'][:12]}): "
+        f"liver Dice median {summary['liver_dice_median']:.3f} (min {summary['liver_dice_min']:.3f}), "
         f"{summary['found_lesions']}/{summary['reference_lesions']} lesions found, {summary['invented_lesions']} "
         f"invented, {summary['seconds_per_case']:.1f} s per CT"
     )

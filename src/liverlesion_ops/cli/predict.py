@@ -13,8 +13,10 @@ from liverlesion_ops.cli.common import (
     JsonOption,
     ModelOption,
     ProfileOption,
+    SegmenterOption,
+    SegmentOption,
     SetOption,
-    fail,
+    automatic_segmentation,
     json_output,
     load_profile,
     note,
@@ -47,22 +49,8 @@ def predict(
     out: Annotated[
         Path | None, typer.Option("--out", help="folder for the results (default: ./prediction-<name>)")
     ] = None,
-    segment: Annotated[
-        str | None,
-        typer.Option(
-            "--segment",
-            help="without --mask: classical (thresholds and morphology) or learned (the registered cascade); "
-            "default: the profile's segment.method, classical where it is reference",
-        ),
-    ] = None,
-    segmenter: Annotated[
-        str | None,
-        typer.Option(
-            "--segmenter",
-            help="with --segment learned: the cascade as <model>@<alias> or <model>@<version> (default: the "
-            "profile's segment.learned_model)",
-        ),
-    ] = None,
+    segment: SegmentOption = None,
+    segmenter: SegmenterOption = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -95,11 +83,7 @@ def predict(
     setup()
     # the profile's segmentation and model name only: the registered network loads on whatever Keras backend is here
     config = load_profile(profile, overrides, keras_backend=False)
-    settings = config.segment
-    method = segment or (settings.method if settings.automatic else "classical")
-    settings = settings.model_copy(update={"method": method, "learned_model": segmenter or settings.learned_model})
-    if mask is None and method not in ("classical", "learned"):
-        raise fail(f"--segment {method!r}: without --mask, classical or learned")
+    settings = config.segment if mask is not None else automatic_segmentation(config.segment, segment, segmenter)
     reference = prediction.model_reference(model or config.register.model_name, version)
     with json_output(as_json):
         answer = prediction.predict(ct, mask, out, settings, reference, mask_encoding, case_id)
