@@ -158,3 +158,18 @@ def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_spli
     for name in ("train", "val", "test"):
         auto_patients = set(by_auto.loc[by_auto["set"] == name, "patient_key"])
         assert auto_patients <= set(by_reference.loc[by_reference["set"] == name, "patient_key"])
+
+
+def test_a_lesion_is_outside_the_liver_only_when_no_voxel_of_it_is_near_the_liver():
+    from liverlesion.segmentation import outside_liver
+
+    liver = np.zeros((60, 60, 30), bool)
+    liver[10:30, 10:30, 5:25] = True
+    lesions = np.zeros(liver.shape, np.int32)
+    lesions[12:14, 12:14, 10:12] = 1  # inside
+    lesions[35:37, 15:17, 10:12] = 2  # 6 mm beyond the liver's face: near it
+    lesions[50:52, 50:52, 10:12] = 3  # far
+    assert outside_liver(lesions, liver, (1.0, 1.0, 1.0), 10.0) == [3]
+    assert outside_liver(lesions, liver, (1.0, 1.0, 1.0), 5.0) == [2, 3]
+    assert outside_liver(lesions, np.zeros_like(liver), (1.0, 1.0, 1.0), 10.0) == [1, 2, 3]
+    assert outside_liver(np.zeros_like(lesions), liver, (1.0, 1.0, 1.0), 10.0) == []

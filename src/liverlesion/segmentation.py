@@ -575,10 +575,17 @@ def detection_by_size(lesions: pd.DataFrame, bins: tuple[float, ...]) -> pd.Data
 
 
 def outside_liver(instances: np.ndarray, reference_liver: np.ndarray, spacing, distance_mm: float) -> list[int]:
-    """The automatic lesions (numbers in ``instances``) with no voxel within ``distance_mm`` of the reference liver."""
-    near = dilate_mm(reference_liver, distance_mm, spacing)
-    numbers = [int(k) for k in np.unique(instances) if k]
-    inside = set(np.unique(instances[near & (instances > 0)]).tolist())
+    """The automatic lesions (numbers in ``instances``) with no voxel within ``distance_mm`` of the reference liver.
+
+    Measured in the box around the lesions widened by ``distance_mm``: a liver voxel that near a lesion lies in it.
+    """
+    lesions = instances > 0
+    if not lesions.any():
+        return []
+    box = bounding_box(lesions, np.ceil(distance_mm / np.asarray(spacing, dtype=float)).astype(int) + 1)
+    near = dilate_mm(reference_liver[box], distance_mm, spacing)
+    numbers = [int(k) for k in np.unique(instances[box]) if k]
+    inside = set(np.unique(instances[box][near & lesions[box]]).tolist())
     return [k for k in numbers if k not in inside]
 
 
