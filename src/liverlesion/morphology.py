@@ -67,3 +67,54 @@ def reconstruct(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     labels, _ = ndimage.label(mask, structure=CONNECTIVITY_26)
     touched = np.unique(labels[seed & (labels > 0)])
     return np.isin(labels, touched[touched > 0])
+
+
+def cut_at_necks(mask: np.ndarray, spacing, neck_ratio: float, depth_mm: float) -> np.ndarray:
+    """``mask``'s thickest part and the parts joined to it through connections nearly as thick as they are.
+
+    A neighbouring organ that touches the liver through a blurred interface or a thin bridge forms a part of
+    its own: the mask's depth (distance to its outside, mm) has a maximum inside it and a saddle at the
+    neck. The mask is split into catchment basins of its depth (a watershed from its maxima of at least
+    ``depth_mm`` prominence); starting from the deepest basin, a basin is taken in while the saddle joining
+    it to what was taken is at least ``neck_ratio`` times its own depth: a lobe joins through tissue about as
+    thick as itself, a leak through a neck much thinner than the organ it leads into.
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    if not mask.any():
+        return mask.copy()
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1].astype(np.float32)
+    markers, n = ndimage.label(h_maxima(depth, depth_mm), structure=CONNECTIVITY_26)
+    if n <= 1:
+        return mask.copy()
+    basins = watershed(-depth, markers, mask=mask)
+    peaks = ndimage.maximum(depth, basins, index=np.arange(n + 1))
+    peaks = np.asarray(peaks, dtype=float)
+    # the saddle between two basins: the deepest pair of face neighbours across their border
+    saddles: dict[tuple[int, int], float] = {}
+    for axis in range(3):
+        a = np.moveaxis(basins, axis, 0)
+        da = np.moveaxis(depth, axis, 0)
+        left, right = a[:-1], a[1:]
+        border = (left != right) & (left > 0) & (right > 0)
+        if not border.any():
+            continue
+        pairs = np.stack([np.minimum(left[border], right[border]), np.maximum(left[border], right[border])], axis=1)
+        heights = np.minimum(da[:-1][border], da[1:][border])
+        order = np.lexsort((heights, pairs[:, 1], pairs[:, 0]))
+        pairs, heights = pairs[order], heights[order]
+        last = np.ones(len(pairs), dtype=bool)
+        last[:-1] = np.any(pairs[1:] != pairs[:-1], axis=1)  # the highest of each pair comes last
+        for (p, q), h in zip(pairs[last].tolist(), heights[last].tolist()):
+            saddles[(p, q)] = max(saddles.get((p, q), 0.0), h)
+    kept = {int(np.argmax(peaks))}
+    grown = True
+    while grown:
+        grown = False
+        for (p, q), h in saddles.items():
+            for inside, outside in ((p, q), (q, p)):
+                if inside in kept and outside not in kept and h >= neck_ratio * peaks[outside]:
+                    kept.add(outside)
+                    grown = True
+    return np.isin(basins, sorted(kept))

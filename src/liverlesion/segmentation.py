@@ -7,7 +7,9 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   organ (the largest component of the ``liver_hu`` window that survives a wide opening) is its seed;
   the seed's own CT numbers (mode and spread) give the liver's window, which leaves out the brighter
   kidney cortex and vessels and the darker bowel wall and muscle; that window, opened to cut thin
-  bridges to the neighbours, is grown from the seed; darker tissue in the liver's bays (tumours at
+  bridges to the neighbours, is grown from the seed; a neighbour at the liver's level that touches it
+  through a blurred interface (heart muscle across the diaphragm on thick slices, kidney, pancreas) is
+  cut off at the neck it forms (``liver_neck_ratio``); darker tissue in the liver's bays (tumours at
   its edge) is taken in by a wide closing, then holes are filled and the boundary is refined at full
   resolution. Lesion seeds are voxels away from the liver's edge (where it blurs into darker
   neighbours) and darker than the liver's parenchyma (the mode of its CT numbers) by more than
@@ -15,7 +17,8 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   between its core and the liver (a partial-volume edge), and components too small, too thin or lying
   mostly in the edge band are dropped. The settings were chosen on cases 1-30 of the default phantom
   cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
-  (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it.
+  (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's
+  organs (``bench/organ_phantom.py``).
 - ``learned``: the cascade of ``liverlesion.segnet`` (a liver U-Net, then a lesion U-Net on the
   liver's crop) gives two probability maps; they become masks here, with the same size filters.
 
@@ -40,6 +43,7 @@ from scipy import ndimage
 from liverlesion.morphology import (
     CONNECTIVITY_26,
     close_mm,
+    cut_at_necks,
     dilate_mm,
     erode_mm,
     fill_holes,
@@ -106,6 +110,15 @@ class SegmentSettings(BaseModel):
     )
     liver_opening_mm: float = Field(
         ge=0, description="classical: opening of the liver's window that cuts its bridges to the neighbours"
+    )
+    liver_neck_ratio: float = Field(
+        ge=0,
+        lt=1,
+        description="classical: a part of the liver's window joined to it through a neck thinner than this share of "
+        "its own thickness is a neighbour and is cut off (morphology.cut_at_necks); 0: no such check",
+    )
+    liver_neck_depth_mm: float = Field(
+        gt=0, description="classical: how much thicker than its surroundings a part must be to count as a part"
     )
     liver_bay_mm: float = Field(
         ge=0,
@@ -228,6 +241,9 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
     if settings.liver_opening_mm > 0:
         window = open_mm(window, settings.liver_opening_mm, grid)
     liver = largest_component(reconstruct(seed & window, window))
+    if settings.liver_neck_ratio > 0:
+        # leak check: a neighbour (kidney, heart, pancreas) joined through a blurred interface is cut off there
+        liver = cut_at_necks(fill_holes(liver), grid, settings.liver_neck_ratio, settings.liver_neck_depth_mm) & liver
     if settings.liver_bay_mm > 0:
         darker = (coarse >= settings.liver_bay_min_hu) & (coarse < low)
         liver |= close_mm(liver, settings.liver_bay_mm, grid) & darker
