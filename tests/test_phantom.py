@@ -19,6 +19,7 @@ from liverlesion.phantom import (
     CYST_VOLUME_ML,
     GENERATOR_VERSION,
     METASTASIS_VOLUME_ML,
+    ORGAN_CODES,
     SLICE_SPACINGS_MM,
     CohortSpec,
     generate_cohort,
@@ -159,7 +160,7 @@ def test_images_are_int16_hu_on_plausible_grids(tiny_cohort):
         sx, sy, sz = meta.spacing
         assert sx == sy and 0.6 <= sx <= 0.9
         assert min(abs(sz - s) for s in SLICE_SPACINGS_MM) < 1e-6
-        assert image.min() >= -1024 and image.max() < 400
+        assert image.min() >= -1024 and image.max() <= 3071
         assert (image < -900).any(), "air (or lung) should be in the field of view"
         assert ((image > -150) & (image < -60)).sum() > 1000, "fat should be in the field of view"
 
@@ -200,3 +201,46 @@ def test_parallel_generation_writes_the_same_bytes(tmp_path):
     serial = _files(generate_cohort(spec, tmp_path / "serial"))
     parallel = _files(generate_cohort(spec, tmp_path / "parallel", workers=2))
     assert serial == parallel
+
+
+@pytest.fixture(scope="module")
+def with_organs():
+    plans = plan_cohort(QUICK.cohort)
+    return [generate_patient(QUICK.cohort, plans[i]) for i in (0, 7)]
+
+
+def test_the_liver_has_the_neighbours_that_fool_a_segmenter(with_organs):
+    for case in with_organs:
+        liver = float(np.median(case.image[case.liver & (case.mask == 0)]))
+        near = ndimage.distance_transform_edt(~case.liver, sampling=case.spacing)
+        present = {name for name, code in ORGAN_CODES.items() if (case.organs == code).any()}
+        assert present >= {"kidney", "renal_pelvis", "pancreas", "stomach", "colon", "heart", "aorta", "rib"}, present
+        assert not (case.organs[case.liver] > 0).any()  # where the liver is, the liver is
+
+        def hu(name, q, case=case):
+            return float(np.percentile(case.image[case.organs == ORGAN_CODES[name]], q))
+
+        assert hu("kidney", 90) >= liver + 40  # the cortex is brighter than the liver ...
+        assert near[case.organs == ORGAN_CODES["kidney"]].min() <= 6.0  # ... and touches it, a fat plane away
+        assert abs(hu("pancreas", 50) - liver) <= 25  # the pancreas at the liver's own level
+        assert abs(hu("heart", 10) - liver) <= 40  # so is the heart's muscle, across the diaphragm
+        assert near[case.organs == ORGAN_CODES["heart"]].min() <= 10.0
+        assert hu("stomach", 5) < -800 and hu("colon", 5) < -800  # gas in the lumen
+        assert hu("rib", 50) > 250
+
+
+def test_organs_change_neither_the_liver_nor_the_lesions(with_organs, monkeypatch):
+    import liverlesion.phantom as phantom
+
+    monkeypatch.setattr(phantom, "_plan_organs", lambda rng, anat, grid: ([], []))
+    plans = plan_cohort(QUICK.cohort)
+    bare = generate_patient(QUICK.cohort, plans[0])
+    case = with_organs[0]
+    assert not bare.organs.any()
+    np.testing.assert_array_equal(bare.liver, case.liver)
+    np.testing.assert_array_equal(bare.mask, case.mask)
+    assert bare.lesions == case.lesions
+    inside = ndimage.binary_erosion(case.liver, iterations=3)
+    # the same CT where the liver is (to the rounding of the blend: 1 HU)
+    assert np.abs(bare.image[inside].astype(int) - case.image[inside]).max() <= 1
+    assert (bare.image != case.image).sum() > 10_000  # and other organs around it

@@ -4,15 +4,18 @@ The paper's data (63 patients, 230 lesions, half cysts and half colorectal metas
 so the pipeline is developed and tested on a cohort generated here. It is shaped like that biobank
 (counts, class balance, lesion volume ranges and means) and like real portal-venous CT as measured
 on 3D-IRCADb (see ``shared/DESIGN.md``, "What real venous-phase CT looks like"): liver 100-120 HU
-with vessels and noise, water-like cysts, hypoattenuating heterogeneous metastases with rims and
-necrotic cores, per-patient voxel spacing, and partial volume at every boundary. The point of that
-realism is that the classification task is not trivial: the best single threshold on a lesion's
-mean HU reaches about 0.9 accuracy (``bench/cohort_separability.py``), not 1.0: necrotic
-metastases, small cysts blurred towards the liver, and noise overlap, as in real scans.
+with vessels and noise, among the organs that border it in patients (kidney cortex brighter than it
+beside a water-dense pelvis, heart muscle, spleen and pancreas at its own level, stomach and bowel
+with gas and fluid, great vessels, spine and ribs), each a fat plane away; water-like cysts,
+hypoattenuating heterogeneous metastases with rims and necrotic cores, per-patient voxel spacing,
+and partial volume at every boundary. The point of that realism is that the classification task is
+not trivial: the best single threshold on a lesion's mean HU reaches about 0.9 accuracy
+(``bench/cohort_separability.py``), not 1.0: necrotic metastases, small cysts blurred towards the
+liver, and noise overlap, as in real scans.
 
-Size and speed: the default cohort (63 patients, ~3.7 M voxels each) takes about 75 s on one core
-(``workers=2``: about 40 s) and ~270 MB, nearly all of it the int16 CT, whose 10-20 HU noise
-compresses to ~1.1 byte per voxel.
+Size and speed: the default cohort (63 patients, ~3.7 M voxels each) takes about 50 s with
+``workers=2`` on 2 cores and ~280 MB, nearly all of it the int16 CT, whose 10-20 HU noise compresses
+to ~1.1 byte per voxel.
 
 Reproducibility: everything is derived from ``CohortSpec`` through NumPy ``SeedSequence`` streams
 (one for the cohort plan, one per patient), files are written without timestamps, so the same spec
@@ -53,7 +56,7 @@ from liverlesion.contract import (
 from liverlesion.imaging import affine_from_spacing, save_nifti
 
 #: Bump whenever the bytes written for a given spec change (it is recorded in ``cohort.json``).
-GENERATOR_VERSION = "1.2.0"
+GENERATOR_VERSION = "1.3.0"
 
 Progress = Callable[[int, int, str], None]
 
@@ -208,6 +211,75 @@ VESSEL_CHILDREN = 2  # each branch point splits in two
 VESSEL_ROOT_JITTER = 0.2  # random tilt of the main trunks' directions (unit-vector units)
 
 # ---------------------------------------------------------------------------------------------
+# The organs around the liver: what fools a segmenter on real CT (kidney cortex brighter than the
+# liver with a water-dense pelvis beside it, a spleen, pancreas and heart muscle at the liver's own
+# level, stomach and bowel with gas and fluid, the great vessels, spine and ribs). Portal-venous
+# CT numbers from textbook ranges; sizes of an adult (mm, before ``size_scale``). Each organ is
+# placed in the liver's own frame (normalised liver coordinates: x towards the patient's right,
+# y anterior, z superior, in liver semi-axes) and kept a fat plane away from the liver's surface
+# (``*_GAP_MM``), as the liver's neighbours are in patients; what lies inside the liver is the
+# liver's. They are drawn from their own random stream, so the liver, its vessels, the lesions and
+# the noise are those of the phantom without organs.
+# ---------------------------------------------------------------------------------------------
+KIDNEY_CORTEX_HU = Range(150.0, 200.0)  # cortex and columns enhance above the liver
+KIDNEY_MEDULLA_HU = Range(100.0, 140.0)  # medulla still behind the cortex at 70 s
+RENAL_PELVIS_HU = Range(0.0, 20.0)  # unopacified urine: water, a cyst mimic
+KIDNEY_SEMI_MM = ((26.0, 32.0), (22.0, 27.0), (50.0, 60.0))  # transverse, antero-posterior, cranio-caudal
+KIDNEY_CORTEX_MM = Range(5.0, 8.0)
+RENAL_PELVIS_SEMI_MM = ((8.0, 11.0), (9.0, 13.0), (14.0, 20.0))
+KIDNEY_AT = (0.40, -0.72, -0.80)  # upper pole against the right lobe's posterior undersurface
+KIDNEY_GAP_MM = Range(1.0, 4.0)  # the hepatorenal fat plane
+SPLEEN_HU = Range(110.0, 135.0)
+SPLEEN_SEMI_MM = ((30.0, 40.0), (50.0, 60.0), (45.0, 60.0))
+SPLEEN_AT = (-1.55, -0.55, 0.15)
+SPLEEN_GAP_MM = Range(2.0, 8.0)
+PANCREAS_HU = Range(90.0, 120.0)  # at the liver's level
+PANCREAS_SEMI_MM = ((55.0, 70.0), (10.0, 13.0), (12.0, 16.0))
+PANCREAS_AT = (-0.75, -0.45, -0.62)
+PANCREAS_GAP_MM = Range(3.0, 8.0)
+STOMACH_WALL_HU = Range(70.0, 110.0)  # enhancing mucosa
+STOMACH_WALL_MM = Range(3.0, 5.0)
+STOMACH_SEMI_MM = ((40.0, 50.0), (33.0, 42.0), (50.0, 65.0))
+STOMACH_AT = (-1.05, 0.25, 0.15)  # under the left lobe
+STOMACH_GAP_MM = Range(1.0, 4.0)
+LUMEN_FLUID_HU = Range(0.0, 25.0)  # gastric and bowel fluid
+LUMEN_GAS_SHARE = Range(0.2, 0.45)  # the anterior share of a lumen that is gas (supine: gas rises)
+COLON_WALL_HU = Range(60.0, 100.0)
+BOWEL_WALL_MM = Range(2.0, 3.5)
+COLON_RADIUS_MM = Range(20.0, 27.0)
+COLON_FROM, COLON_TO = (0.75, 0.15, -0.80), (0.0, 0.50, -0.95)  # the hepatic flexure, under the right lobe
+COLON_GAP_MM = Range(1.0, 5.0)
+DUODENUM_RADIUS_MM = Range(11.0, 14.0)
+DUODENUM_FROM, DUODENUM_TO = (-0.20, -0.25, -0.85), (-0.25, 0.05, -0.45)
+DUODENUM_GAP_MM = Range(1.0, 4.0)
+HEART_MYOCARDIUM_HU = Range(90.0, 120.0)  # heart muscle: the liver's level, across the diaphragm
+HEART_BLOOD_HU = Range(140.0, 190.0)
+HEART_SEMI_MM = ((60.0, 70.0), (50.0, 60.0), (45.0, 55.0))
+HEART_WALL_MM = Range(8.0, 12.0)
+HEART_AT = (-0.55, 0.30)  # over the left lobe; it rests on the diaphragm above the dome
+AORTA_HU = Range(150.0, 200.0)
+AORTA_RADIUS_MM = Range(10.0, 13.0)
+IVC_HU = Range(110.0, 160.0)  # enhanced blood mixing with unenhanced blood from the legs
+IVC_RADIUS_MM = Range(10.0, 13.0)
+IVC_AT = (-0.35, -0.95)  # in the groove of the liver's posterior surface
+IVC_GAP_MM = 0.0
+PORTAL_TRUNK_RADIUS_MM = Range(6.0, 8.0)
+PORTAL_TRUNK_TO = (-0.50, -0.35, -0.80)  # from the hilum down and medially to the pancreas neck
+VERTEBRA_SEMI_MM = ((20.0, 24.0), (16.0, 19.0))  # the vertebral body, in the axial plane
+VERTEBRA_GAP_MM = 6.0  # from the back of the abdominal cavity to the body's posterior edge
+CANCELLOUS_BONE_HU = Range(180.0, 280.0)
+CORTICAL_BONE_HU = Range(700.0, 1100.0)
+CORTICAL_BONE_MM = 2.0
+RIB_HU = Range(350.0, 600.0)
+RIB_RADIUS_MM = Range(3.5, 5.0)
+RIB_DEPTH_MM = 2.0  # the diaphragm and intercostal muscle between a rib and the cavity (and the liver in it)
+RIB_PITCH_MM = Range(25.0, 32.0)  # cranio-caudal distance between neighbouring ribs
+RIB_SLOPE_MM_PER_RAD = Range(15.0, 30.0)  # a rib falls towards the front
+RIB_ARC_DEG = (-110.0, 60.0)  # from behind to the front, measured from the patient's right
+RIB_SEGMENTS = 8
+ORGAN_JITTER = 0.06  # random shift of each organ's position (liver semi-axes)
+
+# ---------------------------------------------------------------------------------------------
 # Lesion shape and placement.
 # ---------------------------------------------------------------------------------------------
 CYST_AXIS_RATIO = Range(0.8, 1.25)  # smooth round / oval
@@ -248,7 +320,8 @@ DESCRIPTION = (
     "1 cyst, 2 metastasis; one 26-connected component per lesion, lesions at least 2 voxels apart) and "
     "liver masks (1 liver, lesions included), "
     "shaped like the Perdigon Romero et al. (ISBI 2019) biobank: per-patient spacing, liver with "
-    "vessels, water-like cysts, heterogeneous hypoattenuating metastases with rims and necrosis, "
+    "vessels among its neighbouring organs (kidney, spleen, pancreas, stomach, bowel, heart, great vessels, "
+    "spine, ribs), water-like cysts, heterogeneous hypoattenuating metastases with rims and necrosis, "
     "partial volume and correlated noise. Not patient data; not for diagnostic use."
 )
 
@@ -604,6 +677,7 @@ class PhantomCase:
     liver_hu: float
     noise_sd_hu: float
     lesions: list[LesionTruth]
+    organs: np.ndarray  # uint8 ORGAN_CODES: the liver's neighbours (not written to disk; for tests and benchmarks)
 
 
 @dataclass
@@ -804,11 +878,18 @@ class _Scene:
     liver: np.ndarray  # float32 liver membership
     vessels: np.ndarray  # float32 vessel membership (inside the liver)
     liver_hu: float
+    organs: np.ndarray  # uint8 ORGAN_CODES
 
 
-def _render_scene(rng: np.random.Generator, liver_seq: np.random.SeedSequence, anat: _Anatomy, grid: _Grid) -> _Scene:
-    """Render air, body wall (skin, subcutaneous fat, muscle), abdomen, lung bases and the liver
-    with its smooth perfusion variation and vessels."""
+def _render_scene(
+    rng: np.random.Generator,
+    liver_seq: np.random.SeedSequence,
+    organ_rng: np.random.Generator,
+    anat: _Anatomy,
+    grid: _Grid,
+) -> _Scene:
+    """Render air, body wall (skin, subcutaneous fat, muscle), abdomen, lung bases, the organs around the
+    liver (from ``organ_rng``), spine and ribs, and the liver with its smooth perfusion variation and vessels."""
     spacing = grid.spacing
     liver, distance, width = _liver_fields(liver_seq, anat, grid)
     x, y, z = grid.axes()
@@ -836,11 +917,19 @@ def _render_scene(rng: np.random.Generator, liver_seq: np.random.SeedSequence, a
     )
     above = _ramp((level[:, :, None] - z[None, None, :]).astype(np.float32), np.float32(spacing[2]))
     lung = above * (1.0 - _ramp(distance - anat.diaphragm_mm, width))
-    del above, distance, width
+    del above
     interior += lung * (_draw(rng, LUNG_HU) - interior)
     del lung
+    organs, bones = _plan_organs(organ_rng, anat, grid)
+    labels = np.zeros(grid.shape, dtype=np.uint8)
+    for organ in organs:
+        _paint_organ(interior, labels, grid, organ, distance, width)
+    labels *= cavity[:, :, None] >= MASK_MEMBERSHIP
     volume = wall[:, :, None] + cavity[:, :, None] * (interior - wall[:, :, None])
     del interior
+    for bone in bones:
+        _paint_organ(volume, labels, grid, bone, distance, width)
+    del distance, width
 
     liver_hu = _draw(rng, LIVER_HU)
     variation_sd = _draw(rng, LIVER_VARIATION_SD_HU)
@@ -850,7 +939,8 @@ def _render_scene(rng: np.random.Generator, liver_seq: np.random.SeedSequence, a
     vessels = _vessel_membership(rng, anat, grid, liver)
     parenchyma += vessels * (_draw(rng, VESSEL_HU) - parenchyma)
     volume += liver * (parenchyma - volume)
-    return _Scene(volume.astype(np.float32, copy=False), liver, vessels, liver_hu)
+    labels[liver >= MASK_MEMBERSHIP] = 0
+    return _Scene(volume.astype(np.float32, copy=False), liver, vessels, liver_hu, labels)
 
 
 def _vessel_membership(rng: np.random.Generator, anat: _Anatomy, grid: _Grid, liver: np.ndarray) -> np.ndarray:
@@ -898,6 +988,96 @@ def _draw_capsule(target: np.ndarray, grid: _Grid, p0: np.ndarray, p1: np.ndarra
     if np.any(hi <= lo):
         return
     axes = [grid.origin[k] + np.arange(lo[k], hi[k]) * grid.spacing[k] for k in range(3)]
+    dist, width = _segment_distance(axes, p0, p1, grid.spacing)
+    m = _ramp(dist - radius, width)
+    region = target[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    np.maximum(region, m, out=region)
+
+
+# =============================================================================================
+# The organs around the liver
+# =============================================================================================
+#: codes of ``PhantomCase.organs`` (0: none of them); where the liver is, the liver is
+ORGAN_CODES = {
+    "kidney": 1,
+    "renal_pelvis": 2,
+    "spleen": 3,
+    "pancreas": 4,
+    "stomach": 5,
+    "colon": 6,
+    "duodenum": 7,
+    "heart": 8,
+    "aorta": 9,
+    "inferior_vena_cava": 10,
+    "portal_vein": 11,
+    "vertebra": 12,
+    "rib": 13,
+}
+
+
+@dataclass(frozen=True)
+class _Solid:
+    """An ellipsoid (``semi`` axes, turned about z) or, with ``end``, a capsule (segment and ``radius``); mm."""
+
+    centre: np.ndarray
+    semi: np.ndarray | None = None
+    turn: float = 0.0
+    end: np.ndarray | None = None
+    radius: float = 0.0
+
+    def reach(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.end is not None:
+            return np.minimum(self.centre, self.end) - self.radius, np.maximum(self.centre, self.end) + self.radius
+        m = float(max(self.semi[0], self.semi[1]))
+        half = np.array([m, m, self.semi[2]])
+        return self.centre - half, self.centre + half
+
+    def fields(self, axes: tuple[np.ndarray, np.ndarray, np.ndarray], spacing: np.ndarray):
+        """Approximate signed distance to the surface (mm, negative inside) and the voxel extent along its normal."""
+        if self.end is not None:
+            dist, width = _segment_distance(axes, self.centre, self.end, spacing)
+            return dist - np.float32(self.radius), width
+        x, y, z = (np.asarray(axes[k] - self.centre[k], dtype=np.float32) for k in range(3))
+        cos_t, sin_t = np.float32(math.cos(self.turn)), np.float32(math.sin(self.turn))
+        su, sv, sw = (np.float32(s) for s in self.semi)
+        u = cos_t * x[:, None, None] + sin_t * y[None, :, None]
+        v = -sin_t * x[:, None, None] + cos_t * y[None, :, None]
+        w = z[None, None, :]
+        q = np.sqrt((u / su) ** 2 + (v / sv) ** 2 + (w / sw) ** 2)
+        hu, hv, hw = u / (su * su), v / (sv * sv), w / (sw * sw)  # q times q's gradient, local frame
+        gx, gy = cos_t * hu - sin_t * hv, sin_t * hu + cos_t * hv
+        grad = np.sqrt(gx * gx + gy * gy + hw * hw)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            distance = np.where(grad > 0, (q - 1.0) * q / grad, -min(self.semi))
+            width = np.where(
+                grad > 0,
+                (np.abs(gx) * spacing[0] + np.abs(gy) * spacing[1] + np.abs(hw) * spacing[2]) / grad,
+                float(spacing.min()),
+            )
+        return distance.astype(np.float32, copy=False), width.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A layer of an organ: ``hu`` inside its solid shrunk by ``inset_mm``, only anterior of ``above_y`` if set."""
+
+    solid: _Solid
+    hu: float
+    inset_mm: float = 0.0
+    above_y: float | None = None
+
+
+@dataclass(frozen=True)
+class _Organ:
+    name: str
+    parts: tuple[_Part, ...]  # the first is the organ's outline; the others are painted over it in order
+    gap_mm: float  # kept this far from the liver's surface
+
+
+def _segment_distance(
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray], p0: np.ndarray, p1: np.ndarray, spacing: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of each voxel of ``axes`` to the segment p0-p1 (mm) and the voxel extent along its direction."""
     seg = p1 - p0
     seg_len2 = max(float(seg @ seg), 1e-9)
     rel = [axes[k] - p0[k] for k in range(3)]
@@ -910,12 +1090,187 @@ def _draw_capsule(target: np.ndarray, grid: _Grid, p0: np.ndarray, p1: np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         width = np.where(
             dist > 0,
-            (np.abs(dx) * grid.spacing[0] + np.abs(dy) * grid.spacing[1] + np.abs(dz) * grid.spacing[2]) / dist,
-            grid.spacing.min(),
+            (np.abs(dx) * spacing[0] + np.abs(dy) * spacing[1] + np.abs(dz) * spacing[2]) / dist,
+            spacing.min(),
         )
-    m = _ramp(dist - radius, width)
-    region = target[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    np.maximum(region, m, out=region)
+    return dist, width
+
+
+def _grid_box(grid: _Grid, lo_mm: np.ndarray, hi_mm: np.ndarray):
+    """The grid's voxels within [lo_mm, hi_mm] (one voxel more each side): slices and world axes, or None."""
+    lo = np.maximum(np.floor((lo_mm - grid.spacing - grid.origin) / grid.spacing).astype(int), 0)
+    hi = np.minimum(np.ceil((hi_mm + grid.spacing - grid.origin) / grid.spacing).astype(int) + 1, grid.shape)
+    if np.any(hi <= lo):
+        return None
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    axes = tuple(grid.origin[k] + np.arange(lo[k], hi[k]) * grid.spacing[k] for k in range(3))
+    return box, axes
+
+
+def _paint_organ(
+    target: np.ndarray,
+    labels: np.ndarray,
+    grid: _Grid,
+    organ: _Organ,
+    liver_distance: np.ndarray,
+    liver_width: np.ndarray,
+) -> None:
+    """Blend one organ into ``target`` (partial volume at its outline) and mark it in ``labels``."""
+    found = _grid_box(grid, *organ.parts[0].solid.reach())
+    if found is None:
+        return
+    box, axes = found
+    fields: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def membership(part: _Part) -> np.ndarray:
+        if id(part.solid) not in fields:
+            fields[id(part.solid)] = part.solid.fields(axes, grid.spacing)
+        distance, width = fields[id(part.solid)]
+        m = _ramp(distance + np.float32(part.inset_mm), width)
+        if part.above_y is not None:
+            m *= _ramp((part.above_y - axes[1]).astype(np.float32)[None, :, None], np.float32(grid.spacing[1]))
+        return m
+
+    outline = membership(organ.parts[0])
+    outline *= 1.0 - _ramp(liver_distance[box] - np.float32(organ.gap_mm), liver_width[box])
+    if not outline.any():
+        return
+    values = np.full(outline.shape, organ.parts[0].hu, dtype=np.float32)
+    for part in organ.parts[1:]:
+        values += membership(part) * (np.float32(part.hu) - values)
+    region = target[box]
+    region += outline * (values - region)
+    labels[box][outline >= MASK_MEMBERSHIP] = ORGAN_CODES[organ.name]
+
+
+def _draw_semi(rng: np.random.Generator, ranges, scale: float) -> np.ndarray:
+    return np.array([_draw(rng, Range(*r)) for r in ranges]) * scale
+
+
+def _plan_organs(rng: np.random.Generator, anat: _Anatomy, grid: _Grid) -> tuple[list[_Organ], list[_Organ]]:
+    """The organs (painted inside the abdominal cavity and the chest above it) and the bones (painted over the wall).
+
+    Every draw comes from ``rng`` in a fixed order, whether or not an organ reaches the field of view.
+    """
+    c, a, s = anat.liver_centre, anat.liver_semi, anat.scale
+    cos_t, sin_t = math.cos(anat.liver_rotation), math.sin(anat.liver_rotation)
+
+    def at(q) -> np.ndarray:
+        """World mm of a point in normalised liver coordinates, jittered."""
+        q = np.asarray(q, dtype=float) + ORGAN_JITTER * rng.uniform(-1.0, 1.0, len(q))
+        local = q * a[: len(q)]
+        world = np.array([cos_t * local[0] - sin_t * local[1], sin_t * local[0] + cos_t * local[1]])
+        world = c[:2] + world
+        return np.append(world, c[2] + local[2]) if len(q) == 3 else world
+
+    def lumen(name: str, outline: _Solid, wall_hu: float, gap: float) -> _Organ:
+        wall = _draw(rng, BOWEL_WALL_MM if name != "stomach" else STOMACH_WALL_MM)
+        fluid = _draw(rng, LUMEN_FLUID_HU)
+        if outline.end is None:
+            front, back = outline.centre[1] + outline.semi[1], outline.centre[1] - outline.semi[1]
+        else:
+            front = max(outline.centre[1], outline.end[1]) + outline.radius
+            back = min(outline.centre[1], outline.end[1]) - outline.radius
+        level = front - _draw(rng, LUMEN_GAS_SHARE) * (front - back)
+        return _Organ(
+            name,
+            (
+                _Part(outline, wall_hu),
+                _Part(outline, fluid, inset_mm=wall),
+                _Part(outline, AIR_HU, inset_mm=wall, above_y=level),
+            ),
+            gap,
+        )
+
+    organs: list[_Organ] = []
+    # the right kidney: cortex, medulla, and at its hilum the sinus fat around a water-dense pelvis
+    kidney = _Solid(at(KIDNEY_AT), _draw_semi(rng, KIDNEY_SEMI_MM, s), turn=-anat.liver_rotation)
+    cortex = _draw(rng, KIDNEY_CORTEX_MM) * s
+    organs.append(
+        _Organ(
+            "kidney",
+            (
+                _Part(kidney, _draw(rng, KIDNEY_CORTEX_HU)),
+                _Part(kidney, _draw(rng, KIDNEY_MEDULLA_HU), inset_mm=cortex),
+            ),
+            _draw(rng, KIDNEY_GAP_MM),
+        )
+    )
+    pelvis_semi = _draw_semi(rng, RENAL_PELVIS_SEMI_MM, s)
+    hilum = kidney.centre + np.array([-0.55 * kidney.semi[0], 0.15 * kidney.semi[1], 0.0])
+    sinus = _Solid(hilum, pelvis_semi * 1.35)
+    organs.append(
+        _Organ(
+            "renal_pelvis",
+            (_Part(sinus, _draw(rng, FAT_HU)), _Part(_Solid(hilum, pelvis_semi), _draw(rng, RENAL_PELVIS_HU))),
+            organs[0].gap_mm,
+        )
+    )
+    spleen = _Solid(at(SPLEEN_AT), _draw_semi(rng, SPLEEN_SEMI_MM, s), turn=0.4)
+    organs.append(_Organ("spleen", (_Part(spleen, _draw(rng, SPLEEN_HU)),), _draw(rng, SPLEEN_GAP_MM)))
+    pancreas = _Solid(at(PANCREAS_AT), _draw_semi(rng, PANCREAS_SEMI_MM, s), turn=-0.25)
+    organs.append(_Organ("pancreas", (_Part(pancreas, _draw(rng, PANCREAS_HU)),), _draw(rng, PANCREAS_GAP_MM)))
+    stomach = _Solid(at(STOMACH_AT), _draw_semi(rng, STOMACH_SEMI_MM, s), turn=0.3)
+    organs.append(lumen("stomach", stomach, _draw(rng, STOMACH_WALL_HU), _draw(rng, STOMACH_GAP_MM)))
+    colon = _Solid(at(COLON_FROM), end=at(COLON_TO), radius=_draw(rng, COLON_RADIUS_MM) * s)
+    organs.append(lumen("colon", colon, _draw(rng, COLON_WALL_HU), _draw(rng, COLON_GAP_MM)))
+    duodenum = _Solid(at(DUODENUM_FROM), end=at(DUODENUM_TO), radius=_draw(rng, DUODENUM_RADIUS_MM) * s)
+    organs.append(lumen("duodenum", duodenum, _draw(rng, COLON_WALL_HU), _draw(rng, DUODENUM_GAP_MM)))
+    # the great vessels run the whole height of the field of view
+    bottom, top = grid.origin[2] - 10.0, grid.origin[2] + grid.shape[2] * grid.spacing[2] + 10.0
+    spine_y = -anat.cavity[1] + VERTEBRA_GAP_MM * s
+    vertebra_semi = _draw_semi(rng, VERTEBRA_SEMI_MM, s)
+    aorta_r = _draw(rng, AORTA_RADIUS_MM) * s
+    aorta_xy = np.array([-0.6 * vertebra_semi[0], spine_y + 2.0 * vertebra_semi[1] + aorta_r + 2.0 * s])
+    aorta = _Solid(np.append(aorta_xy, bottom), end=np.append(aorta_xy, top), radius=aorta_r)
+    organs.append(_Organ("aorta", (_Part(aorta, _draw(rng, AORTA_HU)),), _draw(rng, PANCREAS_GAP_MM)))
+    ivc_xy = at(IVC_AT)
+    ivc = _Solid(np.append(ivc_xy, bottom), end=np.append(ivc_xy, top), radius=_draw(rng, IVC_RADIUS_MM) * s)
+    organs.append(_Organ("inferior_vena_cava", (_Part(ivc, _draw(rng, IVC_HU)),), IVC_GAP_MM))
+    hilum_portal = c + np.asarray(PORTAL_ROOT) * a
+    portal = _Solid(hilum_portal, end=at(PORTAL_TRUNK_TO), radius=_draw(rng, PORTAL_TRUNK_RADIUS_MM) * s)
+    organs.append(_Organ("portal_vein", (_Part(portal, _draw(rng, VESSEL_HU)),), 0.0))
+
+    # bones, painted over the body wall: the vertebral body (cortex around cancellous bone) and the right ribs
+    body = _Solid(np.array([0.0, spine_y + vertebra_semi[1], 0.0]), np.append(vertebra_semi, 1e5))
+    bones = [
+        _Organ(
+            "vertebra",
+            (
+                _Part(body, _draw(rng, CORTICAL_BONE_HU)),
+                _Part(body, _draw(rng, CANCELLOUS_BONE_HU), inset_mm=CORTICAL_BONE_MM),
+            ),
+            VERTEBRA_GAP_MM,
+        )
+    ]
+    rib_hu, rib_r = _draw(rng, RIB_HU), _draw(rng, RIB_RADIUS_MM) * s
+    pitch, slope = _draw(rng, RIB_PITCH_MM) * s, _draw(rng, RIB_SLOPE_MM_PER_RAD) * s
+    ring = (anat.cavity[0] + rib_r + RIB_DEPTH_MM, anat.cavity[1] + rib_r + RIB_DEPTH_MM)
+    angles = np.radians(np.linspace(*RIB_ARC_DEG, RIB_SEGMENTS + 1))
+    first = c[2] + a[2] + float(rng.uniform(0.0, pitch))
+    for level in np.arange(first, c[2] - 1.5 * a[2] - slope * float(np.ptp(angles)), -pitch):
+        points = [
+            np.array([ring[0] * math.cos(t), ring[1] * math.sin(t), level - slope * (t - angles[0])]) for t in angles
+        ]
+        for p0, p1 in zip(points[:-1], points[1:]):
+            bones.append(_Organ("rib", (_Part(_Solid(p0, end=p1, radius=rib_r), rib_hu),), 0.0))
+
+    # the heart rests on the diaphragm over the left lobe: muscle at the liver's level around brighter blood
+    heart_semi = _draw_semi(rng, HEART_SEMI_MM, s)
+    heart_xy = at(HEART_AT)
+    dome = c[2] + a[2] * anat.lung_level
+    heart = _Solid(np.append(heart_xy, dome + 0.4 * heart_semi[2]), heart_semi, turn=0.5)
+    organs.append(
+        _Organ(
+            "heart",
+            (
+                _Part(heart, _draw(rng, HEART_MYOCARDIUM_HU)),
+                _Part(heart, _draw(rng, HEART_BLOOD_HU), inset_mm=_draw(rng, HEART_WALL_MM) * s),
+            ),
+            anat.diaphragm_mm,
+        )
+    )
+    return organs, bones
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1134,13 +1489,15 @@ def generate_patient(spec: CohortSpec, plan: PatientPlan) -> PhantomCase:
         plan: this patient's entry of ``plan_cohort(spec)`` (its lesions' classes and volumes).
     """
     seq = np.random.SeedSequence([spec.seed, plan.index])
-    anatomy_seq, liver_seq, lesion_seq, noise_seq = seq.spawn(4)
+    # the first four streams are those of generator 1.2.0 (spawn gives the same first children): the
+    # organs, drawn from the fifth, change nothing else
+    anatomy_seq, liver_seq, lesion_seq, noise_seq, organ_seq = seq.spawn(5)
     rng = np.random.default_rng(anatomy_seq)
     spacing = _draw_spacing(rng)
     lesion_total = sum(lesion.volume_ml for lesion in plan.lesions)
     anat = _draw_anatomy(rng, spec.size_scale, lesion_total)
     grid = _patient_grid(liver_seq, anat, spacing, spec.fov_margin_mm)
-    scene = _render_scene(rng, liver_seq, anat, grid)
+    scene = _render_scene(rng, liver_seq, np.random.default_rng(organ_seq), anat, grid)
     mask = np.zeros(grid.shape, dtype=np.uint8)
     lesions = _place_lesions(np.random.default_rng(lesion_seq), plan, grid, scene, mask)
     volume, liver, liver_hu = scene.volume, scene.liver, scene.liver_hu
@@ -1158,6 +1515,7 @@ def generate_patient(spec: CohortSpec, plan: PatientPlan) -> PhantomCase:
         liver_hu=liver_hu,
         noise_sd_hu=noise_sd,
         lesions=lesions,
+        organs=scene.organs,
     )
 
 
