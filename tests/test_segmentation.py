@@ -6,6 +6,7 @@ import pytest
 
 from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases
 from liverlesion.lesions import instance_map
+from liverlesion.morphology import cut_at_necks
 from liverlesion.phantom import generate_cohort, generate_patient, plan_cohort
 from liverlesion.segmentation import (
     Segmentation,
@@ -96,6 +97,20 @@ def test_lesions_are_matched_found_missed_and_invented():
     assert counts["recall"] == 1.0 and counts["specificity"] == 0.0  # the cyst was missed
     summary = segmentation_summary(pd.DataFrame([case]), lesions)
     assert summary["detection_recall"] == 0.5 and summary["false_positives_per_patient"] == 1.0
+
+
+def test_a_neighbour_joined_through_a_neck_is_cut_off_and_a_lobe_joined_broadly_is_kept():
+    shape = (90, 60, 60)
+    liver = ball(shape, (30, 30, 30), 20)
+    heart = ball(shape, (72, 30, 30), 12)  # joined through a 4-voxel-wide bridge: a neck a sixth of its depth
+    bridge = np.zeros(shape, bool)
+    bridge[48:62, 28:32, 28:32] = True
+    cut = cut_at_necks(liver | heart | bridge, (1.0, 1.0, 1.0), neck_ratio=0.5, depth_mm=2.0)
+    assert cut[liver].all() and not cut[heart].any()
+    lobe = ball(shape, (55, 30, 30), 12)  # a lobe that merges into the liver as thick as itself
+    kept = cut_at_necks(liver | lobe, (1.0, 1.0, 1.0), neck_ratio=0.5, depth_mm=2.0)
+    assert kept[liver | lobe].all()
+    assert cut_at_necks(np.zeros(shape, bool), (1.0, 1.0, 1.0), 0.5, 2.0).sum() == 0
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from liverlesion.phantom import generate_patient, plan_cohort
-from liverlesion.segnet import Cascade, CascadeSettings, _crop_box, build_unet, train_cascade
+from liverlesion.segnet import Cascade, CascadeSettings, _crop_box, _with_neighbours, build_unet, train_cascade
 from tests.profiles import QUICK, with_changes
 
 # Five small phantoms, ~120 steps per net: ~25 s on 2 CPU cores. Measured on the held-out phantom
@@ -28,6 +28,8 @@ SETTINGS = with_changes(
     liver_slices_per_case=32,
     lesion_slices_per_case=32,
     seed=3,
+    liver_context_slices=1,  # both nets 2.5D here, the liver net's path included
+    lesion_context_slices=1,
 )
 
 
@@ -75,6 +77,21 @@ def test_settings_json_round_trip_and_validation():
         with_changes(QUICK.segmenter, hu_window=(200.0, -100.0))
     with pytest.raises(ValueError, match="crop_jitter"):
         with_changes(QUICK.segmenter, crop_margin=2, crop_jitter=5)
+    with pytest.raises(ValueError, match="context_slices"):
+        with_changes(QUICK.segmenter, lesion_context_slices=-1)
+    saved_before_2_5d = {k: v for k, v in SETTINGS.as_dict().items() if "context" not in k}
+    restored = CascadeSettings.from_dict(saved_before_2_5d)  # such a cascade saw one slice
+    assert restored.liver_context_slices == restored.lesion_context_slices == 0
+
+
+def test_each_slice_comes_with_its_neighbours_as_channels(trained):
+    volume = np.broadcast_to(np.arange(5, dtype=np.float32), (2, 2, 5))
+    stacked = _with_neighbours(volume, [0, 2, 4], 1)
+    assert stacked.shape == (2, 2, 3, 3)
+    np.testing.assert_array_equal(stacked[0, 0], [[0, 0, 1], [1, 2, 3], [3, 4, 4]])  # ends repeated
+    cascade = trained[0]
+    assert (SETTINGS.liver_context_slices, SETTINGS.lesion_context_slices) == (1, 1)
+    assert cascade.liver_net.input_shape[-1] == 3 and cascade.lesion_net.input_shape[-1] == 4  # + the liver
 
 
 def test_crop_box_adds_margin_keeps_a_minimum_side_and_stays_inside_the_slice():

@@ -2,9 +2,11 @@
 
 In the spirit of "End-to-End Discriminative Deep Network for Liver Lesion Classification" (ISBI 2019): a
 liver network segments whole axial slices; a lesion network then segments each slice's liver crop, so it
-sees the liver at a finer scale and is given the liver mask as a second channel (lesions lie inside the
-liver, and soft tissue outside it has metastasis-like HU). This module gives the two probability maps only;
-turning them into masks (thresholds, components, size filters) is post-processing's job.
+sees the liver at a finer scale and is given the liver mask as a further channel (lesions lie inside the
+liver, and soft tissue outside it has metastasis-like HU). Each net can see a slice with its neighbours
+on each side as channels (2.5D: ``liver_context_slices``, ``lesion_context_slices``): a vessel running
+through the slices and a lesion ending in them differ there. This module gives the two
+probability maps only; turning them into masks (thresholds, components, size filters) is post-processing's job.
 
 Volumes are (x, y, z) with axial slices ``volume[:, :, k]``, in HU. Backend-agnostic Keras 3, imported inside
 functions so that importing this module stays light; nothing here imports TensorFlow, ZenML, MLflow or DVC.
@@ -43,7 +45,7 @@ class CascadeSettings:
     lesion_size: int  # each slice's liver box (plus crop_margin) resized to this for the lesion net
     base_filters: int
     depth: int  # 2x downsamplings of the U-Net (depth + 1 resolutions)
-    epochs: int  # on the default cohort: test lesion Dice 0.758 (4 epochs: 0.676), ~3 min on 2 cores
+    epochs: int
     batch_size: int
     learning_rate: float
     hu_window: tuple[float, float]  # HU clipped to this and scaled to [0, 1]
@@ -54,6 +56,8 @@ class CascadeSettings:
     crop_margin: int  # voxels added on each side of a slice's liver box
     crop_jitter: int  # training only: each side of the box moves by up to this many voxels
     min_crop: int  # a crop side is at least this many voxels, so the liver's tips are not blown up
+    liver_context_slices: int  # neighbouring slices on each side given to the liver net as channels; 0: none
+    lesion_context_slices: int  # likewise for the lesion net (2.5D)
 
     def __post_init__(self) -> None:
         for name in ("liver_size", "lesion_size"):
@@ -67,6 +71,8 @@ class CascadeSettings:
             raise ValueError("crop_jitter must lie in [0, crop_margin] so that a training crop keeps the liver")
         if not 0.0 <= self.lesion_slice_fraction <= 1.0:
             raise ValueError("lesion_slice_fraction must lie in [0, 1]")
+        if min(self.liver_context_slices, self.lesion_context_slices) < 0:
+            raise ValueError("liver_context_slices and lesion_context_slices must be at least 0")
         if (
             min(
                 self.base_filters,
@@ -84,9 +90,22 @@ class CascadeSettings:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def liver_channels(self) -> int:
+        """The liver net's input channels: the slice and its neighbours."""
+        return 2 * self.liver_context_slices + 1
+
+    @property
+    def lesion_channels(self) -> int:
+        """The lesion net's input channels: the slice, its neighbours and the liver mask."""
+        return 2 * self.lesion_context_slices + 2
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CascadeSettings:
-        return cls(**{**data, "hu_window": tuple(data["hu_window"])})
+        # a cascade saved before 2.5D inputs saw one slice
+        return cls(
+            **{"liver_context_slices": 0, "lesion_context_slices": 0, **data, "hu_window": tuple(data["hu_window"])}
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +188,15 @@ def _resize(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray
     return out
 
 
+def _with_neighbours(volume: np.ndarray, ks, context: int) -> np.ndarray:
+    """(x, y, len(ks), 2 * context + 1): each slice k of ``ks`` with slices k - context .. k + context (the end
+    slices repeated past the volume's ends)."""
+    index = np.clip(
+        np.asarray(ks, dtype=int)[:, None] + np.arange(-context, context + 1)[None, :], 0, volume.shape[2] - 1
+    )
+    return volume[:, :, index]
+
+
 def _spread(indices: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``n`` of ``indices``: one at random from each of ``n`` consecutive, near-equal runs."""
     if len(indices) <= n:
@@ -196,9 +224,10 @@ def _crop_box(liver: np.ndarray, settings: CascadeSettings, rng: np.random.Gener
 
 
 def _lesion_input(image: np.ndarray, liver: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """The lesion net's (size, size, 2) input: the windowed slice's crop and the liver mask's crop."""
+    """The lesion net's (size, size, lesion_channels) input: the crop of the windowed slice with its neighbours
+    (``image``: (x, y, channels)) and the liver mask's crop."""
     x0, x1, y0, y1 = box
-    channels = np.stack([image[x0:x1, y0:y1], liver[x0:x1, y0:y1].astype(np.float32)], axis=-1)
+    channels = np.concatenate([image[x0:x1, y0:y1], liver[x0:x1, y0:y1, None].astype(np.float32)], axis=-1)
     return _resize(channels, (size, size), order=1).astype(np.float32)
 
 
@@ -209,20 +238,22 @@ def _case_samples(
     s = settings
     nz = hu.shape[2]
     ks = _spread(np.arange(nz), s.liver_slices_per_case, rng)
-    liver_x = np.moveaxis(_resize(_window(hu[:, :, ks], s.hu_window), (s.liver_size,) * 2, order=1), 2, 0)
+    stacked = _window(_with_neighbours(hu, ks, s.liver_context_slices), s.hu_window)
+    liver_x = np.moveaxis(_resize(stacked, (s.liver_size,) * 2, order=1), 2, 0)
     liver_y = np.moveaxis(_resize(liver[:, :, ks].astype(np.float32), (s.liver_size,) * 2, order=1) > 0.5, 2, 0)
 
     has_liver, has_lesion = liver.any(axis=(0, 1)), lesion.any(axis=(0, 1))
     positive, negative = np.flatnonzero(has_liver & has_lesion), np.flatnonzero(has_liver & ~has_lesion)
     chosen = _spread(positive, round(s.lesion_slices_per_case * s.lesion_slice_fraction), rng)
     chosen = np.concatenate([chosen, _spread(negative, s.lesion_slices_per_case - len(chosen), rng)]).astype(int)
-    lesion_x = np.zeros((len(chosen), s.lesion_size, s.lesion_size, 2), np.float32)
+    lesion_x = np.zeros((len(chosen), s.lesion_size, s.lesion_size, s.lesion_channels), np.float32)
     lesion_y = np.zeros((len(chosen), s.lesion_size, s.lesion_size, 1), np.float32)
     for i, k in enumerate(chosen):
         x0, x1, y0, y1 = box = _crop_box(liver[:, :, k], s, rng)
-        lesion_x[i] = _lesion_input(_window(hu[:, :, k], s.hu_window), liver[:, :, k], box, s.lesion_size)
+        stacked = _window(_with_neighbours(hu, [k], s.lesion_context_slices)[:, :, 0], s.hu_window)
+        lesion_x[i] = _lesion_input(stacked, liver[:, :, k], box, s.lesion_size)
         lesion_y[i, ..., 0] = _resize(lesion[x0:x1, y0:y1, k].astype(np.float32), (s.lesion_size,) * 2, order=1) > 0.5
-    return liver_x[..., None], liver_y[..., None].astype(np.float32), lesion_x, lesion_y
+    return liver_x, liver_y[..., None].astype(np.float32), lesion_x, lesion_y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +279,8 @@ class Cascade:
         if hu.ndim != 3:
             raise ValueError(f"expected an (x, y, z) volume, got shape {hu.shape}")
         image = _window(hu, s.hu_window)
-        small = np.moveaxis(_resize(image, (s.liver_size,) * 2, order=1), 2, 0)[..., None]
+        small = _resize(image, (s.liver_size,) * 2, order=1)
+        small = np.moveaxis(_with_neighbours(small, range(hu.shape[2]), s.liver_context_slices), 2, 0)
         predicted = self.liver_net.predict(small, batch_size=PREDICT_BATCH, verbose=0)[..., 0]
         liver_probability = np.clip(_resize(np.moveaxis(predicted, 0, 2), hu.shape[:2], order=1), 0.0, 1.0)
         liver = largest_component(liver_probability > 0.5)
@@ -256,7 +288,17 @@ class Cascade:
         lesion_probability = np.zeros(hu.shape, np.float32)
         boxes = [(k, box) for k in range(hu.shape[2]) if (box := _crop_box(liver[:, :, k], s)) is not None]
         if boxes:
-            crops = np.stack([_lesion_input(image[:, :, k], liver[:, :, k], box, s.lesion_size) for k, box in boxes])
+            crops = np.stack(
+                [
+                    _lesion_input(
+                        _with_neighbours(image, [k], s.lesion_context_slices)[:, :, 0],
+                        liver[:, :, k],
+                        box,
+                        s.lesion_size,
+                    )
+                    for k, box in boxes
+                ]
+            )
             predicted = self.lesion_net.predict(crops, batch_size=PREDICT_BATCH, verbose=0)[..., 0]
             for (k, (x0, x1, y0, y1)), slice_probability in zip(boxes, predicted):
                 lesion_probability[x0:x1, y0:y1, k] = _resize(slice_probability, (x1 - x0, y1 - y0), order=1)
@@ -338,8 +380,12 @@ def train_cascade(
     del parts
 
     s = settings
-    liver_net = build_unet(s.liver_size, s.base_filters, s.depth, 1, "liver_unet", output_prior=liver_y.mean())
+    liver_net = build_unet(
+        s.liver_size, s.base_filters, s.depth, s.liver_channels, "liver_unet", output_prior=liver_y.mean()
+    )
     history = _fit(liver_net, liver_x, liver_y, s, "liver", say)
-    lesion_net = build_unet(s.lesion_size, s.base_filters, s.depth, 2, "lesion_unet", output_prior=lesion_y.mean())
+    lesion_net = build_unet(
+        s.lesion_size, s.base_filters, s.depth, s.lesion_channels, "lesion_unet", output_prior=lesion_y.mean()
+    )
     history |= _fit(lesion_net, lesion_x, lesion_y, s, "lesion", say)
     return Cascade(s, liver_net, lesion_net), history
