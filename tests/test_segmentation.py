@@ -17,6 +17,7 @@ from liverlesion.segmentation import (
     end_to_end,
     match_lesions,
     outside_liver,
+    segment_liver,
     segmentation_summary,
 )
 from liverlesion.splitting import split_lesions, split_like_reference
@@ -111,6 +112,38 @@ def test_a_neighbour_joined_through_a_neck_is_cut_off_and_a_lobe_joined_broadly_
     kept = cut_at_necks(liver | lobe, (1.0, 1.0, 1.0), neck_ratio=0.5, depth_mm=2.0)
     assert kept[liver | lobe].all()
     assert cut_at_necks(np.zeros(shape, bool), (1.0, 1.0, 1.0), 0.5, 2.0).sum() == 0
+
+
+def ellipsoid(shape, centre, radii):
+    grid = np.indices(shape)
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def body_with_liver_and_spleen(left_back_mm):
+    """An abdomen in air (axes RAS+, 2.5 mm voxels): a liver on the right, its left lobe in front, and a spleen
+    at its level left and behind, touching the lobe's tip; the neck check is off, to see this one alone."""
+    shape = (140, 110, 40)
+    rng = np.random.default_rng(0)
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[ellipsoid(shape, (70, 55, 20), (62, 47, 60))] = -100.0  # fat, as tall as the volume
+    liver = ellipsoid(shape, (100, 58, 20), (28, 24, 14)) | ellipsoid(shape, (62, 68, 20), (30, 13, 9))
+    spleen = ellipsoid(shape, (37, 48, 20), (13, 16, 11))
+    ct[liver | spleen] = 100.0
+    ct += rng.normal(0.0, 5.0, shape).astype(np.float32)
+    settings = with_changes(CLASSICAL, liver_left_back_mm=left_back_mm, liver_neck_ratio=0.0, liver_bay_mm=0.0)
+    return ct, liver, spleen, settings
+
+
+def test_the_spleen_left_of_and_behind_the_body_centre_is_not_liver_and_the_left_lobe_in_front_is():
+    ct, liver, spleen, settings = body_with_liver_and_spleen(QUICK.segment.liver_left_back_mm)
+    assert (liver & spleen).sum() > 100
+    kept = segment_liver(ct, (2.5, 2.5, 2.5), with_changes(settings, liver_left_back_mm=None))
+    assert kept[spleen].mean() > 0.9
+    found = segment_liver(ct, (2.5, 2.5, 2.5), settings)
+    assert found[spleen & ~liver].mean() < 0.05 and found[liver].mean() > 0.95 and dice(found, liver) > 0.95
+    # a crop that cuts the body at the image's edge: no centre to measure from, nothing is dropped
+    cropped = segment_liver(ct[20:], (2.5, 2.5, 2.5), settings)
+    assert cropped[spleen[20:]].mean() > 0.9
 
 
 @pytest.fixture(scope="module")

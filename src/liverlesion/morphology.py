@@ -69,28 +69,35 @@ def reconstruct(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.isin(labels, touched[touched > 0])
 
 
+def depth_basins(mask: np.ndarray, spacing, depth_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mask`` split into its parts: the catchment basins (labels 1..n) of its depth (the distance to its
+    outside, mm) from the maxima standing at least ``depth_mm`` out; with the depth and each basin's deepest
+    value (``peaks[k]``, ``peaks[0]`` = 0)."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1].astype(np.float32)
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.int32), depth, np.zeros(1)
+    markers, n = ndimage.label(h_maxima(depth, depth_mm), structure=CONNECTIVITY_26)
+    basins = watershed(-depth, markers, mask=mask) if n > 1 else mask.astype(np.int32)
+    peaks = np.asarray(ndimage.maximum(depth, basins, index=np.arange(max(n, 1) + 1)), dtype=float)
+    return basins, depth, peaks
+
+
 def cut_at_necks(mask: np.ndarray, spacing, neck_ratio: float, depth_mm: float) -> np.ndarray:
     """``mask``'s thickest part and the parts joined to it through connections nearly as thick as they are.
 
     A neighbouring organ that touches the liver through a blurred interface or a thin bridge forms a part of
     its own: the mask's depth (distance to its outside, mm) has a maximum inside it and a saddle at the
-    neck. The mask is split into catchment basins of its depth (a watershed from its maxima of at least
-    ``depth_mm`` prominence); starting from the deepest basin, a basin is taken in while the saddle joining
-    it to what was taken is at least ``neck_ratio`` times its own depth: a lobe joins through tissue about as
-    thick as itself, a leak through a neck much thinner than the organ it leads into.
+    neck. The mask is split into catchment basins of its depth (``depth_basins``); starting from the deepest
+    basin, a basin is taken in while the saddle joining it to what was taken is at least ``neck_ratio``
+    times its own depth: a lobe joins through tissue about as thick as itself, a leak through a neck much
+    thinner than the organ it leads into.
     """
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
-
-    if not mask.any():
+    basins, depth, peaks = depth_basins(mask, spacing, depth_mm)
+    if len(peaks) <= 2:
         return mask.copy()
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1].astype(np.float32)
-    markers, n = ndimage.label(h_maxima(depth, depth_mm), structure=CONNECTIVITY_26)
-    if n <= 1:
-        return mask.copy()
-    basins = watershed(-depth, markers, mask=mask)
-    peaks = ndimage.maximum(depth, basins, index=np.arange(n + 1))
-    peaks = np.asarray(peaks, dtype=float)
     # the saddle between two basins: the deepest pair of face neighbours across their border
     saddles: dict[tuple[int, int], float] = {}
     for axis in range(3):

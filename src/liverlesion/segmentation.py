@@ -9,7 +9,8 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   kidney cortex and vessels and the darker bowel wall and muscle; that window, opened to cut thin
   bridges to the neighbours, is grown from the seed; a neighbour at the liver's level that touches it
   through a blurred interface (heart muscle across the diaphragm on thick slices, kidney, pancreas) is
-  cut off at the neck it forms (``liver_neck_ratio``); darker tissue in the liver's bays (tumours at
+  cut off at the neck it forms (``liver_neck_ratio``); a part of it left of and behind the body's
+  centre (the spleen's place, ``liver_left_back_mm``) is dropped; darker tissue in the liver's bays (tumours at
   its edge) is taken in by a wide closing, then holes are filled and the boundary is refined at full
   resolution. Lesion seeds are voxels away from the liver's edge (where it blurs into darker
   neighbours) and darker than the liver's parenchyma (the mode of its CT numbers) by more than
@@ -44,6 +45,7 @@ from liverlesion.morphology import (
     CONNECTIVITY_26,
     close_mm,
     cut_at_necks,
+    depth_basins,
     dilate_mm,
     erode_mm,
     fill_holes,
@@ -120,6 +122,12 @@ class SegmentSettings(BaseModel):
     liver_neck_depth_mm: float = Field(
         gt=0, description="classical: how much thicker than its surroundings a part must be to count as a part"
     )
+    liver_left_back_mm: tuple[float, float] | None = Field(
+        description="classical: a part of the liver's window (a basin of its depth) centred more than this far left "
+        "of the body's centre and behind it (mm) is the spleen, left kidney or stomach, not liver (its left lobe lies "
+        "in front); checked only where the body's whole cross-section is in view; null: no such check"
+    )
+    body_hu: float = Field(description="classical: above this (fat and denser) is the body, for its centre")
     liver_bay_mm: float = Field(
         ge=0,
         description="classical: closing that takes darker tissue in the liver's bays in (tumours at its edge); 0: none",
@@ -224,6 +232,32 @@ def liver_level(values: np.ndarray, band_hu: float) -> tuple[float, float]:
     return mode, 1.4826 * float(np.median(np.abs(near - np.median(near)))) if len(near) else 0.0
 
 
+def left_back_parts(liver: np.ndarray, ct: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
+    """The parts of ``liver`` (the basins of its depth, ``morphology.depth_basins``) centred left of the body's
+    centre by more than ``liver_left_back_mm[0]`` and behind it by more than ``liver_left_back_mm[1]``: where
+    the spleen, the left kidney and the stomach's fundus lie, not the liver, whose left lobe lies in front.
+    Its thickest part always stays. Nothing where the body's cross-section touches the edge of the image (a
+    crop around the liver, arms at the sides): its centre is unknown there. Axes are canonical (RAS+)."""
+    off = np.zeros(liver.shape, dtype=bool)
+    body = largest_component(ct > settings.body_hu)
+    for axis in (0, 1):
+        seen = np.nonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        if not len(seen) or seen[0] == 0 or seen[-1] == body.shape[axis] - 1:
+            return off
+    basins, _, peaks = depth_basins(liver, spacing, settings.liver_neck_depth_mm)
+    n = len(peaks) - 1
+    if n < 2:
+        return off
+    spacing = np.asarray(spacing, dtype=float)
+    centre = np.asarray(ndimage.center_of_mass(body)) * spacing
+    centres = np.asarray(ndimage.center_of_mass(liver, basins, np.arange(1, n + 1))) * spacing
+    left_mm, back_mm = settings.liver_left_back_mm
+    # RAS+: axis 0 grows to the patient's right, axis 1 to the front
+    drop = (centres[:, 0] < centre[0] - left_mm) & (centres[:, 1] < centre[1] - back_mm)
+    drop[int(np.argmax(peaks[1:]))] = False
+    return np.isin(basins, np.nonzero(drop)[0] + 1)
+
+
 def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
     """The liver of a smoothed CT (see the module's description of ``classical``)."""
     spacing = np.asarray(spacing, dtype=float)
@@ -244,6 +278,8 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
     if settings.liver_neck_ratio > 0:
         # leak check: a neighbour (kidney, heart, pancreas) joined through a blurred interface is cut off there
         liver = cut_at_necks(fill_holes(liver), grid, settings.liver_neck_ratio, settings.liver_neck_depth_mm) & liver
+    if settings.liver_left_back_mm is not None:
+        liver &= ~left_back_parts(liver, coarse, grid, settings)
     if settings.liver_bay_mm > 0:
         darker = (coarse >= settings.liver_bay_min_hu) & (coarse < low)
         liver |= close_mm(liver, settings.liver_bay_mm, grid) & darker
