@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases
 from liverlesion.lesions import instance_map
@@ -17,6 +18,7 @@ from liverlesion.segmentation import (
     end_to_end,
     match_lesions,
     outside_liver,
+    segment_lesions,
     segment_liver,
     segmentation_summary,
 )
@@ -184,6 +186,24 @@ def test_classical_segmentation_finds_nothing_in_a_liver_without_lesions():
     seg = classical_segmentation(image, (1.0, 1.0, 1.0), CLASSICAL)
     assert dice(seg.liver, liver) > 0.9
     assert not seg.lesions.any()
+
+
+def test_a_subcapsular_lesion_is_found_and_the_liver_s_blurred_rim_is_not():
+    shape = (80, 80, 60)
+    rng = np.random.default_rng(1)
+    liver = ball(shape, (40, 40, 30), 22)
+    # a 12 mm lesion under the capsule: none of it deeper than the edge band (liver_edge_mm 6) that no seed is in
+    lesion = ball(shape, (40, 40 + 22 - 5, 30), 6) & liver
+    image = np.full(shape, -100.0, np.float32)
+    image[liver] = 110.0
+    image[lesion] = 40.0
+    image += rng.normal(0, 12, shape).astype(np.float32)
+    smoothed = ndimage.gaussian_filter(image, 1.0)  # the fat's blur makes a darker shell all round the liver too
+    found = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), CLASSICAL)
+    assert dice(found, lesion) > 0.6
+    assert ndimage.label(found, np.ones((3, 3, 3)))[1] == 1  # the rim's shell is not a lesion
+    without = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), with_changes(CLASSICAL, edge_lesion_mm=None))
+    assert dice(without, lesion) < 0.2
 
 
 def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_splits_the_same_patients(tmp_path):

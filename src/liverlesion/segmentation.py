@@ -13,7 +13,8 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   centre (the spleen's place, ``liver_left_back_mm``) is dropped; darker tissue in the liver's bays (tumours at
   its edge) is taken in by a wide closing, then holes are filled and the boundary is refined at full
   resolution. Lesion seeds are voxels away from the liver's edge (where it blurs into darker
-  neighbours) and darker than the liver's parenchyma (the mode of its CT numbers) by more than
+  neighbours), or in that edge band where a ball of ``edge_lesion_mm`` fits in them (a subcapsular lesion),
+  and darker than the liver's parenchyma (the mode of its CT numbers) by more than
   ``hypodense_hu`` (and than ``noise_factor`` times its noise); each is grown to the level half-way
   between its core and the liver (a partial-volume edge), and components too small, too thin or lying
   mostly in the edge band are dropped. The settings were chosen on cases 1-30 of the default phantom
@@ -152,6 +153,12 @@ class SegmentSettings(BaseModel):
     )
     hyperdense_hu: float | None = Field(
         gt=0, description="classical: also seed lesions this much above the liver (None: only hypodense lesions)"
+    )
+    edge_lesion_mm: float | None = Field(
+        gt=0,
+        description="classical: a subcapsular lesion: where the darker voxels of the liver's edge band hold a ball of "
+        "this radius (mm), they seed a lesion too (the blurred rim is a thin shell, which cannot); None: no seed "
+        "in the edge band",
     )
     min_lesion_ml: float = Field(ge=0, description="smaller components are dropped (both automatic methods)")
     max_elongation: float = Field(
@@ -323,7 +330,12 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
     inner = liver
     if settings.liver_edge_mm > 0:
         inner = erode_mm(liver, settings.liver_edge_mm, spacing)
-    seeds = inner & (smoothed < median - max(settings.hypodense_hu, settings.noise_factor * noise))
+    darker = smoothed < median - max(settings.hypodense_hu, settings.noise_factor * noise)
+    if settings.edge_lesion_mm is not None:
+        # the part of the edge band's darker voxels that holds a ball of edge_lesion_mm (an opening removes the
+        # thin shell of the blurred rim, and the rim's pieces joined to a lesion) counts as inner
+        inner = inner | open_mm(liver & darker, settings.edge_lesion_mm, spacing)
+    seeds = inner & darker
     if settings.hyperdense_hu is not None:
         seeds |= inner & (smoothed > median + max(settings.hyperdense_hu, settings.noise_factor * noise))
     labels, n = ndimage.label(seeds, structure=CONNECTIVITY_26)
