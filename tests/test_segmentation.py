@@ -206,6 +206,25 @@ def test_a_subcapsular_lesion_is_found_and_the_liver_s_blurred_rim_is_not():
     assert dice(without, lesion) < 0.2
 
 
+def test_a_tumour_s_lighter_rim_around_its_darker_core_is_grown_into_the_lesion():
+    shape = (80, 80, 60)
+    rng = np.random.default_rng(2)
+    liver = ball(shape, (40, 40, 30), 26)
+    # a target: a 24 mm tumour whose rim is too light to seed (above the liver's level less hypodense_hu 35) but
+    # below the half-way level between its 8 mm darker core and the liver, so the core's seed grows into it
+    tumour = ball(shape, (40, 40, 30), 12)
+    image = np.full(shape, -100.0, np.float32)
+    image[liver] = 110.0
+    image[tumour] = 83.0
+    image[ball(shape, (40, 40, 30), 4)] = 66.0
+    image += rng.normal(0, 12, shape).astype(np.float32)
+    smoothed = ndimage.gaussian_filter(image, 1.0)
+    found = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), CLASSICAL)
+    assert dice(found, tumour) > 0.8
+    narrow = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), with_changes(CLASSICAL, lesion_grow_mm=(3.0, 3.0)))
+    assert dice(narrow, tumour) < 0.6  # the rim cut at a box 3 mm around the core
+
+
 def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_splits_the_same_patients(tmp_path):
     spec = with_changes(QUICK.cohort, seed=7, n_patients=12, n_lesions=36, size_scale=0.5)
     cohort = generate_cohort(spec, tmp_path / "cohort", workers=2)

@@ -16,7 +16,9 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   neighbours), or in that edge band where a ball of ``edge_lesion_mm`` fits in them (a subcapsular lesion),
   and darker than the liver's parenchyma (the mode of its CT numbers) by more than
   ``hypodense_hu`` (and than ``noise_factor`` times its noise); each is grown to the level half-way
-  between its core and the liver (a partial-volume edge), and components too small, too thin or lying
+  between its core and the liver (a partial-volume edge), no further than ``lesion_grow_mm`` beyond
+  the seed's box (a tumour's lighter rim around its darker core included; less from a seed in the edge
+  band), and components too small, too thin or lying
   mostly in the edge band are dropped. The settings were chosen on cases 1-30 of the default phantom
   cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
   (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's
@@ -39,7 +41,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 from scipy import ndimage
 
 from liverlesion.morphology import (
@@ -159,6 +161,11 @@ class SegmentSettings(BaseModel):
         description="classical: a subcapsular lesion: where the darker voxels of the liver's edge band hold a ball of "
         "this radius (mm), they seed a lesion too (the blurred rim is a thin shell, which cannot); None: no seed "
         "in the edge band",
+    )
+    lesion_grow_mm: tuple[PositiveFloat, PositiveFloat] = Field(
+        description="classical: a lesion seed grows to the half-way level at most this far (mm) beyond its box: a "
+        "seed deeper than the edge band (room for a tumour's lighter rim around its darker core), and one in it "
+        "(less: more would run along the liver's blurred rim)",
     )
     min_lesion_ml: float = Field(ge=0, description="smaller components are dropped (both automatic methods)")
     max_elongation: float = Field(
@@ -330,6 +337,7 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
     inner = liver
     if settings.liver_edge_mm > 0:
         inner = erode_mm(liver, settings.liver_edge_mm, spacing)
+    deep = inner
     darker = smoothed < median - max(settings.hypodense_hu, settings.noise_factor * noise)
     if settings.edge_lesion_mm is not None:
         # the part of the edge band's darker voxels that holds a ball of edge_lesion_mm (an opening removes the
@@ -340,9 +348,13 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
         seeds |= inner & (smoothed > median + max(settings.hyperdense_hu, settings.noise_factor * noise))
     labels, n = ndimage.label(seeds, structure=CONNECTIVITY_26)
     lesions = np.zeros(liver.shape, dtype=bool)
-    grow = np.ceil(3.0 / np.asarray(spacing, dtype=float)).astype(int)  # a partial-volume edge is ~1-2 voxels
+    # each seed grows within its box widened by lesion_grow_mm: room for a lesion's blurred edge and a tumour's
+    # lighter rim around its darker core; less in the edge band, where the liver's blurred rim would lead it on
+    grow, grow_edge = (np.ceil(mm / np.asarray(spacing, dtype=float)).astype(int) for mm in settings.lesion_grow_mm)
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        wide = tuple(slice(max(b.start - g, 0), min(b.stop + g, s)) for b, g, s in zip(box, grow, liver.shape))
+        subcapsular = deep[box][labels[box] == k].mean() < 0.5  # a seed mostly in the edge band
+        g = grow_edge if subcapsular else grow
+        wide = tuple(slice(max(b.start - w, 0), min(b.stop + w, s)) for b, w, s in zip(box, g, liver.shape))
         seed = labels[wide] == k
         core = float(np.median(smoothed[wide][seed]))
         level = (core + median) / 2.0  # the edge of a lesion blurred into the liver
