@@ -225,6 +225,26 @@ def test_a_tumour_s_lighter_rim_around_its_darker_core_is_grown_into_the_lesion(
     assert dice(narrow, tumour) < 0.6  # the rim cut at a box 3 mm around the core
 
 
+def test_a_tumour_at_the_liver_s_edge_is_kept_where_it_is_thick_and_the_rim_is_not():
+    shape = (80, 80, 60)
+    rng = np.random.default_rng(3)
+    liver = ball(shape, (40, 40, 30), 26)
+    # a 16 mm tumour reaching the capsule, light but for its core: grown from the core, it runs into the liver's
+    # blurred rim, and less than half of what it reaches is deeper than the edge band (liver_edge_mm 6)
+    tumour = ball(shape, (40, 40 + 26 - 8, 30), 8) & liver
+    image = np.full(shape, -100.0, np.float32)
+    image[liver] = 110.0
+    image[tumour] = 83.0
+    image[ball(shape, (40, 40 + 26 - 9, 30), 3)] = 60.0
+    image += rng.normal(0, 12, shape).astype(np.float32)
+    smoothed = ndimage.gaussian_filter(image, 1.0)
+    found = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), CLASSICAL)
+    assert dice(found, tumour) > 0.6
+    assert ndimage.label(found, np.ones((3, 3, 3)))[1] == 1  # the rim's shell is trimmed off
+    without = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), with_changes(CLASSICAL, edge_lesion_mm=None))
+    assert dice(without, tumour) < 0.2
+
+
 def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_splits_the_same_patients(tmp_path):
     spec = with_changes(QUICK.cohort, seed=7, n_patients=12, n_lesions=36, size_scale=0.5)
     cohort = generate_cohort(spec, tmp_path / "cohort", workers=2)

@@ -19,7 +19,8 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   between its core and the liver (a partial-volume edge), no further than ``lesion_grow_mm`` beyond
   the seed's box (a tumour's lighter rim around its darker core included; less from a seed in the edge
   band), and components too small, too thin or lying
-  mostly in the edge band are dropped. The settings were chosen on cases 1-30 of the default phantom
+  mostly in the edge band are dropped, unless half of one is deep or thick there (a tumour at the liver's
+  edge, of which the thick part is kept). The settings were chosen on cases 1-30 of the default phantom
   cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
   (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's
   organs (``bench/organ_phantom.py``).
@@ -159,8 +160,9 @@ class SegmentSettings(BaseModel):
     edge_lesion_mm: float | None = Field(
         gt=0,
         description="classical: a subcapsular lesion: where the darker voxels of the liver's edge band hold a ball of "
-        "this radius (mm), they seed a lesion too (the blurred rim is a thin shell, which cannot); None: no seed "
-        "in the edge band",
+        "this radius (mm), they seed a lesion too (the blurred rim is a thin shell, which cannot), and a lesion "
+        "grown mostly into the band is kept if half of it is deep or holds that ball; None: no seed in the edge "
+        "band, and a lesion mostly in it dropped",
     )
     lesion_grow_mm: tuple[PositiveFloat, PositiveFloat] = Field(
         description="classical: a lesion seed grows to the half-way level at most this far (mm) beyond its box: a "
@@ -362,7 +364,15 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
         grown, _ = ndimage.label(region, structure=CONNECTIVITY_26)
         keep = np.unique(grown[seed & (grown > 0)])
         lesion = np.isin(grown, keep[keep > 0])
-        if inner[wide][lesion].mean() >= 0.5:  # else a piece of the liver's blurred rim, not a lesion
+        kept = inner[wide][lesion].mean() >= 0.5  # else a piece of the liver's blurred rim, not a lesion ...
+        if not kept and settings.edge_lesion_mm is not None:
+            # ... or a lesion at the liver's edge, thick where the rim is a thin shell: its part deeper than the
+            # edge band or holding a ball of edge_lesion_mm (and of a voxel's longest side: one thick slice's
+            # partial volume is no lesion), if that is half of it
+            thick = lesion & (deep[wide] | open_mm(lesion, max(settings.edge_lesion_mm, max(spacing)), spacing))
+            kept = thick.sum() >= 0.5 * lesion.sum()
+            lesion = reconstruct(seed & thick, thick)
+        if kept:
             lesions[wide] |= lesion
     return filter_lesions(lesions, spacing, settings)
 
