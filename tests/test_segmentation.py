@@ -245,6 +245,27 @@ def test_a_tumour_at_the_liver_s_edge_is_kept_where_it_is_thick_and_the_rim_is_n
     assert dice(without, tumour) < 0.2
 
 
+def test_a_tumour_in_a_wide_bay_of_the_liver_is_taken_in_and_a_thin_wall_lining_a_bay_is_not():
+    shape = (80, 80, 60)  # 2.5 mm voxels, the coarse grid itself
+    rng = np.random.default_rng(4)
+    ct = np.full(shape, -100.0, np.float32)
+    liver = ball(shape, (40, 40, 30), 26)
+    # a 40 mm tumour at the capsule: the dent it leaves in the liver's window is wider than a 15 mm closing fills
+    tumour = ball(shape, (40, 61, 30), 8) & liver
+    # on the other side a neighbour of fat pressing in, its one-voxel wall as dense as a tumour
+    sac = ball(shape, (40, 16, 30), 6)
+    wall = sac & ~ball(shape, (40, 16, 30), 5) & liver
+    liver &= ~sac
+    ct[liver] = 110.0
+    ct[tumour] = 45.0
+    ct[wall] = 40.0
+    ct += rng.normal(0, 5, shape).astype(np.float32)
+    found = segment_liver(ct, (2.5, 2.5, 2.5), CLASSICAL)
+    assert found[tumour].mean() > 0.4 and found[wall].mean() < 0.1
+    assert segment_liver(ct, (2.5, 2.5, 2.5), with_changes(CLASSICAL, liver_bay_mm=15.0))[tumour].mean() < 0.1
+    assert segment_liver(ct, (2.5, 2.5, 2.5), with_changes(CLASSICAL, liver_bay_opening_mm=None))[wall].mean() > 0.5
+
+
 def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_splits_the_same_patients(tmp_path):
     spec = with_changes(QUICK.cohort, seed=7, n_patients=12, n_lesions=36, size_scale=0.5)
     cohort = generate_cohort(spec, tmp_path / "cohort", workers=2)

@@ -3,27 +3,27 @@
 Three methods give a case's lesions (``SegmentSettings.method``):
 
 - ``reference``: the masks someone drew (the cohort's ``mask`` files), as they are.
-- ``classical``: no training. The liver, on a coarse grid (``liver_grid_mm``): the thickest soft-tissue
-  organ (the largest component of the ``liver_hu`` window that survives a wide opening) is its seed;
-  the seed's own CT numbers (mode and spread) give the liver's window, which leaves out the brighter
-  kidney cortex and vessels and the darker bowel wall and muscle; that window, opened to cut thin
-  bridges to the neighbours, is grown from the seed; a neighbour at the liver's level that touches it
-  through a blurred interface (heart muscle across the diaphragm on thick slices, kidney, pancreas) is
-  cut off at the neck it forms (``liver_neck_ratio``); a part of it left of and behind the body's
-  centre (the spleen's place, ``liver_left_back_mm``) is dropped; darker tissue in the liver's bays (tumours at
-  its edge) is taken in by a wide closing, then holes are filled and the boundary is refined at full
-  resolution. Lesion seeds are voxels away from the liver's edge (where it blurs into darker
+- ``classical``: no training. The liver, on a coarse grid (``liver_grid_mm``): the thickest soft-tissue organ
+  (the largest component of the ``liver_hu`` window that survives a wide opening) is its seed; the seed's own
+  CT numbers (mode and spread) give the liver's window, which leaves out the brighter kidney cortex and
+  vessels and the darker bowel wall and muscle; that window, opened to cut thin bridges to the neighbours, is
+  grown from the seed; a neighbour at the liver's level that touches it through a blurred interface (heart
+  muscle across the diaphragm on thick slices, kidney, pancreas) is cut off at the neck it forms
+  (``liver_neck_ratio``); a part of it left of and behind the body's centre (the spleen's place,
+  ``liver_left_back_mm``) is dropped; darker tissue in the liver's bays (tumours at its edge) is taken in by a
+  wide closing where it is thick (``liver_bay_opening_mm``), then holes are filled and the boundary is refined
+  at full resolution. Lesion seeds are voxels away from the liver's edge (where it blurs into darker
   neighbours), or in that edge band where a ball of ``edge_lesion_mm`` fits in them (a subcapsular lesion),
-  and darker than the liver's parenchyma (the mode of its CT numbers) by more than
-  ``hypodense_hu`` (and than ``noise_factor`` times its noise); each is grown to the level half-way
-  between its core and the liver (a partial-volume edge), no further than ``lesion_grow_mm`` beyond
-  the seed's box (a tumour's lighter rim around its darker core included; less from a seed in the edge
-  band), and components too small, too thin or lying
-  mostly in the edge band are dropped, unless half of one is deep or thick there (a tumour at the liver's
-  edge, of which the thick part is kept). The settings were chosen on cases 1-30 of the default phantom
-  cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
-  (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's
-  organs (``bench/organ_phantom.py``).
+  and darker than the liver's parenchyma (the mode of its CT numbers) by more than ``hypodense_hu`` (and than
+  ``noise_factor`` times its noise); each is grown to the level half-way between its core and the liver (a
+  partial-volume edge), no further than ``lesion_grow_mm`` beyond the seed's box (a tumour's lighter rim
+  around its darker core included; less from a seed in the edge band), and components too small, too thin or
+  lying mostly in the edge band are dropped, unless half of one is deep or thick there (a tumour at the
+  liver's edge, of which the thick part is kept). The settings were chosen on cases 1-30 of the default
+  phantom cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
+  (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's organs
+  (``bench/organ_phantom.py``), the lesions' growth and the edge and bay steps on LiTS 117 with 3D-IRCADb-01
+  patient 1 beside it (measured in a session, never stored here).
 - ``learned``: the cascade of ``liverlesion.segnet`` (a liver U-Net, then a lesion U-Net on the
   liver's crop) gives two probability maps; they become masks here, with the same size filters.
 
@@ -135,6 +135,11 @@ class SegmentSettings(BaseModel):
     liver_bay_mm: float = Field(
         ge=0,
         description="classical: closing that takes darker tissue in the liver's bays in (tumours at its edge); 0: none",
+    )
+    liver_bay_opening_mm: float | None = Field(
+        gt=0,
+        description="classical: of the darker tissue in the bays, only what holds a ball of this radius (mm; at least "
+        "the coarse grid's longest side) is taken in: a tumour, not a thin layer lining the bay; null: all of it",
     )
     liver_bay_min_hu: float = Field(
         description="classical: ... tissue at least this dense (not fat, not gas) and darker than the liver's window"
@@ -298,7 +303,11 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
         liver &= ~left_back_parts(liver, coarse, grid, settings)
     if settings.liver_bay_mm > 0:
         darker = (coarse >= settings.liver_bay_min_hu) & (coarse < low)
-        liver |= close_mm(liver, settings.liver_bay_mm, grid) & darker
+        bay = close_mm(liver, settings.liver_bay_mm, grid) & darker
+        if settings.liver_bay_opening_mm is not None:
+            # a tumour is thick; a sheet of partial volume or a neighbour's wall lining the bay is not
+            bay = open_mm(bay, max(settings.liver_bay_opening_mm, float(max(grid))), grid)
+        liver |= bay
     if settings.liver_closing_mm > 0:
         liver = close_mm(liver, settings.liver_closing_mm, grid)
     liver = fill_holes(liver)
