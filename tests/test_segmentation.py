@@ -188,17 +188,22 @@ def test_classical_segmentation_finds_nothing_in_a_liver_without_lesions():
     assert not seg.lesions.any()
 
 
+def smoothed_liver(liver, painted, seed):
+    """A liver (110 HU) in fat with the ``(mask, HU)`` painted in it, noisy (12 HU) and smoothed (1 voxel)."""
+    image = np.full(liver.shape, -100.0, np.float32)
+    image[liver] = 110.0
+    for mask, hu in painted:
+        image[mask] = hu
+    image += np.random.default_rng(seed).normal(0, 12, liver.shape).astype(np.float32)
+    return ndimage.gaussian_filter(image, 1.0)  # the fat's blur makes a darker shell all round the liver too
+
+
 def test_a_subcapsular_lesion_is_found_and_the_liver_s_blurred_rim_is_not():
     shape = (80, 80, 60)
-    rng = np.random.default_rng(1)
     liver = ball(shape, (40, 40, 30), 22)
     # a 12 mm lesion under the capsule: none of it deeper than the edge band (liver_edge_mm 6) that no seed is in
     lesion = ball(shape, (40, 40 + 22 - 5, 30), 6) & liver
-    image = np.full(shape, -100.0, np.float32)
-    image[liver] = 110.0
-    image[lesion] = 40.0
-    image += rng.normal(0, 12, shape).astype(np.float32)
-    smoothed = ndimage.gaussian_filter(image, 1.0)  # the fat's blur makes a darker shell all round the liver too
+    smoothed = smoothed_liver(liver, [(lesion, 40.0)], seed=1)
     found = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), CLASSICAL)
     assert dice(found, lesion) > 0.6
     assert ndimage.label(found, np.ones((3, 3, 3)))[1] == 1  # the rim's shell is not a lesion
@@ -208,17 +213,11 @@ def test_a_subcapsular_lesion_is_found_and_the_liver_s_blurred_rim_is_not():
 
 def test_a_tumour_s_lighter_rim_around_its_darker_core_is_grown_into_the_lesion():
     shape = (80, 80, 60)
-    rng = np.random.default_rng(2)
     liver = ball(shape, (40, 40, 30), 26)
     # a target: a 24 mm tumour whose rim is too light to seed (above the liver's level less hypodense_hu 35) but
     # below the half-way level between its 8 mm darker core and the liver, so the core's seed grows into it
     tumour = ball(shape, (40, 40, 30), 12)
-    image = np.full(shape, -100.0, np.float32)
-    image[liver] = 110.0
-    image[tumour] = 83.0
-    image[ball(shape, (40, 40, 30), 4)] = 66.0
-    image += rng.normal(0, 12, shape).astype(np.float32)
-    smoothed = ndimage.gaussian_filter(image, 1.0)
+    smoothed = smoothed_liver(liver, [(tumour, 83.0), (ball(shape, (40, 40, 30), 4), 66.0)], seed=2)
     found = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), CLASSICAL)
     assert dice(found, tumour) > 0.8
     narrow = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), with_changes(CLASSICAL, lesion_grow_mm=(3.0, 3.0)))
@@ -227,17 +226,11 @@ def test_a_tumour_s_lighter_rim_around_its_darker_core_is_grown_into_the_lesion(
 
 def test_a_tumour_at_the_liver_s_edge_is_kept_where_it_is_thick_and_the_rim_is_not():
     shape = (80, 80, 60)
-    rng = np.random.default_rng(3)
     liver = ball(shape, (40, 40, 30), 26)
     # a 16 mm tumour reaching the capsule, light but for its core: grown from the core, it runs into the liver's
     # blurred rim, and less than half of what it reaches is deeper than the edge band (liver_edge_mm 6)
     tumour = ball(shape, (40, 40 + 26 - 8, 30), 8) & liver
-    image = np.full(shape, -100.0, np.float32)
-    image[liver] = 110.0
-    image[tumour] = 83.0
-    image[ball(shape, (40, 40 + 26 - 9, 30), 3)] = 60.0
-    image += rng.normal(0, 12, shape).astype(np.float32)
-    smoothed = ndimage.gaussian_filter(image, 1.0)
+    smoothed = smoothed_liver(liver, [(tumour, 83.0), (ball(shape, (40, 40 + 26 - 9, 30), 3), 60.0)], seed=3)
     found = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), CLASSICAL)
     assert dice(found, tumour) > 0.6
     assert ndimage.label(found, np.ones((3, 3, 3)))[1] == 1  # the rim's shell is trimmed off
