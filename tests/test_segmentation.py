@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases
 from liverlesion.lesions import instance_map
-from liverlesion.morphology import cut_at_necks
+from liverlesion.morphology import cut_at_necks, dilate_mm, distance_mm, erode_mm
 from liverlesion.phantom import generate_cohort, generate_patient, plan_cohort
 from liverlesion.segmentation import (
     Segmentation,
@@ -100,6 +100,20 @@ def test_lesions_are_matched_found_missed_and_invented():
     assert counts["recall"] == 1.0 and counts["specificity"] == 0.0  # the cyst was missed
     summary = segmentation_summary(pd.DataFrame([case]), lesions)
     assert summary["detection_recall"] == 0.5 and summary["false_positives_per_patient"] == 1.0
+
+
+def test_millimetre_distances_match_scipy_s_on_an_anisotropic_grid_with_the_edge_in_or_out():
+    rng = np.random.default_rng(3)
+    mask = ndimage.gaussian_filter(rng.random((40, 36, 12)), 2) > 0.5
+    mask[:, :, 0] = True  # touches the volume's edge: there the two edge modes differ
+    spacing = (0.7, 0.8, 2.5)
+    inside = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    assert np.allclose(distance_mm(mask, spacing, edge_outside=True), inside, atol=1e-5)
+    assert np.allclose(distance_mm(~mask, spacing, edge_outside=False), outside, atol=1e-5)
+    assert not np.array_equal(distance_mm(mask, spacing, edge_outside=False), inside)
+    assert np.array_equal(erode_mm(mask, 2.0, spacing), inside > 2.0)
+    assert np.array_equal(dilate_mm(mask, 2.0, spacing), outside <= 2.0)
 
 
 def test_a_neighbour_joined_through_a_neck_is_cut_off_and_a_lobe_joined_broadly_is_kept():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import edt
 import numpy as np
 from scipy import ndimage
 
@@ -40,13 +41,25 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     """Every voxel within ``radius_mm`` of ``mask`` (a ball in millimetres, anisotropic grids included)."""
     if not mask.any():
         return np.zeros(mask.shape, dtype=bool)
-    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+    return distance_mm(~mask, spacing, edge_outside=False) <= radius_mm
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     """The voxels of ``mask`` farther than ``radius_mm`` from outside it (the volume's edge counts as outside)."""
-    inside = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)
-    return inside[1:-1, 1:-1, 1:-1] > radius_mm
+    return distance_mm(mask, spacing, edge_outside=True) > radius_mm
+
+
+def distance_mm(mask: np.ndarray, spacing, edge_outside: bool) -> np.ndarray:
+    """Each voxel of ``mask``'s distance (mm, float32) to the nearest voxel outside it, 0 outside; with
+    ``edge_outside`` the volume's edge counts as outside too.
+
+    The ``edt`` package computes the Euclidean distance SciPy's ``distance_transform_edt`` does (to float32's
+    precision) without the nearest voxels' indices SciPy builds on the way: about ten times faster on a whole
+    CT, which halves the classical segmentation's time (``bench/classical_real_ct.py``).
+    """
+    return edt.edt(
+        np.ascontiguousarray(mask, dtype=bool), anisotropy=tuple(float(s) for s in spacing), black_border=edge_outside
+    )
 
 
 def open_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
@@ -76,7 +89,7 @@ def depth_basins(mask: np.ndarray, spacing, depth_mm: float) -> tuple[np.ndarray
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1].astype(np.float32)
+    depth = distance_mm(mask, spacing, edge_outside=True)
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.int32), depth, np.zeros(1)
     markers, n = ndimage.label(h_maxima(depth, depth_mm), structure=CONNECTIVITY_26)
