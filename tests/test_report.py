@@ -8,9 +8,9 @@ from liverlesion.metrics import METRIC_NAMES, classification_metrics
 from liverlesion.report import (
     PAPER_TABLE2,
     PAPER_TABLE2_LABEL,
-    _patient_weights,
     _weighted_metrics,
     bootstrap_metrics,
+    patient_weights,
     plot_roc_curves,
     table2,
     write_report,
@@ -148,7 +148,7 @@ def test_a_resample_without_cysts_says_nothing_about_specificity():
 
 def test_resample_weights_are_whole_patients():
     groups = np.array([0, 0, 0, 1, 2, 2, 3])
-    weights = _patient_weights(groups, 500, np.random.default_rng(3))
+    weights = patient_weights(groups, 500, np.random.default_rng(3))
     assert weights.shape == (500, 7)
     for patient in range(4):
         lesions = weights[:, groups == patient]
@@ -162,7 +162,7 @@ def test_vectorised_path_equals_classification_metrics_on_materialised_resamples
     prob = prob.copy()
     prob[1] = prob[2]  # a tie between a metastasis and a cyst
     patient = pd.factorize(groups, sort=True)[0]
-    weights = _patient_weights(patient, 150, np.random.default_rng(11))
+    weights = patient_weights(patient, 150, np.random.default_rng(11))
     fast = _weighted_metrics(y_true, prob, weights, 0.5)
     for b in range(len(weights)):
         rows = np.repeat(np.arange(y_true.size), weights[b])

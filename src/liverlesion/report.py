@@ -65,7 +65,7 @@ PAPER_TABLE2_LABEL = (
 _N_REFERENCE_CHECKS = 3
 
 
-def _patient_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def patient_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """How many times each lesion appears in each patient-level resample.
 
     Drawing P patients with replacement and taking all lesions of each drawn patient is the
@@ -200,7 +200,7 @@ def bootstrap_metrics(
         raise ValueError("patient keys must not be missing")
 
     estimate = classification_metrics(y, p, threshold=threshold)
-    weights = _patient_weights(patient, n_boot, np.random.default_rng(seed))
+    weights = patient_weights(patient, n_boot, np.random.default_rng(seed))
     resampled = _weighted_metrics(y, p, weights, threshold)
     _check_against_reference(y, p, weights, threshold, resampled)
 
