@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from liverlesion.evaluation import evaluate_test_set
+from liverlesion.evaluation import breakdown, evaluate_test_set, plot_failure_gallery, worst_scored
 from liverlesion.metrics import classification_metrics
 from tests.profiles import QUICK
 
@@ -83,3 +83,46 @@ def test_comparison_refuses_models_scored_on_other_lesions(tmp_path):
     b = _predictions(["L1", "L3"], ["P1", "P3"], [0, 1], [0.1, 0.9])
     with pytest.raises(ValueError, match="model b scored other test lesions than model a"):
         write_comparison({"model a": a, "model b": b}, tmp_path, 0.5, QUICK.evaluate.bootstrap)
+
+
+def _scored_lesions() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "lesion_id": [f"c{k}-L01" for k in range(6)],
+            "label": [0, 1, 0, 1, 1, 0],
+            "p_metastasis": [0.2, 0.9, 0.7, 0.4, 0.8, 0.1],  # lesions 2 and 3 called wrongly
+            "patient_key": ["P1", "P1", "P2", "P2", "P3", "P3"],
+            "volume_ml": [0.1, 10.0, 1.0, 1.0, 10.0, 0.1],  # 5.8, 26.7, 12.4, 12.4, 26.7, 5.8 mm
+            "slice_mm": [1.0, 1.0, 2.5, 2.5, 5.0, np.nan],
+        }
+    )
+
+
+def test_the_breakdown_says_where_the_model_fails_by_size_slice_spacing_and_patient():
+    table = breakdown(_scored_lesions(), 0.5, (10.0, 20.0), (2.5, 5.0)).set_index(["by", "group"])
+    size = table.loc["lesion diameter"]
+    assert size["lesions"].to_dict() == {"10-20 mm": 2, "<10 mm": 2, ">=20 mm": 2}
+    assert size.loc["10-20 mm", "correct"] == 0 and size.loc["<10 mm", "accuracy"] == 1.0
+    assert np.isnan(size.loc["<10 mm", "recall"])  # no metastasis under 10 mm: undefined, not 0
+    assert np.isnan(size.loc[">=20 mm", "specificity"]) and size.loc[">=20 mm", "recall"] == 1.0
+    spacing = table.loc["slice spacing"]
+    assert spacing["lesions"].to_dict() == {"2.5-5 mm": 2, "<2.5 mm": 2, ">=5 mm": 1, "unknown": 1}
+    patients = table.loc["patient"]
+    assert patients["correct"].to_dict() == {"P1": 2, "P2": 0, "P3": 2}
+    assert patients.loc["P2", "brier"] == pytest.approx((0.7**2 + 0.6**2) / 2)
+    assert table["lesions"].groupby(level="by").sum().eq(6).all()  # every lesion once per breakdown
+
+
+def test_the_failure_gallery_shows_the_worst_scored_lesions_first(tmp_path):
+    lesions = _scored_lesions()
+    assert worst_scored(lesions, 3).tolist() == [2, 3, 0]  # 0.7 and 0.6 off (called wrongly), then 0.2 (the first)
+    patches = np.random.default_rng(0).normal(size=(6, 20, 16, 3)).astype(np.float32)
+    from PIL import Image
+
+    heights = []
+    for count in (1, 3):
+        with Image.open(plot_failure_gallery(patches, lesions, 0.5, count, tmp_path / f"{count}.png")) as image:
+            heights.append(image.size[1])
+    assert heights[1] == 3 * heights[0]  # one row of three patches per lesion
+    none = plot_failure_gallery(patches[:0], lesions.iloc[:0], 0.5, 3, tmp_path / "none.png")
+    assert none.stat().st_size > 0

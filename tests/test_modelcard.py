@@ -123,6 +123,7 @@ def card_for(
     metrics: dict | None = None,
     intervals: dict | None = None,
     version: str | None = "3",
+    evaluated: dict | None = None,
 ) -> dict:
     return build_model_card(
         profile=prof or profile(),
@@ -137,6 +138,7 @@ def card_for(
         lineage=LINEAGE,
         model_name="liver-lesion-classifier",
         version=version,
+        evaluated=evaluated,
     )
 
 
@@ -338,3 +340,54 @@ def test_the_card_says_where_the_training_lesions_came_from():
     assert reference["data"]["lesions_from"] == "reference"
     assert "came from the reference masks" in render_markdown(reference)
     assert not any("segmentation found" in item for item in reference["limitations"])
+
+
+def test_the_card_says_what_a_probability_means_before_and_after_calibration():
+    evaluated = {
+        "calibration": {"method": "temperature", "temperature": 1.8, "slope": 1.0, "intercept": 0.0, "fitted_on": 41},
+        "calibration_metrics": {"brier_network": 0.11, "ece_network": 0.09, "brier": 0.08, "ece": 0.04},
+        "calibration_intervals": {
+            "brier_network": [0.05, 0.2],
+            "ece_network": [0.04, 0.2],
+            "brier": [0.04, 0.14],
+            "ece": [0.02, 0.12],
+        },
+    }
+    evaluated["breakdown"] = [
+        {
+            "by": "lesion diameter",
+            "group": "<10 mm",
+            "lesions": 9,
+            "metastases": 1,
+            "cysts": 8,
+            "accuracy": 0.667,
+            "recall": 0.0,
+            "specificity": 0.75,
+        },
+        {
+            "by": "slice spacing",
+            "group": ">=5 mm",
+            "lesions": 4,
+            "metastases": 0,
+            "cysts": 4,
+            "accuracy": 1.0,
+            "recall": None,
+            "specificity": 1.0,
+        },
+    ]
+    card = card_for(evaluated=evaluated)
+    where = render_markdown(card).split("## Where it fails", 1)[1].split("\n## ", 1)[0]
+    assert "| lesion diameter | <10 mm | 9 (1 / 8) | 0.667 | 0.000 | 0.750 |" in where
+    assert "| slice spacing | >=5 mm | 4 (0 / 4) | 1.000 | n/a | 1.000 |" in where
+    assert card["breakdown"][0]["group"] == "<10 mm" and "## Where it fails" not in render_markdown(card_for())
+    assert card["calibration"]["method"] == "temperature" and card["calibration"]["fitted_on_set"] == "validation"
+    assert card["calibration"]["metrics"]["ece"] == {"estimate": 0.04, "lower": 0.02, "upper": 0.12}
+    assert "T = 1.800" in card["output"]["probability"] and "41 validation lesions" in card["output"]["probability"]
+    text = render_markdown(card)
+    section = text.split("## Calibration", 1)[1].split("\n## ", 1)[0]
+    assert "| expected calibration error | the network's own | 0.090 | 0.040 - 0.200 |" in section
+    assert "| expected calibration error | as answered | 0.040 | 0.020 - 0.120 |" in section
+    # a version registered without calibration says so, and has no section to misread
+    plain = card_for()
+    assert plain["calibration"]["method"] == "none" and "as it is" in plain["output"]["probability"]
+    assert "Not measured." in render_markdown(plain)

@@ -94,6 +94,28 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     } <= artifacts
     assert metrics["test_accuracy_lower"] <= metrics["test_accuracy"] <= metrics["test_accuracy_upper"]
     assert "95% patient-bootstrap intervals" in out
+    # what a probability means: calibration fitted on the validation split, on the version and in the run
+    calibration = json.loads(tags["calibration"])
+    assert calibration["method"] == "temperature" and calibration["fitted_on"] > 0
+    assert calibration["temperature"] != 1.0 and run.data.params["calibration_method"] == "temperature"
+    for name in ("brier", "ece", "brier_network", "ece_network"):
+        assert metrics[f"test_{name}_lower"] - 1e-9 <= metrics[f"test_{name}"] <= metrics[f"test_{name}_upper"] + 1e-9
+    assert {
+        "evaluation/reliability.png",
+        "evaluation/calibration.csv",
+        "evaluation/reliability.csv",
+        "evaluation/validation_predictions.csv",
+    } <= artifacts
+    # where it fails: by size, slice spacing and patient, the worst-scored lesions, and the card's section
+    assert {"evaluation/breakdown.csv", "evaluation/failures.png"} <= artifacts
+    groups = {(row["by"], row["group"]) for row in card["breakdown"]}
+    assert {by for by, _ in groups} == {"lesion diameter", "slice spacing"}
+    assert card["calibration"]["method"] == "temperature" and set(card["calibration"]["metrics"]) == {
+        "brier",
+        "ece",
+        "brier_network",
+        "ece_network",
+    }
 
 
 def run_name(done) -> str:
@@ -339,6 +361,8 @@ def test_predict_gives_the_probabilities_evaluate_gave_and_writes_its_outputs(pr
     same = evaluated.merge(answered, on="lesion_id", suffixes=("_evaluate", "_predict"))
     assert len(same) == (evaluated["lesion_id"].str.rsplit("-L", n=1).str[0] == case).sum() == len(answered)
     np.testing.assert_allclose(same["p_metastasis_predict"], same["p_metastasis_evaluate"], rtol=0, atol=1e-6)
+    # ... calibrated as evaluate calibrated them: the network's own probability is another
+    assert (same["p_network"] - same["p_metastasis_predict"]).abs().max() > 1e-4
     assert (answered["model_version"] == 1).all() and (answered["model_name"] == "tiny-liver-lesion").all()
     # the label volume codes each lesion by its predicted class, on the CT's own grid
     labels = nib.load(out / "lesion_classes.nii.gz")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from liverlesion.calibration import CalibrationMethod
 from liverlesion.phantom import CohortSpec
 from liverlesion.protocol import MONITORS, TRAINING_PRECISIONS, Protocol
 from liverlesion.segmentation import SegmentSettings
@@ -201,6 +202,30 @@ class EvaluateConfig(_Section):
         "auto: the fast path where the CPU has bfloat16 units, else float32",
     )
     bootstrap: BootstrapConfig
+    calibration: CalibrationMethod = Field(
+        description="post-hoc calibration of P(metastasis), fitted on the validation split and carried with the "
+        "registered model (liverlesion.calibration): temperature (one parameter; decisions at 0.5 and ROC AUC "
+        "unchanged), platt (two; moves the decision at 0.5) or none",
+    )
+    diameter_bins_mm: tuple[float, ...] = Field(
+        min_length=1, description="the breakdown by lesion diameter (mm, of the ball of its volume) splits at these"
+    )
+    spacing_bins_mm: tuple[float, ...] = Field(
+        min_length=1, description="the breakdown by the CT's slice spacing (mm) splits at these"
+    )
+    gallery_lesions: int = Field(ge=0, le=100, description="the worst-scored test lesions the failure gallery shows")
+    calibration_bins: int = Field(
+        ge=2,
+        le=50,
+        description="equal-width bins of P(metastasis) for the expected calibration error and the reliability diagram",
+    )
+
+    @field_validator("diameter_bins_mm", "spacing_bins_mm")
+    @classmethod
+    def _increasing(cls, bins: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= a for a, b in zip(bins, bins[1:])) or bins[0] <= 0:
+            raise ValueError("bins must be positive and increasing")
+        return bins
 
 
 Metric = Literal["accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall", "specificity"]

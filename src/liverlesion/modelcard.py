@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from liverlesion.calibration import Calibration
 from liverlesion.contract import LABEL_CYST, LABEL_METASTASIS, LABEL_NAMES
 
 CARD_SCHEMA_VERSION = 1
@@ -351,6 +352,26 @@ def _limitations(cohort: dict, split: dict, evaluation: dict, lesions_from: str 
     return items
 
 
+def _calibration(calibration: dict | None) -> dict[str, Any]:
+    fitted = Calibration.from_dict((calibration or {}).get("calibration"))
+    values = (calibration or {}).get("calibration_metrics", {})
+    bounds = (calibration or {}).get("calibration_intervals", {})
+    return {
+        **fitted.to_dict(),
+        "description": fitted.describe(),
+        "fitted_on_set": "validation",
+        "metrics": {
+            name: {
+                "estimate": values[name],
+                "lower": bounds.get(name, [None, None])[0],
+                "upper": bounds.get(name, [None, None])[1],
+            }
+            for name in ("brier_network", "ece_network", "brier", "ece")
+            if name in values
+        },
+    }
+
+
 def build_model_card(
     *,
     profile: dict,
@@ -365,6 +386,7 @@ def build_model_card(
     lineage: dict[str, str],
     model_name: str,
     version: str | None = None,
+    evaluated: dict | None = None,
 ) -> dict:
     """The card of one model version as a JSON-able dict (``CARD_SCHEMA_VERSION``).
 
@@ -375,6 +397,10 @@ def build_model_card(
         precision: the precision the test set was scored in (``float32``, ``bfloat16``).
         cohort: :func:`cohort_summary`; ``split``: :func:`split_sizes`.
         lineage: the registered version's lineage tags (the ``config`` JSON is left out).
+        evaluated: the evaluate step's summary: its ``calibration`` (``Calibration.to_dict``),
+            ``calibration_metrics`` (Brier score and ECE, calibrated and the network's own),
+            ``calibration_intervals`` and ``breakdown`` (``evaluation.breakdown`` rows by diameter and slice
+            spacing); none: the probability is the network's own, unmeasured, and no breakdown.
     """
     train = dict(profile.get("train", {}))
     patches = dict(profile.get("patches", {}))
@@ -449,6 +475,7 @@ def build_model_card(
             ],
             "threshold": threshold,
             "decision": f"metastasis when P(metastasis) >= {threshold:g}, else cyst",
+            "probability": _calibration(evaluated)["description"],
         },
         "data": {
             "version": data_version,
@@ -464,6 +491,8 @@ def build_model_card(
             "sizes": split,
         },
         "evaluation": evaluation,
+        "calibration": _calibration(evaluated),
+        "breakdown": list((evaluated or {}).get("breakdown", [])),
         "training": _training(train, profile),
         "lineage": {k: v for k, v in lineage.items() if k not in _LINEAGE_LEFT_OUT},
         "intended_use": {"summary": INTENDED_USE, "in_scope": list(_IN_SCOPE), "out_of_scope": list(_OUT_OF_SCOPE)},
@@ -501,6 +530,64 @@ def _limitation_line(item: str) -> str:
     """A bullet whose lead phrase (up to the first colon) is bold."""
     lead, sep, rest = item.partition(":")
     return f"- **{lead}**:{rest}" if sep and len(lead) <= 70 else f"- {item}"
+
+
+def _calibration_section(calibration: dict | None) -> list[str]:
+    if not calibration:
+        return []
+    words = {"brier": "Brier score", "ece": "expected calibration error"}
+    rows = []
+    for name, row in calibration["metrics"].items():
+        metric, _, whose = name.partition("_")
+        rows.append(
+            [
+                words[metric],
+                "the network's own" if whose else "as answered",
+                _fmt(row["estimate"]),
+                f"{_fmt(row['lower'])} - {_fmt(row['upper'])}" if row["lower"] is not None else "n/a",
+            ]
+        )
+    return [
+        "## Calibration",
+        "",
+        f"What P(metastasis) means: {calibration['description']}; every answer (predict, predict-batch, the "
+        f"served model) is {'the calibrated' if calibration['method'] != 'none' else 'that'} probability. "
+        "Measured on the test lesions: the Brier score (0 perfect, "
+        "0.25 always saying 0.5) and the expected calibration error (the mean gap, over bins of P, between the "
+        "probability said and the fraction of metastases).",
+        "",
+        *(_table(["metric", "probability", "value", "95% interval"], rows) if rows else ["Not measured."]),
+        "",
+    ]
+
+
+def _breakdown_section(rows: list[dict] | None) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "## Where it fails",
+        "",
+        "The test lesions by lesion diameter (of the ball of its volume) and by their CT's slice spacing: a model "
+        "must be judged where cysts and metastases overlap in size, not only overall. n/a: undefined (no "
+        "metastasis for sensitivity, no cyst for specificity). Per patient and the worst-scored lesions: "
+        "`breakdown.csv` and `failures.png` among the training run's `evaluation/` artifacts.",
+        "",
+        *_table(
+            ["by", "group", "lesions (metastases / cysts)", "accuracy", "sensitivity", "specificity"],
+            [
+                [
+                    row["by"],
+                    row["group"],
+                    f"{row['lesions']} ({row['metastases']} / {row['cysts']})",
+                    _fmt(row["accuracy"]),
+                    _fmt(row["recall"]),
+                    _fmt(row["specificity"]),
+                ]
+                for row in rows
+            ],
+        ),
+        "",
+    ]
 
 
 def render_markdown(card: dict) -> str:
@@ -563,6 +650,8 @@ def render_markdown(card: dict) -> str:
             ],
         ),
         "",
+        *_calibration_section(card.get("calibration")),
+        *_breakdown_section(card.get("breakdown")),
         "## Data and split",
         "",
         f"- Data version: `{data['version']}`",

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from liverlesion.calibration import Calibration
 from liverlesion.config import PatchConfig
 from liverlesion.contract import LABEL_METASTASIS, LABEL_NAMES, MASK_CYST, MASK_METASTASIS, MASK_TO_LABEL, ContractError
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti, to_source_orientation
@@ -102,6 +103,8 @@ class LesionPredictor:
         threshold: P(metastasis) at or above which a lesion is called metastasis.
         precision: ``auto``, ``float32`` or ``bfloat16`` (``precision.resolve_precision``).
         model_name, model_version: written in every result row.
+        calibration: the post-hoc calibration fitted with the model (``liverlesion.calibration``): every
+            probability it answers is the calibrated one; none by default.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class LesionPredictor:
         precision: str,
         model_name: str = "",
         model_version: str = "",
+        calibration: Calibration | None = None,
     ):
         from liverlesion.precision import inference_model, resolve_precision
 
@@ -121,6 +125,7 @@ class LesionPredictor:
         self.precision, self.precision_reason = resolve_precision(precision)
         self._scorer = inference_model(model, self.precision)
         self.model_name, self.model_version = model_name, str(model_version)
+        self.calibration = calibration or Calibration()
 
     def record(self, **more: Any) -> dict[str, Any]:
         """What answered, for the outputs: model name and version, threshold, precision (and ``more``)."""
@@ -129,13 +134,14 @@ class LesionPredictor:
             "model_version": self.model_version,
             "threshold": self.threshold,
             "precision": self.precision,
+            "calibration": self.calibration.method,
             **more,
         }
 
     def score_patches(self, patches: np.ndarray) -> np.ndarray:
         from liverlesion.training import predict_metastasis_probability
 
-        return predict_metastasis_probability(self._scorer, patches)
+        return self.calibration(predict_metastasis_probability(self._scorer, patches))
 
     def predict(
         self, image: np.ndarray, meta: ImageMeta, mask: np.ndarray, case_id: str = "case", mask_encoding: str = "auto"

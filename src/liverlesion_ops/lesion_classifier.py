@@ -44,11 +44,13 @@ def _nifti_file(folder: Path, name: str, encoded: str, case_id: str) -> Path:
 
 
 class LesionClassifierModel(PythonModel):
-    """The network, the patch settings it was trained with and the decision threshold, as one model."""
+    """The network, the patch settings it was trained with, its calibration and the decision threshold, as one
+    model."""
 
     def load_context(self, context) -> None:
         import keras
 
+        from liverlesion.calibration import Calibration
         from liverlesion.config import PatchConfig
         from liverlesion.predict import LesionPredictor
 
@@ -62,6 +64,7 @@ class LesionClassifierModel(PythonModel):
             settings["precision"],
             settings["model_name"],
             settings.get("model_version", ""),  # versions registered before 2026-12 did not know their number
+            Calibration.from_dict(settings.get("calibration")),  # fitted on the validation split (none before 2026-12)
         )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

@@ -62,6 +62,7 @@ def comparison_pipeline(
                 run_id,
                 config=profile.evaluate,
                 model_key=key,
+                cases=data["cases"],
                 id=f"evaluate_{key}",
             )
         predictions.append(scored)

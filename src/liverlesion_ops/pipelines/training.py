@@ -38,7 +38,14 @@ def training_pipeline(
         fingerprint=fingerprint,
     )
     metrics, predictions = evaluate(
-        model, data["patches"], data["patch_index"], data["manifest"], data["lesions"], run_id, config=profile.evaluate
+        model,
+        data["patches"],
+        data["patch_index"],
+        data["manifest"],
+        data["lesions"],
+        run_id,
+        config=profile.evaluate,
+        cases=data["cases"],
     )
     evaluate_segmentation(
         data["segmentation_cases"],

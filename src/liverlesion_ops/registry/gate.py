@@ -227,8 +227,12 @@ def register_and_gate(
     rules: GateRules,
     experiment: str,
     context: dict[str, str] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register a trained model and pass it through the gate, all or nothing.
+
+    ``calibration`` (fitted on the validation split) is carried inside the served model: the gate scores the
+    version as it will answer.
 
     ``gate_set`` makes the gate's lesions when they are needed (a pinned cohort is read from disk),
     not when the training run was registered before.
@@ -244,7 +248,9 @@ def register_and_gate(
         ``{"version", "created", "decision", "reason", "aliases", "model_uri", ...}`` (the gate's record
         when the version is new).
     """
-    registered = register_version(model, run_id, name, metrics, lineage, profile, card, card_markdown, incomplete=True)
+    registered = register_version(
+        model, run_id, name, metrics, lineage, profile, card, card_markdown, incomplete=True, calibration=calibration
+    )
     mlflow_client = registry_client()
     if not registered.created:
         tags = mlflow_client.get_model_version(name, registered.version).tags

@@ -21,11 +21,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 import liverlesion
+from liverlesion.calibration import Calibration
 from liverlesion.predict import RESULT_COLUMNS
 from liverlesion.promotion import DECIMALS
 from liverlesion_ops import project
 from liverlesion_ops.registry.locks import process_gone, process_id
 from liverlesion_ops.registry.store import (
+    CALIBRATION_TAG,
     CHAMPION,
     METRIC_TAG_PREFIX,
     RegistryError,
@@ -45,7 +47,7 @@ PYFUNC_NAME = "lesion_classifier"
 
 #: the serving environment: what the domain package's inference path imports, at the installed versions, and
 #: TensorFlow's GPU-capable build (``tensorflow``, not ``tensorflow-cpu``, which a GPU server must not be pinned to)
-SERVING_PACKAGES = ("keras", "numpy", "pandas", "scipy", "scikit-image", "nibabel")
+SERVING_PACKAGES = ("keras", "numpy", "pandas", "scipy", "scikit-image", "nibabel", "edt")
 TENSORFLOW_BUILDS = ("tensorflow-cpu", "tensorflow")
 
 
@@ -103,13 +105,17 @@ def serving_requirements() -> list[str]:
     return [*tensorflow, *(f"{name}=={installed_version(name)}" for name in SERVING_PACKAGES)]
 
 
-def serving_settings(model_name: str, profile: dict[str, Any]) -> dict[str, Any]:
-    """What the served model needs besides the network: the profile's patch settings and scoring."""
+def serving_settings(
+    model_name: str, profile: dict[str, Any], calibration: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the served model needs besides the network: the profile's patch settings and scoring, and the
+    calibration fitted on the validation split (``liverlesion.calibration``; none if not given)."""
     return {
         "model_name": model_name,
         "patches": profile["patches"],
         "threshold": profile["evaluate"]["threshold"],
         "precision": profile["evaluate"]["precision"],
+        "calibration": Calibration.from_dict(calibration).to_dict(),
         "profile": profile["name"],
     }
 
@@ -177,6 +183,7 @@ def register_version(
     card: dict[str, Any],
     card_markdown: str,
     incomplete: bool = False,
+    calibration: dict[str, Any] | None = None,
 ) -> Registered:
     """Log the served model in training run ``run_id`` and register it with every lineage and metric tag.
 
@@ -184,6 +191,7 @@ def register_version(
     version is an incomplete registration whose registering process is gone, it is taken over (and
     returned as created, to be gated again). With ``incomplete``, the version is registered as
     incomplete (``registration_state``), its ``fingerprint`` held back until a decision completes it.
+    ``calibration`` (``Calibration.to_dict``) goes into the served model and the version's ``calibration`` tag.
     """
     mlflow_client = registry_client()
     existing = version_of_run(mlflow_client, name, run_id)
@@ -195,6 +203,7 @@ def register_version(
         log.info(f"took over the incomplete registration v{existing.version} of run {run_id}")
         return Registered(str(existing.version), existing.source, created=True)
     tags = {**lineage, **{METRIC_TAG_PREFIX + k: f"{v:.{DECIMALS}f}" for k, v in metrics.items()}}
+    tags[CALIBRATION_TAG] = json.dumps(Calibration.from_dict(calibration).to_dict(), sort_keys=True)
     if incomplete:
         tags.update({REGISTRATION_STATE: INCOMPLETE, REGISTRATION_OWNER: process_id()})
         if "fingerprint" in tags:  # what `retrain` looks for: only once the version is complete
@@ -205,7 +214,7 @@ def register_version(
         logged = mlflow.initialize_logged_model(name=PYFUNC_NAME, source_run_id=run_id)
     version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
     try:
-        settings = {**serving_settings(name, profile), "model_version": str(version.version)}
+        settings = {**serving_settings(name, profile, calibration), "model_version": str(version.version)}
         with mlflow.start_run(run_id=run_id):
             model_uri = log_serving_model(model, settings, card, card_markdown, model_id=logged.model_id)
         mlflow_client.update_model_version(name, version.version, description=version_description(card_markdown))

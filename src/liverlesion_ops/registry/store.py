@@ -17,6 +17,8 @@ CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_ch
 
 
 METRIC_TAG_PREFIX = "metric."
+#: a version's post-hoc calibration (``liverlesion.calibration.Calibration.to_dict`` as JSON)
+CALIBRATION_TAG = "calibration"
 
 
 class RegistryError(RuntimeError):

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 from zenml import log_metadata, step
 
+from liverlesion.calibration import fit_calibration
 from liverlesion.config import EvaluateConfig
-from liverlesion.evaluation import TestEvaluation, evaluate_test_set
+from liverlesion.evaluation import TestEvaluation, evaluate_calibration, evaluate_failures, evaluate_test_set
 from liverlesion.metrics import plot_confusion_matrix
 from liverlesion.precision import inference_model, resolve_precision
 from liverlesion.report import plot_roc_curves, write_report
@@ -29,11 +30,16 @@ def record_test_evaluation(
     threshold: float,
     tag: str = "evaluate",
     params: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    failures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Report files (Table 2 row, confusion matrix, ROC, per-lesion predictions) + MLflow metrics.
 
     Shared by every model's evaluation, so that each model of a comparison is scored, logged and
-    filed the same way. Returns the step's summary (metrics, intervals, baselines, file paths).
+    filed the same way. ``calibration`` (``evaluation.evaluate_calibration``) adds its Brier score and
+    ECE (calibrated and the network's own, with intervals), its parameters and its reliability diagram;
+    ``failures`` (``evaluation.evaluate_failures``) the breakdown and the failure gallery. Returns the step's
+    summary (metrics, intervals, baselines, calibration, breakdown, file paths).
     """
     predictions, intervals, metrics = result.predictions, result.intervals, result.metrics
     y_test, probability = predictions["label"].to_numpy(), predictions["p_metastasis"].to_numpy()
@@ -64,7 +70,21 @@ def record_test_evaluation(
                 for bound in ("lower", "upper")
             }
         )
-        for path in (cm_path, roc_path, predictions_path, report["csv"], report["md"]):
+        paths = [cm_path, roc_path, predictions_path, report["csv"], report["md"]]
+        if calibration:
+            mlflow.log_metrics(
+                {f"test_{k}": calibration[k] for k in calibration["intervals"]}
+                | {
+                    f"test_{k}_{bound}": v
+                    for k, pair in calibration["intervals"].items()
+                    for bound, v in zip(("lower", "upper"), pair)
+                }
+            )
+            mlflow.log_params({f"calibration_{k}": v for k, v in calibration["calibration"].items()})
+            paths += list(calibration["files"].values())
+        if failures:
+            paths += list(failures["files"].values())
+        for path in paths:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
     log.info(
         f"{name} test "
@@ -75,7 +95,7 @@ def record_test_evaluation(
         {"metrics": metrics, "mean_hu_threshold_accuracy": baseline, "mean_hu_best_threshold_accuracy": oracle}
     )
     ci = {row.metric: [float(row.lower), float(row.upper)] for row in intervals.itertuples()}
-    return {
+    summary = {
         "metrics": metrics,
         "intervals": ci,
         "threshold": threshold,
@@ -86,6 +106,20 @@ def record_test_evaluation(
         "predictions": str(predictions_path),
         **(params or {}),
     }
+    if calibration:
+        log.info(
+            f"{name} calibration {calibration['calibration']['method']}: test Brier "
+            f"{calibration['brier_network']:.3f} -> {calibration['brier']:.3f}, "
+            f"ECE {calibration['ece_network']:.3f} -> {calibration['ece']:.3f}"
+        )
+        summary["plots"]["reliability_diagram"] = str(calibration["files"]["reliability_diagram"])
+        summary["calibration"] = calibration["calibration"]
+        summary["calibration_metrics"] = {k: calibration[k] for k in calibration["intervals"]}
+        summary["calibration_intervals"] = calibration["intervals"]
+    if failures:
+        summary["breakdown"] = failures["breakdown"]
+        summary["plots"]["failure_gallery"] = str(failures["files"]["failure_gallery"])
+    return summary
 
 
 @step
@@ -98,24 +132,61 @@ def evaluate(
     mlflow_run_id: str,
     config: EvaluateConfig,
     model_key: str = "",
+    cases: pd.DataFrame | None = None,
 ) -> tuple[Annotated[dict[str, Any], "test_metrics"], Annotated[pd.DataFrame, "test_predictions"]]:
-    """The seven metrics, confusion matrix and ROC on the held-out test patients.
+    """The seven metrics, confusion matrix and ROC on the held-out test patients, and what the probabilities
+    mean (calibration).
 
     Lesions are scored as they will be served: ``config.precision`` (``liverlesion.precision``;
-    ``auto`` resolves to bfloat16 or float32 by the CPU, and the MLflow run records which).
+    ``auto`` resolves to bfloat16 or float32 by the CPU, and the MLflow run records which), through the
+    post-hoc calibration ``config.calibration`` fitted here on the validation lesions (the registered
+    model carries it). The test lesions' Brier score and ECE are reported before and after it, and where
+    the model fails: by lesion diameter, by slice spacing (from ``cases``) and per patient, with a gallery of
+    the worst-scored lesions.
     ``model_key`` (a Table 2 model, ``liverlesion compare``) files the reports in a folder of its own.
     """
     x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
+    x_val, y_val, val_ids = arrays_for_set(patches, patch_index, split_manifest, "val")
     precision, why = resolve_precision(config.precision)
     log.info(f"scoring in {precision} ({why})")
-    probability = predict_metastasis_probability(inference_model(model, precision), x_test)
-    result = evaluate_test_set(
-        lesion_ids, y_test, probability, split_manifest, lesions, config.threshold, config.bootstrap
+    scorer = inference_model(model, precision)
+    validation = pd.DataFrame(
+        {"lesion_id": val_ids, "label": y_val, "p_network": predict_metastasis_probability(scorer, x_val)}
     )
+    calibration = fit_calibration(validation["label"], validation["p_network"], config.calibration)
+    network = predict_metastasis_probability(scorer, x_test)
+    result = evaluate_test_set(
+        lesion_ids, y_test, calibration(network), split_manifest, lesions, config.threshold, config.bootstrap
+    )
+    # the network's own probability, before calibration
+    result.predictions["p_network"] = result.predictions["lesion_id"].map(dict(zip(lesion_ids, network)))
     folder = run_reports_dir(zenml_run().name)
     if model_key:
         folder = folder / model_key
         folder.mkdir(exist_ok=True)
+    calibrated = evaluate_calibration(
+        calibration,
+        result.predictions["label"].to_numpy(),
+        result.predictions["p_network"].to_numpy(),
+        result.predictions["patient_key"].to_numpy(),
+        config.calibration_bins,
+        config.bootstrap,
+        folder,
+    )
+    # what the calibration was fitted on, so that another can be tried offline
+    calibrated["files"]["validation_predictions"] = folder / "validation_predictions.csv"
+    validation.to_csv(calibrated["files"]["validation_predictions"], index=False)
+    slice_mm = lesions.set_index("lesion_id")["case_id"].map(
+        cases.set_index("case_id")["spacing_2"] if cases is not None else {}
+    )
+    row_of = {lesion: k for k, lesion in enumerate(lesion_ids)}
+    failures = evaluate_failures(
+        result.predictions.assign(slice_mm=result.predictions["lesion_id"].map(slice_mm)),
+        x_test[[row_of[lesion] for lesion in result.predictions["lesion_id"]]],
+        config.threshold,
+        config,
+        folder,
+    )
     summary = record_test_evaluation(
         result,
         model_key or model.name,
@@ -123,5 +194,7 @@ def evaluate(
         mlflow_run_id,
         config.threshold,
         params={"inference_precision": precision, "inference_precision_setting": config.precision},
+        calibration=calibrated,
+        failures=failures,
     )
     return summary, result.predictions

@@ -74,6 +74,7 @@ def register(
         split=split_sizes(split_manifest),
         lineage=lineage,
         model_name=config.model_name,
+        evaluated=test_metrics,
     )
     rules = GateRules(config.gate.primary_metric, config.gate.min_margin, dict(config.gate.floors))
     pinned = config.gate.evaluation_cohort
@@ -99,6 +100,7 @@ def register(
         rules,
         config.experiment,
         context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]},
+        calibration=test_metrics.get("calibration"),
     )
     version = result["version"]
     where = [a for a, v in result["aliases"].items() if v == version]
