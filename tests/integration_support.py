@@ -15,7 +15,8 @@ TINY_PROFILE = {
     "cohort": {"seed": 7, "n_patients": 12, "n_lesions": 36, "size_scale": 0.5},
     "patches": {"output_size": [75, 75]},
     "train": {"epochs": 1, "batch_size": 8},
-    "evaluate": {"calibration": "temperature"},  # carried into the served model: the tests check it is
+    # carried into the served model: the tests check that every answer uses them
+    "evaluate": {"calibration": "temperature", "operating_point": {"metric": "recall", "at_least": 0.9}},
     # one epoch on 12 patients: no floors, so that the first version becomes champion
     "register": {"model_name": "tiny-liver-lesion", "gate": {"floors": {"recall": 0.0, "specificity": 0.0}}},
 }

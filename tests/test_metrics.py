@@ -9,6 +9,7 @@ from liverlesion.metrics import (
     confusion_counts,
     fitted_threshold_accuracy,
     plot_confusion_matrix,
+    threshold_for,
 )
 
 
@@ -84,3 +85,37 @@ def test_fitted_threshold_is_chosen_on_train_and_scored_on_test():
     )
     assert threshold == 60.0
     assert accuracy == pytest.approx(3 / 4)  # 45 HU is called metastasis, wrongly
+
+
+def test_the_operating_point_is_the_highest_threshold_that_reaches_the_target_sensitivity():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    probability = np.array([0.95, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1])
+    # 3 of 4 metastases (0.75): called at P >= 0.6, which keeps 3 of 4 cysts below
+    assert threshold_for(labels, probability, "recall", 0.75) == 0.6
+    assert threshold_for(labels, probability, "recall", 0.95) == 0.3  # all four: every cyst at 0.3 or more too
+    for target in (0.5, 0.75, 1.0):
+        threshold = threshold_for(labels, probability, "recall", target)
+        achieved = classification_metrics(labels, probability, threshold)
+        assert achieved["recall"] >= target
+        # one step higher and the target is missed: the highest such threshold
+        above = probability[probability > threshold].min(initial=1.0)
+        assert classification_metrics(labels, probability, above)["recall"] < target or above == 1.0
+
+
+def test_the_operating_point_for_specificity_keeps_that_many_cysts_below_it():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    probability = np.array([0.95, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1])
+    threshold = threshold_for(labels, probability, "specificity", 0.75)
+    assert 0.4 < threshold < 0.41  # just above the third cyst: metastases at 0.6 and up still called
+    assert classification_metrics(labels, probability, threshold)["specificity"] == 0.75
+    assert classification_metrics(labels, probability, threshold)["recall"] == 0.75
+
+
+def test_an_operating_point_needs_the_class_it_counts_and_a_sensible_target():
+    with pytest.raises(ValueError, match="needs a metastasis among the validation lesions"):
+        threshold_for([0, 0], [0.2, 0.3], "recall", 0.9)
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\]"):
+        threshold_for([0, 1], [0.2, 0.3], "recall", 1.5)
+    with pytest.raises(ValueError, match="recall or a specificity"):
+        threshold_for([0, 1], [0.2, 0.3], "accuracy", 0.9)
+    assert threshold_for([1, 0], [1.0, 0.0], "recall", 1.0) == 1.0 - 1e-6  # clipped into (0, 1)

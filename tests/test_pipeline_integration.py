@@ -110,6 +110,13 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     assert {"evaluation/breakdown.csv", "evaluation/failures.png"} <= artifacts
     groups = {(row["by"], row["group"]) for row in card["breakdown"]}
     assert {by for by, _ in groups} == {"lesion diameter", "slice spacing"}
+    # the operating point chosen on the validation split: the test metrics, the version and its card use it
+    threshold = metrics["decision_threshold"]
+    assert threshold != 0.5 and tags["decision_threshold"] == f"{threshold:.6g}"
+    assert (
+        card["output"]["threshold"] == pytest.approx(threshold)
+        and "recall >= 0.9" in card["output"]["threshold_chosen"]
+    )
     assert card["calibration"]["method"] == "temperature" and set(card["calibration"]["metrics"]) == {
         "brier",
         "ece",
@@ -363,6 +370,10 @@ def test_predict_gives_the_probabilities_evaluate_gave_and_writes_its_outputs(pr
     np.testing.assert_allclose(same["p_metastasis_predict"], same["p_metastasis_evaluate"], rtol=0, atol=1e-6)
     # ... calibrated as evaluate calibrated them: the network's own probability is another
     assert (same["p_network"] - same["p_metastasis_predict"]).abs().max() > 1e-4
+    # ... and called at the version's operating point, not at 0.5
+    threshold = float(mlflow_client(root).get_model_version("tiny-liver-lesion", "1").tags["decision_threshold"])
+    clear = (answered["p_metastasis"] - threshold).abs() > 1e-5
+    assert (answered["predicted"] == (answered["p_metastasis"] >= threshold))[clear].all()
     assert (answered["model_version"] == 1).all() and (answered["model_name"] == "tiny-liver-lesion").all()
     # the label volume codes each lesion by its predicted class, on the CT's own grid
     labels = nib.load(out / "lesion_classes.nii.gz")

@@ -192,10 +192,29 @@ class BootstrapConfig(_Section):
     seed: int
 
 
+class OperatingPointConfig(_Section):
+    """``evaluate.operating_point``: the decision threshold chosen on the validation split for a target."""
+
+    metric: Literal["recall", "specificity"] = Field(
+        description="recall: the sensitivity to metastases (a missed metastasis costs more than a cyst sent to "
+        "follow-up); specificity: to cysts"
+    )
+    at_least: float = Field(gt=0, le=1, description="the target the threshold must reach on the validation lesions")
+
+
 class EvaluateConfig(_Section):
     """``evaluate``: how the held-out lesions are scored, and the decision threshold every answer uses."""
 
-    threshold: float = Field(gt=0, lt=1, description="P(metastasis) at or above which a lesion is called metastasis")
+    threshold: float = Field(
+        gt=0,
+        lt=1,
+        description="P(metastasis) at or above which a lesion is called metastasis, unless operating_point chooses it",
+    )
+    operating_point: OperatingPointConfig | None = Field(
+        description="the threshold chosen on the validation lesions (calibrated) as the highest reaching this "
+        "target, then used for the test metrics, carried with the registered model (predict, the served model, "
+        "the gate's floors, Figure 5); null: threshold",
+    )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         description="scoring: float32 as trained, or the CPU fast path (BN folded, bfloat16; "
         "liverlesion.precision), which gave the same metrics on the default test split; "

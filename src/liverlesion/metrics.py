@@ -178,3 +178,32 @@ def plot_confusion_matrix(y_true, probability, threshold: float, path: Path, tit
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def threshold_for(labels, probability, metric: str, at_least: float) -> float:
+    """The operating point: the highest threshold at which ``metric`` (``recall``: the sensitivity to
+    metastases; ``specificity``: to cysts) reaches ``at_least`` on these lesions (the validation split).
+
+    For sensitivity, the highest threshold keeping ``ceil(at_least * metastases)`` metastases at or above it
+    (so as many cysts as possible below it); for specificity, the lowest keeping that many cysts below it (so
+    as many metastases as possible at or above it). Clipped into (0, 1), where a threshold means something.
+
+    Raises:
+        ValueError: an unknown metric, a target outside (0, 1], or no lesion of the class it counts.
+    """
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(probability, dtype=float).ravel()
+    if metric not in ("recall", "specificity"):
+        raise ValueError(f"an operating point is a recall or a specificity, not {metric!r}")
+    if not 0.0 < at_least <= 1.0:
+        raise ValueError(f"the operating point's target must lie in (0, 1] (got {at_least})")
+    counted = p[y == (1 if metric == "recall" else 0)]
+    if counted.size == 0:
+        kind = "metastasis" if metric == "recall" else "cyst"
+        raise ValueError(f"the operating point ({metric} >= {at_least:g}) needs a {kind} among the validation lesions")
+    needed = max(int(np.ceil(at_least * counted.size - 1e-9)), 1)
+    if metric == "recall":
+        threshold = np.sort(counted)[::-1][needed - 1]  # the needed-th most likely metastasis is still called one
+    else:
+        threshold = np.nextafter(np.sort(counted)[needed - 1], np.inf)  # the needed-th least likely cyst is not
+    return float(np.clip(threshold, 1e-6, 1.0 - 1e-6))

@@ -21,6 +21,8 @@ from liverlesion.calibration import Calibration
 from liverlesion.contract import LABEL_CYST, LABEL_METASTASIS, LABEL_NAMES
 
 CARD_SCHEMA_VERSION = 1
+#: what P(metastasis) is on a card of a version registered before calibration existed
+UNCALIBRATED = "the network's own probability"
 
 SETS = ("train", "val", "test")
 #: the Keras applications' names of the profile's ``train.backbone`` keys
@@ -411,13 +413,17 @@ def build_model_card(
     units, dropout = int(train["dense_units"]), float(train["dropout"])
     weights = train.get("weights")
     shape = [int(s) for s in input_shape if s is not None]
-    threshold = float(evaluate["threshold"])
+    # the threshold the evaluate step used (an operating point chosen on the validation split), else the profile's
+    threshold = float((evaluated or {}).get("threshold", evaluate["threshold"]))
+    chosen = str(
+        ((evaluated or {}).get("operating_point") or {}).get("chosen", f"fixed: evaluate.threshold {threshold:g}")
+    )
     canvas = patches.get("canvas")
     segment = dict(profile.get("segment", {}))
     lesions_from = str(segment.get("method", "reference"))
     if lesions_from == "learned" and segment.get("resolved_model"):
         lesions_from = f"learned ({segment['resolved_model']})"
-    evaluation = _evaluation(metrics, intervals, precision, profile, split)
+    evaluation = {**_evaluation(metrics, intervals, precision, profile, split), "threshold": threshold}
     card = {
         "schema_version": CARD_SCHEMA_VERSION,
         "model": {
@@ -475,6 +481,7 @@ def build_model_card(
             ],
             "threshold": threshold,
             "decision": f"metastasis when P(metastasis) >= {threshold:g}, else cyst",
+            "threshold_chosen": chosen,
             "probability": _calibration(evaluated)["description"],
         },
         "data": {
@@ -693,7 +700,8 @@ def render_markdown(card: dict) -> str:
         f"- Patches: {patches['crop']} (margin {_fmt_g(patches.get('margin_mm'))} mm); {patches['padding']}; "
         f"canvas {_fmt(patches.get('canvas'))}; {patches['resize']}; pixels {patches['pixels']}",
         f"- Standardisation: {inp['standardisation']}",
-        f"- Output: {out['format']}; {out['decision']}",
+        f"- Output: {out['format']}; {out['decision']} (threshold {out.get('threshold_chosen', 'fixed')}); "
+        f"P(metastasis): {out.get('probability', UNCALIBRATED)}",
         "",
         "## Training",
         "",

@@ -79,7 +79,10 @@ def _print_training_summary(summary: dict[str, Any], env: dict[str, str]) -> Non
             f"  registered {registration['model_name']} version {registration['version']}: "
             f"{registration['decision']} -> alias {', '.join(where) or 'none'} ({registration['reason']})"
         )
-    say(f"  test ({test['lesions']} lesions; {test['confidence']:.0%} patient-bootstrap intervals):")
+    say(
+        f"  test ({test['lesions']} lesions; {test['confidence']:.0%} patient-bootstrap intervals; metastasis at "
+        f"P >= {test.get('threshold', 0.5):.3g}, {test.get('threshold_chosen') or 'fixed'}):"
+    )
     for name, value in test["metrics"].items():
         low, high = test["intervals"].get(name, (float("nan"), float("nan")))
         say(f"    {name:<18} {value:.3f}  [{low:.3f}, {high:.3f}]")
@@ -87,6 +90,21 @@ def _print_training_summary(summary: dict[str, Any], env: dict[str, str]) -> Non
         f"  one-feature baseline, mean HU threshold: test accuracy {test['mean_hu_threshold_accuracy']:.3f} "
         f"fitted on train, {test['mean_hu_best_threshold_accuracy']:.3f} at the best threshold for the test set"
     )
+    if test.get("calibration_metrics"):
+        values, bounds = test["calibration_metrics"], test["calibration_intervals"]
+        say(
+            f"  calibration {test['calibration']}: "
+            + "; ".join(
+                f"{label} {values[key]:.3f} [{bounds[key][0]:.3f}, {bounds[key][1]:.3f}]"
+                for key, label in (
+                    ("brier", "Brier"),
+                    ("ece", "ECE"),
+                    ("brier_network", "network's own Brier"),
+                    ("ece_network", "ECE"),
+                )
+                if key in values and (test["calibration"] != "none" or not key.endswith("_network"))
+            )
+        )
     segmentation = summary["segmentation"]
     if segmentation["method"] != "reference":
         measured, counts = segmentation["test"], segmentation["end_to_end"]

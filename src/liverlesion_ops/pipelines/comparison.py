@@ -25,6 +25,9 @@ def comparison_pipeline(
 ) -> None:
     data = prepare_patches(data_dir, data_version, profile, code_version, segmenter_uri)
     common = {"profile": profile.name, "experiment": profile.register.experiment, "data_version": data_version}
+    # Table 2 compares every model at the one threshold of evaluate.threshold (the paper's), never at an
+    # operating point each CNN would choose for itself on its validation lesions
+    table2_scoring = profile.evaluate.model_copy(update={"operating_point": None})
     predictions, run_ids = [], []
     for key in profile.compare.models:
         if model_entry(key).kind == "texture_svm":
@@ -60,7 +63,7 @@ def comparison_pipeline(
                 data["manifest"],
                 data["lesions"],
                 run_id,
-                config=profile.evaluate,
+                config=table2_scoring,
                 model_key=key,
                 cases=data["cases"],
                 id=f"evaluate_{key}",

@@ -53,8 +53,8 @@ def training_pipeline(
         data["manifest"],
         predictions,
         run_id,
+        metrics,
         segment=profile.segment,
-        threshold=profile.evaluate.threshold,
     )
     register(
         model,

@@ -227,12 +227,12 @@ def register_and_gate(
     rules: GateRules,
     experiment: str,
     context: dict[str, str] | None = None,
-    calibration: dict[str, Any] | None = None,
+    scoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register a trained model and pass it through the gate, all or nothing.
 
-    ``calibration`` (fitted on the validation split) is carried inside the served model: the gate scores the
-    version as it will answer.
+    ``scoring`` (the calibration and threshold chosen on the validation split) is carried inside the served
+    model: the gate scores the version as it will answer, its floors at its own threshold.
 
     ``gate_set`` makes the gate's lesions when they are needed (a pinned cohort is read from disk),
     not when the training run was registered before.
@@ -249,7 +249,7 @@ def register_and_gate(
         when the version is new).
     """
     registered = register_version(
-        model, run_id, name, metrics, lineage, profile, card, card_markdown, incomplete=True, calibration=calibration
+        model, run_id, name, metrics, lineage, profile, card, card_markdown, incomplete=True, scoring=scoring
     )
     mlflow_client = registry_client()
     if not registered.created:

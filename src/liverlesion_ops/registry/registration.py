@@ -30,6 +30,7 @@ from liverlesion_ops.registry.store import (
     CALIBRATION_TAG,
     CHAMPION,
     METRIC_TAG_PREFIX,
+    THRESHOLD_TAG,
     RegistryError,
     aliases,
     check_version,
@@ -105,17 +106,16 @@ def serving_requirements() -> list[str]:
     return [*tensorflow, *(f"{name}=={installed_version(name)}" for name in SERVING_PACKAGES)]
 
 
-def serving_settings(
-    model_name: str, profile: dict[str, Any], calibration: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def serving_settings(model_name: str, profile: dict[str, Any], scoring: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the served model needs besides the network: the profile's patch settings and scoring, and the
-    calibration fitted on the validation split (``liverlesion.calibration``; none if not given)."""
+    calibration fitted on the validation split and the threshold chosen there (``scoring``: the evaluate step's
+    ``calibration`` and ``threshold``; else none and the profile's ``evaluate.threshold``)."""
     return {
         "model_name": model_name,
         "patches": profile["patches"],
-        "threshold": profile["evaluate"]["threshold"],
+        "threshold": (scoring or {}).get("threshold", profile["evaluate"]["threshold"]),
         "precision": profile["evaluate"]["precision"],
-        "calibration": Calibration.from_dict(calibration).to_dict(),
+        "calibration": Calibration.from_dict((scoring or {}).get("calibration")).to_dict(),
         "profile": profile["name"],
     }
 
@@ -183,7 +183,7 @@ def register_version(
     card: dict[str, Any],
     card_markdown: str,
     incomplete: bool = False,
-    calibration: dict[str, Any] | None = None,
+    scoring: dict[str, Any] | None = None,
 ) -> Registered:
     """Log the served model in training run ``run_id`` and register it with every lineage and metric tag.
 
@@ -191,7 +191,8 @@ def register_version(
     version is an incomplete registration whose registering process is gone, it is taken over (and
     returned as created, to be gated again). With ``incomplete``, the version is registered as
     incomplete (``registration_state``), its ``fingerprint`` held back until a decision completes it.
-    ``calibration`` (``Calibration.to_dict``) goes into the served model and the version's ``calibration`` tag.
+    ``scoring`` (the evaluate step's ``calibration`` and ``threshold``) goes into the served model and the
+    version's ``calibration`` and ``decision_threshold`` tags.
     """
     mlflow_client = registry_client()
     existing = version_of_run(mlflow_client, name, run_id)
@@ -203,7 +204,9 @@ def register_version(
         log.info(f"took over the incomplete registration v{existing.version} of run {run_id}")
         return Registered(str(existing.version), existing.source, created=True)
     tags = {**lineage, **{METRIC_TAG_PREFIX + k: f"{v:.{DECIMALS}f}" for k, v in metrics.items()}}
-    tags[CALIBRATION_TAG] = json.dumps(Calibration.from_dict(calibration).to_dict(), sort_keys=True)
+    served = serving_settings(name, profile, scoring)
+    tags[CALIBRATION_TAG] = json.dumps(served["calibration"], sort_keys=True)
+    tags[THRESHOLD_TAG] = f"{served['threshold']:.6g}"
     if incomplete:
         tags.update({REGISTRATION_STATE: INCOMPLETE, REGISTRATION_OWNER: process_id()})
         if "fingerprint" in tags:  # what `retrain` looks for: only once the version is complete
@@ -214,7 +217,7 @@ def register_version(
         logged = mlflow.initialize_logged_model(name=PYFUNC_NAME, source_run_id=run_id)
     version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
     try:
-        settings = {**serving_settings(name, profile, calibration), "model_version": str(version.version)}
+        settings = {**served, "model_version": str(version.version)}
         with mlflow.start_run(run_id=run_id):
             model_uri = log_serving_model(model, settings, card, card_markdown, model_id=logged.model_id)
         mlflow_client.update_model_version(name, version.version, description=version_description(card_markdown))

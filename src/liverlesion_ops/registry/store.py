@@ -19,6 +19,8 @@ CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_ch
 METRIC_TAG_PREFIX = "metric."
 #: a version's post-hoc calibration (``liverlesion.calibration.Calibration.to_dict`` as JSON)
 CALIBRATION_TAG = "calibration"
+#: the P(metastasis) at or above which the version calls a lesion metastasis (the operating point)
+THRESHOLD_TAG = "decision_threshold"
 
 
 class RegistryError(RuntimeError):

@@ -11,7 +11,7 @@ from zenml import log_metadata, step
 from liverlesion.calibration import fit_calibration
 from liverlesion.config import EvaluateConfig
 from liverlesion.evaluation import TestEvaluation, evaluate_calibration, evaluate_failures, evaluate_test_set
-from liverlesion.metrics import plot_confusion_matrix
+from liverlesion.metrics import classification_metrics, plot_confusion_matrix, threshold_for
 from liverlesion.precision import inference_model, resolve_precision
 from liverlesion.report import plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
@@ -59,7 +59,7 @@ def record_test_evaluation(
     with mlflow.start_run(run_id=mlflow_run_id):
         if params:
             mlflow.log_params(params)
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()} | {"decision_threshold": threshold})
         mlflow.log_metrics(
             {"test_mean_hu_threshold_accuracy": baseline, "test_mean_hu_best_threshold_accuracy": oracle}
         )
@@ -154,9 +154,23 @@ def evaluate(
         {"lesion_id": val_ids, "label": y_val, "p_network": predict_metastasis_probability(scorer, x_val)}
     )
     calibration = fit_calibration(validation["label"], validation["p_network"], config.calibration)
+    validation["p_metastasis"] = calibration(validation["p_network"].to_numpy())
+    threshold, operating_point = config.threshold, {"chosen": f"fixed: evaluate.threshold {config.threshold:g}"}
+    if config.operating_point is not None:
+        target = config.operating_point
+        threshold = threshold_for(validation["label"], validation["p_metastasis"], target.metric, target.at_least)
+        on_validation = classification_metrics(validation["label"], validation["p_metastasis"], threshold)
+        operating_point = {
+            "chosen": f"the highest threshold with {target.metric} >= {target.at_least:g} on the "
+            f"{len(validation)} validation lesions (evaluate.operating_point)",
+            "metric": target.metric,
+            "at_least": target.at_least,
+            "validation": {k: on_validation[k] for k in ("recall", "specificity", "accuracy")},
+        }
+        log.info(f"operating point: P(metastasis) >= {threshold:.4f} ({operating_point['chosen']})")
     network = predict_metastasis_probability(scorer, x_test)
     result = evaluate_test_set(
-        lesion_ids, y_test, calibration(network), split_manifest, lesions, config.threshold, config.bootstrap
+        lesion_ids, y_test, calibration(network), split_manifest, lesions, threshold, config.bootstrap
     )
     # the network's own probability, before calibration
     result.predictions["p_network"] = result.predictions["lesion_id"].map(dict(zip(lesion_ids, network)))
@@ -183,7 +197,7 @@ def evaluate(
     failures = evaluate_failures(
         result.predictions.assign(slice_mm=result.predictions["lesion_id"].map(slice_mm)),
         x_test[[row_of[lesion] for lesion in result.predictions["lesion_id"]]],
-        config.threshold,
+        threshold,
         config,
         folder,
     )
@@ -192,8 +206,12 @@ def evaluate(
         model_key or model.name,
         folder,
         mlflow_run_id,
-        config.threshold,
-        params={"inference_precision": precision, "inference_precision_setting": config.precision},
+        threshold,
+        params={
+            "inference_precision": precision,
+            "inference_precision_setting": config.precision,
+            "operating_point": operating_point,
+        },
         calibration=calibrated,
         failures=failures,
     )

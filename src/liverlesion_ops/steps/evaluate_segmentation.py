@@ -20,8 +20,8 @@ def evaluate_segmentation(
     split_manifest: pd.DataFrame,
     test_predictions: pd.DataFrame,
     mlflow_run_id: str,
+    test_metrics: dict[str, Any],
     segment: SegmentSettings,
-    threshold: float,
 ) -> Annotated[dict[str, Any], "segmentation_metrics"]:
     """The automatic segmentation against the reference, on the test patients, and end to end with the classifier.
 
@@ -41,7 +41,7 @@ def evaluate_segmentation(
     lesions = segmentation_lesions[segmentation_lesions["patient_key"].isin(test_patients)]
     summary = segmentation_summary(cases, lesions)
     overall = segmentation_summary(segmentation_cases, segmentation_lesions)
-    counts = end_to_end(lesions, test_predictions, threshold)
+    counts = end_to_end(lesions, test_predictions, test_metrics["threshold"])  # the evaluate step's (operating point)
     folder = run_reports_dir(zenml_run().name)
     report = folder / "segmentation.md"
     report.write_text(segmentation_markdown(segment.method, summary, counts, segment.detection_dice))

@@ -100,7 +100,7 @@ def register(
         rules,
         config.experiment,
         context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]},
-        calibration=test_metrics.get("calibration"),
+        scoring={k: test_metrics[k] for k in ("calibration", "threshold") if k in test_metrics},
     )
     version = result["version"]
     where = [a for a, v in result["aliases"].items() if v == version]
