@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from liverlesion.evaluation import breakdown, evaluate_test_set, plot_failure_gallery, worst_scored
+from liverlesion.config import OperatingPointConfig
+from liverlesion.evaluation import (
+    breakdown,
+    choose_threshold,
+    evaluate_test_set,
+    plot_failure_gallery,
+    worst_scored,
+)
 from liverlesion.metrics import classification_metrics
 from tests.profiles import QUICK
 
@@ -126,3 +133,15 @@ def test_the_failure_gallery_shows_the_worst_scored_lesions_first(tmp_path):
     assert heights[1] == 3 * heights[0]  # one row of three patches per lesion
     none = plot_failure_gallery(patches[:0], lesions.iloc[:0], 0.5, 3, tmp_path / "none.png")
     assert none.stat().st_size > 0
+
+
+def test_the_threshold_is_the_profile_s_unless_an_operating_point_chooses_it_on_validation_lesions():
+    validation = pd.DataFrame(
+        {"label": [1, 1, 1, 1, 0, 0, 0, 0], "p_metastasis": [0.95, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1]}
+    )
+    fixed, how = choose_threshold(validation, QUICK.evaluate)
+    assert fixed == QUICK.evaluate.threshold and how["chosen"].startswith("fixed")
+    target = QUICK.evaluate.model_copy(update={"operating_point": OperatingPointConfig(metric="recall", at_least=0.95)})
+    threshold, how = choose_threshold(validation, target)
+    assert threshold == 0.3 and how["validation"]["recall"] == 1.0 and how["validation"]["specificity"] == 0.5
+    assert "recall >= 0.95 on the 8 validation lesions" in how["chosen"]

@@ -25,6 +25,7 @@ from liverlesion.metrics import (
     classification_metrics,
     fitted_threshold_accuracy,
     plot_confusion_matrix,
+    threshold_for,
 )
 from liverlesion.report import bootstrap_metrics, plot_roc_curves, write_report
 
@@ -340,3 +341,25 @@ def evaluate_failures(
     )
     rows = table[table["by"] != "patient"].replace({np.nan: None}).to_dict(orient="records")
     return {"breakdown": rows, "files": files}
+
+
+def choose_threshold(validation: pd.DataFrame, config: EvaluateConfig) -> tuple[float, dict[str, Any]]:
+    """The decision threshold: ``config.threshold``, or the operating point ``config.operating_point`` chosen on
+    the validation lesions (``label``, calibrated ``p_metastasis``) by ``metrics.threshold_for``.
+
+    Returns:
+        The threshold, and how it was chosen (``chosen``, in words; for an operating point also its ``metric``,
+        ``at_least`` and what it gave on the validation lesions).
+    """
+    if config.operating_point is None:
+        return config.threshold, {"chosen": f"fixed: evaluate.threshold {config.threshold:g}"}
+    target = config.operating_point
+    threshold = threshold_for(validation["label"], validation["p_metastasis"], target.metric, target.at_least)
+    reached = classification_metrics(validation["label"], validation["p_metastasis"], threshold)
+    return threshold, {
+        "chosen": f"the highest threshold with {target.metric} >= {target.at_least:g} on the {len(validation)} "
+        "validation lesions (evaluate.operating_point)",
+        "metric": target.metric,
+        "at_least": target.at_least,
+        "validation": {k: reached[k] for k in ("recall", "specificity", "accuracy")},
+    }

@@ -10,8 +10,14 @@ from zenml import log_metadata, step
 
 from liverlesion.calibration import fit_calibration
 from liverlesion.config import EvaluateConfig
-from liverlesion.evaluation import TestEvaluation, evaluate_calibration, evaluate_failures, evaluate_test_set
-from liverlesion.metrics import classification_metrics, plot_confusion_matrix, threshold_for
+from liverlesion.evaluation import (
+    TestEvaluation,
+    choose_threshold,
+    evaluate_calibration,
+    evaluate_failures,
+    evaluate_test_set,
+)
+from liverlesion.metrics import plot_confusion_matrix
 from liverlesion.precision import inference_model, resolve_precision
 from liverlesion.report import plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
@@ -155,19 +161,8 @@ def evaluate(
     )
     calibration = fit_calibration(validation["label"], validation["p_network"], config.calibration)
     validation["p_metastasis"] = calibration(validation["p_network"].to_numpy())
-    threshold, operating_point = config.threshold, {"chosen": f"fixed: evaluate.threshold {config.threshold:g}"}
-    if config.operating_point is not None:
-        target = config.operating_point
-        threshold = threshold_for(validation["label"], validation["p_metastasis"], target.metric, target.at_least)
-        on_validation = classification_metrics(validation["label"], validation["p_metastasis"], threshold)
-        operating_point = {
-            "chosen": f"the highest threshold with {target.metric} >= {target.at_least:g} on the "
-            f"{len(validation)} validation lesions (evaluate.operating_point)",
-            "metric": target.metric,
-            "at_least": target.at_least,
-            "validation": {k: on_validation[k] for k in ("recall", "specificity", "accuracy")},
-        }
-        log.info(f"operating point: P(metastasis) >= {threshold:.4f} ({operating_point['chosen']})")
+    threshold, operating_point = choose_threshold(validation, config)
+    log.info(f"a lesion is called metastasis at P >= {threshold:.4f} ({operating_point['chosen']})")
     network = predict_metastasis_probability(scorer, x_test)
     result = evaluate_test_set(
         lesion_ids, y_test, calibration(network), split_manifest, lesions, threshold, config.bootstrap
