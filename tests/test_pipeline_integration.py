@@ -404,6 +404,45 @@ def test_predict_refuses_bad_input_in_one_line(project, first_run, tmp_path):
         assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_evaluate_scores_a_registered_version_on_a_cohort_without_training(project, first_run, tmp_path):
+    """`evaluate --model`: the version as it answers (its calibration, its operating point) on every typed lesion
+    of a cohort, with intervals, calibration, breakdown and gallery, an MLflow run and the version's tags."""
+    import numpy as np
+    import pandas as pd
+
+    root, env = project
+    done = cli(
+        root, env, "evaluate", "--model", "tiny-liver-lesion", "--version", "1", "--profile", "tiny",
+        "--out", str(tmp_path / "external"), "--json",
+    )  # fmt: skip
+    record = json.loads(done.stdout)  # JSON alone on standard output
+    assert record["model"] == "models:/tiny-liver-lesion/1" and record["data"]["lesions"] == 36
+    version = mlflow_client(root).get_model_version("tiny-liver-lesion", "1")
+    assert record["threshold"] == pytest.approx(float(version.tags["decision_threshold"]), abs=1e-5)
+    assert record["calibration"] == "temperature"
+    folder = Path(record["report"])
+    for name in ("table2.md", "calibration.csv", "reliability.png", "breakdown.csv", "failures.png", "summary.json"):
+        assert (folder / name).stat().st_size > 0, name
+    scored = pd.read_csv(folder / "predictions.csv")
+    assert len(scored) == 36 and scored["label"].isin([0, 1]).all()
+    # the same answers as the pipeline's evaluate gave on the test lesions, which are among them
+    reports = Path(first_run.stdout.split("reports: ")[1].split()[0])
+    evaluated = pd.read_csv(reports / "test_predictions.csv")
+    same = evaluated.merge(scored, on="lesion_id", suffixes=("_evaluate", "_external"))
+    assert len(same) == len(evaluated)
+    np.testing.assert_allclose(same["p_metastasis_external"], same["p_metastasis_evaluate"], rtol=0, atol=1e-6)
+    lo, hi = record["intervals"]["accuracy"]
+    assert lo <= record["metrics"]["accuracy"] <= hi
+    # recorded: a run tagged job=evaluation naming the version and the cohort, and the version's own tags
+    run = mlflow_client(root).get_run(record["mlflow_run_id"])
+    assert run.data.tags["job"] == "evaluation" and run.data.tags["model_version"] == "1"
+    assert run.data.tags["data_version"] == record["data"]["version"]
+    prefix = f"external.{record['data']['version'][:12]}."
+    tags = mlflow_client(root).get_model_version("tiny-liver-lesion", "1").tags
+    assert tags[prefix + "lesions"] == "36" and tags[prefix + "run"] == record["mlflow_run_id"]
+    assert float(tags[prefix + "accuracy"]) == pytest.approx(record["metrics"]["accuracy"], abs=1e-4)
+
+
 @pytest.mark.slow
 def test_predict_batch_answers_a_folder_and_records_the_model_version(project, first_run):
     import pandas as pd

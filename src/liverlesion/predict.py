@@ -55,6 +55,7 @@ class CasePrediction:
     instances: np.ndarray  # int32 lesion numbers on the canonical grid
     image: np.ndarray  # the CT in HU on the canonical grid
     meta: ImageMeta
+    patches: np.ndarray | None = None  # (lesions, rows, cols, 3): what the network saw, in the order of ``results``
 
 
 def read_mask_nifti(path: Path, meta: ImageMeta, where: str) -> np.ndarray:
@@ -185,7 +186,7 @@ class LesionPredictor:
             },
             columns=list(RESULT_COLUMNS),
         )
-        return CasePrediction(results, lesions, self.threshold, instances, image, meta)
+        return CasePrediction(results, lesions, self.threshold, instances, image, meta, stacks)
 
     def score_cases(self, cases: pd.DataFrame, lesion_ids: set[str] | None = None) -> pd.Series:
         """P(metastasis) of the lesions of ingested cases (``contract.CASE_COLUMNS``), by lesion id.

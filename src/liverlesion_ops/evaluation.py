@@ -170,3 +170,145 @@ def evaluate(profile: Profile, data: Path | None, out: Path | None) -> dict[str,
         mlflow.log_artifacts(str(folder), artifact_path="evaluation")
     record["mlflow_run_id"] = run.info.run_id
     return record
+
+
+#: a version's tag prefix for its figures on an external cohort: ``external.<cohort hash, 12>.<metric>``
+EXTERNAL_TAG_PREFIX = "external."
+
+
+def score_model(
+    profile: Profile, data: Path | None, model: str, version: str | None, out: Path | None
+) -> dict[str, Any]:
+    """A registered version scored on a cohort with typed lesions (reference masks), without training anything.
+
+    Every typed lesion is scored by the version's served model, as ``predict`` would (its calibration and its
+    threshold): the seven metrics with patient-bootstrap intervals (``table2.md``/``.csv``), calibration (Brier,
+    ECE, ``reliability.png``), where it fails (``breakdown.csv``) and the worst-scored lesions
+    (``failures.png``), per-lesion ``predictions.csv`` and ``summary.json``; logged in an MLflow run tagged
+    ``job=evaluation`` with the model's name and version and the cohort's content hash; and the version gets
+    tags ``external.<cohort hash>.<metric>``.
+
+    Raises:
+        ContractError: the cohort breaks the data contract or holds no typed lesion.
+        RegistryError: no such model or version.
+    """
+    import mlflow
+
+    from liverlesion.calibration import calibration_intervals, plot_reliability, reliability_table
+    from liverlesion.contract import ContractError
+    from liverlesion.evaluation import breakdown, plot_failure_gallery, worst_scored
+    from liverlesion.report import bootstrap_metrics, strict_json, write_report
+    from liverlesion_ops import project, runs
+    from liverlesion_ops.prediction import load_predictor, model_reference
+    from liverlesion_ops.registry.gate import cohort_gate_set
+    from liverlesion_ops.registry.store import registry_client
+    from liverlesion_ops.tracking import ensure_experiment, use_tracking_store
+
+    cohort = runs.cohort(profile, data)
+    typed = cohort_gate_set(cohort.path)
+    if typed.labels.empty:
+        raise ContractError(f"{cohort.path}: no lesion with a type (cyst or metastasis) to score")
+    predictor, resolved = load_predictor(model_reference(model, version))
+    started = time.perf_counter()
+    probability = predictor.score_cases(typed.cases, set(typed.labels.index))
+    seconds = time.perf_counter() - started
+    spacing = typed.cases.set_index("case_id")["spacing_2"]
+    scored = typed.lesions[["lesion_id", "case_id", "patient_key", "volume_ml", "label"]].assign(
+        p_metastasis=lambda t: t["lesion_id"].map(probability),
+        slice_mm=lambda t: t["case_id"].map(spacing),
+    )
+    threshold, bootstrap, bins = predictor.threshold, profile.evaluate.bootstrap, profile.evaluate.calibration_bins
+    scored["predicted"] = (scored["p_metastasis"] >= threshold).astype(int)
+    y, p, patients = scored["label"].to_numpy(int), scored["p_metastasis"].to_numpy(float), scored["patient_key"]
+    name = f"{predictor.model_name} v{predictor.model_version}".strip()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(out) if out is not None else project.reports_dir() / f"evaluation-model-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    intervals = bootstrap_metrics(
+        y, p, patients.to_numpy(), threshold, bootstrap.resamples, bootstrap.seed, bootstrap.confidence
+    )
+    write_report(
+        {name: intervals},
+        folder,
+        f"{name} on cohort {cohort.hash[:12]}",
+        f"{len(scored)} typed lesions of {patients.nunique()} patients, none seen in training unless the cohort "
+        f"is the training cohort; a lesion is called metastasis at P >= {threshold:.4g} (the version's).",
+    )
+    calibration = calibration_intervals(y, p, patients, bins, bootstrap.resamples, bootstrap.seed, bootstrap.confidence)
+    calibration.to_csv(folder / "calibration.csv", index=False)
+    reliability_table(y, p, bins).to_csv(folder / "reliability.csv", index=False)
+    plot_reliability({name: (y, p)}, bins, folder / "reliability.png", title=f"Reliability, {len(y)} lesions")
+    config = profile.evaluate
+    breakdown(scored, threshold, config.diameter_bins_mm, config.spacing_bins_mm).to_csv(
+        folder / "breakdown.csv", index=False
+    )
+    # the gallery's patches: only the worst lesions' cases are read again (memory bounded by gallery_lesions)
+    worst = scored.iloc[worst_scored(scored, config.gallery_lesions)]
+    stacks = {}
+    for case in typed.cases[typed.cases["case_id"].isin(worst["case_id"])].itertuples(index=False):
+        again = predictor.predict(*_read_case(case), case.case_id, case.mask_encoding)
+        stacks.update(dict(zip(again.results["lesion_id"], again.patches)))
+    plot_failure_gallery(
+        np.stack([stacks[lesion] for lesion in worst["lesion_id"]]) if len(worst) else np.zeros((0, 1, 1, 3)),
+        worst.reset_index(drop=True),
+        threshold,
+        len(worst),
+        folder / "failures.png",
+    )
+    scored.to_csv(folder / "predictions.csv", index=False)
+    metrics = {row.metric: float(row.estimate) for row in intervals.itertuples()}
+    metrics |= {row.metric: float(row.estimate) for row in calibration.itertuples()}
+    record = {
+        "model": resolved,
+        "model_name": predictor.model_name,
+        "model_version": predictor.model_version,
+        "threshold": threshold,
+        "calibration": predictor.calibration.method,
+        "data": {
+            "version": cohort.hash,
+            "source": cohort.source,
+            "lesions": len(scored),
+            "patients": patients.nunique(),
+        },
+        "metrics": metrics,
+        "intervals": {
+            row.metric: [float(row.lower), float(row.upper)]
+            for table in (intervals, calibration)
+            for row in table.itertuples()
+        },
+        "seconds": seconds,
+        "report": str(folder),
+    }
+    (folder / "summary.json").write_text(strict_json(record, indent=2, default=float) + "\n")
+    use_tracking_store()
+    mlflow.set_experiment(experiment_id=ensure_experiment(profile.register.experiment))
+    with mlflow.start_run(run_name=f"{JOB}-{predictor.model_name}-v{predictor.model_version}-{cohort.hash[:8]}") as run:
+        mlflow.set_tags(
+            {
+                "job": JOB,
+                "profile": profile.name,
+                "data_version": cohort.hash,
+                "model_name": predictor.model_name,
+                "model_version": predictor.model_version,
+                "model_uri": resolved,
+            }
+        )
+        mlflow.log_metrics({f"external_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_artifacts(str(folder), artifact_path="evaluation")
+    record["mlflow_run_id"] = run.info.run_id
+    if predictor.model_version:
+        client = registry_client()
+        prefix = f"{EXTERNAL_TAG_PREFIX}{cohort.hash[:12]}."
+        for key, value in {**metrics, "lesions": len(scored), "run": run.info.run_id}.items():
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            client.set_model_version_tag(predictor.model_name, predictor.model_version, prefix + key, text)
+    return record
+
+
+def _read_case(case) -> tuple[Any, Any, Any]:
+    """A case's CT, its meta and its lesion mask, as ``LesionPredictor.predict`` takes them."""
+    from liverlesion.imaging import load_nifti
+
+    image, meta = load_nifti(case.image_path)
+    mask, _ = load_nifti(case.mask_path)
+    return image, meta, mask

@@ -16,6 +16,7 @@ from liverlesion_ops.cli.common import (
     SegmentOption,
     SetOption,
     automatic_segmentation,
+    fail,
     json_output,
     load_profile,
     print_json,
@@ -34,6 +35,17 @@ def evaluate(
     data: DataOption = None,
     segment: SegmentOption = None,
     segmenter: SegmenterOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="score this registered model's classification instead (a name: its champion, or --version; or an "
+            "MLflow model URI) on the cohort's typed lesions",
+        ),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="with --model: a registered version (3 or v3), not the champion")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="folder for the report (default: reports/evaluation-<method>-<time>/)"),
@@ -42,7 +54,8 @@ def evaluate(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Measure automatic segmentation on a cohort with reference masks, without training anything.
+    """Measure automatic segmentation, or a registered model's classification, on a cohort with reference
+    masks, without training anything.
 
     Per CT: liver Dice and ASSD (where the cohort has liver_mask), lesion Dice and ASSD, reference lesions
     found or missed, automatic lesions invented or outside the liver, seconds; per lesion: its size class
@@ -50,10 +63,35 @@ def evaluate(
     segmentation_lesions.csv and summary.json, and logs them in an MLflow run tagged job=evaluation with the
     cohort's content hash. Examples: `liverlesion evaluate --data /cohorts/ircadb`;
     `liverlesion evaluate --data /cohorts/lits --segment learned --json`.
+
+    With --model (and --version): the registered version scores every typed lesion of the cohort as predict
+    would (its calibration and threshold): the seven metrics with patient-bootstrap intervals, Brier score and
+    ECE, breakdown by size, slice spacing and patient, the worst-scored lesions, in a report folder and an
+    MLflow run tagged job=evaluation; the version gets tags external.<cohort hash>.<metric>. Example:
+    `liverlesion evaluate --data /cohorts/ircadb --model liver-lesion-classifier --json`.
     """
     from liverlesion_ops import evaluation
 
     setup()
+    if model is not None or version is not None:
+        if segment is not None or segmenter is not None:
+            raise fail("--model scores a classifier on the cohort's own masks: leave out --segment and --segmenter")
+        config = load_profile(profile, overrides)
+        with json_output(as_json):
+            record = evaluation.score_model(config, data, model or config.register.model_name, version, out)
+        if as_json:
+            print_json(record)
+            return
+        m, ci = record["metrics"], record["intervals"]
+        say(
+            f"{record['model']} on {record['data']['lesions']} typed lesions of {record['data']['patients']} "
+            f"patient(s) (cohort {record['data']['version'][:12]}; metastasis at P >= {record['threshold']:.3g}, "
+            f"calibration {record['calibration']}):"
+        )
+        for name in ("accuracy", "roc_auc", "recall", "specificity", "brier", "ece"):
+            say(f"  {name:<12} {m[name]:.3f}  [{ci[name][0]:.3f}, {ci[name][1]:.3f}]")
+        say(f"  report: {record['report']}; MLflow run {record['mlflow_run_id']} (job=evaluation)")
+        return
     config = load_profile(profile, overrides, keras_backend=False)
     config = config.model_copy(update={"segment": automatic_segmentation(config.segment, segment, segmenter)})
     with json_output(as_json):

@@ -43,6 +43,7 @@ class GateSet:
     labels: pd.Series
     cases: pd.DataFrame
     description: str  # e.g. "the test split of v3 (46 lesions, 13 patients)"
+    lesions: pd.DataFrame | None = None  # contract.LESION_COLUMNS of the typed lesions (a pinned cohort)
 
 
 def split_gate_set(
@@ -103,6 +104,7 @@ def cohort_gate_set(folder: str | Path) -> GateSet:
         ingested.cases,
         f"the pinned evaluation cohort {root} ({len(lesions)} typed lesions, "
         f"{lesions['patient_key'].nunique()} patient(s))",
+        lesions,
     )
 
 
