@@ -197,6 +197,7 @@ def score_model(
     from liverlesion.calibration import calibration_intervals, plot_reliability, reliability_table
     from liverlesion.contract import ContractError
     from liverlesion.evaluation import breakdown, plot_failure_gallery, worst_scored
+    from liverlesion.metrics import classification_metrics
     from liverlesion.report import bootstrap_metrics, strict_json, write_report
     from liverlesion_ops import project, runs
     from liverlesion_ops.prediction import load_predictor, model_reference
@@ -256,7 +257,8 @@ def score_model(
         folder / "failures.png",
     )
     scored.to_csv(folder / "predictions.csv", index=False)
-    metrics = {row.metric: float(row.estimate) for row in intervals.itertuples()}
+    # a ratio without a denominator (specificity on a cohort without cysts) is undefined here, not 0
+    metrics = classification_metrics(y, p, threshold, undefined=float("nan"))
     metrics |= {row.metric: float(row.estimate) for row in calibration.itertuples()}
     record = {
         "model": resolved,
