@@ -24,9 +24,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
-
-from liverlesion.report import patient_weights
 
 #: the post-hoc calibrations ``evaluate.calibration`` can name
 CALIBRATIONS = ("none", "temperature", "platt")
@@ -94,6 +91,8 @@ def fit_calibration(labels, probability, method: CalibrationMethod) -> Calibrati
         ValueError: an unknown method, no lesions, lengths differ, or (for a fit) a single class: one class
             says nothing about how confident the network may be.
     """
+    from scipy.optimize import minimize  # here, not at import: predict needs only Calibration (a cold start)
+
     if method not in CALIBRATIONS:
         raise ValueError(f"unknown calibration {method!r}; expected one of {CALIBRATIONS}")
     y = np.asarray(labels).astype(int).ravel()
@@ -164,6 +163,8 @@ def calibration_intervals(
     Returns:
         One row per metric (``brier``, ``ece``): ``metric``, ``estimate``, ``lower``, ``upper``.
     """
+    from liverlesion.report import patient_weights  # scikit-learn behind it: not on predict's import path
+
     y = np.asarray(labels, dtype=float).ravel()
     p = np.asarray(probability, dtype=float).ravel()
     patient, _ = pd.factorize(pd.Series(np.asarray(groups).ravel()), sort=True)
