@@ -63,6 +63,9 @@ JsonOption = Annotated[
     bool,
     typer.Option("--json", help="print the result as one JSON object on standard output (progress: standard error)"),
 ]
+VersionOption = Annotated[
+    str | None, typer.Option("--version", help="a registered version (3 or v3) instead of the 'champion' alias")
+]
 ModelOption = Annotated[
     str | None, typer.Option("--model", help="the registered model (default: the profile's register.model_name)")
 ]

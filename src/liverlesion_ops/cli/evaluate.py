@@ -15,6 +15,7 @@ from liverlesion_ops.cli.common import (
     SegmenterOption,
     SegmentOption,
     SetOption,
+    VersionOption,
     automatic_segmentation,
     fail,
     json_output,
@@ -43,9 +44,7 @@ def evaluate(
             "MLflow model URI) on the cohort's typed lesions",
         ),
     ] = None,
-    version: Annotated[
-        str | None, typer.Option("--version", help="with --model: a registered version (3 or v3), not the champion")
-    ] = None,
+    version: VersionOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="folder for the report (default: reports/evaluation-<method>-<time>/)"),

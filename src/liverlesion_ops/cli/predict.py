@@ -16,6 +16,7 @@ from liverlesion_ops.cli.common import (
     SegmenterOption,
     SegmentOption,
     SetOption,
+    VersionOption,
     automatic_segmentation,
     json_output,
     load_profile,
@@ -26,9 +27,6 @@ from liverlesion_ops.cli.common import (
 )
 
 HELP_PANEL = "Answers"
-VersionOption = Annotated[
-    str | None, typer.Option("--version", help="a registered version (3 or v3) instead of the 'champion' alias")
-]
 
 
 def register(app: typer.Typer) -> None:
