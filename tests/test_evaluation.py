@@ -108,11 +108,13 @@ def _scored_lesions() -> pd.DataFrame:
 def test_the_breakdown_says_where_the_model_fails_by_size_slice_spacing_and_patient():
     table = breakdown(_scored_lesions(), 0.5, (10.0, 20.0), (2.5, 5.0)).set_index(["by", "group"])
     size = table.loc["lesion diameter"]
+    assert list(size.index) == ["<10 mm", "10-20 mm", ">=20 mm"]  # in size order, smallest first
     assert size["lesions"].to_dict() == {"10-20 mm": 2, "<10 mm": 2, ">=20 mm": 2}
     assert size.loc["10-20 mm", "correct"] == 0 and size.loc["<10 mm", "accuracy"] == 1.0
     assert np.isnan(size.loc["<10 mm", "recall"])  # no metastasis under 10 mm: undefined, not 0
     assert np.isnan(size.loc[">=20 mm", "specificity"]) and size.loc[">=20 mm", "recall"] == 1.0
     spacing = table.loc["slice spacing"]
+    assert list(spacing.index) == ["<2.5 mm", "2.5-5 mm", ">=5 mm", "unknown"]
     assert spacing["lesions"].to_dict() == {"2.5-5 mm": 2, "<2.5 mm": 2, ">=5 mm": 1, "unknown": 1}
     patients = table.loc["patient"]
     assert patients["correct"].to_dict() == {"P1": 2, "P2": 0, "P3": 2}

@@ -224,6 +224,14 @@ BREAKDOWN_COLUMNS = (
 )  # fmt: skip
 
 
+def _bin_order(bins) -> list[str]:
+    """The size classes of ``bins`` from the smallest (``segmentation.size_class``'s names)."""
+    from liverlesion.segmentation import size_class
+
+    edges = [float(b) for b in bins]
+    return [size_class(d, tuple(edges)) for d in [edges[0] - 1, *edges]]
+
+
 def breakdown(predictions: pd.DataFrame, threshold: float, diameter_bins_mm, spacing_bins_mm) -> pd.DataFrame:
     """Where the model fails: the test lesions' metrics by lesion diameter (of the ball of its volume), by the
     CT's slice spacing, and per patient.
@@ -245,9 +253,17 @@ def breakdown(predictions: pd.DataFrame, threshold: float, diameter_bins_mm, spa
             for s in predictions.get("slice_mm", pd.Series(np.nan, index=predictions.index))
         ],
     )
+    # size groups in the order of their bins (<10, 10-20, >=20 mm), not the order of their names
+    order = {
+        "diameter": _bin_order(diameter_bins_mm),
+        "spacing": _bin_order(spacing_bins_mm) + ["unknown"],
+    }
     rows = []
     for by, column in (("lesion diameter", "diameter"), ("slice spacing", "spacing"), ("patient", "patient_key")):
-        for group, part in frame.groupby(column, sort=True):
+        groups = frame[column]
+        if column in order:
+            groups = pd.Categorical(groups, categories=order[column], ordered=True)
+        for group, part in frame.groupby(groups, sort=True, observed=True):
             y, p = part["label"].to_numpy().astype(int), part["p_metastasis"].to_numpy(dtype=float)
             values = classification_metrics(y, p, threshold, undefined=float("nan"))
             rows.append(
