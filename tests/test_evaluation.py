@@ -147,3 +147,41 @@ def test_the_threshold_is_the_profile_s_unless_an_operating_point_chooses_it_on_
     threshold, how = choose_threshold(validation, target)
     assert threshold == 0.3 and how["validation"]["recall"] == 1.0 and how["validation"]["specificity"] == 0.5
     assert "recall >= 0.95 on the 8 validation lesions" in how["chosen"]
+
+
+def _case_on_disk(tmp_path, case_id="c1"):
+    from liverlesion.imaging import save_nifti
+    from liverlesion.lesions import lesion_instances
+
+    image = np.full((40, 40, 12), 60.0, dtype=np.float32)
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[5:12, 5:12, 3:8] = 1  # a cyst (class code 1)
+    mask[22:34, 20:32, 2:10] = 2  # a metastasis (class code 2)
+    image[mask == 2] = 20.0
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    save_nifti(image, affine, tmp_path / "ct.nii.gz")
+    save_nifti(mask, affine, tmp_path / "mask.nii.gz")
+    lesions = lesion_instances(mask, image, (1.0, 1.0, 2.5), case_id, "P1", "class")
+    cases = pd.DataFrame(
+        {
+            "case_id": [case_id],
+            "image_path": [str(tmp_path / "ct.nii.gz")],
+            "mask_path": [str(tmp_path / "mask.nii.gz")],
+            "mask_encoding": ["class"],
+        }
+    )
+    return lesions, cases
+
+
+def test_the_lesion_map_example_draws_the_test_ct_with_its_scored_lesions(tmp_path):
+    from liverlesion.evaluation import lesion_map_example
+
+    lesions, cases = _case_on_disk(tmp_path)
+    scored = lesions[["lesion_id"]].assign(p_metastasis=[0.2, 0.9])
+    path = lesion_map_example(scored, lesions, cases, 0.5, tmp_path / "lesion_map.png", "an example")
+    assert path == tmp_path / "lesion_map.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # lesions that are not the mask's own (an automatic segmentation's, numbered otherwise): nothing drawn
+    other = lesions.assign(n_voxels=lesions["n_voxels"] + 1)
+    assert lesion_map_example(scored, other, cases, 0.5, tmp_path / "other.png", "x") is None
+    assert not (tmp_path / "other.png").exists()
+    assert lesion_map_example(scored.iloc[:0], lesions, cases, 0.5, tmp_path / "none.png", "x") is None

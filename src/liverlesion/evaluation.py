@@ -359,6 +359,48 @@ def evaluate_failures(
     return {"breakdown": rows, "files": files}
 
 
+def lesion_map_example(
+    predictions: pd.DataFrame, lesions: pd.DataFrame, cases: pd.DataFrame, threshold: float, path: Path, title: str
+) -> Path | None:
+    """An example answer of the test set as ``predict`` draws it (the paper's Figure 5): the test CT with the most
+    scored lesions, each outlined in its predicted class, on its reference mask.
+
+    Drawn only where the scored lesions are the mask's own (their voxel counts match the mask's lesions): lesions
+    an automatic segmentation found are numbered otherwise, and a map of them on the reference would mislead.
+
+    Args:
+        predictions: the scored test lesions (``lesion_id``, ``p_metastasis``).
+        lesions: the lesion table (``contract.LESION_COLUMNS``: ``case_id``, ``instance``, ``n_voxels``,
+            ``volume_ml``, centroids); ``cases``: the case table (``image_path``, ``mask_path``, ``mask_encoding``).
+
+    Returns:
+        ``path``, or None when nothing was drawn (no test lesion, or lesions not the mask's own).
+    """
+    from liverlesion.contract import LABEL_NAMES
+    from liverlesion.figure import lesion_map_figure
+    from liverlesion.imaging import load_nifti
+    from liverlesion.lesions import instance_map
+
+    scored = predictions[["lesion_id", "p_metastasis"]].merge(lesions, on="lesion_id", how="inner")
+    if scored.empty:
+        return None
+    counts = scored["case_id"].value_counts()
+    case_id = sorted(counts[counts == counts.max()].index)[0]
+    case = cases.set_index("case_id").loc[case_id]
+    image, meta = load_nifti(case["image_path"])
+    mask, _ = load_nifti(case["mask_path"])
+    instances, _ = instance_map(mask, case_id, case["mask_encoding"])
+    voxels = np.bincount(instances.ravel())
+    shown = scored[scored["case_id"] == case_id]
+    if any(k >= len(voxels) or voxels[k] != n for k, n in zip(shown["instance"].astype(int), shown["n_voxels"])):
+        return None
+    predicted = (shown["p_metastasis"] >= threshold).astype(int)
+    results = shown.assign(predicted=predicted, predicted_class=[LABEL_NAMES[int(k)] for k in predicted])
+    return lesion_map_figure(
+        image, meta.spacing, instances, results.reset_index(drop=True), Path(path), threshold=threshold, title=title
+    )
+
+
 def choose_threshold(validation: pd.DataFrame, config: EvaluateConfig) -> tuple[float, dict[str, Any]]:
     """The decision threshold: ``config.threshold``, or the operating point ``config.operating_point`` chosen on
     the validation lesions (``label``, calibrated ``p_metastasis``) by ``metrics.threshold_for``.

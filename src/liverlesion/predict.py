@@ -220,8 +220,6 @@ def write_outputs(
     Args:
         extra: written into ``lesions.json`` beside the rows (model, input, settings).
     """
-    from liverlesion.figure import lesion_map_figure
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = prediction.results
@@ -241,17 +239,24 @@ def write_outputs(
     files["json"].write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     volume, affine = to_source_orientation(class_volume(prediction.instances, results), prediction.meta)
     save_nifti(volume, affine, files["labels"])
+    draw_lesion_map(prediction, files["figure"], title)
+    return files
+
+
+def draw_lesion_map(prediction: CasePrediction, path: Path, title: str = "") -> Path:
+    """The case's colour-coded lesion map (the paper's Figure 5, ``figure.lesion_map_figure``) as a PNG."""
+    from liverlesion.figure import lesion_map_figure
+
     centroids = prediction.lesions[[f"centroid_{a}" for a in range(3)]].reset_index(drop=True)
-    lesion_map_figure(
+    return lesion_map_figure(
         prediction.image,
         prediction.meta.spacing,
         prediction.instances,
-        pd.concat([results.reset_index(drop=True), centroids], axis=1),
-        files["figure"],
+        pd.concat([prediction.results.reset_index(drop=True), centroids], axis=1),
+        Path(path),
         title=title,
         threshold=prediction.threshold,
     )
-    return files
 
 
 def metastasis_count(results: pd.DataFrame) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from zenml import log_metadata, step
 
-from liverlesion.calibration import fit_calibration
+from liverlesion.calibration import Calibration, fit_calibration
 from liverlesion.config import EvaluateConfig
 from liverlesion.evaluation import (
     TestEvaluation,
@@ -16,7 +16,9 @@ from liverlesion.evaluation import (
     evaluate_calibration,
     evaluate_failures,
     evaluate_test_set,
+    lesion_map_example,
 )
+from liverlesion.htmlreport import write_html_report
 from liverlesion.metrics import plot_confusion_matrix
 from liverlesion.precision import inference_model, resolve_precision
 from liverlesion.report import plot_roc_curves, write_report
@@ -76,7 +78,12 @@ def record_test_evaluation(
                 for bound in ("lower", "upper")
             }
         )
-        paths = [cm_path, roc_path, predictions_path, report["csv"], report["md"]]
+        html = write_html_report(
+            folder,
+            f"{name}: test evaluation of training run {mlflow_run_id}",
+            _facts(name, mlflow_run_id, predictions, threshold, params or {}, calibration),
+        )
+        paths = [cm_path, roc_path, predictions_path, report["csv"], report["md"], html]
         if calibration:
             mlflow.log_metrics(
                 {f"test_{k}": calibration[k] for k in calibration["intervals"]}
@@ -125,7 +132,34 @@ def record_test_evaluation(
     if failures:
         summary["breakdown"] = failures["breakdown"]
         summary["plots"]["failure_gallery"] = str(failures["files"]["failure_gallery"])
+    summary["report"] = str(html)
     return summary
+
+
+def _facts(
+    name: str,
+    run_id: str,
+    predictions: pd.DataFrame,
+    threshold: float,
+    params: dict[str, Any],
+    calibration: dict[str, Any] | None,
+) -> list[tuple[str, str]]:
+    """The head of a training run's HTML report: what was scored, on what, and how a lesion is called."""
+    chosen = (params.get("operating_point") or {}).get("chosen", "fixed")
+    facts = [
+        ("model", name),
+        ("MLflow training run", run_id),
+        (
+            "test set",
+            f"{len(predictions)} lesions of {predictions['patient_key'].nunique()} patients, never trained on",
+        ),
+        ("metastasis when", f"P(metastasis) >= {threshold:.4g} ({chosen})"),
+    ]
+    if calibration:
+        facts.append(("P(metastasis)", Calibration.from_dict(calibration["calibration"]).describe()))
+    if params.get("inference_precision"):
+        facts.append(("scored in", str(params["inference_precision"])))
+    return facts
 
 
 @step
@@ -196,6 +230,19 @@ def evaluate(
         config,
         folder,
     )
+    if cases is not None:
+        example = lesion_map_example(
+            result.predictions,
+            lesions,
+            cases,
+            threshold,
+            folder / "lesion_map.png",
+            f"An example test CT, {model_key or model.name}",
+        )
+        if example is None:
+            log.info("no lesion map example: the scored test lesions are not the reference mask's own")
+        else:
+            failures["files"]["lesion_map"] = example
     summary = record_test_evaluation(
         result,
         model_key or model.name,
