@@ -254,7 +254,9 @@ def test_always_present_limitations_intended_use_and_reference(quick):
     assert any(item.startswith("Depends on the lesion mask") for item in card["limitations"])
     text = render_markdown(card)
     assert "## Intended use" in text and "## Known limitations" in text
-    assert text.index("## Known limitations") < text.index("## Test performance")
+    # the limitations that follow from this version's data are in the summary too, at the top
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "synthetic phantom CT, not on patients" in summary and "Two classes only" not in summary
     assert "not a substitute for a radiologist" in text and "not a diagnosis" in text
     assert "Perdigon Romero" in card["reference"] and "ISBI" in card["reference"]
 
@@ -342,7 +344,8 @@ def test_the_card_says_where_the_training_lesions_came_from():
     assert not any("segmentation found" in item for item in reference["limitations"])
 
 
-def test_the_card_says_what_a_probability_means_before_and_after_calibration():
+def _evaluated() -> dict:
+    """The evaluate step's summary: calibration and breakdown."""
     evaluated = {
         "calibration": {"method": "temperature", "temperature": 1.8, "slope": 1.0, "intercept": 0.0, "fitted_on": 41},
         "calibration_metrics": {"brier_network": 0.11, "ece_network": 0.09, "brier": 0.08, "ece": 0.04},
@@ -375,6 +378,11 @@ def test_the_card_says_what_a_probability_means_before_and_after_calibration():
             "specificity": 1.0,
         },
     ]
+    return evaluated
+
+
+def test_the_card_says_what_a_probability_means_before_and_after_calibration():
+    evaluated = _evaluated()
     card = card_for(evaluated=evaluated)
     where = render_markdown(card).split("## Where it fails", 1)[1].split("\n## ", 1)[0]
     assert "| lesion diameter | <10 mm | 9 (1 / 8) | 0.667 | 0.000 | 0.750 |" in where
@@ -391,3 +399,64 @@ def test_the_card_says_what_a_probability_means_before_and_after_calibration():
     plain = card_for()
     assert plain["calibration"]["method"] == "none" and "as it is" in plain["output"]["probability"]
     assert "Not measured." in render_markdown(plain)
+
+
+def _item(cited: str) -> tuple[int, str]:
+    number = cited.strip().split(":")[0]
+    return int(number.rstrip("abcdefg")), number.lstrip("0123456789")
+
+
+def test_sections_follow_the_tripod_ai_checklist_and_cite_its_items(quick):
+    """Each section names the TRIPOD+AI items it answers, and the sections come in the checklist's order."""
+    import re
+
+    text = render_markdown(card_for(quick, evaluated=_evaluated()))
+    headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    cited = [re.search(r"\(TRIPOD\+AI ([^)]+)\)", h) for h in headings]
+    assert [h for h, c in zip(headings, cited) if c is None] == ["References"]
+    first = [_item(c.group(1).split(",")[0]) for c in cited if c]
+    assert first == sorted(first), headings
+    items = {item.strip().split(":")[0] for c in cited if c for item in c.group(1).split(",")}
+    # the items the issue names: calibration and measures (12e), updating (12f), thresholds (15), performance
+    # with intervals and subgroups (23a), evaluation data unlike the training data (16, 20c), limitations (26)
+    assert {"12e", "12f", "15", "23a", "16", "20c", "26"} <= items
+    assert "BMJ 2024;385:e078378" in text
+
+
+def test_every_external_evaluation_is_on_the_card_and_none_is_said_when_none(quick):
+    from liverlesion.modelcard import external_evaluations_from_tags, with_external_evaluations
+
+    card = card_for(quick)
+    none = render_markdown(card).split("## External evaluations", 1)[1].split("\n## ", 1)[0]
+    assert "None yet" in none and "training cohort's own test patients" in none
+    tags = {
+        "external.0123456789ab.accuracy": "0.8750",
+        "external.0123456789ab.specificity": "nan",
+        "external.0123456789ab.lesions": "8",
+        "external.0123456789ab.patients": "1",
+        "external.0123456789ab.run": "run1",
+        "external.0123456789ab.at": "2026-12-06T08:00:00Z",
+        "external.abc123.accuracy": "0.9",
+        "external.abc123.at": "2026-12-05T08:00:00Z",
+        "metric.accuracy": "0.9130",
+    }
+    found = external_evaluations_from_tags(tags)
+    assert [e["cohort"] for e in found] == ["abc123", "0123456789ab"]  # oldest first
+    assert found[1]["lesions"] == 8 and found[1]["run"] == "run1" and found[1]["metrics"]["accuracy"] == 0.875
+    evaluated = [
+        {**found[1], "origin": "imported with liverlesion import from layout(s) ircadb", "metrics": {
+            "accuracy": {"estimate": 0.875, "lower": 0.8, "upper": 0.95}, "specificity": float("nan")}},
+        {**found[0], "cohort": "dvc:abc123"},
+    ]  # fmt: skip
+    card = with_external_evaluations(card, evaluated, version="3")
+    assert card["external_evaluations"][1]["training_cohort"] and not card["external_evaluations"][0]["training_cohort"]
+    section = render_markdown(card).split("## External evaluations", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "| `0123456789ab` | imported with liverlesion import from layout(s) ircadb | 8 (1) | 0.875 [0.800, 0.950] |"
+        in (section)
+    )
+    assert "n/a" in section and "(the training cohort: not external)" in section
+    summary = render_markdown(card).split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "`0123456789ab` 8 lesions, accuracy 0.875 [0.800, 0.950]" in summary
+    assert "`dvc:abc123` (the training cohort: not external)" in summary
+    assert json.loads(json.dumps(card)) == card  # still JSON-able

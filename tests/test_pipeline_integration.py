@@ -20,6 +20,7 @@ import yaml
 from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
 
 from liverlesion.precision import resolve_precision
+from tests.browser import images_of
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def first_run(project):
     return cli(root, env, "run", "--profile", "tiny")
 
 
-def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_run):
+def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_run, tmp_path):
     root, _ = project
     out = first_run.stdout
     assert "regenerated the embedded default cohort" in out
@@ -108,6 +109,11 @@ def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_
     } <= artifacts
     # where it fails: by size, slice spacing and patient, the worst-scored lesions, and the card's section
     assert {"evaluation/breakdown.csv", "evaluation/failures.png"} <= artifacts
+    # one page a person reads, logged so that MLflow's UI shows it: every image loads in a real browser
+    assert {"evaluation/report.html", "evaluation/lesion_map.png"} <= artifacts
+    page = Path(client.download_artifacts(run.info.run_id, "evaluation/report.html", str(tmp_path)))
+    images, _ = images_of(page, tmp_path)
+    assert len(images) == 5 and all(image["complete"] and image["width"] > 0 for image in images), images
     groups = {(row["by"], row["group"]) for row in card["breakdown"]}
     assert {by for by, _ in groups} == {"lesion diameter", "slice spacing"}
     # the operating point chosen on the validation split: the test metrics, the version and its card use it
@@ -421,8 +427,14 @@ def test_evaluate_scores_a_registered_version_on_a_cohort_without_training(proje
     assert record["threshold"] == pytest.approx(float(version.tags["decision_threshold"]), abs=1e-5)
     assert record["calibration"] == "temperature"
     folder = Path(record["report"])
-    for name in ("table2.md", "calibration.csv", "reliability.png", "breakdown.csv", "failures.png", "summary.json"):
+    for name in (
+        "table2.md", "calibration.csv", "reliability.png", "breakdown.csv", "failures.png", "summary.json",
+        "confusion_matrix.png", "roc_curve.png", "lesion_map.png", "report.html",
+    ):  # fmt: skip
         assert (folder / name).stat().st_size > 0, name
+    images, title = images_of(folder / "report.html", tmp_path)
+    assert title.startswith("tiny-liver-lesion v1 on cohort")
+    assert len(images) == 5 and all(image["complete"] and image["width"] > 0 for image in images), images
     scored = pd.read_csv(folder / "predictions.csv")
     assert len(scored) == 36 and scored["label"].isin([0, 1]).all()
     # the same answers as the pipeline's evaluate gave on the test lesions, which are among them
@@ -441,6 +453,22 @@ def test_evaluate_scores_a_registered_version_on_a_cohort_without_training(proje
     tags = mlflow_client(root).get_model_version("tiny-liver-lesion", "1").tags
     assert tags[prefix + "lesions"] == "36" and tags[prefix + "run"] == record["mlflow_run_id"]
     assert float(tags[prefix + "accuracy"]) == pytest.approx(record["metrics"]["accuracy"], abs=1e-4)
+    # the version's card (its description in the registry) and its audit list the evaluation
+    description = mlflow_client(root).get_model_version("tiny-liver-lesion", "1").description
+    summary = description.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert f"`{record['data']['version']}` (the training cohort: not external) 36 lesions" in summary
+    assert record["model_card"] == f"runs:/{record['mlflow_run_id']}/model_card/model_card.md"
+    card = Path(
+        mlflow_client(root).download_artifacts(record["mlflow_run_id"], "model_card/model_card.md", str(tmp_path))
+    ).read_text()
+    external = card.split("## External evaluations", 1)[1].split("\n## ", 1)[0]
+    assert f"| `{record['data']['version']}` (the training cohort: not external) |" in external
+    audit = json.loads(cli(root, env, "audit", "v1", "--model", "tiny-liver-lesion", "--json").stdout)
+    [evaluation] = [e for e in audit["evaluations"] if e["run"] == record["mlflow_run_id"]]
+    assert evaluation["cohort"] == record["data"]["version"][:12] and evaluation["lesions"] == 36
+    assert evaluation["metrics"]["accuracy"] == pytest.approx(record["metrics"]["accuracy"], abs=1e-4)
+    text = cli(root, env, "audit", "v1", "--model", "tiny-liver-lesion").stdout
+    assert f"cohort {record['data']['version'][:12]}: 36 lesions" in text
 
 
 @pytest.mark.slow

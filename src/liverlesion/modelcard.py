@@ -33,6 +33,15 @@ SMALL_TEST_LESIONS = 50
 WIDE_INTERVAL = 0.2
 #: lineage keys too bulky for the card (the profile itself is in the card's sections)
 _LINEAGE_LEFT_OUT = ("config",)
+#: a version's tags for its figures on a cohort scored after registration (``liverlesion evaluate --model``):
+#: ``external.<cohort hash, 12 characters>.<metric | lesions | patients | run | at>``
+EXTERNAL_TAG_PREFIX = "external."
+_EXTERNAL_FIELDS = ("lesions", "patients", "run", "at")
+#: the reporting guideline whose items the card's sections answer, in its order
+TRIPOD_AI = (
+    "TRIPOD+AI: G.S. Collins et al. TRIPOD+AI statement: updated guidance for reporting clinical prediction "
+    "models that use regression or machine learning methods. BMJ 2024;385:e078378."
+)
 
 REFERENCE = (
     "F. Perdigon Romero, A. Diler, G. Bisson-Gregoire, S. Turcotte, R. Lapointe, F. Vandenbroucke-Menu, "
@@ -209,6 +218,68 @@ def split_sizes(manifest: pd.DataFrame) -> dict:
             "metastases": counts[LABEL_NAMES[LABEL_METASTASIS]],
         }
     return sizes
+
+
+# --- external evaluations ----------------------------------------------------------------------
+
+
+def external_evaluations_from_tags(tags: dict[str, str]) -> list[dict[str, Any]]:
+    """A version's external evaluations as its tags record them (``EXTERNAL_TAG_PREFIX``), oldest first.
+
+    Returns:
+        One dict per cohort: ``cohort`` (its hash, 12 characters), ``lesions``, ``patients``, ``run`` (the MLflow
+        run of the evaluation), ``at`` (UTC, ISO 8601) and ``metrics`` (name -> value; NaN where undefined).
+    """
+    groups: dict[str, dict[str, str]] = {}
+    for key, value in tags.items():
+        if key.startswith(EXTERNAL_TAG_PREFIX):
+            cohort, _, name = key.removeprefix(EXTERNAL_TAG_PREFIX).partition(".")
+            if name:
+                groups.setdefault(cohort, {})[name] = value
+    found = []
+    for cohort, fields in groups.items():
+        metrics = {}
+        for name, value in fields.items():
+            if name not in _EXTERNAL_FIELDS:
+                try:
+                    metrics[name] = float(value)
+                except ValueError:
+                    continue
+        found.append(
+            {
+                "cohort": cohort,
+                "lesions": int(fields["lesions"]) if fields.get("lesions", "").isdigit() else None,
+                "patients": int(fields["patients"]) if fields.get("patients", "").isdigit() else None,
+                "run": fields.get("run"),
+                "at": fields.get("at"),
+                "metrics": metrics,
+            }
+        )
+    return sorted(found, key=lambda e: (e["at"] or "", e["cohort"]))
+
+
+def with_external_evaluations(card: dict, evaluations: list[dict], version: str | None = None) -> dict:
+    """The card with every external evaluation of its version (``external_evaluations``: dicts with
+    ``cohort``, ``origin``, ``lesions``, ``patients``, ``threshold``, ``at``, ``run`` and ``metrics``, each metric
+    a value or ``{estimate, lower, upper}``). An evaluation on the cohort the version was trained on is marked:
+    it is no external test."""
+    trained_on = str(card.get("data", {}).get("version", ""))
+    entries = []
+    for evaluation in evaluations:
+        metrics = {}
+        for name, value in (evaluation.get("metrics") or {}).items():
+            row = value if isinstance(value, dict) else {"estimate": value}
+            metrics[name] = {k: _number(row.get(k), 4) for k in ("estimate", "lower", "upper")}
+        cohort = str(evaluation.get("cohort", ""))
+        entries.append(
+            {
+                **{k: evaluation.get(k) for k in ("cohort", "origin", "lesions", "patients", "threshold", "at", "run")},
+                "training_cohort": bool(cohort) and trained_on.startswith(cohort),
+                "metrics": metrics,
+            }
+        )
+    model = {**card["model"], "version": version or card["model"].get("version")}
+    return _plain({**card, "model": model, "external_evaluations": entries})
 
 
 # --- the card ---------------------------------------------------------------------------------
@@ -504,6 +575,7 @@ def build_model_card(
         "lineage": {k: v for k, v in lineage.items() if k not in _LINEAGE_LEFT_OUT},
         "intended_use": {"summary": INTENDED_USE, "in_scope": list(_IN_SCOPE), "out_of_scope": list(_OUT_OF_SCOPE)},
         "limitations": _limitations(cohort, split, evaluation, lesions_from),
+        "external_evaluations": [],
         "reference": REFERENCE,
     }
     return _plain(card)
@@ -555,7 +627,7 @@ def _calibration_section(calibration: dict | None) -> list[str]:
             ]
         )
     return [
-        "## Calibration",
+        "## Calibration (TRIPOD+AI 23a)",
         "",
         f"What P(metastasis) means: {calibration['description']}; every answer (predict, predict-batch, the "
         f"served model) is {'the calibrated' if calibration['method'] != 'none' else 'that'} probability. "
@@ -572,7 +644,7 @@ def _breakdown_section(rows: list[dict] | None) -> list[str]:
     if not rows:
         return []
     return [
-        "## Where it fails",
+        "## Where it fails (TRIPOD+AI 23a: subgroups)",
         "",
         "The test lesions by lesion diameter (of the ball of its volume) and by their CT's slice spacing: a model "
         "must be judged where cysts and metastases overlap in size, not only overall. n/a: undefined (no "
@@ -597,8 +669,94 @@ def _breakdown_section(rows: list[dict] | None) -> list[str]:
     ]
 
 
+def _interval_cell(row: dict) -> str:
+    if row.get("estimate") is None:
+        return "n/a"
+    if row.get("lower") is None or row.get("upper") is None:
+        return _fmt(row["estimate"])
+    return f"{_fmt(row['estimate'])} [{_fmt(row['lower'])}, {_fmt(row['upper'])}]"
+
+
+#: the columns of the external evaluations' table
+_EXTERNAL_METRICS = ("accuracy", "recall", "specificity", "roc_auc", "brier", "ece")
+
+
+def _external_section(evaluations: list[dict]) -> list[str]:
+    lines = ["## External evaluations (TRIPOD+AI 23a, 20c, 16)", ""]
+    if not evaluations:
+        return lines + [
+            "None yet. The figures above come from the training cohort's own test patients: how the model does on "
+            "other scanners, centres and patients is unknown until a cohort it was not trained on scores it "
+            "(`liverlesion evaluate --data COHORT --model NAME --version N`).",
+            "",
+        ]
+    words = {"recall": "sensitivity", "roc_auc": "ROC AUC", "brier": "Brier", "ece": "ECE"}
+    rows = []
+    for e in evaluations:
+        metrics = e.get("metrics", {})
+        rows.append(
+            [
+                f"`{e.get('cohort')}`" + (" (the training cohort: not external)" if e.get("training_cohort") else ""),
+                str(e.get("origin") or "not recorded"),
+                f"{e.get('lesions', 'n/a')} ({e.get('patients') if e.get('patients') is not None else 'n/a'})",
+                *[_interval_cell(metrics.get(name, {})) for name in _EXTERNAL_METRICS],
+                str(e.get("at") or "n/a")[:10],
+            ]
+        )
+    return [
+        *lines,
+        "Every cohort this version was scored on after its registration, with the version's own preprocessing, "
+        "calibration and threshold, on the cohort's reference lesion masks; intervals: 95% patient bootstrap (one "
+        "patient gives none). n/a: undefined on that cohort (no cyst: specificity; one class: ROC AUC). The "
+        "evaluation's MLflow run holds its report (`evaluation/report.html`).",
+        "",
+        *_table(
+            ["cohort", "origin", "lesions (patients)", *(words.get(m, m) for m in _EXTERNAL_METRICS), "date"],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _summary_section(card: dict) -> list[str]:
+    ev, out, data = card["evaluation"], card["output"], card["data"]
+    cohort = data.get("cohort", {})
+    metrics = ev["metrics"]
+    headline = ", ".join(
+        f"{_METRIC_WORDS[name]} {_interval_cell(metrics[name])}" for name in ("accuracy", "roc_auc") if name in metrics
+    )
+    external = card.get("external_evaluations") or []
+    # the limitations that follow from this version's data (the first two hold for every version)
+    particular = card["limitations"][2:]
+    return [
+        "## Summary (TRIPOD+AI 2)",
+        "",
+        f"- Task: a segmented liver lesion in CT, colorectal metastasis or benign cyst; metastasis when "
+        f"P(metastasis) >= {out['threshold']:g}.",
+        f"- Data: {_ORIGIN_WORDS.get(data['origin'], data['origin'])}, {cohort.get('lesions', 'n/a')} lesions of "
+        f"{cohort.get('patients', 'n/a')} patients.",
+        f"- Test ({ev.get('lesions', 'n/a')} lesions of {ev.get('patients', 'n/a')} patients): {headline or 'n/a'}.",
+        "- External evaluations: "
+        + (
+            "; ".join(
+                f"`{e['cohort']}`"
+                + (" (the training cohort: not external)" if e.get("training_cohort") else "")
+                + f" {e.get('lesions', 'n/a')} lesions, accuracy "
+                f"{_interval_cell(e.get('metrics', {}).get('accuracy', {}))}"
+                for e in external
+            )
+            if external
+            else "none yet"
+        )
+        + ".",
+        *([f"- Mind: {_limitation_line(item)[2:]}" for item in particular]),
+        "",
+    ]
+
+
 def render_markdown(card: dict) -> str:
-    """The card as a Markdown document; the same card always gives the same text."""
+    """The card as a Markdown document, its sections in the order of the TRIPOD+AI checklist (each names the
+    items it answers); the same card always gives the same text."""
     model, inp, out = card["model"], card["input"], card["output"]
     data, split, ev, train = card["data"], card["split"], card["evaluation"], card["training"]
     cohort = data.get("cohort", {})
@@ -608,27 +766,18 @@ def render_markdown(card: dict) -> str:
     lines = [
         f"# {model['name']}{version}",
         "",
-        f"**{model['architecture']}**, {model['initialisation']}, after Perdigon Romero et al. (ISBI 2019).",
+        f"**{model['architecture']}**, {model['initialisation']}, after Perdigon Romero et al. (ISBI 2019): a "
+        "diagnostic prediction model (deep learning) for liver lesions in CT. The sections follow the TRIPOD+AI "
+        "checklist; each names the items it answers.",
         "",
-        "## What it is",
+        *_summary_section(card),
+        "## Intended use (TRIPOD+AI 3a, 3b, 4)",
+        "",
+        f"> **{card['intended_use']['summary']}**",
         "",
         f"Given a CT and the segmentation of a liver lesion already found, the model gives the probability that "
         f"the lesion is a colorectal liver metastasis rather than a benign cyst. It looks at three orthogonal "
-        f"patches through the lesion with an {model['backbone']} backbone and calls the lesion a metastasis when "
-        f"P(metastasis) >= {out['threshold']:g}. Its data: {_ORIGIN_WORDS.get(data['origin'], data['origin'])}, "
-        f"{cohort.get('lesions', 'n/a')} lesions of {cohort.get('patients', 'n/a')} patients (data version "
-        f"`{data['version']}`), split by patient into training, validation and test sets; its training lesions "
-        "came from "
-        + (
-            "the reference masks"
-            if data.get("lesions_from", "reference") == "reference"
-            else "a " + data["lesions_from"]
-        )
-        + ".",
-        "",
-        "## Intended use",
-        "",
-        f"> **{card['intended_use']['summary']}**",
+        f"patches through the lesion with an {model['backbone']} backbone.",
         "",
         "Use:",
         *[f"- {item}" for item in card["intended_use"]["in_scope"]],
@@ -636,11 +785,87 @@ def render_markdown(card: dict) -> str:
         "Do not use for:",
         *[f"- {item}" for item in card["intended_use"]["out_of_scope"]],
         "",
-        "## Known limitations",
+        "## Data and split (TRIPOD+AI 5a, 6a, 6b, 10, 12a)",
         "",
-        *[_limitation_line(item) for item in card["limitations"]],
+        f"- Data version: `{data['version']}`",
+        f"- Origin: {data['origin']}: {cohort.get('origin_details', {}).get('summary', 'n/a')}",
+        f"- Cohort: {cohort.get('patients', 'n/a')} patients, {cohort.get('cases', 'n/a')} CT, "
+        f"{cohort.get('lesions', 'n/a')} lesions ({by_class.get('cyst', 0)} cysts, {by_class.get('metastasis', 0)} "
+        f"metastases, {by_class.get('untyped', 0)} untyped)",
+        f"- Lesion volume: {_fmt_g(volume.get('min'))} to {_fmt_g(volume.get('max'))} mL "
+        f"(median {_fmt_g(volume.get('median'))} mL)",
+        "- Its training lesions came from "
+        + (
+            "the reference masks"
+            if data.get("lesions_from", "reference") == "reference"
+            else "a " + data["lesions_from"]
+        ),
+        f"- Split: by {split['unit']}; seed {split.get('seed')}, validation {_fmt(split.get('val_fraction'), 2)}, "
+        f"test {_fmt(split.get('test_fraction'), 2)}",
         "",
-        "## Test performance",
+    ]
+    sizes = split.get("sizes", {})
+    totals = {k: sum(s.get(k, 0) for s in sizes.values()) for k in ("patients", "lesions", "cysts", "metastases")}
+    lines += _table(
+        ["set", "patients", "lesions", "cysts", "metastases"],
+        [
+            [name, *(str(s.get(k, 0)) for k in ("patients", "lesions", "cysts", "metastases"))]
+            for name, s in sizes.items()
+        ]
+        + [["total", *(str(v) for v in totals.values())]],
+    )
+    patches = inp["patches"]
+    lines += [
+        "",
+        "## Outcome, input and data preparation (TRIPOD+AI 7, 8a, 9a)",
+        "",
+        "- Outcome: each lesion's type, metastasis or cyst, as the cohort's reference records it (the mask's class "
+        "codes or its lesion_types.csv), one lesion at a time.",
+        f"- Input per lesion: {inp['dtype']} {_fmt(inp['shape'])} (rows x cols x channels); needs {inp['requires']}",
+        *[f"- {channel}" for channel in inp["channels"]],
+        f"- Patches: {patches['crop']} (margin {_fmt_g(patches.get('margin_mm'))} mm); {patches['padding']}; "
+        f"canvas {_fmt(patches.get('canvas'))}; {patches['resize']}; pixels {patches['pixels']}",
+        f"- Standardisation: {inp['standardisation']}",
+        "",
+        "## Missing data, class balance and fairness (TRIPOD+AI 11, 13, 14)",
+        "",
+        f"- Missing data: a lesion without a type ({by_class.get('untyped', 0)} in this cohort) is left out of "
+        "training and testing; a CT or mask that breaks the data contract stops the run or is quarantined, naming "
+        "the case.",
+        f"- Class balance: {by_class.get('cyst', 0)} cysts and {by_class.get('metastasis', 0)} metastases, trained "
+        "on as they are (no resampling, no class weights); the split is stratified by class.",
+        "- Fairness: no patient attribute (age, sex, ethnicity, scanner, centre) is recorded, so performance across "
+        "such groups is not measured; by lesion size and slice spacing it is (Where it fails).",
+        "",
+        "## Model and training (TRIPOD+AI 12c, 22)",
+        "",
+        f"- Backbone: {model['backbone']} (`{model['backbone_key']}`), {model['initialisation']}",
+        f"- Head: {model['head']['description']}",
+        "- Batch-norm momentum: "
+        + (_fmt_g(model["bn_momentum"]) if model.get("bn_momentum") is not None else "Keras default (0.99)"),
+        f"- Parameters: {model['n_parameters']:,}",
+        f"- Profile: `{train.get('profile')}`"
+        + (f": {train['profile_description']}" if train.get("profile_description") else ""),
+        f"- Optimiser: {train['optimiser']}, learning rate {_fmt_g(train.get('learning_rate'))}, "
+        f"batch {train.get('batch_size')}, up to {train.get('epochs')} epochs; loss {train['loss']}",
+        f"- Learning-rate schedule: {train['lr_schedule']}",
+        f"- Early stopping: {train['early_stopping']}",
+        f"- Augmentation: {train['augmentation']}",
+        f"- Seed: {train.get('seed')}",
+        "",
+        "## Output, operating point and measures (TRIPOD+AI 12e, 12f, 15)",
+        "",
+        f"- Output: {out['format']}; {out['decision']}",
+        f"- Threshold: {out.get('threshold_chosen', 'fixed')}",
+        f"- P(metastasis): {out.get('probability', UNCALIBRATED)}",
+        "- Measured: the seven metrics of the paper's Table 2 at that threshold, the Brier score and the expected "
+        "calibration error, each with a patient-level bootstrap interval",
+        "",
+        "## Code and lineage (TRIPOD+AI 18e, 18f)",
+        "",
+        *[f"- {key}: `{value}`" for key, value in card["lineage"].items()],
+        "",
+        "## Test performance (TRIPOD+AI 23a)",
         "",
         f"{ev.get('lesions', 'n/a')} test lesions of {ev.get('patients', 'n/a')} patients, never seen in training; "
         f"threshold {ev['threshold']:g}; scored in {ev['precision']}; intervals: {ev['interval']}.",
@@ -659,68 +884,21 @@ def render_markdown(card: dict) -> str:
         "",
         *_calibration_section(card.get("calibration")),
         *_breakdown_section(card.get("breakdown")),
-        "## Data and split",
+        *_external_section(card.get("external_evaluations") or []),
+        "## Known limitations (TRIPOD+AI 26)",
         "",
-        f"- Data version: `{data['version']}`",
-        f"- Origin: {data['origin']}: {cohort.get('origin_details', {}).get('summary', 'n/a')}",
-        f"- Cohort: {cohort.get('patients', 'n/a')} patients, {cohort.get('cases', 'n/a')} CT, "
-        f"{cohort.get('lesions', 'n/a')} lesions ({by_class.get('cyst', 0)} cysts, {by_class.get('metastasis', 0)} "
-        f"metastases, {by_class.get('untyped', 0)} untyped)",
-        f"- Lesion volume: {_fmt_g(volume.get('min'))} to {_fmt_g(volume.get('max'))} mL "
-        f"(median {_fmt_g(volume.get('median'))} mL)",
-        f"- Split: by {split['unit']}; seed {split.get('seed')}, validation {_fmt(split.get('val_fraction'), 2)}, "
-        f"test {_fmt(split.get('test_fraction'), 2)}",
+        *[_limitation_line(item) for item in card["limitations"]],
         "",
-    ]
-    sizes = split.get("sizes", {})
-    totals = {k: sum(s.get(k, 0) for s in sizes.values()) for k in ("patients", "lesions", "cysts", "metastases")}
-    lines += _table(
-        ["set", "patients", "lesions", "cysts", "metastases"],
-        [
-            [name, *(str(s.get(k, 0)) for k in ("patients", "lesions", "cysts", "metastases"))]
-            for name, s in sizes.items()
-        ]
-        + [["total", *(str(v) for v in totals.values())]],
-    )
-    patches = inp["patches"]
-    lines += [
+        "## In care (TRIPOD+AI 27a, 27b)",
         "",
-        "## Model",
+        "- Poor or missing input: a mask on another grid, an empty mask, impossible CT numbers or an unreadable "
+        "file is refused with a message naming the case and the problem, never answered.",
+        "- Users: a radiologist reads every answer beside its lesion map (the paper's Figure 5) and decides.",
         "",
-        f"- Backbone: {model['backbone']} (`{model['backbone_key']}`), {model['initialisation']}",
-        f"- Head: {model['head']['description']}",
-        "- Batch-norm momentum: "
-        + (_fmt_g(model["bn_momentum"]) if model.get("bn_momentum") is not None else "Keras default (0.99)"),
-        f"- Parameters: {model['n_parameters']:,}",
+        "## References",
         "",
-        "## Input and output",
-        "",
-        f"- Input per lesion: {inp['dtype']} {_fmt(inp['shape'])} (rows x cols x channels); needs {inp['requires']}",
-        *[f"- {channel}" for channel in inp["channels"]],
-        f"- Patches: {patches['crop']} (margin {_fmt_g(patches.get('margin_mm'))} mm); {patches['padding']}; "
-        f"canvas {_fmt(patches.get('canvas'))}; {patches['resize']}; pixels {patches['pixels']}",
-        f"- Standardisation: {inp['standardisation']}",
-        f"- Output: {out['format']}; {out['decision']} (threshold {out.get('threshold_chosen', 'fixed')}); "
-        f"P(metastasis): {out.get('probability', UNCALIBRATED)}",
-        "",
-        "## Training",
-        "",
-        f"- Profile: `{train.get('profile')}`"
-        + (f": {train['profile_description']}" if train.get("profile_description") else ""),
-        f"- Optimiser: {train['optimiser']}, learning rate {_fmt_g(train.get('learning_rate'))}, "
-        f"batch {train.get('batch_size')}, up to {train.get('epochs')} epochs; loss {train['loss']}",
-        f"- Learning-rate schedule: {train['lr_schedule']}",
-        f"- Early stopping: {train['early_stopping']}",
-        f"- Augmentation: {train['augmentation']}",
-        f"- Seed: {train.get('seed')}",
-        "",
-        "## Lineage",
-        "",
-        *[f"- {key}: `{value}`" for key, value in card["lineage"].items()],
-        "",
-        "## Reference",
-        "",
-        card["reference"],
+        f"- {card['reference']}",
+        f"- {TRIPOD_AI}",
         "",
         f"<sub>Model card schema {card['schema_version']}.</sub>",
         "",

@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from liverlesion.contract import LABEL_NAMES
+from liverlesion.modelcard import external_evaluations_from_tags
 from liverlesion.splitting import SETS, manifest_hash
 from liverlesion_ops import dvcobjects
 from liverlesion_ops.datastore import DVC_FILE, dvc_hash, remote_name
@@ -173,6 +174,8 @@ def audit(name: str, ref: str | None, root: Path) -> dict[str, Any]:
             "mlflow_training_run": mv.run_id,
         },
         "metrics": {k.removeprefix("metric."): float(v) for k, v in sorted(tags.items()) if k.startswith("metric.")},
+        # every cohort the version was scored on after registration (`liverlesion evaluate --model`)
+        "evaluations": external_evaluations_from_tags(tags),
         "data": data_lineage(root, data_version),
         "split": split_lineage(mv.run_id, tags.get("split_manifest_hash", ""))
         | {"recorded_hash": tags.get("split_manifest_hash")},
@@ -217,6 +220,19 @@ def render(report: dict[str, Any]) -> str:
     line(
         f"  runs: ZenML {report['runs']['zenml_run_name']}, MLflow training run {report['runs']['mlflow_training_run']}"
     )
+    evaluations = report.get("evaluations") or []
+    line(f"  evaluations on other cohorts: {len(evaluations) or 'none'}")
+    for e in evaluations:
+        m = e["metrics"]
+        shown = ", ".join(
+            f"{name} {m[name]:.3f}" if m[name] == m[name] else f"{name} n/a"
+            for name in ("accuracy", "roc_auc", "recall", "specificity", "brier", "ece")
+            if name in m
+        )
+        line(
+            f"    {e['at'] or '?'} cohort {e['cohort']}: {e['lesions']} lesions of {e['patients']} patient(s); "
+            f"{shown} (MLflow run {e['run']})"
+        )
     line(f"  data version: {data['version']}")
     if data["kind"] == "external":
         line(f"    {data['note']}")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from liverlesion.config import Profile
+from liverlesion.modelcard import EXTERNAL_TAG_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,6 @@ def evaluate(profile: Profile, data: Path | None, out: Path | None) -> dict[str,
     return record
 
 
-#: a version's tag prefix for its figures on an external cohort: ``external.<cohort hash, 12>.<metric>``
-EXTERNAL_TAG_PREFIX = "external."
-
-
 def score_model(
     profile: Profile, data: Path | None, model: str, version: str | None, out: Path | None
 ) -> dict[str, Any]:
@@ -197,8 +194,11 @@ def score_model(
     from liverlesion.calibration import calibration_intervals, plot_reliability, reliability_table
     from liverlesion.contract import ContractError
     from liverlesion.evaluation import breakdown, plot_failure_gallery, worst_scored
-    from liverlesion.metrics import classification_metrics
-    from liverlesion.report import bootstrap_metrics, strict_json, write_report
+    from liverlesion.htmlreport import write_html_report
+    from liverlesion.metrics import classification_metrics, plot_confusion_matrix
+    from liverlesion.modelcard import cohort_summary
+    from liverlesion.predict import draw_lesion_map
+    from liverlesion.report import bootstrap_metrics, plot_roc_curves, strict_json, write_report
     from liverlesion_ops import project, runs
     from liverlesion_ops.prediction import load_predictor, model_reference
     from liverlesion_ops.registry.gate import cohort_gate_set
@@ -243,12 +243,18 @@ def score_model(
     breakdown(scored, threshold, config.diameter_bins_mm, config.spacing_bins_mm).to_csv(
         folder / "breakdown.csv", index=False
     )
-    # the gallery's patches: only the worst lesions' cases are read again (memory bounded by gallery_lesions)
+    plot_confusion_matrix(y, p, threshold, folder / "confusion_matrix.png", title=name)
+    if len(set(y)) == 2:  # a ROC curve needs both classes
+        plot_roc_curves({name: (y, p)}, folder / "roc_curve.png")
+    # the gallery's patches: only the worst lesions' cases are read again (memory bounded by gallery_lesions);
+    # the worst lesion's CT is the example answer (Figure 5)
     worst = scored.iloc[worst_scored(scored, config.gallery_lesions)]
     stacks = {}
     for case in typed.cases[typed.cases["case_id"].isin(worst["case_id"])].itertuples(index=False):
         again = predictor.predict(*_read_case(case), case.case_id, case.mask_encoding)
         stacks.update(dict(zip(again.results["lesion_id"], again.patches)))
+        if case.case_id == worst["case_id"].iloc[0]:
+            draw_lesion_map(again, folder / "lesion_map.png", f"{case.case_id}, {name} (its worst-scored lesion's CT)")
     plot_failure_gallery(
         np.stack([stacks[lesion] for lesion in worst["lesion_id"]]) if len(worst) else np.zeros((0, 1, 1, 3)),
         worst.reset_index(drop=True),
@@ -261,6 +267,7 @@ def score_model(
     metrics = classification_metrics(y, p, threshold, undefined=float("nan"))
     metrics |= {row.metric: float(row.estimate) for row in calibration.itertuples()}
     record = {
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": resolved,
         "model_name": predictor.model_name,
         "model_version": predictor.model_version,
@@ -271,6 +278,9 @@ def score_model(
             "source": cohort.source,
             "lesions": len(scored),
             "patients": patients.nunique(),
+            "origin": cohort_summary(typed.cases, typed.lesions, _cohort_meta(cohort.path))["origin_details"][
+                "summary"
+            ],
         },
         "metrics": metrics,
         "intervals": {
@@ -282,6 +292,22 @@ def score_model(
         "report": str(folder),
     }
     (folder / "summary.json").write_text(strict_json(record, indent=2, default=float) + "\n")
+    record["report_html"] = str(
+        write_html_report(
+            folder,
+            f"{name} on cohort {cohort.hash[:12]}",
+            [
+                ("model", resolved),
+                ("cohort", f"{cohort.hash} ({len(scored)} typed lesions of {patients.nunique()} patients)"),
+                ("metastasis when", f"P(metastasis) >= {threshold:.4g} (the version's threshold)"),
+                ("P(metastasis)", predictor.calibration.describe()),
+            ],
+            [
+                "Scored as predict answers: the version's own preprocessing, calibration and threshold, on the "
+                "cohort's reference lesion masks. A cohort the version was trained on is not an external test."
+            ],
+        )
+    )
     use_tracking_store()
     mlflow.set_experiment(experiment_id=ensure_experiment(profile.register.experiment))
     with mlflow.start_run(run_name=f"{JOB}-{predictor.model_name}-v{predictor.model_version}-{cohort.hash[:8]}") as run:
@@ -301,10 +327,97 @@ def score_model(
     if predictor.model_version:
         client = registry_client()
         prefix = f"{EXTERNAL_TAG_PREFIX}{cohort.hash[:12]}."
-        for key, value in {**metrics, "lesions": len(scored), "run": run.info.run_id}.items():
+        tags = {
+            **metrics,
+            "lesions": len(scored),
+            "patients": int(patients.nunique()),
+            "run": run.info.run_id,
+            "at": record["at"],
+        }
+        for key, value in tags.items():
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
             client.set_model_version_tag(predictor.model_name, predictor.model_version, prefix + key, text)
+        record["model_card"] = update_model_card(predictor.model_name, predictor.model_version, run.info.run_id)
     return record
+
+
+def _evaluation_summary(client, run_id: str | None) -> dict[str, Any]:
+    """An evaluation run's ``summary.json`` ({} if the run or the file is gone)."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, "evaluation/summary.json")).read_text())
+    except (MlflowException, OSError, ValueError):
+        return {}
+
+
+def update_model_card(name: str, version: str, run_id: str) -> str | None:
+    """The version's model card again, with every external evaluation its tags record (each with its intervals
+    and cohort origin from the evaluation's ``summary.json``): the version's description (what MLflow's UI shows
+    as the card) and ``model_card/model_card.md`` and ``.json`` in the evaluation run ``run_id``.
+
+    The card registered with the version is the base (``model_card/model_card.json`` of its training run); a
+    version registered without one keeps its description. Returns the card's artifact URI, or None.
+    """
+    import json
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from liverlesion.modelcard import external_evaluations_from_tags, render_markdown, with_external_evaluations
+    from liverlesion_ops.registry.registration import version_description
+    from liverlesion_ops.registry.store import registry_client
+
+    client = registry_client()
+    registered = client.get_model_version(name, version)
+    try:
+        card = json.loads(Path(client.download_artifacts(registered.run_id, "model_card/model_card.json")).read_text())
+    except (MlflowException, OSError, ValueError):
+        log.warning(f"{name} v{version} has no model card to add its external evaluations to")
+        return None
+    evaluations = []
+    for entry in external_evaluations_from_tags(registered.tags):
+        summary = _evaluation_summary(client, entry["run"])
+        intervals = summary.get("intervals", {})
+        evaluations.append(
+            {
+                **entry,
+                "cohort": summary.get("data", {}).get("version", entry["cohort"]),
+                "origin": summary.get("data", {}).get("origin"),
+                "threshold": summary.get("threshold"),
+                "metrics": {
+                    metric: {"estimate": value, **dict(zip(("lower", "upper"), intervals.get(metric, [None, None])))}
+                    for metric, value in entry["metrics"].items()
+                },
+            }
+        )
+    card = with_external_evaluations(card, evaluations, version=str(version))
+    markdown = render_markdown(card)
+    where = f"`model_card.md` in the `model_card/` artifacts of the evaluation run {run_id}"
+    client.update_model_version(name, version, description=version_description(markdown, where))
+    with tempfile.TemporaryDirectory(prefix="liverlesion-card-") as tmp:
+        (Path(tmp) / "model_card.md").write_text(markdown, encoding="utf-8")
+        (Path(tmp) / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True), encoding="utf-8")
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifacts(tmp, artifact_path="model_card")
+    return f"runs:/{run_id}/model_card/model_card.md"
+
+
+def _cohort_meta(folder: Path) -> dict | None:
+    """The cohort folder's ``cohort.json`` (where it came from), None if absent or unreadable."""
+    import json
+
+    from liverlesion.contract import COHORT_FILE
+
+    try:
+        return json.loads((Path(folder) / COHORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_case(case) -> tuple[Any, Any, Any]:

@@ -65,8 +65,10 @@ def evaluate(
 
     With --model (and --version): the registered version scores every typed lesion of the cohort as predict
     would (its calibration and threshold): the seven metrics with patient-bootstrap intervals, Brier score and
-    ECE, breakdown by size, slice spacing and patient, the worst-scored lesions, in a report folder and an
-    MLflow run tagged job=evaluation; the version gets tags external.<cohort hash>.<metric>. Example:
+    ECE, breakdown by size, slice spacing and patient, the worst-scored lesions and an example lesion map, in a
+    report folder with one self-contained page (report.html) and an MLflow run tagged job=evaluation; the version
+    gets tags external.<cohort hash>.<metric>, its model card (the version's description) a row under External
+    evaluations, and `liverlesion audit` lists the evaluation. Example:
     `liverlesion evaluate --data /cohorts/ircadb --model liver-lesion-classifier --json`.
     """
     from liverlesion_ops import evaluation

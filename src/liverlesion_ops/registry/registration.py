@@ -227,9 +227,12 @@ def register_version(
     return Registered(str(version.version), model_uri, created=True)
 
 
-def version_description(card_markdown: str) -> str:
+def version_description(
+    card_markdown: str,
+    where: str = "`model_card.md` beside the served model and in the training run's `model_card/` artifacts",
+) -> str:
     """The model card as a version's description: whole if it fits ``DESCRIPTION_LIMIT``, else its first
-    sections (``## ``) that fit, and a line naming the others and where the whole card is."""
+    sections (``## ``) that fit, and a line naming the others and ``where`` the whole card is."""
     if len(card_markdown) <= DESCRIPTION_LIMIT:
         return card_markdown
     head, *sections = card_markdown.split("\n## ")
@@ -240,10 +243,7 @@ def version_description(card_markdown: str) -> str:
             dropped.append(title)
         else:
             kept += "\n## " + section
-    note = (
-        f"\n\n*Shortened to fit the registry ({', '.join(dropped)} left out): the whole card is "
-        "`model_card.md` beside the served model and in the training run's `model_card/` artifacts.*\n"
-    )
+    note = f"\n\n*Shortened to fit the registry ({', '.join(dropped)} left out): the whole card is {where}.*\n"
     return kept[: DESCRIPTION_LIMIT - len(note)] + note
 
 
