@@ -306,3 +306,14 @@ def test_segmentation_markdown_shows_the_table_and_what_became_of_each_lesion():
     assert text.startswith("# Segmentation: classical") and "Dice of at least 0.2" in text
     assert "| lesions found / reference lesions | 3 / 4 |" in text and "| missed | 0 | 1 |" in text
     assert "Invented lesions (matching no reference lesion): 1" in text
+
+
+def test_a_metric_without_a_denominator_on_the_cohort_is_na_when_asked_not_0():
+    """An external cohort of metastases only: specificity (and ROC AUC) cannot be measured on it."""
+    y, p, patients = np.array([1, 1, 1, 1]), np.array([0.9, 0.8, 0.3, 0.7]), np.array(["a", "a", "b", "c"])
+    paper = bootstrap_metrics(y, p, patients, 0.5, 20, 0, 0.95).set_index("metric")
+    assert paper.loc["specificity", "estimate"] == 0.0  # the paper's convention, kept by default
+    cohort = bootstrap_metrics(y, p, patients, 0.5, 20, 0, 0.95, float("nan"))
+    indexed = cohort.set_index("metric")
+    assert np.isnan(indexed.loc["specificity", "estimate"]) and indexed.loc["recall", "estimate"] == 0.75
+    assert table2({"m": cohort}).loc["m", "specificity"] == "n/a"

@@ -146,6 +146,7 @@ def bootstrap_metrics(
     n_boot: int,
     seed: int,
     confidence: float,
+    undefined: float = 0.0,
 ) -> pd.DataFrame:
     """The seven metrics with patient-level percentile bootstrap intervals.
 
@@ -164,6 +165,8 @@ def bootstrap_metrics(
         seed: seed of ``numpy.random.default_rng``; the same seed and inputs give identical
             intervals, independent of the order of the lesions.
         confidence: coverage of the two-sided percentile interval.
+        undefined: the estimate of a metric without a denominator on the whole sample (specificity of a cohort
+            without cysts): 0 as the paper's Table 2 convention, or NaN where such a cohort is scored (n/a).
 
     Returns:
         One row per metric, in ``METRIC_NAMES`` order, with columns ``metric``, ``estimate``
@@ -199,7 +202,7 @@ def bootstrap_metrics(
     if (patient < 0).any():
         raise ValueError("patient keys must not be missing")
 
-    estimate = classification_metrics(y, p, threshold=threshold)
+    estimate = classification_metrics(y, p, threshold=threshold, undefined=undefined)
     weights = patient_weights(patient, n_boot, np.random.default_rng(seed))
     resampled = _weighted_metrics(y, p, weights, threshold)
     _check_against_reference(y, p, weights, threshold, resampled)

@@ -226,8 +226,8 @@ def score_model(
     folder = Path(out) if out is not None else project.reports_dir() / f"evaluation-model-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
     intervals = bootstrap_metrics(
-        y, p, patients.to_numpy(), threshold, bootstrap.resamples, bootstrap.seed, bootstrap.confidence
-    )
+        y, p, patients.to_numpy(), threshold, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, float("nan")
+    )  # a metric without a denominator on this cohort (no cyst: specificity) is n/a, not 0
     write_report(
         {name: intervals},
         folder,
