@@ -54,6 +54,14 @@ HU_RANGE = (-1024.0, 3071.0)
 HU_IMPOSSIBLE_BELOW = -1200.0
 HU_IMPOSSIBLE_ABOVE = 30000.0
 
+# --- limits on untrusted input: checked from headers before anything is allocated ---------------
+#: the most voxels a CT, mask or label volume may hold (512 x 512 x 1024; a float32 copy is 1 GiB):
+#: a header claiming more is refused before its voxels are read or decompressed
+MAX_VOXELS = 512 * 512 * 1024
+#: the most lesions one mask may hold: beyond it, a case is a mask error (noise, a bad threshold), and
+#: its patches (each lesion three planes) would take memory without bound
+MAX_LESIONS_PER_CASE = 256
+
 # --- the cohort folder -------------------------------------------------------------------------
 CASES_FILE = "cases.csv"
 LESION_TYPES_FILE = "lesion_types.csv"

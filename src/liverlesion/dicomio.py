@@ -39,7 +39,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from liverlesion import __version__
-from liverlesion.contract import ContractError
+from liverlesion.contract import MAX_VOXELS, ContractError
 from liverlesion.imaging import ImageMeta, check_hu
 
 # --- tolerances --------------------------------------------------------------------------------
@@ -460,6 +460,13 @@ def read_ct_series(path: Path | Sequence[Path]) -> CTSeries:
     where = _series_where(folder_text, members[0][1])
     _check_ct_headers(members, where)
     stack = _check_stack(members, where)
+    voxels = stack.rows * stack.columns * len(stack.members)
+    if voxels > MAX_VOXELS:  # before a voxel is read or allocated
+        raise _refuse(
+            where,
+            f"{len(stack.members)} slices of {stack.rows}x{stack.columns} are {voxels:,} voxels, more than the limit "
+            f"of {MAX_VOXELS:,} (contract.MAX_VOXELS)",
+        )
 
     volume = np.empty((stack.columns, stack.rows, len(stack.members)), dtype=np.float32)
     padding = np.zeros(volume.shape, dtype=bool)
@@ -619,6 +626,17 @@ def read_seg(path: Path, reference: CTSeries) -> dict[int, tuple[str, np.ndarray
 
     path = Path(path)
     where = mask_uids(str(path))
+    try:  # its size from the header before its frames are read
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        frames = int(header.get("NumberOfFrames", 1) or 1) * int(header.get("Rows", 0) or 0)
+        frames *= int(header.get("Columns", 0) or 0)
+    except Exception as exc:  # not DICOM, truncated: refuse naming the file
+        raise _refuse(where, f"not a readable DICOM-SEG ({type(exc).__name__})") from exc
+    if frames > MAX_VOXELS:
+        raise _refuse(
+            where,
+            f"its frames hold {frames:,} pixels, more than the limit of {MAX_VOXELS:,} (contract.MAX_VOXELS)",
+        )
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:  # not a SEG, truncated, unsupported: refuse naming the file

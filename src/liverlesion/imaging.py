@@ -8,6 +8,7 @@ same DVC hash) whenever it is written.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
-from liverlesion.contract import HU_AIR, HU_IMPOSSIBLE_ABOVE, HU_IMPOSSIBLE_BELOW, ContractError
+from liverlesion.contract import HU_AIR, HU_IMPOSSIBLE_ABOVE, HU_IMPOSSIBLE_BELOW, MAX_VOXELS, ContractError
 
 #: no voxel of a CT in HU is below this, then it holds no air at all: an MR image, or CT stored
 #: without its rescale (air at 0); every abdominal CT has air around the body and in the bowel
@@ -39,20 +41,67 @@ class ImageMeta:
         return float(np.prod(self.spacing)) / 1000.0
 
 
-#: ``sizeof_hdr`` of a NIfTI-1 header; NIfTI-2 has 540
-_NIFTI1_HEADER_SIZE = 348
+#: ``sizeof_hdr`` of a NIfTI-1 header, and of a NIfTI-2 header
+_NIFTI1_HEADER_SIZE, _NIFTI2_HEADER_SIZE = 348, 540
+
+
+#: bytes read at a time from a ``.nii.gz``
+_CHUNK = 1 << 20
+
+
+def _check_size(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a volume whose header claims more than ``contract.MAX_VOXELS`` voxels, before allocating it."""
+    voxels = int(np.prod([int(s) for s in shape], dtype=object)) if len(shape) else 0
+    if voxels > MAX_VOXELS:
+        raise ContractError(
+            f"{path}: its header claims {' x '.join(str(int(s)) for s in shape)} = {voxels:,} voxels, more than "
+            f"the limit of {MAX_VOXELS:,} (contract.MAX_VOXELS); nothing was read"
+        )
+
+
+def _header_of(head: bytes) -> nib.Nifti1Header | nib.Nifti2Header:
+    """The NIfTI-1 or -2 header at the start of ``head`` (its checks are nibabel's, when the image is made)."""
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    if _NIFTI1_HEADER_SIZE in sizes:
+        header_class = nib.Nifti1Header
+    elif _NIFTI2_HEADER_SIZE in sizes:
+        header_class = nib.Nifti2Header
+    else:
+        raise ImageFileError("no NIfTI-1 or NIfTI-2 header")
+    return header_class.from_fileobj(io.BytesIO(head[: header_class.template_dtype.itemsize]), check=False)
 
 
 def _read_image(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
-    """The image of a NIfTI file; a ``.gz`` is decompressed to its end first, so a damaged file fails
-    its CRC check instead of loading with wrong voxels (nibabel stops reading before the trailer)."""
+    """The image of a NIfTI file, its size checked from the header before the voxels are read.
+
+    A ``.gz`` is decompressed as a stream, never beyond what its header says it holds: a file that inflates
+    to more is refused (a decompression bomb), and it is read to its end, so a damaged file fails its CRC
+    check instead of loading with wrong voxels (nibabel stops reading before the trailer).
+    """
     if not path.name.endswith(".gz"):
-        return nib.load(str(path))
+        image = nib.load(str(path))
+        _check_size(path, image.shape)
+        return image
     if path.stat().st_size == 0:
         raise ImageFileError(f"Empty file: '{path}'")  # as nibabel says it for a .nii
-    raw = gzip.decompress(path.read_bytes())
-    nifti1 = _NIFTI1_HEADER_SIZE in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
-    return (nib.Nifti1Image if nifti1 else nib.Nifti2Image).from_bytes(raw)
+    with gzip.open(path, "rb") as stream:
+        raw = bytearray(stream.read(_NIFTI2_HEADER_SIZE))  # a NIfTI-1 header and its extension flag fit too
+        header = _header_of(bytes(raw))
+        _check_size(path, header.get_data_shape())
+        # the voxels the header describes, after its offset (which covers any extension)
+        expected = (
+            int(header.get_data_offset())
+            + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+        )
+        limit = max(expected, len(raw)) + _CHUNK  # room for extensions a header does not count
+        while chunk := stream.read(_CHUNK):
+            raw += chunk
+            if len(raw) > limit:
+                raise ContractError(
+                    f"{path}: inflates to more than the {expected:,} bytes its header describes (a decompression "
+                    "bomb or a damaged file); nothing was loaded"
+                )
+    return (nib.Nifti1Image if isinstance(header, nib.Nifti1Header) else nib.Nifti2Image).from_bytes(raw)
 
 
 def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, ImageMeta]:
@@ -84,7 +133,7 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
         raise
     except FileNotFoundError:
         raise ContractError(f"{path}: no such file") from None
-    except (OSError, EOFError, ValueError, ImageFileError, WrapStructError, zlib.error) as err:
+    except (OSError, EOFError, ValueError, ImageFileError, WrapStructError, HeaderDataError, zlib.error) as err:
         raise ContractError(f"{path}: not a readable NIfTI image ({type(err).__name__}: {err})") from None
     zooms = canonical.header.get_zooms()[:3]
     meta = ImageMeta(

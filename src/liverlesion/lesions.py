@@ -22,15 +22,27 @@ from liverlesion.contract import (
     LESION_TYPES,
     MASK_ENCODINGS,
     MASK_TO_LABEL,
+    MAX_LESIONS_PER_CASE,
     ContractError,
 )
 from liverlesion.crops import LesionCrop, cut_crops
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+#: the largest lesion number an instance mask may use (its lesions are counted against the per-case limit too)
+MAX_INSTANCE_NUMBER = 65535
 
 
-def _components(binary: np.ndarray, label: int | None) -> list[tuple]:
-    components, _ = ndimage.label(binary, structure=_CONNECTIVITY_26)
+def _too_many(case_id: str, count: int) -> ContractError:
+    return ContractError(
+        f"case {case_id}: the mask holds {count:,} lesions, more than the limit of {MAX_LESIONS_PER_CASE} per case "
+        "(contract.MAX_LESIONS_PER_CASE): a noisy or wrongly thresholded mask; nothing was cut"
+    )
+
+
+def _components(binary: np.ndarray, label: int | None, case_id: str = "?") -> list[tuple]:
+    components, count = ndimage.label(binary, structure=_CONNECTIVITY_26)
+    if count > MAX_LESIONS_PER_CASE:  # before a box or a crop is made for each
+        raise _too_many(case_id, count)
     return [
         (label, tuple(b.start for b in box[::-1]), components, index, box)
         for index, box in enumerate(ndimage.find_objects(components), start=1)
@@ -59,13 +71,22 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
         instances = np.asarray(mask).astype(np.int32)
         if instances.min() < 0:
             raise ContractError(f"case {case_id}: an instance mask holds no negative values, found {instances.min()}")
+        # find_objects makes a slot per number up to the largest: count the lesions before numbering them
+        count = len(np.unique(instances)) - int((instances == 0).any())
+        if count > MAX_LESIONS_PER_CASE:
+            raise _too_many(case_id, count)
+        if instances.max() > MAX_INSTANCE_NUMBER:
+            raise ContractError(
+                f"case {case_id}: an instance mask numbers its lesions up to {int(instances.max()):,}; numbers above "
+                f"{MAX_INSTANCE_NUMBER} are refused (renumber the lesions 1..N)"
+            )
         boxes = ndimage.find_objects(instances)
         described = [
             {"instance": k, "label": None, "box": box} for k, box in enumerate(boxes, start=1) if box is not None
         ]
         return instances, described
     if encoding == "binary":
-        found = _components(mask != 0, None)
+        found = _components(mask != 0, None, case_id)
     else:
         codes = set(np.unique(mask).tolist()) - {0}
         unknown = codes - set(MASK_TO_LABEL)
@@ -74,7 +95,9 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
                 f"case {case_id}: mask has unknown class codes {sorted(unknown)}; "
                 f"expected {sorted(MASK_TO_LABEL)} (1 cyst, 2 metastasis) and 0 for background"
             )
-        found = [c for code in sorted(codes) for c in _components(mask == code, MASK_TO_LABEL[code])]
+        found = [c for code in sorted(codes) for c in _components(mask == code, MASK_TO_LABEL[code], case_id)]
+        if len(found) > MAX_LESIONS_PER_CASE:
+            raise _too_many(case_id, len(found))
     found.sort(key=lambda f: (-1 if f[0] is None else f[0], f[1]))
     instances = np.zeros(mask.shape, dtype=np.int32)
     described = []
