@@ -8,9 +8,10 @@ from liverlesion.config import PatchConfig
 from liverlesion.crops import LesionCrops
 from liverlesion.patches import extract_cohort_patches
 from liverlesion.progress import progress_printer
+from liverlesion_ops.steps.materializers import PatchArrayMaterializer
 
 
-@step
+@step(output_materializers={"patches": PatchArrayMaterializer})
 def extract_patches(
     lesions: pd.DataFrame, crops: LesionCrops, config: PatchConfig
 ) -> tuple[Annotated[np.ndarray, "patches"], Annotated[pd.DataFrame, "patch_index"]]:

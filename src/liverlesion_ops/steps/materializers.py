@@ -1,4 +1,5 @@
-"""Materializers: Keras models as native ``.keras`` files, lesion crops as one ``.npz``; no pickles."""
+"""Materializers: Keras models as native ``.keras`` files, lesion crops as one ``.npz``, patch arrays as one
+``.npy``; no pickles (a writer to the artifact store must not get code run in the steps that load them)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from liverlesion.crops import LesionCrops
 
 MODEL_FILE = "model.keras"
 CROPS_FILE = "crops.npz"
+PATCHES_FILE = "patches.npy"
 
 
 class KerasModelMaterializer(BaseMaterializer):
@@ -58,3 +60,23 @@ class LesionCropsMaterializer(BaseMaterializer):
 
     def extract_metadata(self, data: LesionCrops) -> dict[str, Any]:
         return {"lesions": len(data), "margin_mm": data.margin_mm, "megabytes": round(data.nbytes / 1e6, 1)}
+
+
+class PatchArrayMaterializer(BaseMaterializer):
+    """A numeric array (the patch stacks) as one ``.npy``, loaded with ``allow_pickle=False``: ZenML's own numpy
+    materializer loads with pickles allowed, so a doctored artifact would run code in ``train``, which holds the
+    MLflow credentials. An object array is refused on save and on load."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (np.ndarray,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+
+    def load(self, data_type: type[Any]) -> np.ndarray:
+        with fileio.open(os.path.join(self.uri, PATCHES_FILE), "rb") as handle:
+            return np.load(handle, allow_pickle=False)
+
+    def save(self, data: np.ndarray) -> None:
+        with fileio.open(os.path.join(self.uri, PATCHES_FILE), "wb") as handle:
+            np.save(handle, np.asarray(data), allow_pickle=False)
+
+    def extract_metadata(self, data: np.ndarray) -> dict[str, Any]:
+        return {"shape": str(tuple(data.shape)), "dtype": str(data.dtype), "megabytes": round(data.nbytes / 1e6, 1)}
