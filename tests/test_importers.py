@@ -422,6 +422,10 @@ def test_pseudonyms_are_keyed_stable_and_never_hold_the_source_id(monkeypatch):
     monkeypatch.setenv(SECRET_ENV, "short")
     with pytest.raises(MissingSecretError, match="shorter"):
         pseudonymiser_from_env()
+    for guessable in (" " * 16, "a" * 16, "abababababababab", "  abcab  abcab   "):
+        monkeypatch.setenv(SECRET_ENV, guessable)
+        with pytest.raises(MissingSecretError, match="distinct characters"):
+            pseudonymiser_from_env()
 
 
 def test_imported_keys_are_the_pseudonyms_of_the_source_ids(imported, pseudonymiser):
@@ -796,6 +800,26 @@ def test_append_adds_cases_and_refuses_the_same_source_twice(tmp_path, secret):
     assert not list(tmp_path.glob(".*importing*"))
 
 
+def test_appending_with_another_secret_is_refused_before_a_patient_gets_a_second_key(tmp_path, secret):
+    """c3 is p1's later CT: under another secret p1 would get a second key, and the split could put the two in
+    training and test."""
+    from liverlesion.deid import Pseudonymiser
+
+    out = tmp_path / "out"
+    import_cohort(scan_source(small_source(tmp_path / "a", {"c1": {"patient": "p1"}}), "manifest"), out, secret,
+                  "manifest")  # fmt: skip
+    recorded = json.loads((out / COHORT_FILE).read_text())["deidentification"]["secret_check"]
+    assert recorded == secret.check_value() and recorded not in secret.secret.hex()
+    before = tree(out)
+    other = Pseudonymiser(b"another-secret-987654321")
+    later = scan_source(small_source(tmp_path / "b", {"c3": {"patient": "p1"}}), "manifest")
+    with pytest.raises(ContractError, match="imported with another pseudonym secret"):
+        import_cohort(later, out, other, "manifest", append=True)
+    assert tree(out) == before
+    import_cohort(later, out, secret, "manifest", append=True)  # the cohort's own secret appends
+    assert pd.read_csv(out / CASES_FILE)["patient_key"].nunique() == 1
+
+
 # --- 6. quarantine in ingestion ----------------------------------------------------------------------
 
 
@@ -824,3 +848,24 @@ def test_ingestion_quarantines_a_bad_case_only_when_asked(tmp_path):
     assert list(ingested.quarantined["case_id"]) == ["bad"]
     assert "NaN" in ingested.quarantined["problem"][0]
     assert len(segment_cases(ingested.cases, ingested.crops)) == 4 and len(ingested.crops) == 4
+
+
+def test_replace_refuses_a_folder_that_is_not_a_cohort_and_swaps_a_cohort_whole(tmp_path, monkeypatch):
+    """`import --replace --out DIR` deleted any folder: a thesis folder was left holding only cohort files."""
+    from liverlesion_ops.importing import ImportTargetError, import_cases
+
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    source = small_source(tmp_path / "src", {"c1": {}})
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("months of work")
+    with pytest.raises(ImportTargetError, match="not a cohort folder"):
+        import_cases(source, "manifest", thesis, replace=True)
+    assert tree(thesis) == {"chapter1.tex": b"months of work"}
+    cohort = tmp_path / "cohort"
+    import_cases(source, "manifest", cohort)
+    (cohort / "stale.txt").write_text("from the old cohort")
+    again = small_source(tmp_path / "src2", {"c1": {}, "c2": {"patient": "p2"}})
+    import_cases(again, "manifest", cohort, replace=True)
+    assert len(pd.read_csv(cohort / CASES_FILE)) == 2 and not (cohort / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort", "src", "src2", "thesis"]  # nothing left aside

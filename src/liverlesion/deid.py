@@ -26,6 +26,10 @@ from liverlesion.contract import ContractError
 SECRET_ENV = "LIVERLESION_PSEUDONYM_SECRET"
 #: shorter secrets can be guessed by brute force over a list of medical record numbers
 MIN_SECRET_LENGTH = 16
+#: sixteen spaces, or `a` sixteen times, are long enough and guessed at once; 16 random hex digits hold 10 distinct
+MIN_SECRET_DISTINCT = 6
+#: hex digits of the secret's check value recorded in ``cohort.json``
+SECRET_CHECK_HEX = 16
 PATIENT_KEY_PREFIX = "P"
 #: hex digits of the HMAC kept: 64 bits, a clash among a million patients has odds of ~3e-8
 PATIENT_KEY_HEX = 16
@@ -55,6 +59,11 @@ class Pseudonymiser:
     def _digest(self, kind: str, value: str) -> str:
         return hmac.new(self.secret, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
 
+    def check_value(self) -> str:
+        """What ``cohort.json`` records of the secret: a keyed hash of a constant, which says whether two imports
+        used the same secret and nothing of the secret itself."""
+        return self._digest("secret-check", "liverlesion")[:SECRET_CHECK_HEX]
+
     def patient_key(self, source_patient: str) -> str:
         """The patient's pseudonymous key, e.g. ``P3f2a9c0d1e4b5a67``.
 
@@ -78,8 +87,14 @@ def pseudonymiser_from_env(environ: dict[str, str] | None = None) -> Pseudonymis
         MissingSecretError: the variable is unset or too short, saying how to set it.
     """
     secret = (environ if environ is not None else os.environ).get(SECRET_ENV, "")
-    if len(secret) < MIN_SECRET_LENGTH:
-        problem = "is not set" if not secret else f"is shorter than {MIN_SECRET_LENGTH} characters"
+    problem = None
+    if not secret:
+        problem = "is not set"
+    elif len(secret) < MIN_SECRET_LENGTH:
+        problem = f"is shorter than {MIN_SECRET_LENGTH} characters"
+    elif len(set(secret.strip())) < MIN_SECRET_DISTINCT:
+        problem = f"has fewer than {MIN_SECRET_DISTINCT} distinct characters (a guessable secret)"
+    if problem:
         raise MissingSecretError(
             f"{SECRET_ENV} {problem}: patient keys are keyed-hash pseudonyms and there is no import without the "
             f"secret. Keep one secret per data custodian, outside git (e.g. `export {SECRET_ENV}=$(cat "

@@ -685,6 +685,7 @@ def import_cohort(
         raise ContractError(f"{out} is not empty: import into a new folder, or add to its cohort with append")
     if append and not (out / CASES_FILE).exists():
         raise ContractError(f"{out}: no {CASES_FILE} to append to")
+    check = pseudonymiser.check_value()
     old_cases, old_types, old_meta = (
         _existing(out)
         if append
@@ -694,6 +695,13 @@ def import_cohort(
             {},
         )
     )
+    recorded = old_meta.get("deidentification", {}).get("secret_check")
+    if append and recorded is not None and recorded != check:
+        raise ContractError(
+            f"{out}: its cohort was imported with another pseudonym secret (cohort.json's secret_check differs): "
+            "appending would give a patient already there a second key, which a patient-level split could put in "
+            "training and test; import with the custodian's secret of that cohort"
+        )
     staging = out.parent / f".{out.name}.importing"
     if staging.exists():
         shutil.rmtree(staging)
@@ -785,7 +793,7 @@ def import_cohort(
         meta = {
             "source": "liverlesion import",
             "imports": imports,
-            "deidentification": deidentification_record(),
+            "deidentification": {**deidentification_record(), "secret_check": check},
             "mask_codes": "instance masks: 0 background, k = lesion k; types in lesion_types.csv",
             "liver_mask_codes": {"background": 0, "liver": 1},
             "units": {"image": "HU (int16)", "spacing": "mm"},

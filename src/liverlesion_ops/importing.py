@@ -19,6 +19,25 @@ class ImportTargetError(ContractError):
     """The target folder cannot take this import as asked (it holds a cohort; options that exclude each other)."""
 
 
+def _swap(new: Path, out: Path) -> None:
+    """Put the cohort ``new`` in place of ``out``: the old one renamed aside, the new one renamed in, then the old
+    one deleted. Each step is a rename within one folder, so ``out`` holds either cohort, never a mixture; a
+    failure of the last step leaves the old cohort beside it (``.<name>.replaced``), named in the error."""
+    old = out.parent / f".{out.name}.replaced"
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.replace(old)
+    try:
+        new.replace(out)
+    except OSError:
+        if old.exists():
+            old.replace(out)  # the old cohort back in place
+        raise
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def import_cases(
     source: Path,
     layout: str,
@@ -54,8 +73,16 @@ def import_cases(
         raise ImportTargetError("--append and --replace exclude each other")
     target = out
     if replace:
+        from liverlesion.contract import CASES_FILE, COHORT_FILE
+
+        if out.exists() and any(out.iterdir()) and not ((out / CASES_FILE).is_file() and (out / COHORT_FILE).is_file()):
+            raise ImportTargetError(
+                f"{out} is not a cohort folder (no {CASES_FILE} and {COHORT_FILE}): --replace replaces a cohort, "
+                "never another folder"
+            )
         target = out.parent / f".{out.name}.replacing"
-        shutil.rmtree(target, ignore_errors=True)
+        if target.exists():  # what an interrupted replace left: never a cohort in use
+            shutil.rmtree(target)
     elif out.exists() and any(out.iterdir()) and not append:
         raise ImportTargetError(
             f"{out} already holds a cohort: --append adds the new cases to it, --replace replaces it"
@@ -76,12 +103,11 @@ def import_cases(
             cases, target, pseudonymiser, layout, settings, append=append, skip_bad=skip_bad, progress=progress
         )
     except ContractError:
-        if replace:
-            shutil.rmtree(target, ignore_errors=True)
+        if replace and target.exists():
+            shutil.rmtree(target)
         raise
     if replace:
-        shutil.rmtree(out, ignore_errors=True)
-        target.replace(out)
+        _swap(target, out)
         report.out = out
     summary = report.to_dict()
     if into_project:
