@@ -397,7 +397,13 @@ def lesion_map_example(
     predicted = (shown["p_metastasis"] >= threshold).astype(int)
     results = shown.assign(predicted=predicted, predicted_class=[LABEL_NAMES[int(k)] for k in predicted])
     return lesion_map_figure(
-        image, meta.spacing, instances, results.reset_index(drop=True), Path(path), threshold=threshold, title=title
+        image,
+        meta.spacing,
+        instances,
+        results.reset_index(drop=True),
+        Path(path),
+        threshold=threshold,
+        title=f"{case_id}: {title}",
     )
 
 

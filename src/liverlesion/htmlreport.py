@@ -192,6 +192,7 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 caption { text-align: left; font-weight: 600; padding-bottom: 0.3em; }
+.scroll { overflow-x: auto; } table.table2 { font-size: 0.8em; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dt { font-weight: 600; } dd { margin: 0; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -212,16 +213,16 @@ footer { margin-top: 3em; font-size: 0.85em; color: #555; }
 <h2>{{ section.heading }}</h2>
 {% if section.text %}<p>{{ section.text }}</p>{% endif %}
 {% if loop.first and page.table2 %}
-<table class="table2"><caption>Table 2 with 95% intervals</caption>
+<div class="scroll"><table class="table2"><caption>Table 2 with 95% intervals</caption>
 <tr>{% for c in page.table2.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in page.table2.rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 {% endif %}
 {% for table in section.tables %}
-<table><caption>{{ table.caption }}</caption>
+<div class="scroll"><table><caption>{{ table.caption }}</caption>
 <tr>{% for c in table.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in table.rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 {% endfor %}
 {% for figure in section.figures %}
 <figure>
