@@ -214,6 +214,13 @@ def test_the_pipeline_runs_through_the_server_with_credentials(team, project, fi
     assert config.stat().st_mode & 0o777 == 0o600 and ADMIN_PASSWORD not in config.read_text()
     cards = list((team.data / "artifacts").rglob("model_card.md"))
     assert cards, "the model's artifacts are in the server's artifact store"
+    # no local user reads a model, a report or the log without logging in: nothing for group or others
+    # (the data folder itself: others may pass through it to the embedded PostgreSQL's own folder when that runs as
+    # a user of its own, as it does under root; never list it)
+    assert team.data.stat().st_mode & 0o066 == 0
+    inside = [p for p in team.data.rglob("*") if "pgdata" not in p.relative_to(team.data).parts]
+    readable = [p for p in inside if p.stat().st_mode & 0o077]
+    assert not readable, f"readable by other local users: {readable[:5]}"
     assert not (root / "state" / "mlflow" / "artifacts").exists()
 
     listed = json.loads(cli(root, as_user(env, team, "bob"), "models", "--model", MODEL, "--json").stdout)

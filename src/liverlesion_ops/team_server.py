@@ -56,6 +56,10 @@ ROLES = {
     "editor": [("experiment", "*", "EDIT"), ("registered_model", "*", "MANAGE")],
 }
 STOP_TIMEOUT_S = 20
+#: the server's data folder and artifacts: its own alone (not 0755 / 0644 under a umask of 022)
+PRIVATE_DIR = 0o700
+TRAVERSE_ONLY_DIR = 0o711
+SERVER_UMASK = 0o077
 AUTH_CACHE_TTL_S = 60
 
 
@@ -89,8 +93,7 @@ def read_state(data: Path) -> dict:
 
 
 def write_state(data: Path, state: dict) -> None:
-    path = data / "server.json"
-    path.write_text(json.dumps(state, indent=2, sort_keys=True))
+    write_private(data / "server.json", json.dumps(state, indent=2, sort_keys=True))
 
 
 def write_private(path: Path, text: str) -> None:
@@ -302,14 +305,21 @@ def start(
         return {**state, "already_running": True}
     port = port or free_port(host)
     check_port(host, port)
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "artifacts").mkdir(exist_ok=True)
+    # every model, report and log under it is the server's alone: no local user reads them without logging in
+    data.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    data.chmod(PRIVATE_DIR)
+    (data / "artifacts").mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    (data / "artifacts").chmod(PRIVATE_DIR)
 
     if postgres_uri:
         maintenance = postgres_uri
         postgres = {"managed": False, "uri": redact(postgres_uri)}
     else:
         maintenance = embedded_postgres(data / "pgdata")
+        if (data / "pgdata").stat().st_uid != os.getuid():
+            # run as root, the embedded PostgreSQL runs as a user of its own, which must pass through the data
+            # folder (it opened it to all): others may pass through, never list or read
+            data.chmod(TRAVERSE_ONLY_DIR)
         postgres = {"managed": True, "pgdata": str(data / "pgdata")}
         write_state(data, {"data": str(data), "pid": None, "postgres": postgres})  # `stop` stops it, whatever follows
     auth_db = f"{database}_auth"
@@ -348,6 +358,8 @@ def start(
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
     log = data / "server.log"
+    log.touch(mode=0o600, exist_ok=True)
+    log.chmod(0o600)
     with open(log, "a") as out:
         out.write(f"\n--- {now()}: {' '.join(command)}\n")
         out.flush()
@@ -359,6 +371,7 @@ def start(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=data,
+            umask=SERVER_UMASK,  # what the server writes (artifacts, runs) is its own alone
         )
     import psutil
 
