@@ -204,6 +204,36 @@ def test_scattered_impossible_values_are_refused(hu, tmp_path):
         read_ct_series(tmp_path / "high")
 
 
+def _deflate(files) -> None:
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_deflated_series_reads_as_the_plain_one(hu, tmp_path):
+    files = write_ct_series(tmp_path / "ct", hu, SPACING)
+    _deflate(files)
+    assert pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID.name.startswith("Deflated")
+    np.testing.assert_array_equal(read_ct_series(tmp_path / "ct").hu, hu)
+
+
+def test_a_deflated_file_cut_short_or_inflating_past_the_limit_is_refused_naming_it(hu, tmp_path, monkeypatch):
+    import liverlesion.dicomio as dicomio
+
+    files = write_ct_series(tmp_path / "cut", hu, SPACING)
+    _deflate(files)
+    _truncate(files, 0.7)
+    with pytest.raises(DicomSeriesError, match=f"truncated or corrupt DICOM file {files[len(files) // 2].name}"):
+        read_ct_series(tmp_path / "cut")
+    files = write_ct_series(tmp_path / "bomb", hu, SPACING)
+    _deflate(files)
+    # a slice of this test's size stands for one inflating to gigabytes: the same check, a smaller limit
+    monkeypatch.setattr(dicomio, "MAX_INFLATED_BYTES", 1000)
+    with pytest.raises(DicomSeriesError, match="inflates past 1,000 bytes"):
+        read_ct_series(tmp_path / "bomb")
+
+
 # --- refusals ----------------------------------------------------------------------------------
 def _truncate(files, keep: float) -> None:
     path = files[len(files) // 2]

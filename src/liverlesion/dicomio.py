@@ -26,9 +26,11 @@ pydicom does the parsing; highdicom (imported only where a SEG is read or writte
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,58 @@ class _DamagedFile(Exception):
     """A DICOM file that does not parse; raised as a DicomSeriesError once the series is known."""
 
 
+#: what one deflated file may inflate to: the largest image the contract admits (``MAX_VOXELS`` pixels of two
+#: bytes) and its header; a file claiming more is refused before more is allocated (a deflate bomb)
+MAX_INFLATED_BYTES = 2 * MAX_VOXELS + 2**20
+_PART10_META_START = 132  # 128-byte preamble, "DICM"
+_GROUP_LENGTH_ELEMENT = 12  # (0002,0000) UL: tag, VR, length, value
+
+
+def _deflated(path: Path) -> bool:
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:
+        return False
+    return str(meta.get("TransferSyntaxUID", "")) == pydicom.uid.DeflatedExplicitVRLittleEndian
+
+
+def _source(path: Path) -> Path | io.BytesIO:
+    """What ``pydicom.dcmread`` reads for ``path``: the file itself, or, for the deflated transfer syntax, the
+    same file inflated here within ``MAX_INFLATED_BYTES`` (pydicom inflates it whole, without a limit) and
+    marked explicit VR little endian, which is what deflate wraps.
+
+    Raises:
+        _DamagedFile: the deflated stream is cut short or corrupt, or inflates past the limit.
+    """
+    if not _deflated(path):
+        return path
+    meta = pydicom.filereader.read_file_meta_info(path)
+    if "FileMetaInformationGroupLength" not in meta:
+        raise _DamagedFile(f"corrupt DICOM file {_file_name(path)}: a deflated file without its meta group length")
+    with open(path, "rb") as handle:
+        handle.seek(_PART10_META_START + _GROUP_LENGTH_ELEMENT + int(meta.FileMetaInformationGroupLength))
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        body = bytearray()
+        try:
+            while chunk := handle.read(2**20):
+                body += inflater.decompress(chunk, MAX_INFLATED_BYTES + 1 - len(body))
+                if len(body) > MAX_INFLATED_BYTES or inflater.unconsumed_tail:
+                    raise _DamagedFile(
+                        f"DICOM file {_file_name(path)} inflates past {MAX_INFLATED_BYTES:,} bytes, more than the "
+                        "largest image the contract admits (contract.MAX_VOXELS)"
+                    )
+        except zlib.error as exc:
+            raise _DamagedFile(f"truncated or corrupt DICOM file {_file_name(path)}: its deflated data") from exc
+    if not inflater.eof:
+        raise _DamagedFile(f"truncated or corrupt DICOM file {_file_name(path)}: it ends early")
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    out = pydicom.filebase.DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    out.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(out, meta, enforce_standard=True)
+    return io.BytesIO(out.getvalue() + bytes(body))
+
+
 def _read_header(path: Path) -> Dataset | None:
     """The header of one file, or ``None`` when the file is not a DICOM image at all.
 
@@ -170,9 +224,10 @@ def _read_header(path: Path) -> Dataset | None:
     except OSError as exc:
         raise _DamagedFile(f"cannot read file {_file_name(path)}") from exc
     if len(head) == 132 and head[128:132] == b"DICM":
+        source = _source(path)
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
+            with source if isinstance(source, io.BytesIO) else open(source, "rb") as handle:
+                size = len(source.getvalue()) if isinstance(source, io.BytesIO) else os.fstat(handle.fileno()).st_size
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     header = pydicom.dcmread(handle, stop_before_pixels=True)
@@ -419,7 +474,7 @@ def _check_ct_headers(members: list[tuple[Path, Dataset]], where: str) -> None:
 def _read_pixels(path: Path, where: str) -> tuple[Dataset, np.ndarray]:
     """The full dataset (pixel data removed) and the stored values of one slice."""
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(_source(path))
         stored = np.asarray(dataset.pixel_array)
     except Exception as exc:  # truncated pixel data, unsupported compression: the slice is unreadable
         raise _refuse(where, f"truncated or corrupt DICOM file {_file_name(path)}: pixel data unreadable") from exc
