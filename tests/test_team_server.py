@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 from integration_support import cli, make_project
+
+from liverlesion_ops import team_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -75,9 +76,9 @@ def team(tmp_path_factory):
         pytest.skip("MLflow's basic auth needs Flask-WTF (mlflow[auth]), which is not installed")
     data = tmp_path_factory.mktemp("team-mlflow")
     env = clean_env(MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    # not an ephemeral port (bind to 0): a client's outgoing connection could take it while the server is stopped
+    # in test_a_server_gone..., and the restart would find it in use
+    port = team_server.free_port("127.0.0.1")
     server = Team(f"http://127.0.0.1:{port}", data, env)
     server.start()
     try:

@@ -33,6 +33,7 @@ import importlib.util
 import io
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -61,6 +62,10 @@ PRIVATE_DIR = 0o700
 TRAVERSE_ONLY_DIR = 0o711
 SERVER_UMASK = 0o077
 AUTH_CACHE_TTL_S = 60
+#: `--port 0` picks a free port from here up to the start of the kernel's ephemeral range (Linux's default:
+#: 32768-60999), so that nothing but a server takes it between a stop and a start
+FREE_PORTS_FROM = 20000
+EPHEMERAL_PORTS_DEFAULT = (32768, 60999)
 
 
 class ServerUsageError(ValueError):
@@ -226,6 +231,24 @@ def admin_password() -> str:
 
 
 def free_port(host: str) -> int:
+    """A free port below the kernel's ephemeral range (``ip_local_port_range``): outgoing connections, of any
+    process, take their local ports from that range, so one there can be taken the moment the server stops, and
+    a restart on the same port fails ("address in use") though nothing listens. Above that range's start only
+    where it leaves no room below."""
+    low = EPHEMERAL_PORTS_DEFAULT[0]
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    below = range(FREE_PORTS_FROM, low)
+    for port in random.sample(below, min(len(below), 64)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]

@@ -72,7 +72,9 @@ def server_start(
             "--host", help="interface to listen on (0.0.0.0: every one; put TLS in front beyond a trusted network)"
         ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="HTTP port; 0 picks a free one")] = 5000,
+    port: Annotated[
+        int, typer.Option("--port", help="HTTP port; 0 picks a free one below the kernel's ephemeral range")
+    ] = 5000,
     workers: Annotated[int, typer.Option("--workers", help="server worker processes")] = 2,
     postgres_uri: Annotated[
         str | None,
