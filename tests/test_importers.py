@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from dicom_fixtures import IDENTIFYING, write_ct_series, write_mask_series, write_seg_file
+from dicom_fixtures import IDENTIFYING, rewrite, write_ct_series, write_mask_series, write_seg_file
 from scipy import ndimage
 
 from liverlesion.contract import CASES_FILE, COHORT_FILE, LESION_TYPES_FILE, ContractError
@@ -293,7 +296,12 @@ def imported(workdir, sources, pseudonymiser):
                 given["source"], layout, types=read_types_table(given.get("types")), name_map=given.get("name_map")
             )
             out = workdir / "cohorts" / layout
-            done[layout] = (out, import_cohort(cases, out, pseudonymiser, layout, {"test": True}))
+            source_map = workdir / "maps" / f"{layout}.csv"  # the custodian's, outside the cohort
+            source_map.parent.mkdir(exist_ok=True)
+            done[layout] = (
+                out,
+                import_cohort(cases, out, pseudonymiser, layout, {"test": True}, source_map=source_map),
+            )
         return done[layout]
 
     return get
@@ -354,19 +362,29 @@ def test_a_decathlon_task_without_a_liver_label_imports_no_liver(tmp_path, phant
     assert (table["liver_mask"] == "").all() and not (out / "livers").exists()
 
 
-def test_ircadb_skips_organs_adrenal_tumours_and_resection_beds_and_says_so(imported):
+def test_ircadb_skips_organs_adrenal_tumours_and_resection_beds_and_says_so(imported, workdir):
     _, report = imported("ircadb")
+    # the notes name a structure by its position; the custodian's source map has the names
+    source_map = pd.read_csv(workdir / "maps" / "ircadb.csv", dtype=str, keep_default_na=False)
+    assert (workdir / "maps" / "ircadb.csv").stat().st_mode & 0o777 == 0o600
     for case in report.imported:
         notes = [n for n in report.notes if n.startswith(f"case {case['case_id']}:")]
+        (row,) = source_map[source_map["case_id"] == case["case_id"]].itertuples()
+        assert row.outcome == "imported" and row.source.endswith(row.source.split("/")[-1])
+        names = dict(item.split(": ", 1) for item in row.structures.split("; "))
         for structure in ("surretumor", "metastasectomie"):
-            assert any(f"structure '{structure}'" in n and "skipped" in n for n in notes), (structure, notes)
-        assert any("structure 'liver': the liver, kept as the liver mask" in n for n in notes), notes
-        assert not any("livertumor" in n or "liverkyst" in n for n in notes)
+            (number,) = [k for k, name in names.items() if name == structure]
+            at = f"structure {number} of {len(names)} "
+            assert any(at in n and "skipped" in n for n in notes), (at, notes)
+        (number,) = [k for k, name in names.items() if name == "liver"]
+        assert any(f"structure {number} of {len(names)}: the liver, kept as the liver mask" in n for n in notes)
+        assert not any(name in n for n in notes for name in set(names.values()) - {"liver"})  # no label text
 
 
 def test_crlm_keeps_the_liver_segment_as_the_liver_mask_and_says_so(imported):
     _, report = imported("crlm")
-    assert sum("segment 'Liver': the liver, kept as the liver mask" in n for n in report.notes) == SPEC.n_patients
+    assert sum(": the liver, kept as the liver mask" in n for n in report.notes) == SPEC.n_patients
+    assert not any("Liver" in n for n in report.notes)  # the segment by its position, not its label
 
 
 def test_the_importer_writes_the_contracts_folder(imported):
@@ -560,70 +578,72 @@ def _scatter(hu):
 
 
 _HU, _MASK = small_ct(1)
+#: how an import's messages name the bad case (the second of the manifest): never by its name or files
+LABEL = r"source case 2 of 2 \(P[0-9a-f]+-[0-9a-f]+\)"
 #: (id, case spec, what to do to the written files, the problem the message must state)
 BAD_INPUT = [
     (
         "truncated .nii.gz",
         {},
         lambda root: _truncate(root / "images/bad.nii.gz"),
-        r"bad\.nii\.gz: not a readable NIfTI image \(EOFError",
+        LABEL + r": not a readable NIfTI image \(EOFError",
     ),
     (
         "truncated .nii",
         {"image_file": "images/bad.nii"},
         lambda root: _truncate(root / "images/bad.nii"),
-        r"(?s)bad\.nii: not a readable NIfTI image \(OSError: .*could the file be damaged",
+        r"(?s)" + LABEL + r": not a readable NIfTI image \(OSError: .*could the file be damaged",
     ),
     (
         "empty file",
         {},
         lambda root: (root / "masks/bad.nii.gz").write_bytes(b""),
-        r"masks/bad\.nii\.gz: not a readable NIfTI image .*Empty file",
+        LABEL + r": not a readable NIfTI image .*Empty file",
     ),
     (
         "text named .nii",
         {"image_file": "images/bad.nii"},
         lambda root: (root / "images/bad.nii").write_text("patient,notes\n" + "x,not an image\n" * 40),
-        r"bad\.nii: not a readable NIfTI image .*Cannot work out file type",
+        LABEL + r": not a readable NIfTI image .*Cannot work out file type",
     ),
     (
         "2D image",
         {"image": _HU[:, :, 3], "mask": _MASK[:, :, 3]},
         None,
-        r"bad\.nii\.gz: not a 3D volume \(shape \(24, 20\)\)",
+        LABEL + r": not a 3D volume \(shape \(24, 20\)\)",
     ),
     (
         "4D image",
         {"image": np.stack([_HU] * 3, axis=-1)},
         None,
-        r"bad\.nii\.gz: not a 3D volume \(shape \(24, 20, 8, 3\)\)",
+        LABEL + r": not a 3D volume \(shape \(24, 20, 8, 3\)\)",
     ),
     (
         "mask of another shape",
         {"mask": _MASK[:, :, :7]},
         None,
-        r"case bad: mask grid \(24, 20, 7\) differs from CT grid \(24, 20, 8\)",
+        LABEL + r": mask grid \(24, 20, 7\) differs from CT grid \(24, 20, 8\)",
     ),
     (
         "mask with another affine",
         {"mask_affine": affine_from_spacing((0.8, 0.8, 2.5), (-5.0, -8.0, -10.0))},
         None,
-        r"case bad: mask grid .*affines differ",
+        LABEL + r": mask grid .*affines differ",
     ),
-    ("empty mask", {"mask": np.zeros(SMALL_SHAPE, np.uint8)}, None, r"case bad: its mask holds no lesion"),
-    ("NaN voxels", {"image": _hu(_set((slice(8, 10), 8, 3), np.nan))}, None, r"case bad: 2 voxels are NaN or infinite"),
-    ("infinite voxels", {"image": _hu(_set((12, 12, 3), -np.inf))}, None, r"case bad: 1 voxels are NaN or infinite"),
+    ("empty mask", {"mask": np.zeros(SMALL_SHAPE, np.uint8)}, None, LABEL + r": its mask holds no lesion"),
+    ("NaN voxels", {"image": _hu(_set((slice(8, 10), 8, 3), np.nan))}, None, LABEL + r": 2 voxels are NaN or infinite"),
+    ("infinite voxels", {"image": _hu(_set((12, 12, 3), -np.inf))}, None, LABEL + r": 1 voxels are NaN or infinite"),
     (
         "scattered values far below air",
         {"image": _hu(_scatter)},
         None,
-        r"case bad: 3 voxels between -5000 and -4000 HU, below anything a CT holds",
+        LABEL + r": 3 voxels between -5000 and -4000 HU, below anything a CT holds",
     ),
     (
         "MR-like image",
         {"image": np.random.default_rng(5).uniform(0, 2000, SMALL_SHAPE).astype(np.float32)},
         None,
-        r"case bad: no voxel below -500 HU .*not a CT in Hounsfield units",
+        LABEL + r": no voxel below -500 HU .*not a CT in Hounsfield units",
     ),
 ]
 
@@ -642,7 +662,7 @@ def test_bad_input_is_a_named_contract_error_and_writes_nothing(spec, damage, pr
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ContractError, match=problem) as caught:
         import_cohort(scan_source(manifest, "manifest"), tmp_path / "out", secret, "manifest")
-    assert "good" not in str(caught.value).replace("good.nii", "")
+    assert "good" not in str(caught.value) and "bad" not in str(caught.value)  # neither case's name nor files
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no out/, no .out.importing/
 
     # skip_bad: the good case is imported, the bad one listed with the same problem
@@ -662,7 +682,7 @@ def test_a_corrupt_gzip_is_a_named_contract_error(where, tmp_path, secret):
     at = int(len(data) * where)
     data[at : at + 8] = b"\xff" * 8
     path.write_bytes(bytes(data))
-    with pytest.raises(ContractError, match=r"bad\.nii\.gz: not a readable NIfTI image"):
+    with pytest.raises(ContractError, match=r"source case 1 of 1 \(P\S+\): not a readable NIfTI image"):
         import_cohort(scan_source(manifest, "manifest"), tmp_path / "out", secret, "manifest")
 
 
@@ -721,7 +741,8 @@ def test_an_unknown_lesion_type_is_refused(tmp_path, secret):
         [{"case": "c1", "lesion": 1, "type": "cyst"}, {"case": "c1", "lesion": 2, "type": "hemangioma"}]
     ).to_csv(types, index=False)
     cases = scan_source(manifest, "manifest", types=read_types_table(types))
-    with pytest.raises(ContractError, match=r"case c1, lesion 2: lesion type 'hemangioma' is not in the map"):
+    unknown = r"source case 1 of 1 \(P\S+\), lesion 2: lesion type 'hemangioma' is not in the map"
+    with pytest.raises(ContractError, match=unknown):
         import_cohort(cases, tmp_path / "out", secret, "manifest")
     assert not (tmp_path / "out").exists()
     with pytest.raises(ContractError, match=r"unknown type\(s\) \{'tumor\*': 'hcc'\}"):
@@ -767,7 +788,7 @@ def test_a_failed_append_leaves_the_cohort_as_it_was(tmp_path, secret):
     before = tree(tmp_path / "out")
     second = small_source(tmp_path / "b", {"c2": {}, "c3": {"mask": np.zeros(SMALL_SHAPE, np.uint8)}})
     around = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(ContractError, match=r"case c3: its mask holds no lesion"):
+    with pytest.raises(ContractError, match=r"source case 2 of 2 \(P\S+\): its mask holds no lesion"):
         import_cohort(scan_source(second, "manifest"), tmp_path / "out", secret, "manifest", append=True)
     assert tree(tmp_path / "out") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == around
@@ -794,7 +815,9 @@ def test_append_adds_cases_and_refuses_the_same_source_twice(tmp_path, secret):
     )
 
     before = tree(out)
-    with pytest.raises(ContractError, match=r"case c1: duplicated case: it is already in the cohort as P[0-9a-f]+-"):
+    with pytest.raises(
+        ContractError, match=r"source case 1 of 2 \(P\S+\): duplicated case: already in the cohort as P[0-9a-f]+-"
+    ):
         import_cohort(scan_source(first, "manifest"), out, secret, "manifest", append=True)
     assert tree(out) == before
     assert not list(tmp_path.glob(".*importing*"))
@@ -869,3 +892,77 @@ def test_replace_refuses_a_folder_that_is_not_a_cohort_and_swaps_a_cohort_whole(
     import_cases(again, "manifest", cohort, replace=True)
     assert len(pd.read_csv(cohort / CASES_FILE)) == 2 and not (cohort / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort", "src", "src2", "thesis"]  # nothing left aside
+
+
+# --- 7. no patient data in what an import prints ------------------------------------------------------
+
+#: what a hospital's folder names, series descriptions and structure labels can hold
+PATIENT_WORDS = ("DOE", "JOHN", "SMITH", "ANNA", "12345678", "87654321", "1960")
+
+
+def _identifying_ircadb(root: Path) -> Path:
+    """Two IRCADb-layout patients whose folder, series description and a structure name carry a name and an MRN;
+    the second one's CT has a truncated slice."""
+    hu, mask = small_ct(3)
+    for n, folder in enumerate(("DOE_JOHN_1960-01-01_MRN12345678", "SMITH_ANNA_MRN87654321")):
+        patient = root / folder
+        files = write_ct_series(patient / "PATIENT_DICOM", hu, (0.8, 0.8, 2.5), identifying=IDENTIFYING, seed=n)
+        rewrite(files, SeriesDescription=f"CT ABD {folder.replace('_', '^')}")
+        write_mask_series(patient / "MASKS_DICOM" / "liver", mask >= 0, files, seed=1)
+        write_mask_series(patient / "MASKS_DICOM" / "livertumor01", mask > 0, files, seed=2)
+        write_mask_series(patient / "MASKS_DICOM" / f"note {folder}", mask > 0, files, seed=3)
+        if n == 1:
+            _truncate(sorted((patient / "PATIENT_DICOM").iterdir())[3], 0.5)
+    return root
+
+
+def test_no_folder_description_or_label_text_reaches_a_printed_line_and_the_source_map_says_which_case(tmp_path):
+    source = _identifying_ircadb(tmp_path / "hospital export")
+    cli = str(Path(sys.executable).with_name("liverlesion"))
+    env = {**os.environ, SECRET_ENV: SECRET}
+    source_map = tmp_path / "custodian" / "map.csv"
+    source_map.parent.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [cli, "import", str(source), "--layout", "ircadb", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+
+    printed = []
+    failed = run("--out", str(tmp_path / "all-or-nothing"), "--source-map", str(source_map))  # the second is refused
+    assert failed.returncode == 2 and "source case 2 of 2 (P" in failed.stderr and "truncated" in failed.stderr
+    printed += [failed.stdout, failed.stderr]
+    refused = pd.read_csv(source_map, dtype=str, keep_default_na=False)
+    assert list(refused["outcome"]) == ["imported", "refused"] and "SMITH_ANNA" in refused["source"][1]
+    for as_json in ((), ("--json",)):
+        out = tmp_path / f"cohort{len(as_json)}"
+        done = run("--out", str(out), "--skip-bad", "--source-map", str(source_map), *as_json)
+        assert done.returncode == 0, done.stderr
+        printed += [done.stdout, done.stderr]
+    summary = json.loads(done.stdout)
+    assert summary["cases"] == 1 and len(summary["refused"]) == 1 and summary["notes"]
+    assert any("structure 3 of 3 not a liver lesion: skipped" in note for note in summary["notes"])
+    text = "\n".join(printed)
+    assert "source case 2 of 2" in text
+    leaked = [word for word in PATIENT_WORDS if word in text]
+    assert not leaked, (leaked, text)
+    for path in out.rglob("*"):  # nor into the cohort
+        assert path.is_dir() or not any(word.encode() in path.read_bytes() for word in PATIENT_WORDS), path
+
+    # the custodian's map: which source case is which, the names the messages withhold; owner-only
+    assert source_map.stat().st_mode & 0o777 == 0o600
+    mapped = pd.read_csv(source_map, dtype=str, keep_default_na=False)
+    assert list(mapped["position"]) == ["1", "2"] and list(mapped["outcome"]) == ["imported", "refused"]
+    assert mapped["case_id"][0] == summary["imported"][0]["case_id"]
+    assert "DOE_JOHN" in mapped["source"][0] and "note DOE_JOHN" in mapped["structures"][0]
+    assert mapped["problem"][1].startswith("source case 2 of 2") and mapped["structures"][1] == ""
+
+    # never inside the cohort it describes
+    inside = run("--out", str(tmp_path / "cohort2"), "--skip-bad", "--source-map", str(tmp_path / "cohort2" / "m.csv"))
+    assert inside.returncode == 2 and "inside the cohort folder" in inside.stderr
+    assert len(inside.stderr.strip().splitlines()) == 1

@@ -98,6 +98,17 @@ def test_a_second_retrain_is_refused_while_the_lock_is_held(project, first_retra
         assert busy.returncode == 3, busy.stderr
         assert f"held by pid {holder.pid}" in busy.stderr and "a long training" in busy.stderr
         assert "Traceback" not in busy.stderr
+        # nor is the cohort a run reads replaced under it (refused before the source is even looked at)
+        data_dvc = (root / "data.dvc").read_text()
+        listing = sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in (root / "data").rglob("*"))
+        for command in (
+            ["import", str(root / "no-such-source"), "--layout", "lits", "--replace"],
+            ["data", "--regenerate"],
+        ):
+            refused = cli(root, env, *command, check=False)
+            assert refused.returncode == 3 and f"held by pid {holder.pid}" in refused.stderr, (command, refused.stderr)
+        assert (root / "data.dvc").read_text() == data_dvc
+        assert sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in (root / "data").rglob("*")) == listing
     finally:
         holder.kill()
         holder.wait()

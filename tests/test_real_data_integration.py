@@ -108,7 +108,8 @@ def test_import_writes_a_versioned_deidentified_cohort(imported_and_trained):
     root, _, imported, trained = imported_and_trained
     report = json.loads(imported.stdout)
     assert report["cases"] == 12 and report["lesions"] == 36 and report["refused"] == []
-    assert any("segment 'Liver'" in note for note in report["notes"])  # anatomy skipped, and said so
+    assert any(": the liver, kept as the liver mask" in note for note in report["notes"])  # anatomy kept, said so
+    assert not any("Liver" in note for note in report["notes"])  # the segment by its position, never its label
     assert report["data_version"] == yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
     cohort = json.loads((root / "data" / "cohort.json").read_text())
     assert cohort["deidentification"]["PatientIdentityRemoved"] == "YES"

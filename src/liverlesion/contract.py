@@ -27,6 +27,10 @@ names; none keeps a list of its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 # --- codes -----------------------------------------------------------------------------------
 #: class-coded masks: voxel values
 MASK_BACKGROUND = 0
@@ -106,3 +110,28 @@ def lesion_id(case_id: str, instance: int) -> str:
 
 class ContractError(ValueError):
     """Input that breaks the data contract; the message names the case (or file) and the problem."""
+
+
+_SOURCE_LABEL: ContextVar[str | None] = ContextVar("source_label", default=None)
+
+
+@contextmanager
+def source_named_as(label: str) -> Iterator[None]:
+    """Inside, a reader's messages name what it reads as ``label`` alone: no folder or file name, series
+    description or label text (an import's: a hospital's folders and descriptions can carry a patient's name, and
+    terminals, CI logs and cron mail keep the lines)."""
+    token = _SOURCE_LABEL.set(label)
+    try:
+        yield
+    finally:
+        _SOURCE_LABEL.reset(token)
+
+
+def source_label() -> str | None:
+    """The label ``source_named_as`` set, if any."""
+    return _SOURCE_LABEL.get()
+
+
+def shown(text: str) -> str:
+    """How a message names a file, folder or case: ``text``, or the label ``source_named_as`` set."""
+    return _SOURCE_LABEL.get() or text

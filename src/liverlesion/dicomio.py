@@ -41,7 +41,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from liverlesion import __version__
-from liverlesion.contract import MAX_VOXELS, ContractError
+from liverlesion.contract import MAX_VOXELS, ContractError, shown, source_label
 from liverlesion.imaging import ImageMeta, check_hu
 
 # --- tolerances --------------------------------------------------------------------------------
@@ -125,12 +125,15 @@ def mask_uids(text: str) -> str:
 
 
 def _file_name(path: Path) -> str:
-    return mask_uids(path.name)
+    # under an import's label, no file name: a hospital's can carry a patient's name
+    return "(one of the case's files)" if source_label() else mask_uids(path.name)
 
 
 def _series_where(folder_text: str, header: Dataset) -> str:
     number = header.get("SeriesNumber", None)
     number_text = "?" if number in (None, "") else str(number)
+    if source_label():  # a description can carry a patient's name ("CT ABD DOE^JOHN")
+        return f"{folder_text} (series {number_text})"
     description = str(header.get("SeriesDescription", "") or "")
     return f"{folder_text} (series {number_text} '{description}')"
 
@@ -144,7 +147,7 @@ def _candidate_files(folder: Path) -> list[Path]:
     """The plain files directly inside ``folder``, by name (hidden AppleDouble ``._*`` included:
     they are recognised as non-DICOM by content, like any other stray file)."""
     if not folder.is_dir():
-        raise DicomSeriesError(f"{mask_uids(str(folder))}: not a folder")
+        raise DicomSeriesError(f"{shown(mask_uids(str(folder)))}: not a folder")
     return sorted(p for p in folder.iterdir() if p.is_file())
 
 
@@ -280,7 +283,7 @@ def find_series(folder: Path) -> dict[str, list[Path]]:
         DicomSeriesError: ``folder`` is not a folder, or holds a truncated or corrupt DICOM file.
     """
     folder = Path(folder)
-    groups = _scan(_candidate_files(folder), mask_uids(str(folder)))
+    groups = _scan(_candidate_files(folder), shown(mask_uids(str(folder))))
     return {uid: [path for path, _ in members] for uid, members in groups.items()}
 
 
@@ -288,13 +291,13 @@ def _one_series(path: Path | Sequence[Path], kind: str) -> tuple[str, list[tuple
     """(folder text, [(file, header)]) of the single series at ``path`` (folder or file list)."""
     if isinstance(path, (str, os.PathLike)):
         folder = Path(path)
-        folder_text = mask_uids(str(folder))
+        folder_text = shown(mask_uids(str(folder)))
         files = _candidate_files(folder)
     else:
         files = [Path(p) for p in path]
         if not files:
             raise DicomSeriesError(f"(empty file list): no readable DICOM {kind} file")
-        folder_text = mask_uids(os.path.commonpath([str(p.parent) for p in files]))
+        folder_text = shown(mask_uids(os.path.commonpath([str(p.parent) for p in files])))
     groups = _scan(files, folder_text)
     if not groups:
         raise _refuse(folder_text, f"no readable DICOM {kind} file ({len(files)} files looked at)")
@@ -307,7 +310,9 @@ def _one_series(path: Path | Sequence[Path], kind: str) -> tuple[str, list[tuple
             )
             for members in groups.values()
         )
-        names = ", ".join(f"series {n} '{d}' ({k} files)" for n, d, k in listed)
+        names = ", ".join(
+            f"series {n} ({k} files)" if source_label() else f"series {n} '{d}' ({k} files)" for n, d, k in listed
+        )
         raise _refuse(folder_text, f"mixed series: {len(groups)} series in one folder: {names}")
     return folder_text, next(iter(groups.values()))
 
@@ -680,7 +685,7 @@ def read_seg(path: Path, reference: CTSeries) -> dict[int, tuple[str, np.ndarray
     import highdicom as hd
 
     path = Path(path)
-    where = mask_uids(str(path))
+    where = shown(mask_uids(str(path)))
     try:  # its size from the header before its frames are read
         header = pydicom.dcmread(path, stop_before_pixels=True)
         frames = int(header.get("NumberOfFrames", 1) or 1) * int(header.get("Rows", 0) or 0)

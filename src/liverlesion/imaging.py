@@ -19,7 +19,15 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
-from liverlesion.contract import HU_AIR, HU_IMPOSSIBLE_ABOVE, HU_IMPOSSIBLE_BELOW, MAX_VOXELS, ContractError
+from liverlesion.contract import (
+    HU_AIR,
+    HU_IMPOSSIBLE_ABOVE,
+    HU_IMPOSSIBLE_BELOW,
+    MAX_VOXELS,
+    ContractError,
+    shown,
+    source_label,
+)
 
 #: no voxel of a CT in HU is below this, then it holds no air at all: an MR image, or CT stored
 #: without its rescale (air at 0); every abdominal CT has air around the body and in the bowel
@@ -54,8 +62,8 @@ def _check_size(path: Path, shape: tuple[int, ...]) -> None:
     voxels = int(np.prod([int(s) for s in shape], dtype=object)) if len(shape) else 0
     if voxels > MAX_VOXELS:
         raise ContractError(
-            f"{path}: its header claims {' x '.join(str(int(s)) for s in shape)} = {voxels:,} voxels, more than "
-            f"the limit of {MAX_VOXELS:,} (contract.MAX_VOXELS); nothing was read"
+            f"{shown(str(path))}: its header claims {' x '.join(str(int(s)) for s in shape)} = {voxels:,} voxels, "
+            f"more than the limit of {MAX_VOXELS:,} (contract.MAX_VOXELS); nothing was read"
         )
 
 
@@ -98,8 +106,8 @@ def _read_image(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
             raw += chunk
             if len(raw) > limit:
                 raise ContractError(
-                    f"{path}: inflates to more than the {expected:,} bytes its header describes (a decompression "
-                    "bomb or a damaged file); nothing was loaded"
+                    f"{shown(str(path))}: inflates to more than the {expected:,} bytes its header describes (a "
+                    "decompression bomb or a damaged file); nothing was loaded"
                 )
     return (nib.Nifti1Image if isinstance(header, nib.Nifti1Header) else nib.Nifti2Image).from_bytes(raw)
 
@@ -122,7 +130,7 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
         if len(shape) == 4 and shape[3] == 1:
             img = img.slicer[..., 0]
         if len(img.shape) != 3 or min(img.shape) < 2:
-            raise ContractError(f"{path}: not a 3D volume (shape {shape}); a CT and its mask are 3D")
+            raise ContractError(f"{shown(str(path))}: not a 3D volume (shape {shape}); a CT and its mask are 3D")
         orientation = "".join(nib.aff2axcodes(img.affine))
         canonical = nib.as_closest_canonical(img)
         if dtype is None:
@@ -132,9 +140,12 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
     except ContractError:
         raise
     except FileNotFoundError:
-        raise ContractError(f"{path}: no such file") from None
+        raise ContractError(f"{shown(str(path))}: no such file") from None
     except (OSError, EOFError, ValueError, ImageFileError, WrapStructError, HeaderDataError, zlib.error) as err:
-        raise ContractError(f"{path}: not a readable NIfTI image ({type(err).__name__}: {err})") from None
+        detail = f"{type(err).__name__}: {err}"
+        if source_label():  # nibabel's text names the file
+            detail = detail.replace(str(path), "<file>").replace(Path(path).name, "<file>")
+        raise ContractError(f"{shown(str(path))}: not a readable NIfTI image ({detail})") from None
     zooms = canonical.header.get_zooms()[:3]
     meta = ImageMeta(
         spacing=tuple(float(z) for z in zooms),

@@ -31,8 +31,11 @@ imported without a type (usable at inference, left out of training, and counted)
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import io
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +57,9 @@ from liverlesion.contract import (
     MASK_ENCODINGS,
     MASKS_DIR,
     ContractError,
+    shown,
+    source_label,
+    source_named_as,
 )
 from liverlesion.deid import Pseudonymiser, deidentification_record
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti
@@ -112,8 +118,9 @@ class CaseData:
     instances: np.ndarray  # int32, 0 background, k = lesion k
     types: dict[int, str]  # lesion number -> contract type; lesions without one have no type
     padding_voxels: int = 0  # scanner padding outside the field of view, set to air by ``check_hu``
-    notes: list[str] = field(default_factory=list)  # e.g. structures skipped, by name
+    notes: list[str] = field(default_factory=list)  # e.g. structures skipped (by position under an import's label)
     liver: np.ndarray | None = None  # bool, the source's own liver mask where it has one
+    structures: list[str] = field(default_factory=list)  # the source's structure / segment names, in order
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ class SourceCase:
 
     patient: str
     case: str
-    where: str  # names the case in messages (the source path)
+    where: str  # the case in the source (its path): the source map's, never a message's on import
     read: Callable[[], CaseData]
 
 
@@ -308,11 +315,12 @@ def _nifti_source(
     liver_path = contained_path(root, liver_mask, f"{where}, liver mask") if liver_mask else None
 
     def read() -> CaseData:
+        named = shown(where)
         return _nifti_case(
             image_path,
             mask_path,
-            where,
-            lambda array: instance_map(array, where, encoding),
+            named,
+            lambda array: instance_map(array, named, encoding),
             types,
             default_type,
             liver_file=liver_path,
@@ -362,11 +370,12 @@ def _tumour_reader(
     """A label volume's tumour components as lesions; its liver label and the tumours in it as the liver."""
 
     def read() -> CaseData:
+        named = shown(where)
         return _nifti_case(
             image,
             label,
-            where,
-            lambda a: _components_as_instances(np.asarray(a) == tumour, where),
+            named,
+            lambda a: _components_as_instances(np.asarray(a) == tumour, named),
             given,
             default_type,
             liver_of=None if liver is None else (lambda a: np.isin(np.asarray(a), (liver, tumour))),
@@ -469,7 +478,8 @@ def stack_lesions(
     types: dict[int, str] = {}
     owner: dict[int, str] = {}
     number = 0
-    for name, mask, kind in masks:
+    for position, (name, mask, kind) in enumerate(masks, start=1):
+        name = f"number {position}" if source_label() else repr(name)  # label texts withheld under a label
         parts = [mask]
         if components:
             numbered, found = _components_as_instances(mask, where)
@@ -478,8 +488,7 @@ def stack_lesions(
             clash = np.unique(instances[part & (instances > 0)])
             if clash.size:
                 raise ContractError(
-                    f"{where}: lesion structure {name!r} overlaps {owner[int(clash[0])]!r}; "
-                    "a voxel belongs to one lesion"
+                    f"{where}: lesion structure {name} overlaps {owner[int(clash[0])]}; a voxel belongs to one lesion"
                 )
             number += 1
             instances[part] = number
@@ -493,13 +502,16 @@ def _named_lesions(
 ) -> tuple[list[tuple[str, np.ndarray, str]], list[str]]:
     """The masks whose names the map types as lesions, (name, mask, type); the others listed, not read."""
     kept, notes = [], []
-    for name, load in named:
+    for position, (name, load) in enumerate(named, start=1):
         kind = match_name(name, name_map)
+        # under an import's label, a structure by its position (the source map has its name): label texts are
+        # free text, which can carry a patient's name
+        called = f"{what} {position} of {len(named)}" if source_label() else f"{what} {name!r}"
         if is_liver(name) and kind in (None, IGNORE):
-            notes.append(f"{what} {name!r}: the liver, kept as the liver mask (not a lesion)")
+            notes.append(f"{called}: the liver, kept as the liver mask (not a lesion)")
             continue
         if kind is None or kind == IGNORE:
-            notes.append(f"{what} {name!r} {'ignored by the name map' if kind else unmatched}")
+            notes.append(f"{called} {'ignored by the name map' if kind else unmatched}")
             continue
         mask = load()
         if mask.any():
@@ -521,10 +533,11 @@ def _dicom_seg_reader(
             "segment",
             "not in the name map: skipped",
         )
-        instances, types = stack_lesions(series.hu.shape, kept, where, components=False)
+        instances, types = stack_lesions(series.hu.shape, kept, shown(where), components=False)
         livers = [mask for label, mask in segments.values() if is_liver(label)]
         liver = np.logical_or.reduce(livers) if livers else None
-        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver)
+        names = [label for _, (label, _) in sorted(segments.items())]
+        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver, names)
 
     return read
 
@@ -553,7 +566,7 @@ def scan_dicom_seg(folder: Path, name_map: dict[str, str] | None = None) -> list
         targets = [r for r in referenced if r in series and getattr(headers[r], "Modality", "") == "CT"]
         where = f"{mask_uids(str(files[0].parent))} (segmentation series {getattr(header, 'SeriesNumber', '?')})"
         if not targets:
-            raise ContractError(f"{where}: the CT series this DICOM-SEG references is not under {folder}")
+            raise ContractError(f"{shown(where)}: the CT series this DICOM-SEG references is not under {folder}")
         ct = headers[targets[0]]
         patient = str(getattr(ct, "PatientID", "") or getattr(ct, "PatientName", ""))
         for seg_file in files:
@@ -576,7 +589,7 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
     def read() -> CaseData:
         from liverlesion.dicomio import read_ct_series, read_mask_series
 
-        where = str(patient_dir)
+        where = shown(str(patient_dir))
         series = read_ct_series(patient_dir / "PATIENT_DICOM")
         masks_dir = patient_dir / "MASKS_DICOM"
         structures = sorted(p for p in masks_dir.iterdir() if p.is_dir()) if masks_dir.is_dir() else []
@@ -589,7 +602,8 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
         instances, types = stack_lesions(series.hu.shape, kept, where, components=True)
         livers = [read_mask_series(s, series) for s in structures if is_liver(s.name)]
         liver = np.logical_or.reduce(livers) if livers else None
-        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver)
+        names = [s.name for s in structures]
+        return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver, names)
 
     return read
 
@@ -665,6 +679,7 @@ def import_cohort(
     append: bool = False,
     skip_bad: bool = False,
     progress: Progress = None,
+    source_map: Path | None = None,
 ) -> ImportReport:
     """Read every source case, check it and write the cohort folder, all or nothing.
 
@@ -672,9 +687,15 @@ def import_cohort(
     has been read (or, with ``skip_bad``, the bad ones set aside and listed): a failed import leaves
     ``out`` as it was.
 
+    Every message, note and refusal names a case as ``source case <position> of <n> (<case id>)``: never its
+    folder, file names, series description or structure names, which can carry a patient's name (the readers
+    run under ``contract.source_named_as``). Which source case that is, and the names, are in ``source_map``.
+
     Args:
         append: add to the cohort already in ``out`` (its cases stay; a case already there is refused).
         skip_bad: import the good cases and list the refused ones, instead of importing nothing.
+        source_map: where to write the custodian's map (``write_source_map``), also when the import fails; a
+            file the caller keeps outside the cohort.
 
     Raises:
         ContractError: ``out`` is not empty (and not ``append``), a case breaks the contract
@@ -708,27 +729,36 @@ def import_cohort(
     for sub in (IMAGES_DIR, MASKS_DIR, LIVERS_DIR):
         (staging / sub).mkdir(parents=True)
     rows, type_rows, refused, notes, imported = [], [], [], [], []
+    mapped = [
+        {"position": i, "source": source.where, "case_id": "", "patient_key": "", "outcome": "not reached"}
+        for i, source in enumerate(cases, start=1)
+    ]
     taken = set(old_cases["case_id"])
     try:
         for i, source in enumerate(cases, start=1):
+            entry = mapped[i - 1]
+            patient_key = pseudonymiser.patient_key(source.patient)
+            case_id = pseudonymiser.case_id(patient_key, source.case)
+            entry.update(case_id=case_id, patient_key=patient_key)
+            label = f"source case {i} of {len(cases)} ({case_id})"
             try:
-                patient_key = pseudonymiser.patient_key(source.patient)
-                case_id = pseudonymiser.case_id(patient_key, source.case)
                 if case_id in taken:
-                    raise ContractError(f"{source.where}: duplicated case: it is already in the cohort as {case_id}")
-                data = source.read()
+                    raise ContractError(f"{label}: duplicated case: already in the cohort as {case_id}")
+                with source_named_as(label):
+                    data = source.read()
+                entry["structures"] = "; ".join(f"{k}: {name}" for k, name in enumerate(data.structures, start=1))
                 if data.instances.shape != data.hu.shape:
-                    raise ContractError(
-                        f"{source.where}: mask shape {data.instances.shape} differs from CT {data.hu.shape}"
-                    )
+                    raise ContractError(f"{label}: mask shape {data.instances.shape} differs from CT {data.hu.shape}")
                 lesions = sorted(int(k) for k in np.unique(data.instances) if k)
                 if not lesions:
-                    raise ContractError(f"{source.where}: its mask holds no lesion")
+                    raise ContractError(f"{label}: its mask holds no lesion")
             except ContractError as err:
+                entry.update(outcome="refused", problem=str(err))
                 if not skip_bad:
                     raise
                 refused.append(str(err))
                 continue
+            entry["outcome"] = "imported"
             image, mask = f"{IMAGES_DIR}/{case_id}.nii.gz", f"{MASKS_DIR}/{case_id}.nii.gz"
             save_nifti(np.round(data.hu).astype(np.int16), data.meta.affine, staging / image)
             save_nifti(
@@ -813,4 +843,27 @@ def import_cohort(
             (staging / name).replace(out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if source_map is not None:
+            write_source_map(source_map, mapped)
     return ImportReport(out, layout, imported, refused, notes)
+
+
+SOURCE_MAP_COLUMNS = ("position", "case_id", "patient_key", "outcome", "source", "structures", "problem")
+
+
+def write_source_map(path: Path, rows: Sequence[dict]) -> None:
+    """The custodian's map from each source case (its position, as messages name it) to its pseudonyms, its
+    outcome, its place in the source and its structure names: identifying, so owner-only (0600), written whole
+    (a temporary file renamed), never into the cohort."""
+    path = Path(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SOURCE_MAP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({column: row.get(column, "") for column in SOURCE_MAP_COLUMNS})
+    temporary = path.with_name(f".{path.name}.writing")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text.getvalue())
+    temporary.replace(path)

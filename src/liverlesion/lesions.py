@@ -24,6 +24,7 @@ from liverlesion.contract import (
     MASK_TO_LABEL,
     MAX_LESIONS_PER_CASE,
     ContractError,
+    shown,
 )
 from liverlesion.crops import LesionCrop, cut_crops
 
@@ -32,9 +33,14 @@ _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 MAX_INSTANCE_NUMBER = 65535
 
 
+def _named(case_id: str) -> str:
+    """How a message names the case: ``case <id>``, or an import's label (``contract.source_named_as``)."""
+    return shown(f"case {case_id}")
+
+
 def _too_many(case_id: str, count: int) -> ContractError:
     return ContractError(
-        f"case {case_id}: the mask holds {count:,} lesions, more than the limit of {MAX_LESIONS_PER_CASE} per case "
+        f"{_named(case_id)}: the mask holds {count:,} lesions, more than the limit of {MAX_LESIONS_PER_CASE} per case "
         "(contract.MAX_LESIONS_PER_CASE): a noisy or wrongly thresholded mask; nothing was cut"
     )
 
@@ -64,21 +70,23 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
         ContractError: an unknown encoding, or a class-coded mask with an unknown code, naming the case.
     """
     if encoding not in MASK_ENCODINGS:
-        raise ContractError(f"case {case_id}: unknown mask encoding {encoding!r}; one of {list(MASK_ENCODINGS)}")
+        raise ContractError(f"{_named(case_id)}: unknown mask encoding {encoding!r}; one of {list(MASK_ENCODINGS)}")
     if encoding == "instance":
         if np.issubdtype(mask.dtype, np.floating) and not np.array_equal(mask, np.round(mask)):
-            raise ContractError(f"case {case_id}: an instance mask holds whole numbers, found fractions")
+            raise ContractError(f"{_named(case_id)}: an instance mask holds whole numbers, found fractions")
         instances = np.asarray(mask).astype(np.int32)
         if instances.min() < 0:
-            raise ContractError(f"case {case_id}: an instance mask holds no negative values, found {instances.min()}")
+            raise ContractError(
+                f"{_named(case_id)}: an instance mask holds no negative values, found {instances.min()}"
+            )
         # find_objects makes a slot per number up to the largest: count the lesions before numbering them
         count = len(np.unique(instances)) - int((instances == 0).any())
         if count > MAX_LESIONS_PER_CASE:
             raise _too_many(case_id, count)
         if instances.max() > MAX_INSTANCE_NUMBER:
             raise ContractError(
-                f"case {case_id}: an instance mask numbers its lesions up to {int(instances.max()):,}; numbers above "
-                f"{MAX_INSTANCE_NUMBER} are refused (renumber the lesions 1..N)"
+                f"{_named(case_id)}: an instance mask numbers its lesions up to {int(instances.max()):,}; numbers "
+                f"above {MAX_INSTANCE_NUMBER} are refused (renumber the lesions 1..N)"
             )
         boxes = ndimage.find_objects(instances)
         described = [
@@ -92,7 +100,7 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
         unknown = codes - set(MASK_TO_LABEL)
         if unknown:
             raise ContractError(
-                f"case {case_id}: mask has unknown class codes {sorted(unknown)}; "
+                f"{_named(case_id)}: mask has unknown class codes {sorted(unknown)}; "
                 f"expected {sorted(MASK_TO_LABEL)} (1 cyst, 2 metastasis) and 0 for background"
             )
         found = [c for code in sorted(codes) for c in _components(mask == code, MASK_TO_LABEL[code], case_id)]
@@ -119,7 +127,7 @@ def lesion_labels(described: list[dict], types: Mapping[int, str] | None, case_i
     stray = sorted(set(types) - present)
     if stray:
         raise ContractError(
-            f"case {case_id}: lesion type(s) given for lesion(s) {stray}, which its mask does not hold "
+            f"{_named(case_id)}: lesion type(s) given for lesion(s) {stray}, which its mask does not hold "
             f"(it holds {sorted(present)})"
         )
     labels = {}
@@ -129,12 +137,12 @@ def lesion_labels(described: list[dict], types: Mapping[int, str] | None, case_i
             name = str(types[d["instance"]]).strip().lower()
             if name not in LESION_TYPES:
                 raise ContractError(
-                    f"case {case_id}, lesion {d['instance']}: lesion type {types[d['instance']]!r} is not "
+                    f"{_named(case_id)}, lesion {d['instance']}: lesion type {types[d['instance']]!r} is not "
                     f"in the map; known types: {sorted(LESION_TYPES)}"
                 )
             if label is not None and LESION_TYPES[name] != label:
                 raise ContractError(
-                    f"case {case_id}, lesion {d['instance']}: the type table says {name}, "
+                    f"{_named(case_id)}, lesion {d['instance']}: the type table says {name}, "
                     f"the class-coded mask says {LABEL_NAMES[label]}"
                 )
             label = LESION_TYPES[name]
@@ -217,7 +225,7 @@ def lesion_instances(
         ContractError: shapes differ, an unknown class code or lesion type, naming the case.
     """
     if mask.shape != image.shape:
-        raise ContractError(f"case {case_id}: mask shape {mask.shape} differs from image shape {image.shape}")
+        raise ContractError(f"{_named(case_id)}: mask shape {mask.shape} differs from image shape {image.shape}")
     instances, described = instance_map(mask, case_id, encoding)
     labels = lesion_labels(described, types, case_id)
     return lesion_rows(instances, described, image, spacing, case_id, patient_key, labels)

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from liverlesion.contract import ContractError
+from liverlesion.contract import ContractError, source_named_as
 from liverlesion.progress import Progress
 
 
@@ -38,7 +38,37 @@ def _swap(new: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def import_cases(
+def _check_source_map(path: Path, out: Path, project_root: Path | None) -> None:
+    """The source map identifies patients: never inside the cohort (nor, for ``data/``, the project, whose files
+    reach DVC, git, ZenML and MLflow)."""
+    where = path.resolve()
+    for folder, what in ((out, "the cohort folder"), (project_root, "the project")):
+        if folder is not None and where.is_relative_to(folder.resolve()):
+            raise ImportTargetError(
+                f"--source-map {path} is inside {what} ({folder}): the map identifies patients; keep it where "
+                "only the data's custodian reads it"
+            )
+    if not where.parent.is_dir():
+        raise ImportTargetError(f"--source-map {path}: its folder does not exist")
+
+
+def import_cases(source: Path, layout: str, out: Path | None, **options: Any) -> dict[str, Any]:
+    """``_import_cases`` (below), under the project's training lock when it writes the project's ``data/``: an import
+    there never replaces, or adds to, a cohort that a run (``run``, ``retrain``, the nightly schedule) is reading,
+    and fails at once, naming that run, while one is.
+
+    Raises:
+        LockHeld: a training run of this project holds the lock.
+    """
+    if out is not None:
+        return _import_cases(source, layout, out, **options)
+    from liverlesion_ops.runs import training_lock
+
+    with training_lock(f"liverlesion import --layout {layout}"):
+        return _import_cases(source, layout, out, **options)
+
+
+def _import_cases(
     source: Path,
     layout: str,
     out: Path | None,
@@ -50,11 +80,14 @@ def import_cases(
     replace: bool = False,
     skip_bad: bool = False,
     progress: Progress = None,
+    source_map: Path | None = None,
 ) -> dict[str, Any]:
     """Convert ``source`` into the cohort folder ``out`` (None: the project's ``data/``, versioned with DVC).
 
     ``replace`` writes the new cohort beside the old one and swaps them only when the import succeeded;
-    ``append`` adds the cases to the cohort there. Needs ``LIVERLESION_PSEUDONYM_SECRET``.
+    ``append`` adds the cases to the cohort there. Needs ``LIVERLESION_PSEUDONYM_SECRET``. Messages name a case by
+    its position in the source and its pseudonym; ``source_map`` (outside the cohort and, for ``data/``, the
+    project) gets which source case that is (``importers.write_source_map``).
 
     Returns:
         The import report (``importers.ImportReport.to_dict``), with ``data_version`` when imported into ``data/``.
@@ -71,6 +104,8 @@ def import_cases(
     out = project.data_dir() if into_project else out
     if append and replace:
         raise ImportTargetError("--append and --replace exclude each other")
+    if source_map is not None:
+        _check_source_map(source_map, out, project.project_root() if into_project else None)
     target = out
     if replace:
         from liverlesion.contract import CASES_FILE, COHORT_FILE
@@ -96,11 +131,20 @@ def import_cases(
     }
     try:
         pseudonymiser = pseudonymiser_from_env()
-        cases = scan_source(
-            source, layout, types=read_types_table(types), default_type=default_type, name_map=name_map, root=root
-        )
+        with source_named_as(f"a folder under {source}"):  # a folder under it can be named after the patient
+            cases = scan_source(
+                source, layout, types=read_types_table(types), default_type=default_type, name_map=name_map, root=root
+            )
         report = import_cohort(
-            cases, target, pseudonymiser, layout, settings, append=append, skip_bad=skip_bad, progress=progress
+            cases,
+            target,
+            pseudonymiser,
+            layout,
+            settings,
+            append=append,
+            skip_bad=skip_bad,
+            progress=progress,
+            source_map=source_map,
         )
     except ContractError:
         if replace and target.exists():

@@ -48,7 +48,8 @@ def data(
 
     setup(tracking=False)
     config = load_profile(profile, overrides, keras_backend=False)
-    with json_output(as_json):
+    # restoring or replacing data/ under a run that reads it would break the run and its recorded lineage
+    with json_output(as_json), runs.training_lock(f"liverlesion data --profile {config.name}"):
         version = runs.cohort(config, regenerate=regenerate)
     if as_json:
         print_json({"version": version.hash, "source": version.source, "path": str(version.path)})
@@ -103,6 +104,14 @@ def import_(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="import the good cases and list the refused ones, instead of none")
     ] = False,
+    source_map: Annotated[
+        Path | None,
+        typer.Option(
+            "--source-map",
+            help="write which source case each message's 'source case N' is (its folder, pseudonyms, structure "
+            "names) to this CSV, owner-only; outside the cohort and the project",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Convert real CT (DICOM, DICOM-SEG, NIfTI; public dataset layouts) into a de-identified cohort folder.
@@ -131,6 +140,7 @@ def import_(
             replace=replace,
             skip_bad=skip_bad,
             progress=progress_printer("import"),
+            source_map=source_map,
         )
     if as_json:
         print_json(summary)
