@@ -318,6 +318,23 @@ def _one_series(path: Path | Sequence[Path], kind: str) -> tuple[str, list[tuple
 
 
 # --- geometry ----------------------------------------------------------------------------------
+def _number(header: Dataset, keyword: str, default, kind, where: str):
+    """One number of a header (``default`` when absent or empty), or a one-line refusal: several values, text or
+    a number that is not finite where one number is expected."""
+    value = header.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            raise TypeError("several values")
+        number = kind(float(value)) if kind is int else kind(value)
+        if not np.isfinite(number):
+            raise ValueError("not finite")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _refuse(where, f"{keyword} is not one finite number ({str(value)[:40]!r})") from exc
+    return number
+
+
 def _floats(header: Dataset, keyword: str, count: int, where: str, path: Path) -> np.ndarray:
     value = header.get(keyword, None)
     try:
@@ -326,6 +343,8 @@ def _floats(header: Dataset, keyword: str, count: int, where: str, path: Path) -
         raise _refuse(where, f"{keyword} missing or unreadable in {_file_name(path)}") from exc
     if array.shape != (count,):
         raise _refuse(where, f"{keyword} has {array.size} values in {_file_name(path)}, expected {count}")
+    if not np.isfinite(array).all():
+        raise _refuse(where, f"{keyword} holds a value that is not a finite number in {_file_name(path)}")
     return array
 
 
@@ -359,11 +378,11 @@ def _step_tolerance(step: float) -> float:
 def _check_stack(members: list[tuple[Path, Dataset]], where: str) -> _Stack:
     """Check that the slices form one regular, orthogonal 3D grid, and sort them on it."""
     first_path, first = members[0]
-    rows, columns = int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)
+    rows, columns = _number(first, "Rows", 0, int, where), _number(first, "Columns", 0, int, where)
     iop = _floats(first, "ImageOrientationPatient", 6, where, first_path)
     spacing = _floats(first, "PixelSpacing", 2, where, first_path)
     for path, header in members:
-        if (int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)) != (rows, columns):
+        if (_number(header, "Rows", 0, int, where), _number(header, "Columns", 0, int, where)) != (rows, columns):
             raise _refuse(
                 where,
                 f"slices disagree on size: {header.get('Rows')}x{header.get('Columns')} in "
@@ -411,7 +430,7 @@ def _check_stack(members: list[tuple[Path, Dataset]], where: str) -> _Stack:
     # gantry tilt: every origin must lie on the line through the first along the normal
     offsets = positions - positions[0]
     in_plane = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
-    tilt = float(first.get("GantryDetectorTilt", 0) or 0)
+    tilt = _number(first, "GantryDetectorTilt", 0.0, float, where)
     if abs(tilt) > GANTRY_TILT_TOLERANCE_DEG:
         raise _refuse(where, f"gantry tilt of {tilt:g} degrees: slices are not orthogonal to the stack; resample first")
     if np.max(in_plane) > tolerance:
@@ -468,9 +487,9 @@ def _check_ct_headers(members: list[tuple[Path, Dataset]], where: str) -> None:
             raise _refuse(where, "a localiser (scout) image, not a 3D volume")
         if str(header.get("BurnedInAnnotation", "") or "").upper() == "YES":
             raise _refuse(where, f"BurnedInAnnotation is YES in {_file_name(path)}: the pixels carry identifying text")
-        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        if _number(header, "NumberOfFrames", 1, int, where) > 1:
             raise _refuse(where, "a multi-frame (enhanced) image: only one-slice-per-file series are read")
-        if int(header.get("SamplesPerPixel", 1) or 1) != 1:
+        if _number(header, "SamplesPerPixel", 1, int, where) != 1:
             raise _refuse(where, f"{header.get('SamplesPerPixel')} samples per pixel: not a CT image")
     if len(members) < 2:
         raise _refuse(where, f"not a 3D volume: a single slice ({len(members)} image)")
@@ -535,8 +554,8 @@ def read_ct_series(path: Path | Sequence[Path]) -> CTSeries:
         dataset, stored = _read_pixels(file_path, where)
         if stored.shape != (stack.rows, stack.columns):
             raise _refuse(where, f"pixel data of {_file_name(file_path)} has shape {stored.shape}")
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+        slope = _number(dataset, "RescaleSlope", 1.0, float, where)
+        intercept = _number(dataset, "RescaleIntercept", 0.0, float, where)
         volume[:, :, k] = (stored.astype(np.float64) * slope + intercept).T
         padding[:, :, k] = _padding_mask(dataset, stored).T
         headers.append(dataset)
@@ -624,7 +643,7 @@ def read_mask_series(path: Path, reference: CTSeries) -> np.ndarray:
     volume = np.zeros((columns, rows, len(source_headers)), dtype=bool)
     seen = np.zeros(len(source_headers), dtype=bool)
     for file_path, header in members:
-        if (int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)) != (rows, columns):
+        if (_number(header, "Rows", 0, int, where), _number(header, "Columns", 0, int, where)) != (rows, columns):
             raise _refuse(
                 where,
                 f"mask geometry differs from the CT {reference.description}: slice size "

@@ -89,6 +89,7 @@ def _read_image(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     if not path.name.endswith(".gz"):
         image = nib.load(str(path))
         _check_size(path, image.shape)
+        _check_length(path, image.header, path.stat().st_size)
         return image
     if path.stat().st_size == 0:
         raise ImageFileError(f"Empty file: '{path}'")  # as nibabel says it for a .nii
@@ -96,11 +97,7 @@ def _read_image(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
         raw = bytearray(stream.read(_NIFTI2_HEADER_SIZE))  # a NIfTI-1 header and its extension flag fit too
         header = _header_of(bytes(raw))
         _check_size(path, header.get_data_shape())
-        # the voxels the header describes, after its offset (which covers any extension)
-        expected = (
-            int(header.get_data_offset())
-            + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
-        )
+        expected = _described_bytes(path, header)
         limit = max(expected, len(raw)) + _CHUNK  # room for extensions a header does not count
         while chunk := stream.read(_CHUNK):
             raw += chunk
@@ -109,7 +106,37 @@ def _read_image(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
                     f"{shown(str(path))}: inflates to more than the {expected:,} bytes its header describes (a "
                     "decompression bomb or a damaged file); nothing was loaded"
                 )
-    return (nib.Nifti1Image if isinstance(header, nib.Nifti1Header) else nib.Nifti2Image).from_bytes(raw)
+    _check_length(path, header, len(raw))
+    # the image class of the header that was checked (a Nifti2Header is a Nifti1Header too: ask for it first)
+    return (nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image).from_bytes(raw)
+
+
+def _data_dtype(path: Path, header) -> np.dtype:
+    """The voxels' stored type, or a refusal naming an unknown NIfTI data type code."""
+    try:
+        return header.get_data_dtype()
+    except KeyError:
+        raise ContractError(
+            f"{shown(str(path))}: unknown NIfTI data type code {int(header['datatype'])}; not a readable image"
+        ) from None
+
+
+def _described_bytes(path: Path, header) -> int:
+    """The bytes a file must hold for its header: the voxels it describes, after its offset (which covers any
+    extension)."""
+    voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
+    return int(header.get_data_offset()) + voxels * _data_dtype(path, header).itemsize
+
+
+def _check_length(path: Path, header, length: int) -> None:
+    """Refuse a file shorter than the voxels its header describes before they are read: nibabel would allocate
+    the array the header claims, then find the bytes missing."""
+    expected = _described_bytes(path, header)
+    if length < expected:
+        raise ContractError(
+            f"{shown(str(path))}: holds {length:,} bytes, fewer than the {expected:,} its header describes (a "
+            "truncated or damaged file); nothing was loaded"
+        )
 
 
 def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, ImageMeta]:
@@ -127,10 +154,17 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
     try:
         img = _read_image(path)
         shape = img.shape
-        if len(shape) == 4 and shape[3] == 1:
+        if len(shape) == 4 and shape[3] == 1 and min(shape[:3]) >= 2:  # nibabel cannot slice an empty axis
             img = img.slicer[..., 0]
         if len(img.shape) != 3 or min(img.shape) < 2:
             raise ContractError(f"{shown(str(path))}: not a 3D volume (shape {shape}); a CT and its mask are 3D")
+        _check_geometry(img, path)
+        stored = _data_dtype(path, img.header)
+        if stored.kind not in "iuf" or stored.fields is not None:
+            raise ContractError(
+                f"{shown(str(path))}: voxels of type {stored.name}; a CT and its mask hold real numbers (integers or "
+                "floats), not complex or RGB values"
+            )
         orientation = "".join(nib.aff2axcodes(img.affine))
         canonical = nib.as_closest_canonical(img)
         if dtype is None:
@@ -142,7 +176,7 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
     except FileNotFoundError:
         raise ContractError(f"{shown(str(path))}: no such file") from None
     except (OSError, EOFError, ValueError, ImageFileError, WrapStructError, HeaderDataError, zlib.error) as err:
-        detail = f"{type(err).__name__}: {err}"
+        detail = f"{type(err).__name__}: {' '.join(str(err).split())}"  # one line
         if source_label():  # nibabel's text names the file
             detail = detail.replace(str(path), "<file>").replace(Path(path).name, "<file>")
         raise ContractError(f"{shown(str(path))}: not a readable NIfTI image ({detail})") from None
@@ -155,6 +189,22 @@ def load_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> tuple[
         source_affine=img.affine.copy(),
     )
     return np.asarray(array), meta
+
+
+def _check_geometry(img, path: Path) -> None:
+    """A voxel-to-world transform that places a 3D volume: finite, of full rank, with positive finite spacing (a
+    header of zeros or NaN would otherwise fail deep in the reorientation, or give a volume without geometry)."""
+    affine = np.asarray(img.affine, dtype=float)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    if not np.isfinite(affine).all() or not np.isfinite(zooms).all() or (zooms <= 0).any():
+        problem = "non-finite values in its affine or voxel spacing"
+    elif np.linalg.matrix_rank(affine[:3, :3], tol=1e-6 * max(float(np.abs(affine[:3, :3]).max()), 1e-30)) < 3:
+        problem = "its affine does not span three dimensions"
+    else:
+        return
+    raise ContractError(
+        f"{shown(str(path))}: no valid geometry ({problem}); a CT and its mask must say where their voxels lie"
+    )
 
 
 def to_source_orientation(array: np.ndarray, meta: ImageMeta) -> tuple[np.ndarray, np.ndarray]:
