@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +31,7 @@ from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases,
 from liverlesion.phantom import generate_cohort
 from liverlesion.predict import LesionPredictor
 from liverlesion.promotion import GateRules, gate_scores
-from liverlesion_ops.registry import decisions, manual, registration
+from liverlesion_ops.registry import decisions, locks, manual, registration
 from liverlesion_ops.registry import store as registry_store
 from liverlesion_ops.registry.gate import GateSet, cohort_gate_set, register_and_gate
 from liverlesion_ops.registry.store import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistryError
@@ -492,3 +494,52 @@ def test_an_interrupted_decision_is_completed_by_the_next_decider(store, monkeyp
     keyed = store.client.search_runs([store.experiment_id], f"tags.decision_id = '{pending['id']}'")
     assert len(keyed) == 1 and keyed[0].data.tags["job"] == "promote"
     assert len(decision_runs(store, "promote")) == 2
+
+
+# --- the store lock: what a reader, a fast clock or a shared host name can no longer do -----------------------
+
+
+def _plant_lock(store: Store, **tags: str) -> None:
+    """A store lock as another decider (or a reader) would leave it."""
+    store.client.create_registered_model(NAME + locks.SERVER_LOCK_SUFFIX, tags={"token": "theirs", **tags})
+
+
+def test_a_lock_claiming_a_far_future_start_is_broken_once_the_servers_lease_runs_out(store, monkeypatch):
+    register_only(store, model_a())
+    # as a reader did: since_epoch far in the future, owned by a process on another machine
+    _plant_lock(store, owner="elsewhere/0123456789ab:4242:1", since_epoch="99999999999", user="mallory")
+    held = locks.store_lock_tags(store.client, NAME + locks.SERVER_LOCK_SUFFIX)
+    created = float(held[locks.CREATED_MS]) / 1000
+    assert abs(created - time.time()) < 60  # the tracking server's own creation time, not the tag's
+    assert locks._abandoned(held) is None  # within the lease: it may be alive
+    monkeypatch.setattr(locks.time, "time", lambda: created + locks.SERVER_LOCK_LEASE_S + 1)
+    assert "more than 30 minutes" in locks._abandoned(held)
+    monkeypatch.undo()
+    # a start the server put far after this clock's now (a clock gone wrong) is no lease either
+    monkeypatch.setattr(locks.time, "time", lambda: created - locks.SERVER_LOCK_LEASE_S - 1)
+    assert locks._abandoned(held) is not None
+
+
+def test_a_process_of_another_pid_namespace_with_the_same_host_name_is_not_taken_for_dead():
+    host, key = locks.machine().split("/")
+    assert host == socket.gethostname() and len(key) == 12
+    # the pid is free here, but the owner ran in another container that shares this host name
+    assert locks.process_gone(f"{host}/ffffffffffff:999999:1") is None
+    assert locks.process_gone(f"{locks.machine()}:999999:1") is True  # here, that process has ended
+    assert locks.process_gone(locks.process_id()) is False
+
+
+def test_a_decider_whose_lock_was_broken_writes_nothing(store):
+    register_only(store, model_a())
+    manual.promote(NAME, "1", "the first one", EXPERIMENT)
+    before = dict(store.client.get_registered_model(NAME).tags)
+    with decisions.registry_lock(NAME, "a decider taken for dead") as client:
+        # another decider broke this one's lock and took its own
+        client.delete_registered_model(NAME + locks.SERVER_LOCK_SUFFIX)
+        _plant_lock(store, owner=locks.process_id())
+        entry = {"run": {"name": "x"}, "aliases": {CHAMPION: "1"}, "tags": {}}
+        with pytest.raises(RegistryError, match="was broken by another decider"):
+            decisions.decide_and_record(client, NAME, entry)
+        client.delete_registered_model(NAME + locks.SERVER_LOCK_SUFFIX)
+    assert dict(store.client.get_registered_model(NAME).tags) == before  # not even last_decision
+    assert not journal(store).exists()

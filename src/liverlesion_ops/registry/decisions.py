@@ -115,25 +115,25 @@ def roll_forward(mlflow_client: MlflowClient, name: str, entry: dict[str, Any]) 
 def decide_and_record(mlflow_client: MlflowClient, name: str, entry: dict[str, Any]) -> None:
     """Journal, then apply, a decision (under the registry lock).
 
-    The journal is a file (this machine) and the ``pending`` tag of the store lock (any machine). First
-    the model's ``last_decision`` tag is written: a caller the tracking server does not let change the
-    model (a reader) is refused there, before anything is journalled or changed.
+    The journal is a file (this machine) and the ``pending`` tag of the store lock (any machine). Before any
+    write, the store lock is checked to be still this process's (a lock is broken only when taken for
+    abandoned, so only a holder taken for dead loses it). Then the model's ``last_decision`` tag is written: a
+    caller the tracking server does not let change the model (a reader) is refused there, before anything is
+    journalled or changed.
     """
     entry = {"id": uuid.uuid4().hex, **entry}
+    lock = name + SERVER_LOCK_SUFFIX
+    if held_token(name) is not None and (store_lock_tags(mlflow_client, lock) or {}).get("token") != held_token(name):
+        raise RegistryError(
+            f"the registry lock of {name} was broken by another decider, which took this one "
+            "for dead: nothing was changed; decide again"
+        )
     held = aliases(mlflow_client, name)
     entry["before"] = {alias: held.get(alias) for alias in entry["aliases"]}
     mlflow_client.set_registered_model_tag(
         name, "last_decision", f"{entry['run']['name']} by {acting_user()} at {timestamp()} ({entry['id']})"
     )
-    if (
-        held_token(name) is not None
-    ):  # still ours? (a lock is broken only when abandoned, so only a holder taken for dead loses it)
-        lock = name + SERVER_LOCK_SUFFIX
-        if (store_lock_tags(mlflow_client, lock) or {}).get("token") != held_token(name):
-            raise RegistryError(
-                f"the registry lock of {name} was broken by another decider, which took this one "
-                "for dead: nothing was changed; decide again"
-            )
+    if held_token(name) is not None:
         mlflow_client.set_registered_model_tag(lock, "pending", json.dumps(entry))
     path = _journal(name)
     path.write_text(json.dumps(entry))

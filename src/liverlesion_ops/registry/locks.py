@@ -3,6 +3,7 @@ registered model in the tracking store (``<name>.registry-lock``) for every mach
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -103,17 +104,36 @@ def _start_ticks(pid: int) -> str:
         return ""
 
 
+def machine() -> str:
+    """This machine and process namespace, as a lock records it: ``<host name>/<key>``, the key a hash of the
+    host name, ``/etc/machine-id`` (or this boot's id) and the pid namespace. Two containers that share a host
+    name have pid namespaces of their own: each sees the other's processes as on another machine, never as
+    ended because a pid is absent from its own namespace."""
+    parts = [socket.gethostname()]
+    for source in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            parts.append(Path(source).read_text().strip())
+            break
+        except OSError:
+            continue
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return f"{parts[0]}/{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:12]}"
+
+
 def process_id() -> str:
-    """This process, as recorded on the store lock and on an incomplete registration: host:pid:start."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+    """This process, as recorded on the store lock and on an incomplete registration: machine:pid:start."""
+    return f"{machine()}:{os.getpid()}:{_start_ticks(os.getpid())}"
 
 
 def process_gone(owner: str) -> bool | None:
-    """Whether the process ``owner`` (``process_id()``) has ended: True or False on this machine, None on
-    another one (it cannot be checked from here)."""
+    """Whether the process ``owner`` (``process_id()``) has ended: True or False on this machine and in this pid
+    namespace, None elsewhere (it cannot be checked from here)."""
     host, _, rest = owner.partition(":")
     pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname():
+    if host != machine():
         return None
     try:
         pid = int(pid_text)
@@ -136,9 +156,15 @@ def held_token(name: str) -> str | None:
     return _HELD.get(name)
 
 
+#: where ``store_lock_tags`` puts the tracking server's creation time of the lock (ms), beside its tags
+CREATED_MS = "_created_ms"
+
+
 def store_lock_tags(mlflow_client: MlflowClient, lock: str) -> dict[str, str] | None:
+    """The tags of the store lock ``lock`` and, as ``CREATED_MS``, when the tracking server created it."""
     try:
-        return dict(mlflow_client.get_registered_model(lock).tags)
+        model = mlflow_client.get_registered_model(lock)
+        return {**model.tags, CREATED_MS: str(model.creation_timestamp or "")}
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
@@ -152,6 +178,14 @@ def _holder_text(held: dict[str, str]) -> str:
     )
 
 
+def _age_s(held: dict[str, str]) -> float:
+    """Seconds since the tracking server created a lock (NaN when it does not say: taken as abandoned)."""
+    try:
+        return time.time() - float(held.get(CREATED_MS) or "nan") / 1000
+    except ValueError:
+        return float("nan")
+
+
 def _abandoned(held: dict[str, str]) -> str | None:
     """Why a store lock is abandoned (its holder is gone), or None while it may be alive."""
     owner = held.get("owner", "")
@@ -160,11 +194,9 @@ def _abandoned(held: dict[str, str]) -> str | None:
     gone = process_gone(owner)
     if gone:
         return "its process has ended"
-    try:
-        age = time.time() - float(held.get("since_epoch", "nan"))
-    except ValueError:
-        age = float("nan")
-    if gone is None and not age < SERVER_LOCK_LEASE_S:
+    # the lease runs from when the tracking server created the lock (its own timestamp, which no client sets:
+    # a holder whose clock runs ahead, or a since_epoch tag in the future, cannot make a lock last for ever)
+    if gone is None and not -SERVER_LOCK_LEASE_S < _age_s(held) < SERVER_LOCK_LEASE_S:
         return f"held for more than {SERVER_LOCK_LEASE_S // 60} minutes by a process on another machine"
     return None
 
@@ -198,16 +230,13 @@ def _break(mlflow_client: MlflowClient, name: str, held: dict[str, str], why: st
     lock = name + SERVER_LOCK_SUFFIX
     breaker = lock + ".breaker"
     try:
-        mlflow_client.create_registered_model(
-            breaker, tags={"owner": process_id(), "since_epoch": f"{time.time():.0f}"}
-        )
+        mlflow_client.create_registered_model(breaker, tags={"owner": process_id(), "since": timestamp()})
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         other = store_lock_tags(mlflow_client, breaker)
         if other is not None and (
-            process_gone(other.get("owner", ""))
-            or not time.time() - float(other.get("since_epoch") or 0) < BREAKER_LEASE_S
+            process_gone(other.get("owner", "")) or not -BREAKER_LEASE_S < _age_s(other) < BREAKER_LEASE_S
         ):
             _delete_model(mlflow_client, breaker)  # a breaker died while breaking
         return
@@ -247,7 +276,6 @@ def store_lock(
         "owner": process_id(),
         "user": acting_user(),
         "since": timestamp(),
-        "since_epoch": f"{time.time():.0f}",
         "what": what,
     }
     deadline = time.monotonic() + timeout
