@@ -12,9 +12,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -966,3 +969,58 @@ def test_no_folder_description_or_label_text_reaches_a_printed_line_and_the_sour
     inside = run("--out", str(tmp_path / "cohort2"), "--skip-bad", "--source-map", str(tmp_path / "cohort2" / "m.csv"))
     assert inside.returncode == 2 and "inside the cohort folder" in inside.stderr
     assert len(inside.stderr.strip().splitlines()) == 1
+
+
+# --- 8. killed at any point ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_import_killed_at_any_point_leaves_the_old_cohort_or_the_new_never_a_mixture(tmp_path):
+    """``import --replace`` killed with SIGKILL at 20 random instants: the folder is the old cohort or the new one,
+    byte for byte, and the next import succeeds."""
+    env = {**os.environ, SECRET_ENV: SECRET}
+    cli = [str(Path(sys.executable).with_name("liverlesion")), "import"]
+    old = small_source(tmp_path / "old-source", {"a1": {}, "a2": {}})
+    new = small_source(tmp_path / "new-source", {f"b{k}": {} for k in range(8)})
+    for source, folder in ((old, "old"), (new, "new")):
+        subprocess.run(
+            [*cli, str(source), "--layout", "manifest", "--out", str(tmp_path / folder)], env=env, check=True
+        )
+    cohorts = {"old": tree(tmp_path / "old"), "new": tree(tmp_path / "new")}
+    out = tmp_path / "cohort"
+    replace = [*cli, str(new), "--layout", "manifest", "--out", str(out), "--replace"]
+    started = time.monotonic()
+    subprocess.run(replace, env=env, check=True, capture_output=True)  # how long one takes, start to end
+    length = time.monotonic() - started
+    rng = random.Random(21)
+    seen = []
+    for _ in range(20):
+        shutil.rmtree(out)
+        shutil.copytree(tmp_path / "old", out)
+        run = subprocess.Popen(replace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.0) * length)
+        run.kill()
+        run.wait()
+        now = tree(out)
+        (state,) = [name for name, files in cohorts.items() if files == now] or [f"a mixture of {len(now)} files"]
+        seen.append(state)
+        assert state in cohorts, seen
+    done = subprocess.run(replace, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert tree(out) == cohorts["new"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left aside
+    print(f"\n20 kills: {seen.count('old')} left the old cohort, {seen.count('new')} the new one")
+
+
+def test_a_replace_interrupted_between_its_renames_is_completed_by_the_next_import(tmp_path, secret):
+    """Where no atomic exchange exists, the swap is two renames; killed between them, ``out`` is missing with the
+    new cohort staged and the old one aside: the next import puts the new one in (it was complete) first."""
+    from liverlesion_ops.importing import recover_swap
+
+    new, old = tmp_path / ".cohort.replacing", tmp_path / ".cohort.replaced"
+    import_cohort(scan_source(small_source(tmp_path / "n", {"c1": {}}), "manifest"), new, secret, "manifest")
+    import_cohort(scan_source(small_source(tmp_path / "o", {"c2": {}}), "manifest"), old, secret, "manifest")
+    staged = tree(new)
+    assert "completed the replace" in recover_swap(tmp_path / "cohort")
+    assert tree(tmp_path / "cohort") == staged and not new.exists() and not old.exists()
+    assert recover_swap(tmp_path / "cohort") is None  # nothing to do

@@ -7,6 +7,9 @@ The conversion itself (layouts, de-identification, the data contract) is the dom
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,38 @@ class ImportTargetError(ContractError):
     """The target folder cannot take this import as asked (it holds a cohort; options that exclude each other)."""
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or the
+    file system cannot, and nothing was changed."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
+def _aside(out: Path) -> tuple[Path, Path]:
+    """Where a replace stages the new cohort, and where the two-rename swap puts the old one meanwhile."""
+    return out.parent / f".{out.name}.replacing", out.parent / f".{out.name}.replaced"
+
+
 def _swap(new: Path, out: Path) -> None:
-    """Put the cohort ``new`` in place of ``out``: the old one renamed aside, the new one renamed in, then the old
-    one deleted. Each step is a rename within one folder, so ``out`` holds either cohort, never a mixture; a
-    failure of the last step leaves the old cohort beside it (``.<name>.replaced``), named in the error."""
-    old = out.parent / f".{out.name}.replaced"
+    """Put the complete cohort ``new`` in place of ``out``, so that ``out`` holds one cohort or the other at every
+    instant, a process killed at any point included: one atomic exchange where the system has it (the old cohort
+    is then at ``new``'s path and deleted); else the old one renamed aside, the new one renamed in, then the old one
+    deleted, and a swap killed between the two renames is completed by the next import (``recover_swap``)."""
+    if out.exists() and _exchange(new, out):
+        shutil.rmtree(new)
+        return
+    _, old = _aside(out)
     if old.exists():
         shutil.rmtree(old)
     if out.exists():
@@ -36,6 +66,21 @@ def _swap(new: Path, out: Path) -> None:
         raise
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_swap(out: Path) -> str | None:
+    """Complete a replace killed between its two renames (``out`` missing, the old cohort aside): the new cohort
+    was complete when the swap began, so it goes in; the old one is then deleted. What was done, or None."""
+    new, old = _aside(out)
+    if not old.exists():
+        return None
+    note = None
+    if not out.exists():
+        (new if new.exists() else old).replace(out)
+        note = f"completed the replace of {out} that was interrupted between its renames"
+    if old.exists():
+        shutil.rmtree(old)
+    return note
 
 
 def _check_source_map(path: Path, out: Path, project_root: Path | None) -> None:
@@ -104,6 +149,7 @@ def _import_cases(
     out = project.data_dir() if into_project else out
     if append and replace:
         raise ImportTargetError("--append and --replace exclude each other")
+    recover_swap(out)  # before anything: an interrupted replace leaves its new cohort to be put in, not deleted
     if source_map is not None:
         _check_source_map(source_map, out, project.project_root() if into_project else None)
     target = out
@@ -115,7 +161,7 @@ def _import_cases(
                 f"{out} is not a cohort folder (no {CASES_FILE} and {COHORT_FILE}): --replace replaces a cohort, "
                 "never another folder"
             )
-        target = out.parent / f".{out.name}.replacing"
+        target, _ = _aside(out)
         if target.exists():  # what an interrupted replace left: never a cohort in use
             shutil.rmtree(target)
     elif out.exists() and any(out.iterdir()) and not append:
