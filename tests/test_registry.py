@@ -350,6 +350,28 @@ def test_the_served_model_names_its_registered_version_in_every_row(store, cohor
     assert set(rows["model_version"]) == {"2"} and set(rows["model_name"]) == {NAME}
 
 
+def test_the_served_model_refuses_a_request_beyond_its_limits_before_decoding_it(store, cohort, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from liverlesion import contract
+
+    version = register_only(store, model_a())
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    case = cohort.full.cases.iloc[0]
+    row = {
+        "case_id": case.case_id,
+        "image": base64.b64encode(Path(case.image_path).read_bytes()).decode(),
+        "mask": base64.b64encode(Path(case.mask_path).read_bytes()).decode(),
+    }
+    too_many = pd.DataFrame([row] * (contract.MAX_CASES_PER_REQUEST + 1))
+    with pytest.raises(MlflowException, match=r"9 cases in one request, more than the limit of 8"):
+        served.predict(too_many)
+    # a file that would decode past the limit: this test's small CT stands for a huge one, the limit lowered
+    monkeypatch.setattr(contract, "MAX_REQUEST_FILE_BYTES", len(row["image"]) // 2)
+    with pytest.raises(MlflowException, match=rf"case {case.case_id}: image would decode to [\d,]+ bytes"):
+        served.predict(pd.DataFrame([row]))
+
+
 def test_a_failing_gate_leaves_nothing_behind(store, cohort):
     register(store, model_a(), cohort.full)
     labels = pd.concat([cohort.full.labels, pd.Series({"case_999-L01": 1})])

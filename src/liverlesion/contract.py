@@ -65,6 +65,11 @@ MAX_VOXELS = 512 * 512 * 1024
 #: the most lesions one mask may hold: beyond it, a case is a mask error (noise, a bad threshold), and
 #: its patches (each lesion three planes) would take memory without bound
 MAX_LESIONS_PER_CASE = 256
+#: the served model: the most cases one request may carry (they are scored one after the other, so a request
+#: holds one case's volumes at a time besides its body), and the most bytes one of its files may decode to
+#: (a 512 x 512 x 512 int16 CT uncompressed; send .nii.gz: a 512 x 512 x 1024 CT compresses well below it)
+MAX_CASES_PER_REQUEST = 8
+MAX_REQUEST_FILE_BYTES = 256 * 2**20
 
 # --- the cohort folder -------------------------------------------------------------------------
 CASES_FILE = "cases.csv"

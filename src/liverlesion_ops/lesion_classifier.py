@@ -32,6 +32,14 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _nifti_file(folder: Path, name: str, encoded: str, case_id: str) -> Path:
+    from liverlesion import contract
+
+    if isinstance(encoded, str) and len(encoded) // 4 * 3 > contract.MAX_REQUEST_FILE_BYTES:  # before decoding
+        raise MlflowException(
+            f"case {case_id}: {name} would decode to {len(encoded) // 4 * 3:,} bytes, more than the limit of "
+            f"{contract.MAX_REQUEST_FILE_BYTES:,} (contract.MAX_REQUEST_FILE_BYTES); send it as .nii.gz",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, TypeError, ValueError):
@@ -77,6 +85,14 @@ class LesionClassifierModel(PythonModel):
         if missing:
             raise MlflowException(
                 f"input lacks column(s) {missing}: each row is a case with base64 NIfTI image and mask",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        from liverlesion import contract
+
+        if len(frame) > contract.MAX_CASES_PER_REQUEST:
+            raise MlflowException(
+                f"{len(frame)} cases in one request, more than the limit of {contract.MAX_CASES_PER_REQUEST} "
+                "(contract.MAX_CASES_PER_REQUEST): send them in several requests",
                 error_code=INVALID_PARAMETER_VALUE,
             )
         tables = []
