@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -370,6 +371,40 @@ def test_the_served_model_refuses_a_request_beyond_its_limits_before_decoding_it
     monkeypatch.setattr(contract, "MAX_REQUEST_FILE_BYTES", len(row["image"]) // 2)
     with pytest.raises(MlflowException, match=rf"case {case.case_id}: image would decode to [\d,]+ bytes"):
         served.predict(pd.DataFrame([row]))
+
+
+def test_the_served_model_scores_at_most_so_many_cases_at_once_whatever_the_clients(store, cohort):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from liverlesion import contract
+
+    version = register_only(store, model_a())
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    model = served.unwrap_python_model()
+    scoring, state, lock = model.predictor.predict, {"now": 0, "most": 0}, threading.Lock()
+
+    def slow_predict(*args, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.3)
+        try:
+            return scoring(*args, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    model.predictor.predict = slow_predict
+    case = cohort.full.cases.iloc[0]
+    row = {
+        "case_id": case.case_id,
+        "image": base64.b64encode(Path(case.image_path).read_bytes()).decode(),
+        "mask": base64.b64encode(Path(case.mask_path).read_bytes()).decode(),
+    }
+    with ThreadPoolExecutor(6) as clients:  # the scoring server runs each request in a thread of its own
+        answers = list(clients.map(lambda _: served.predict(pd.DataFrame([row])), range(6)))
+    assert all(len(answer) >= 1 for answer in answers)
+    assert state["most"] == contract.MAX_CASES_IN_FLIGHT
 
 
 def test_a_failing_gate_leaves_nothing_behind(store, cohort):

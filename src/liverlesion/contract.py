@@ -70,6 +70,10 @@ MAX_LESIONS_PER_CASE = 256
 #: (a 512 x 512 x 512 int16 CT uncompressed; send .nii.gz: a 512 x 512 x 1024 CT compresses well below it)
 MAX_CASES_PER_REQUEST = 8
 MAX_REQUEST_FILE_BYTES = 256 * 2**20
+#: cases one served-model process decodes and scores at once, whatever the number of clients (the others wait,
+#: their bodies in memory): measured with bench/serve_load.py on 2 cores, 8 clients of a 512x512x120 CT, the
+#: server peaked at 5.3 GiB unbounded, 3.7 GiB at 2 (throughput unchanged), 3.2 GiB at 1 (a third slower)
+MAX_CASES_IN_FLIGHT = 2
 
 # --- the cohort folder -------------------------------------------------------------------------
 CASES_FILE = "cases.csv"

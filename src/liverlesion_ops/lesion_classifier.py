@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 import tempfile
+import threading
 from pathlib import Path
 
 import mlflow
@@ -29,6 +30,20 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 GZIP_MAGIC = b"\x1f\x8b"
+_in_flight: threading.BoundedSemaphore | None = None
+_in_flight_made = threading.Lock()
+
+
+def _one_case_at_a_time() -> threading.BoundedSemaphore:
+    """The scoring server runs each request in a thread of its own: at most ``contract.MAX_CASES_IN_FLIGHT`` cases
+    are decoded and scored at once per process, the others wait (their request bodies already in memory)."""
+    global _in_flight
+    with _in_flight_made:
+        if _in_flight is None:
+            from liverlesion import contract
+
+            _in_flight = threading.BoundedSemaphore(contract.MAX_CASES_IN_FLIGHT)
+    return _in_flight
 
 
 def _nifti_file(folder: Path, name: str, encoded: str, case_id: str) -> Path:
@@ -98,7 +113,7 @@ class LesionClassifierModel(PythonModel):
         tables = []
         for k, row in enumerate(frame.to_dict(orient="records")):
             case_id = str(row.get("case_id") or f"case{k + 1}")
-            with tempfile.TemporaryDirectory(prefix="liverlesion-serve-") as tmp:
+            with _one_case_at_a_time(), tempfile.TemporaryDirectory(prefix="liverlesion-serve-") as tmp:
                 try:
                     image, meta = load_nifti(_nifti_file(Path(tmp), "image", row["image"], case_id))
                     mask, _ = load_nifti(_nifti_file(Path(tmp), "mask", row["mask"], case_id))
