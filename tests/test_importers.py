@@ -1024,3 +1024,17 @@ def test_a_replace_interrupted_between_its_renames_is_completed_by_the_next_impo
     assert "completed the replace" in recover_swap(tmp_path / "cohort")
     assert tree(tmp_path / "cohort") == staged and not new.exists() and not old.exists()
     assert recover_swap(tmp_path / "cohort") is None  # nothing to do
+
+
+def test_overlapping_structures_are_refused_by_position_not_by_name(tmp_path, secret):
+    hu, mask = small_ct(4)
+    patient = tmp_path / "src" / "DOE_JOHN_MRN12345678"
+    files = write_ct_series(patient / "PATIENT_DICOM", hu, (0.8, 0.8, 2.5), seed=4)
+    write_mask_series(patient / "MASKS_DICOM" / "liver", mask >= 0, files, seed=1)
+    write_mask_series(patient / "MASKS_DICOM" / "livertumor_DOE_a", mask > 0, files, seed=2)
+    write_mask_series(patient / "MASKS_DICOM" / "livertumor_DOE_b", mask > 0, files, seed=3)  # the same voxels
+    with pytest.raises(ContractError) as caught:
+        import_cohort(scan_source(patient, "ircadb"), tmp_path / "out", secret, "ircadb")
+    message = str(caught.value)
+    assert "lesion structure 3 of 3 overlaps structure 2 of 3" in message, message
+    assert "DOE" not in message and "MRN" not in message

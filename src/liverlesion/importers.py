@@ -473,13 +473,13 @@ def scan_msd(
 def stack_lesions(
     shape: tuple[int, ...], masks: Iterable[tuple[str, np.ndarray, str]], where: str, components: bool
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """Named lesion masks (name, mask, type) into one instance mask; overlapping lesions refused."""
+    """Named lesion masks (name, mask, type) into one instance mask; overlapping lesions refused, named as given
+    (``_named_lesions`` names them by position under an import's label)."""
     instances = np.zeros(shape, dtype=np.int32)
     types: dict[int, str] = {}
     owner: dict[int, str] = {}
     number = 0
-    for position, (name, mask, kind) in enumerate(masks, start=1):
-        name = f"number {position}" if source_label() else repr(name)  # label texts withheld under a label
+    for name, mask, kind in masks:
         parts = [mask]
         if components:
             numbered, found = _components_as_instances(mask, where)
@@ -488,7 +488,7 @@ def stack_lesions(
             clash = np.unique(instances[part & (instances > 0)])
             if clash.size:
                 raise ContractError(
-                    f"{where}: lesion structure {name} overlaps {owner[int(clash[0])]}; a voxel belongs to one lesion"
+                    f"{where}: lesion {name} overlaps {owner[int(clash[0])]}; a voxel belongs to one lesion"
                 )
             number += 1
             instances[part] = number
@@ -500,7 +500,8 @@ def stack_lesions(
 def _named_lesions(
     named: Sequence[tuple[str, Callable[[], np.ndarray]]], name_map: dict[str, str], what: str, unmatched: str
 ) -> tuple[list[tuple[str, np.ndarray, str]], list[str]]:
-    """The masks whose names the map types as lesions, (name, mask, type); the others listed, not read."""
+    """The masks whose names the map types as lesions, (how messages call it, mask, type); the others listed, not
+    read."""
     kept, notes = [], []
     for position, (name, load) in enumerate(named, start=1):
         kind = match_name(name, name_map)
@@ -515,7 +516,7 @@ def _named_lesions(
             continue
         mask = load()
         if mask.any():
-            kept.append((name, mask, kind))
+            kept.append((called, mask, kind))
     return kept, notes
 
 

@@ -84,7 +84,7 @@ def read_mask(path: Path, meta, series, encoding: str, name: str):
         from liverlesion.importers import NON_LESION_SEGMENTS, match_name, stack_lesions
 
         lesions = [
-            (label, segment, "")
+            (f"segment {label!r}", segment, "")
             for _, (label, segment) in sorted(read_seg(path, series).items())
             if match_name(label, NON_LESION_SEGMENTS) is None and segment.any()
         ]
