@@ -1038,3 +1038,14 @@ def test_overlapping_structures_are_refused_by_position_not_by_name(tmp_path, se
     message = str(caught.value)
     assert "lesion structure 3 of 3 overlaps structure 2 of 3" in message, message
     assert "DOE" not in message and "MRN" not in message
+
+
+def test_the_import_after_an_interrupted_replace_says_it_completed_it(tmp_path, secret):
+    from liverlesion_ops.importing import import_cases
+
+    new, old = tmp_path / ".cohort.replacing", tmp_path / ".cohort.replaced"
+    import_cohort(scan_source(small_source(tmp_path / "n", {"c1": {}}), "manifest"), new, secret, "manifest")
+    import_cohort(scan_source(small_source(tmp_path / "o", {"c2": {}}), "manifest"), old, secret, "manifest")
+    summary = import_cases(small_source(tmp_path / "s", {"c3": {}}), "manifest", tmp_path / "cohort", replace=True)
+    assert summary["notes"][0].startswith("completed the replace of")
+    assert summary["cases"] == 1 and not new.exists() and not old.exists()

@@ -149,7 +149,7 @@ def _import_cases(
     out = project.data_dir() if into_project else out
     if append and replace:
         raise ImportTargetError("--append and --replace exclude each other")
-    recover_swap(out)  # before anything: an interrupted replace leaves its new cohort to be put in, not deleted
+    recovered = recover_swap(out)  # before anything: an interrupted replace leaves its new cohort to put in
     if source_map is not None:
         _check_source_map(source_map, out, project.project_root() if into_project else None)
     target = out
@@ -200,6 +200,8 @@ def _import_cases(
         _swap(target, out)
         report.out = out
     summary = report.to_dict()
+    if recovered:
+        summary["notes"] = [recovered, *summary["notes"]]
     if into_project:
         from liverlesion_ops.datastore import configure_remote, version_data
 

@@ -3,6 +3,7 @@ registered model in the tracking store (``<name>.registry-lock``) for every mach
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -104,6 +105,7 @@ def _start_ticks(pid: int) -> str:
         return ""
 
 
+@functools.cache
 def machine() -> str:
     """This machine and process namespace, as a lock records it: ``<host name>/<key>``, the key a hash of the
     host name, ``/etc/machine-id`` (or this boot's id) and the pid namespace. Two containers that share a host
