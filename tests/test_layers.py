@@ -33,6 +33,7 @@ LAYERS = {
     "liverlesion_ops.segmenters": 2,
     "liverlesion_ops.audit": 2,
     "liverlesion_ops.team_server": 2,
+    "liverlesion_ops.team_auth": 2,
     "liverlesion_ops.kubeflow": 2,
     "liverlesion_ops.lesion_classifier": 2,
     "liverlesion_ops.steps": 3,

@@ -327,6 +327,55 @@ def test_a_reader_cannot_move_an_alias(team, project, first_run):
     assert direct.value.error_code == "PERMISSION_DENIED" and aliases(team) == before
 
 
+def test_a_reader_cannot_create_the_registry_lock_nor_a_model_an_editor_can(team, project, first_run):
+    """MLflow lets any user create a registered model and makes them its manager: on the team server a reader
+    could create the lock (and hold every decision until its lease ran out) or a model before its first run."""
+    from mlflow.exceptions import MlflowException
+
+    before = aliases(team)
+    with client_as(team, "bob", PASSWORDS["bob"]) as client:
+        for name in (LOCK, "a-model-bob-would-manage"):
+            with pytest.raises(MlflowException) as refused:
+                client.create_registered_model(name, tags={"since_epoch": "99999999999"})
+            assert refused.value.error_code == "PERMISSION_DENIED", name
+    assert not lock_exists(team) and aliases(team) == before
+    with client_as(team) as admin, pytest.raises(MlflowException):
+        admin.get_registered_model("a-model-bob-would-manage")
+
+    # renaming is creating a name: an editor's own scratch model cannot be renamed into the lock by a reader
+    with client_as(team, "alice", PASSWORDS["alice"]) as alice:
+        alice.create_registered_model("alices-scratch")
+        try:
+            with client_as(team, "bob", PASSWORDS["bob"]) as client, pytest.raises(MlflowException) as refused:
+                client.rename_registered_model("alices-scratch", LOCK)
+            assert refused.value.error_code == "PERMISSION_DENIED" and not lock_exists(team)
+        finally:
+            alice.delete_registered_model("alices-scratch")
+
+
+def test_add_user_changes_a_role_and_is_idempotent(team):
+    """Giving a user the role they hold changes nothing; giving another replaces it (the user keeps one team role)."""
+
+    def held(user: str) -> list[str]:
+        api = team_server.AuthAPI(team.url, "admin", ADMIN_PASSWORD)
+        roles = api.call("GET", "/api/3.0/mlflow/users/roles/list", params={"username": user})["roles"]
+        return sorted(role["name"] for role in roles if role["name"] in team_server.ROLES)  # not per-user grants
+
+    for role in ("editor", "reader", "editor"):  # carol: an editor, for a moment a reader, then an editor again
+        done = script(team.data, "add-user", "carol", "--role", role, env=team.env)
+        assert done.returncode == 0 and f"updated user carol on {team.url}: role {role}" in done.stdout, done.stderr
+        assert held("carol") == [role]
+        with client_as(team, "carol", PASSWORDS["carol"]) as client:  # what the role means, on the server
+            if role == "reader":
+                from mlflow.exceptions import MlflowException
+
+                with pytest.raises(MlflowException):
+                    client.create_registered_model("carols-scratch")
+            else:
+                client.create_registered_model("carols-scratch")
+                client.delete_registered_model("carols-scratch")
+
+
 def test_a_wrong_password_is_one_line_naming_the_server_and_what_to_set(team, project):
     root, env = project
     wrong = as_user(env, team, "alice", password="not-alices-password")

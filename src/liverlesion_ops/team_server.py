@@ -18,7 +18,9 @@ Roles (``add-user --role``): ``reader`` reads every experiment, run and register
 change none of them (moving an alias is refused); ``editor`` runs pipelines and takes registry
 decisions: EDIT on every experiment, MANAGE on every registered model (the registry deletes the
 ``challenger`` alias and half-registered versions, which MLflow counts as deletions). Any
-authenticated user may read (``default_permission = READ``).
+authenticated user may read (``default_permission = READ``). Creating a registered model (the registry
+lock ``<model>.registry-lock`` included) or renaming one to a name needs MANAGE on that name
+(``team_auth``): a reader cannot create the lock, nor the model before its first run.
 
 Errors: ``ServerFailed`` (PostgreSQL or MLflow did not start, the server refused the admin or could not be
 reached; the log is named) and ``ServerUsageError`` (no or a too short admin password, a port in use,
@@ -56,6 +58,9 @@ ROLES = {
     "reader": [("experiment", "*", "READ"), ("registered_model", "*", "READ")],
     "editor": [("experiment", "*", "EDIT"), ("registered_model", "*", "MANAGE")],
 }
+#: MLflow's basic-auth app with the team's rule on creating registered models (``team_auth``; an ``mlflow.app``
+#: entry point of this package)
+APP_NAME = "liverlesion-auth"
 STOP_TIMEOUT_S = 20
 #: the server's data folder and artifacts: its own alone (not 0755 / 0644 under a umask of 022)
 PRIVATE_DIR = 0o700
@@ -367,7 +372,7 @@ def start(
         "mlflow",
         "server",
         "--app-name",
-        "basic-auth",
+        APP_NAME,
         "--serve-artifacts",
         "--artifacts-destination",
         artifacts,
@@ -386,6 +391,11 @@ def start(
     with open(log, "a") as out:
         out.write(f"\n--- {now()}: {' '.join(command)}\n")
         out.flush()
+        # the auth tables and the admin, once, before the workers (what `mlflow server` does for its own app name)
+        bootstrap = [sys.executable, "-m", "liverlesion_ops.team_auth"]
+        if subprocess.run(bootstrap, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=data, timeout=300).returncode:
+            raise ServerFailed(f"the auth database could not be prepared: {last_error(log)} (log: {log})")
+        env["_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"] = "true"
         process = subprocess.Popen(
             command,
             env=env,
@@ -610,10 +620,10 @@ def add_user(data: Path, name: str, role: str, url: str | None = None) -> dict:
         api.call("PATCH", "/api/2.0/mlflow/users/update-password", json={"username": name, "password": password})
     target = api.role(role)
     held = api.call("GET", "/api/3.0/mlflow/users/roles/list", params={"username": name})["roles"]
-    for role in held:
-        if role["name"] in ROLES and role["name"] != role and role.get("workspace") == WORKSPACE:
-            api.call("DELETE", "/api/3.0/mlflow/roles/unassign", json={"username": name, "role_id": role["id"]})
-    if not any(role["id"] == target["id"] for role in held):
+    for other in held:
+        if other["name"] in ROLES and other["name"] != role and other.get("workspace") == WORKSPACE:
+            api.call("DELETE", "/api/3.0/mlflow/roles/unassign", json={"username": name, "role_id": other["id"]})
+    if not any(other["id"] == target["id"] for other in held):
         api.call("POST", "/api/3.0/mlflow/roles/assign", json={"username": name, "role_id": target["id"]})
     grants = ", ".join(f"{permission} on every {kind.replace('_', ' ')}" for kind, _, permission in ROLES[role])
     return {"user": name, "url": url, "role": role, "grants": grants, "created": not exists}
