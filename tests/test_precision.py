@@ -95,3 +95,18 @@ def test_auto_precision_is_the_fast_path_only_where_the_cpu_computes_bfloat16():
     assert resolve_precision("bfloat16", SKYLAKE)[0] == "bfloat16"  # set by hand: obeyed
     with pytest.raises(ValueError, match="'auto' or one of"):
         resolve_precision("int8")
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "mixed_bfloat16"])
+def test_one_copy_folds_and_casts_exactly_as_the_two_copies_did(precision):
+    """``inference_model`` clones the network once (folding and precision together): the same layers, weights and
+    probabilities, bit for bit, as folding first and then casting a second copy."""
+    model = trained_looking()
+    one, two = inference_model(model, precision), with_precision(fold_batch_norm(model), precision)
+    assert [(layer.name, layer.dtype_policy.name) for layer in one.layers] == [
+        (layer.name, layer.dtype_policy.name) for layer in two.layers
+    ]
+    for a, b in zip(one.weights, two.weights, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    x = np.random.default_rng(3).normal(size=(4, 75, 75, 3)).astype("float32")
+    np.testing.assert_array_equal(one.predict_on_batch(x), two.predict_on_batch(x))

@@ -351,6 +351,64 @@ def test_the_served_model_names_its_registered_version_in_every_row(store, cohor
     assert set(rows["model_version"]) == {"2"} and set(rows["model_name"]) == {NAME}
 
 
+def bn_model() -> keras.Model:
+    """A small network with a batch normalisation to fold (non-trivial statistics), as the fast path meets them."""
+    keras.utils.set_random_seed(MODEL_SEED)
+    inputs = keras.Input(INPUT)
+    x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    norm = keras.layers.BatchNormalization()
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Activation("relu")(norm(x)))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="softmax")(x))
+    rng = np.random.default_rng(MODEL_SEED)
+    norm.set_weights([rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.3, 4), rng.normal(0, 0.5, 4), rng.uniform(0.5, 2, 4)])
+    return model
+
+
+def test_predict_reads_the_registry_files_directly_caches_the_scoring_network_and_answers_as_the_pyfunc(
+    store, cohort, monkeypatch
+):
+    """``predict``'s fast path (the local registry's files, no pyfunc; the folded bfloat16 network kept between
+    processes) gives the probabilities of the pyfunc ``mlflow models serve`` loads, bit for bit."""
+    from liverlesion import precision
+    from liverlesion.imaging import load_nifti
+    from liverlesion_ops import project
+
+    profile = {**PROFILE, "evaluate": {"threshold": 0.5, "precision": "bfloat16"}}
+    version = registration.register_version(bn_model(), new_run(store), NAME, METRICS, LINEAGE, profile, {}, "c")
+    version = version.version
+    assert registration.local_model_files(NAME, version) is not None  # a SQLite store: the files are here
+    case = cohort.full.cases.iloc[0]
+    request = pd.DataFrame(
+        [{"case_id": case.case_id, "image": base64.b64encode(Path(case.image_path).read_bytes()).decode(),
+          "mask": base64.b64encode(Path(case.mask_path).read_bytes()).decode()}]
+    )  # fmt: skip
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(request)["p_metastasis"].to_numpy()
+    assert len(served) >= 2 and np.unique(served).size > 1
+
+    folds, fold = [], precision.inference_model
+    monkeypatch.setattr(precision, "inference_model", lambda *args: folds.append(1) or fold(*args))
+    image, meta = load_nifti(case.image_path)
+    mask, _ = load_nifti(case.mask_path)
+
+    def answered() -> tuple[np.ndarray, object]:
+        predictor = registration.load_registered_predictor(NAME, version)
+        return predictor.predict(image, meta, mask, case.case_id).results["p_metastasis"].to_numpy(), predictor
+
+    cache = project.scoring_cache_dir()
+    first, made = answered()  # loads the network, folds it, keeps the scoring network
+    assert folds == [1] and made.model is not None and len(list(cache.glob("*.keras"))) == 1
+    second, cached = answered()  # the next process: from the cache, nothing folded
+    assert folds == [1] and cached.model is None
+    np.testing.assert_array_equal(first, served)
+    np.testing.assert_array_equal(second, served)
+
+    entry = next(cache.glob("*.keras"))
+    entry.write_bytes(b"half a file")  # a damaged entry is made again
+    third, _ = answered()
+    assert folds == [1, 1] and entry.stat().st_size > 1000
+    np.testing.assert_array_equal(third, served)
+
+
 def test_the_served_model_refuses_a_request_beyond_its_limits_before_decoding_it(store, cohort, monkeypatch):
     from mlflow.exceptions import MlflowException
 

@@ -15,6 +15,9 @@ near-exact rewrites make it cheaper on CPUs with bfloat16 units (AMX, AVX512-BF1
 
 from __future__ import annotations
 
+import hashlib
+import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -44,12 +47,14 @@ def _producer(layer: keras.layers.Layer):
     return history[0] if history else None
 
 
-def fold_batch_norm(model: keras.Model) -> keras.Model:
+def fold_batch_norm(model: keras.Model, precision: str | None = None) -> keras.Model:
     """A copy of ``model`` with every Conv2D -> BatchNormalization pair merged into one Conv2D.
 
     Only a BN whose input is a Conv2D used by nothing else is folded (true of every BN in the
     Inception backbones); any other layer is copied as it is. Inference outputs are unchanged up to
-    float rounding; training-mode behaviour is not kept (the copy is for scoring only).
+    float rounding; training-mode behaviour is not kept (the copy is for scoring only). With
+    ``precision``, the copy also computes in it (as ``with_precision`` would, in the same one copy: the
+    network is cloned once, not twice, when ``predict`` loads it).
     """
     consumers: dict[str, int] = {}
     for layer in model.layers:
@@ -66,10 +71,12 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         if layer.name in folded_bn:
-            return FoldedBatchNormalization(name=layer.name, dtype=layer.dtype_policy.name)
+            return FoldedBatchNormalization(name=layer.name, dtype=precision or layer.dtype_policy.name)
         config = layer.get_config()
         if layer.name in pairs:
             config["use_bias"] = True
+        if precision is not None and "dtype" in config and layer.name != "softmax":
+            config["dtype"] = precision
         return layer.__class__.from_config(config)
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
@@ -123,7 +130,63 @@ def inference_model(model: keras.Model, precision: str = "bfloat16") -> keras.Mo
         raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
     if precision == "float32":
         return model
-    return with_precision(fold_batch_norm(model), precision)
+    return fold_batch_norm(model, precision)
+
+
+#: a scoring cache keeps the networks of this many (network, precision) pairs, the last used (each about half the
+#: size of its network file: BN folded, bfloat16 weights)
+SCORING_CACHE_KEEP = 4
+
+
+def _cache_key(network_path: Path, precision: str) -> str:
+    """What a cached scoring network was made from: the network file's bytes, the precision, Keras's version and
+    this module's code (a change to the folding makes every entry stale)."""
+    digest = hashlib.sha256()
+    with open(network_path, "rb") as stream:
+        digest.update(hashlib.file_digest(stream, "sha256").digest())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(f"{precision}|keras {keras.__version__}".encode())
+    return digest.hexdigest()[:32]
+
+
+def scoring_network(
+    network_path: Path, precision: str, cache: Path | None = None
+) -> tuple[keras.Model | None, keras.Model]:
+    """The network of ``network_path`` and the same network made ready for scoring (``inference_model``).
+
+    With ``cache``, the scoring network is kept there (one ``.keras`` file per network file, precision, Keras and
+    folding code; the ``SCORING_CACHE_KEEP`` last used) and the next process loads it instead of loading the
+    network and folding it again: the same layers and weights, so the same probabilities, bit for bit. A cache that
+    cannot be written is skipped; a damaged entry is made again.
+
+    Returns:
+        (the network as trained, or None where the cache answered; the scoring network).
+    """
+    if cache is None or precision == "float32":
+        model = keras.saving.load_model(network_path, compile=False)
+        return model, inference_model(model, precision)
+    cached = cache / f"{_cache_key(network_path, precision)}.keras"
+    if cached.is_file():
+        try:
+            scorer = keras.saving.load_model(cached, compile=False)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            cached.unlink(missing_ok=True)
+        else:
+            os.utime(cached)  # last used
+            return None, scorer
+    model = keras.saving.load_model(network_path, compile=False)
+    scorer = inference_model(model, precision)
+    try:
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = cache / f".{cached.stem}.{os.getpid()}.keras"  # whole or absent: a reader never sees half a file
+        scorer.save(staged)
+        staged.replace(cached)
+        kept = sorted(cache.glob("*.keras"), key=lambda entry: entry.stat().st_mtime_ns, reverse=True)
+        for stale in kept[SCORING_CACHE_KEEP:]:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or full disk: scoring goes on without the cache
+    return model, scorer
 
 
 def cpu_bfloat16_units(cpuinfo: str | None = None) -> list[str]:

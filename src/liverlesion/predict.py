@@ -106,6 +106,8 @@ class LesionPredictor:
         model_name, model_version: written in every result row.
         calibration: the post-hoc calibration fitted with the model (``liverlesion.calibration``): every
             probability it answers is the calibrated one; none by default.
+        scorer: ``precision.inference_model(model, precision)`` made before (``load_predictor``'s cache); then
+            ``model`` may be None.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class LesionPredictor:
         model_name: str = "",
         model_version: str = "",
         calibration: Calibration | None = None,
+        scorer=None,
     ):
         from liverlesion.precision import inference_model, resolve_precision
 
@@ -124,7 +127,7 @@ class LesionPredictor:
         self.patches = patches
         self.threshold = float(threshold)
         self.precision, self.precision_reason = resolve_precision(precision)
-        self._scorer = inference_model(model, self.precision)
+        self._scorer = scorer if scorer is not None else inference_model(model, self.precision)
         self.model_name, self.model_version = model_name, str(model_version)
         self.calibration = calibration or Calibration()
 
@@ -202,6 +205,33 @@ class LesionPredictor:
             answers.append(results.set_index("lesion_id")["p_metastasis"])
         scored = pd.concat(answers) if answers else pd.Series(dtype=float)
         return scored if lesion_ids is None else scored[scored.index.isin(lesion_ids)]
+
+
+def load_predictor(settings: dict[str, Any], network_path: Path, scoring_cache: Path | None = None) -> LesionPredictor:
+    """The registered model's predictor from its two artifacts: ``settings.json`` (read) and the Keras network.
+
+    The one way a predictor is made from a registered model: the served pyfunc's ``load_context`` and ``predict``'s
+    direct path (the registry's files already on this machine) both call it.
+
+    Args:
+        scoring_cache: a folder where the network made ready for scoring (``precision.inference_model``: batch
+            normalisation folded, cast to the precision) is kept between processes, keyed by the network file,
+            the precision, Keras and the folding code (``precision.scoring_network``). None: made in memory.
+    """
+    from liverlesion.precision import resolve_precision, scoring_network
+
+    precision, _ = resolve_precision(settings["precision"])
+    network, scorer = scoring_network(Path(network_path), precision, scoring_cache)
+    return LesionPredictor(
+        network,
+        PatchConfig.model_validate(settings["patches"]),
+        settings["threshold"],
+        settings["precision"],
+        settings["model_name"],
+        settings.get("model_version", ""),  # versions registered before 2026-12 did not know their number
+        Calibration.from_dict(settings.get("calibration")),  # fitted on the validation split (none before 2026-12)
+        scorer=scorer,
+    )
 
 
 def class_volume(instances: np.ndarray, results: pd.DataFrame) -> np.ndarray:

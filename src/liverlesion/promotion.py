@@ -15,8 +15,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from liverlesion.metrics import classification_metrics
-
 #: the outcomes of the gate: promoted to champion, kept as challenger (margin), refused (a floor)
 Outcome = Literal["promoted", "challenger", "refused"]
 #: decimals the gate compares at (and the registry's metric tags keep): a retrained tie stays a tie
@@ -83,4 +81,6 @@ def gate_scores(labels: pd.Series, probability: pd.Series, threshold: float) -> 
     if len(missing):
         raise ValueError(f"{len(missing)} lesion(s) of the gate's set were not scored, e.g. {list(missing[:3])}")
     p = probability.loc[labels.index].to_numpy(dtype=float)
+    from liverlesion.metrics import classification_metrics  # scikit-learn: not for the registry's readers
+
     return classification_metrics(labels.to_numpy(dtype=np.int64), p, threshold)

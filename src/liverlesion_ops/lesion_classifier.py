@@ -71,24 +71,10 @@ class LesionClassifierModel(PythonModel):
     model."""
 
     def load_context(self, context) -> None:
-        import keras
+        from liverlesion.predict import load_predictor
 
-        from liverlesion.calibration import Calibration
-        from liverlesion.config import PatchConfig
-        from liverlesion.predict import LesionPredictor
-
-        settings = json.loads(Path(context.artifacts["settings"]).read_text())
-        network = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
-        self.settings = settings
-        self.predictor = LesionPredictor(
-            network,
-            PatchConfig.model_validate(settings["patches"]),
-            settings["threshold"],
-            settings["precision"],
-            settings["model_name"],
-            settings.get("model_version", ""),  # versions registered before 2026-12 did not know their number
-            Calibration.from_dict(settings.get("calibration")),  # fitted on the validation split (none before 2026-12)
-        )
+        self.settings = json.loads(Path(context.artifacts["settings"]).read_text())
+        self.predictor = load_predictor(self.settings, Path(context.artifacts["keras_model"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from liverlesion.contract import ContractError

@@ -83,6 +83,12 @@ def run_reports_dir(run_name: str) -> Path:
     return folder
 
 
+def scoring_cache_dir() -> Path:
+    """``<state>/cache/scoring/``: registered networks made ready for scoring (``precision.scoring_network``), kept
+    between ``predict`` processes; safe to delete."""
+    return state_home() / "cache" / "scoring"
+
+
 def locks_dir() -> Path:
     folder = state_home() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
