@@ -1,4 +1,4 @@
-"""Import speed (cases/s): NIfTI in the LiTS layout, and one full-size DICOM CT series with its DICOM-SEG.
+"""Import speed: NIfTI in the LiTS layout, and one full-size DICOM CT series with its DICOM-SEG.
 
 (a) ``--n`` phantom patients written as LiTS ``volume-N.nii`` + ``segmentation-N.nii`` (stored LPS)
     and imported with layout ``lits``;
@@ -6,14 +6,19 @@
     (unshuffled, axial) and a DICOM-SEG holding a ``Liver`` and one ``Tumor_1`` segment, imported
     with layout ``crlm``; and ``read_ct_series`` alone on the same files.
 
-The sources are written to a temporary folder first (not timed). Times are wall-clock, one run each.
-Usage: python bench/import_speed.py [--n 4] [--slices 120] [--keep DIR]
+The sources are written to a temporary folder first (not timed). Each import is the console command a user
+runs (``liverlesion import``, a new process: imports included), ``--repeats`` times; with ``--baseline REV``
+the code of git revision REV (a temporary worktree, the same interpreter) runs too, the two alternating, and
+the voxels of the two cohorts are compared (the same voxels whatever the compression).
+Usage: python bench/import_speed.py [--n 4] [--slices 120] [--repeats 3] [--baseline REV] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the DI
 from dicom_fixtures import write_ct_series, write_seg_file  # noqa: E402
 
 from liverlesion.config import load_profile  # noqa: E402
-from liverlesion.deid import SECRET_ENV, pseudonymiser_from_env  # noqa: E402
+from liverlesion.deid import SECRET_ENV  # noqa: E402
 from liverlesion.dicomio import read_ct_series  # noqa: E402
-from liverlesion.importers import import_cohort, read_types_table, scan_source  # noqa: E402
 from liverlesion.lesions import instance_map  # noqa: E402
 from liverlesion.phantom import generate_patient, plan_cohort  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the project's profiles
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"  # the project's profiles
 
 
 def write_lits(root: Path, n: int, seed: int) -> tuple[Path, Path, list[tuple[int, ...]]]:
@@ -83,79 +88,123 @@ def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray
     return hu, liver, tumour & liver
 
 
+def cold_import(code: Path | None, source: Path, layout: str, out: Path, *extra: str) -> float:
+    """Seconds of one ``liverlesion import`` process with the code of ``code`` (None: this checkout)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if code is not None:
+        env["PYTHONPATH"] = str(code / "src")
+    command = [str(Path(sys.executable).with_name("liverlesion")), "import", str(source), "--layout", layout]
+    start = time.perf_counter()
+    done = subprocess.run([*command, "--out", str(out), *extra], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"import failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def same_voxels(one: Path, other: Path) -> bool:
+    """The two cohorts hold the same images and masks, voxel for voxel (their files may be compressed apart)."""
+    files = sorted(p.relative_to(one) for p in one.rglob("*.nii.gz"))
+    if files != sorted(p.relative_to(other) for p in other.rglob("*.nii.gz")):
+        return False
+    return all(
+        np.array_equal(np.asanyarray(nib.load(one / f).dataobj), np.asanyarray(nib.load(other / f).dataobj))
+        and np.array_equal(nib.load(one / f).affine, nib.load(other / f).affine)
+        for f in files
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=4, help="phantom cases for the NIfTI (LiTS) import")
     parser.add_argument("--slices", type=int, default=120, help="slices of the 512x512 DICOM series")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REV", help="also time the code of this git revision, side by side")
     parser.add_argument(
         "--keep", type=Path, default=None, help="write sources and cohorts here (default: a temp folder, removed)"
     )
     args = parser.parse_args()
     os.environ.setdefault(SECRET_ENV, "bench-only-secret-not-for-real-data")
-    pseudonymiser = pseudonymiser_from_env()
 
     with tempfile.TemporaryDirectory(prefix="import-speed-") as scratch:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
+        codes: dict[str, Path | None] = {}
+        if args.baseline:
+            worktree = work / "baseline-code"
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(worktree), args.baseline],
+                check=True,
+            )
+            codes[f"baseline {args.baseline}"] = worktree
+        codes[head.stdout.strip() + (" + uncommitted" if dirty.stdout.strip() else "")] = None
+        try:
+            # (a) NIfTI, LiTS layout
+            (work / "lits").mkdir()
+            start = time.perf_counter()
+            lits, types, shapes = write_lits(work / "lits", args.n, args.seed)
+            written = time.perf_counter() - start
+            voxels = sum(int(np.prod(s)) for s in shapes)
+            print(
+                f"(a) NIfTI / LiTS: {args.n} phantom cases, {voxels / args.n / 1e6:.1f} Mvoxels per case on average "
+                f"(shapes {shapes}); sources written in {written:.1f} s"
+            )
+            report(codes, args.repeats, work / "out-lits", args.n, lits, "lits", "--types", str(types))
 
-        # (a) NIfTI, LiTS layout
-        (work / "lits").mkdir()
-        start = time.perf_counter()
-        lits, types, shapes = write_lits(work / "lits", args.n, args.seed)
-        written = time.perf_counter() - start
-        voxels = sum(int(np.prod(s)) for s in shapes)
-        start = time.perf_counter()
-        cases = scan_source(lits, "lits", types=read_types_table(types))
-        report = import_cohort(cases, work / "cohort-lits", pseudonymiser, "lits")
-        seconds = time.perf_counter() - start
-        n = len(report.imported)
-        print(
-            f"(a) NIfTI / LiTS: {n} phantom cases, {voxels / n / 1e6:.1f} Mvoxels per case on average "
-            f"(shapes {shapes}), {report.to_dict()['lesions']} lesions; sources written in {written:.1f} s"
-        )
-        print(f"    import: {seconds:.2f} s total, {seconds / n:.2f} s per case, {n / seconds:.2f} cases/s")
+            # (b) one DICOM CT series + DICOM-SEG, layout crlm
+            shape = (512, 512, args.slices)
+            hu, liver, tumour = synthetic_ct(shape, args.seed)
+            start = time.perf_counter()
+            ct_files = write_ct_series(
+                work / "dicom" / "CRLM-CT-0001" / "ct",
+                hu,
+                (0.75, 0.75, 2.5),
+                orientation="axial",
+                shuffle=False,
+                intercept=-1024.0,
+                seed=args.seed,
+            )
+            write_seg_file(
+                work / "dicom" / "CRLM-CT-0001" / "seg" / "1-1.dcm", {"Liver": liver, "Tumor_1": tumour}, ct_files
+            )
+            written = time.perf_counter() - start
+            del hu, liver
+            start = time.perf_counter()
+            series = read_ct_series(work / "dicom" / "CRLM-CT-0001" / "ct")
+            read_alone = time.perf_counter() - start
+            assert series.hu.shape == shape
+            del series
+            print(
+                f"\n(b) DICOM / CRLM: 1 series of {shape[0]}x{shape[1]}x{shape[2]} int16 ({len(ct_files)} files, "
+                f"{sum(p.stat().st_size for p in ct_files) / 2**20:.0f} MiB) + DICOM-SEG (Liver, Tumor_1, "
+                f"{int(tumour.sum())} tumour voxels); sources written in {written:.1f} s; "
+                f"read_ct_series alone (this code, warm): {read_alone:.2f} s"
+            )
+            report(codes, args.repeats, work / "out-crlm", 1, work / "dicom", "crlm")
+        finally:
+            if args.baseline:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
 
-        # (b) one DICOM CT series + DICOM-SEG, layout crlm
-        shape = (512, 512, args.slices)
-        hu, liver, tumour = synthetic_ct(shape, args.seed)
-        start = time.perf_counter()
-        ct_files = write_ct_series(
-            work / "dicom" / "CRLM-CT-0001" / "ct",
-            hu,
-            (0.75, 0.75, 2.5),
-            orientation="axial",
-            shuffle=False,
-            intercept=-1024.0,
-            seed=args.seed,
-        )
-        write_seg_file(
-            work / "dicom" / "CRLM-CT-0001" / "seg" / "1-1.dcm", {"Liver": liver, "Tumor_1": tumour}, ct_files
-        )
-        written = time.perf_counter() - start
-        del hu, liver
-        start = time.perf_counter()
-        series = read_ct_series(work / "dicom" / "CRLM-CT-0001" / "ct")
-        read_alone = time.perf_counter() - start
-        assert series.hu.shape == shape
-        del series
-        start = time.perf_counter()
-        cases = scan_source(work / "dicom", "crlm")
-        scanned = time.perf_counter() - start
-        report = import_cohort(cases, work / "cohort-crlm", pseudonymiser, "crlm")
-        seconds = time.perf_counter() - start
-        n = len(report.imported)
-        assert n == 1 and report.imported[0]["lesions"] == 1 and report.imported[0]["metastasis"] == 1
+
+def report(codes: dict, repeats: int, out: Path, n: int, source: Path, layout: str, *extra: str) -> None:
+    """Time each code's cold imports of ``source``, alternating, and print them side by side."""
+    seconds: dict[str, list[float]] = {name: [] for name in codes}
+    for k in range(repeats):
+        for index, (name, code) in enumerate(codes.items()):
+            seconds[name].append(cold_import(code, source, layout, out / f"{index}-{k}", *extra))
+    print(f"    {'code':28s} {'median s':>9s} {'min':>6s} {'max':>6s} {'s per case':>11s} {'cohort MiB':>11s}")
+    for index, (name, times) in enumerate(seconds.items()):
+        size = sum(p.stat().st_size for p in (out / f"{index}-0").rglob("*.nii.gz")) / 2**20
         print(
-            f"(b) DICOM / CRLM: 1 series of {shape[0]}x{shape[1]}x{shape[2]} int16 ({len(ct_files)} files, "
-            f"{sum(p.stat().st_size for p in ct_files) / 2**20:.0f} MiB) + DICOM-SEG (Liver, Tumor_1, "
-            f"{int(tumour.sum())} tumour voxels); sources written in {written:.1f} s"
+            f"    {name:28s} {statistics.median(times):9.2f} {min(times):6.2f} {max(times):6.2f} "
+            f"{statistics.median(times) / n:11.2f} {size:11.1f}"
         )
-        print(f"    read_ct_series alone: {read_alone:.2f} s")
-        print(
-            f"    import: {seconds:.2f} s total (scan {scanned:.2f} s), {seconds / n:.2f} s per case, "
-            f"{n / seconds:.2f} cases/s"
-        )
+    if len(codes) == 2:
+        before, after = (statistics.median(t) for t in seconds.values())
+        print(f"    speed-up {before / after:.2f}x; the same voxels: {same_voxels(out / '0-0', out / '1-0')}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,32 @@ def test_a_volume_within_the_limits_loads_as_before(tmp_path):
     assert np.array_equal(loaded, volume) and meta.shape == (4, 5, 6)
 
 
+def test_the_fast_compression_holds_the_same_voxels_in_any_gzip_reader_and_the_same_bytes_each_time(tmp_path):
+    """Import and predict write ISA-L gzip; the phantom keeps zlib's level 6 (its bytes are a data version)."""
+    volume = np.random.default_rng(0).integers(-1024, 400, size=(64, 64, 40)).astype(np.int16)
+    volume[:, :20] = -1024  # something to compress
+    fast, again, archive = (tmp_path / f"{name}.nii.gz" for name in ("fast", "again", "archive"))
+    save_nifti(volume, np.eye(4), fast, "fast")
+    save_nifti(volume, np.eye(4), again, "fast")
+    save_nifti(volume, np.eye(4), archive)
+    assert fast.read_bytes() == again.read_bytes() and fast.read_bytes() != archive.read_bytes()
+    assert gzip.decompress(fast.read_bytes()) == gzip.decompress(archive.read_bytes())  # the standard library reads it
+    assert np.array_equal(load_nifti(fast)[0], volume)
+    with pytest.raises(ValueError, match="compression"):
+        save_nifti(volume, np.eye(4), tmp_path / "x.nii.gz", "zstd")
+
+
+def test_a_damaged_deflate_stream_is_one_line_naming_the_file(tmp_path):
+    """ISA-L reports a corrupt block with its own exception type: still a ContractError, never a traceback."""
+    path = tmp_path / "damaged.nii.gz"
+    save_nifti(np.arange(4096, dtype=np.int16).reshape(16, 16, 16), np.eye(4), path, "fast")
+    raw = bytearray(path.read_bytes())
+    raw[12:40] = b"\xff" * 28  # inside the first deflate block
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ContractError, match="damaged.nii.gz: not a readable NIfTI image"):
+        load_nifti(path)
+
+
 def test_a_dicom_series_claiming_huge_slices_is_refused_before_its_pixels(tmp_path):
     """Rows = Columns = 65535 raised MemoryError ("Unable to allocate 32.0 GiB"), aborting a whole import."""
     files = write_ct_series(tmp_path / "ct", np.full((8, 8, 4), 40.0), shuffle=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from liverlesion.lesions import instance_map, lesion_instances
+from liverlesion.lesions import instance_map, labels_present, lesion_instances
 
 
 def sphere(shape, center, radius_vox):
@@ -62,3 +62,26 @@ def test_unknown_mask_code_names_the_case():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="case c1: mask shape"):
         lesion_instances(np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 4)), (1, 1, 1), "c1", "p")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, bool, np.float32])
+def test_labels_present_is_np_unique(dtype):
+    """The counting pass answers exactly as sorting does, for every label type; negative, large and fractional
+    values fall back to sorting."""
+    rng = np.random.default_rng(4)
+    volume = rng.integers(0, 7, size=(5, 64, 17_000)).astype(dtype)  # more voxels than one counting chunk
+    for array in (volume, volume[:, ::3], np.zeros((0,), dtype=dtype), volume.ravel()[:1]):
+        found = labels_present(array)
+        np.testing.assert_array_equal(found, np.unique(array))
+        assert found.dtype == np.unique(array).dtype
+    for odd in (np.array([-3, 0, 5], np.int16), np.array([0, 70_000, 2], np.int32), np.array([0.5, 0.5, 2.0])):
+        np.testing.assert_array_equal(labels_present(odd), np.unique(odd))
+
+
+def test_labels_present_counts_in_bounded_chunks(monkeypatch):
+    from liverlesion import lesions
+
+    monkeypatch.setattr(lesions, "_COUNT_CHUNK", 1000)  # many chunks, the last one short
+    volume = np.random.default_rng(5).integers(0, 300, size=12_345).astype(np.int16)
+    volume[volume == 17] = 0
+    np.testing.assert_array_equal(labels_present(volume), np.unique(volume))

@@ -38,6 +38,7 @@ from scipy import ndimage
 from skimage.measure import find_contours
 
 from liverlesion.contract import LABEL_CYST, LABEL_METASTASIS, LABEL_NAMES
+from liverlesion.lesions import labels_present
 
 # ---------------------------------------------------------------------------------------------
 # Colours. Okabe-Ito vermillion and sky blue: a pair that stays distinct under the common colour
@@ -429,7 +430,7 @@ def lesion_map_figure(
         Line2D([], [], color=METASTASIS_COLOUR, linewidth=_OWN_LINE_WIDTH, label="metastasis (predicted)"),
         Line2D([], [], color=CYST_COLOUR, linewidth=_OWN_LINE_WIDTH, label="cyst (predicted)"),
     ]
-    if any(int(i) not in by_instance for i in np.unique(instances) if i > 0):
+    if any(int(i) not in by_instance for i in labels_present(instances) if i > 0):
         handles.append(
             Line2D(
                 [], [], color="0.4", linewidth=_OTHER_LINE_WIDTH, linestyle=":", label="not classified (white, dotted)"

@@ -64,7 +64,7 @@ from liverlesion.contract import (
 from liverlesion.deid import Pseudonymiser, deidentification_record
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti
 from liverlesion.ingestion import contained_path, read_case_table, read_lesion_types
-from liverlesion.lesions import instance_map, lesion_labels
+from liverlesion.lesions import instance_map, labels_present, lesion_labels
 
 Progress = Callable[[int, int, str], None] | None
 IMPORTER_VERSION = "1.1.0"  # 1.1: the source's liver masks kept (``liver_mask``)
@@ -750,7 +750,7 @@ def import_cohort(
                 entry["structures"] = "; ".join(f"{k}: {name}" for k, name in enumerate(data.structures, start=1))
                 if data.instances.shape != data.hu.shape:
                     raise ContractError(f"{label}: mask shape {data.instances.shape} differs from CT {data.hu.shape}")
-                lesions = sorted(int(k) for k in np.unique(data.instances) if k)
+                lesions = sorted(int(k) for k in labels_present(data.instances) if k)
                 if not lesions:
                     raise ContractError(f"{label}: its mask holds no lesion")
             except ContractError as err:
@@ -761,16 +761,19 @@ def import_cohort(
                 continue
             entry["outcome"] = "imported"
             image, mask = f"{IMAGES_DIR}/{case_id}.nii.gz", f"{MASKS_DIR}/{case_id}.nii.gz"
-            save_nifti(np.round(data.hu).astype(np.int16), data.meta.affine, staging / image)
+            save_nifti(np.round(data.hu).astype(np.int16), data.meta.affine, staging / image, "fast")
             save_nifti(
                 data.instances.astype(np.int16 if data.instances.max() < 2**15 else np.int32),
                 data.meta.affine,
                 staging / mask,
+                "fast",
             )
             liver = ""
             if data.liver is not None and data.liver.any():  # the lesions lie in the liver (the contract)
                 liver = f"{LIVERS_DIR}/{case_id}.nii.gz"
-                save_nifti((data.liver | (data.instances > 0)).astype(np.uint8), data.meta.affine, staging / liver)
+                save_nifti(
+                    (data.liver | (data.instances > 0)).astype(np.uint8), data.meta.affine, staging / liver, "fast"
+                )
             taken.add(case_id)
             rows.append(
                 {

@@ -33,6 +33,28 @@ _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 MAX_INSTANCE_NUMBER = 65535
 
 
+#: ``labels_present`` counts values in chunks of this many voxels (a bounded temporary: 8 bytes a voxel)
+_COUNT_CHUNK = 1 << 22
+#: ... for label volumes whose largest value is at most this (an instance mask's limit), else it sorts
+_COUNT_MAX_VALUE = 1 << 16
+
+
+def labels_present(labels: np.ndarray) -> np.ndarray:
+    """The distinct values of a label volume, sorted: ``np.unique``'s answer, in one counting pass (chunked, so the
+    temporary stays ~32 MiB) where the values are small non-negative integers (sorting a 512x512x120 mask took ~0.5 s;
+    counting ~0.05 s)."""
+    flat = np.asarray(labels).ravel()
+    if flat.size == 0 or flat.dtype.kind not in "uib":
+        return np.unique(flat)
+    low, high = int(flat.min()), int(flat.max())
+    if low < 0 or high > _COUNT_MAX_VALUE:
+        return np.unique(flat)
+    counts = np.zeros(high + 1, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        counts += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=high + 1)
+    return np.flatnonzero(counts).astype(flat.dtype)
+
+
 def _named(case_id: str) -> str:
     """How a message names the case: ``case <id>``, or an import's label (``contract.source_named_as``)."""
     return shown(f"case {case_id}")
@@ -80,7 +102,7 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
                 f"{_named(case_id)}: an instance mask holds no negative values, found {instances.min()}"
             )
         # find_objects makes a slot per number up to the largest: count the lesions before numbering them
-        count = len(np.unique(instances)) - int((instances == 0).any())
+        count = len(labels_present(instances)) - int((instances == 0).any())
         if count > MAX_LESIONS_PER_CASE:
             raise _too_many(case_id, count)
         if instances.max() > MAX_INSTANCE_NUMBER:
@@ -96,7 +118,7 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
     if encoding == "binary":
         found = _components(mask != 0, None, case_id)
     else:
-        codes = set(np.unique(mask).tolist()) - {0}
+        codes = set(labels_present(mask).tolist()) - {0}
         unknown = codes - set(MASK_TO_LABEL)
         if unknown:
             raise ContractError(

@@ -25,7 +25,7 @@ from liverlesion.calibration import Calibration
 from liverlesion.config import PatchConfig
 from liverlesion.contract import LABEL_METASTASIS, LABEL_NAMES, MASK_CYST, MASK_METASTASIS, MASK_TO_LABEL, ContractError
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti, to_source_orientation
-from liverlesion.lesions import instance_map, lesion_rows
+from liverlesion.lesions import instance_map, labels_present, lesion_rows
 from liverlesion.patches import case_patches
 
 #: ``auto``: 0/1 or 0/255 masks are binary (lesions = connected components), anything else instance-numbered
@@ -78,7 +78,7 @@ def number_lesions(mask: np.ndarray, encoding: str, where: str) -> tuple[np.ndar
     if encoding not in MASK_ENCODINGS_AT_INFERENCE:
         raise ContractError(f"{where}: unknown mask encoding {encoding!r}; one of {list(MASK_ENCODINGS_AT_INFERENCE)}")
     if encoding == "auto":
-        values = set(np.unique(mask).tolist())
+        values = set(labels_present(mask).tolist())
         encoding = "binary" if values <= {0, 1} or values <= {0, 255} else "instance"
     instances, described = instance_map(mask, where, encoding)
     if not described:
@@ -268,7 +268,7 @@ def write_outputs(
     }
     files["json"].write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     volume, affine = to_source_orientation(class_volume(prediction.instances, results), prediction.meta)
-    save_nifti(volume, affine, files["labels"])
+    save_nifti(volume, affine, files["labels"], "fast")
     draw_lesion_map(prediction, files["figure"], title)
     return files
 

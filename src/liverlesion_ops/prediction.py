@@ -229,7 +229,9 @@ def write_answers(case: CaseInput, prediction, predictor, resolved: str, out: Pa
     title = f"{case.name}: {predictor.model_name} v{predictor.model_version}"
     files = write_outputs(prediction, out, title=title, extra=extra)
     if case.liver is not None:
-        files["liver"] = save_nifti(*to_source_orientation(case.liver.astype("uint8"), case.meta), out / "liver.nii.gz")
+        files["liver"] = save_nifti(
+            *to_source_orientation(case.liver.astype("uint8"), case.meta), out / "liver.nii.gz", "fast"
+        )
     if case.series is not None and seg_not_written(case.series) is None:
         from liverlesion.dicomio import write_seg
 
