@@ -31,6 +31,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the DICOM fixture writers
 
 from dicom_fixtures import write_ct_series, write_seg_file  # noqa: E402
+from revisions import code_env, code_versions  # noqa: E402
 
 from liverlesion.config import load_profile  # noqa: E402
 from liverlesion.deid import SECRET_ENV  # noqa: E402
@@ -90,9 +91,7 @@ def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray
 
 def cold_import(code: Path | None, source: Path, layout: str, out: Path, *extra: str) -> float:
     """Seconds of one ``liverlesion import`` process with the code of ``code`` (None: this checkout)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if code is not None:
-        env["PYTHONPATH"] = str(code / "src")
+    env = code_env(code)
     command = [str(Path(sys.executable).with_name("liverlesion")), "import", str(source), "--layout", layout]
     start = time.perf_counter()
     done = subprocess.run([*command, "--out", str(out), *extra], env=env, capture_output=True, text=True)
@@ -130,18 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="import-speed-") as scratch:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
-        codes: dict[str, Path | None] = {}
-        if args.baseline:
-            worktree = work / "baseline-code"
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(worktree), args.baseline],
-                check=True,
-            )
-            codes[f"baseline {args.baseline}"] = worktree
-        codes[head.stdout.strip() + (" + uncommitted" if dirty.stdout.strip() else "")] = None
-        try:
+        with code_versions(args.baseline, work) as codes:
             # (a) NIfTI, LiTS layout
             (work / "lits").mkdir()
             start = time.perf_counter()
@@ -184,9 +172,6 @@ def main() -> None:
                 f"read_ct_series alone (this code, warm): {read_alone:.2f} s"
             )
             report(codes, args.repeats, work / "out-crlm", 1, work / "dicom", "crlm")
-        finally:
-            if args.baseline:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
 
 
 def report(codes: dict, repeats: int, out: Path, n: int, source: Path, layout: str, *extra: str) -> None:

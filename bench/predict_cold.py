@@ -1,11 +1,11 @@
 """Figures: a cold `liverlesion predict CT --mask MASK`, the whole console command, today against a baseline revision.
 
 One new process per call, as a radiologist-researcher runs it: imports, the registry's answer, the network's
-loading, scoring and the written files. Two cases: a default-cohort case (``--case``, default case_002, 7
-lesions) and the same phantom anatomy at a real CT's size (512 x 512 x 120, 4 lesions; ``serve_load.py``'s
-case). The champion of the project's registry answers both (run ``make run`` first). With ``--baseline REV`` the
-code of git revision REV (a temporary worktree, the same interpreter and registry) runs too, the two alternating
-call by call so the machine's noise falls on both; each call's probabilities are compared between the two.
+loading, scoring and the written files. Two cases: a default-cohort case (``--case``, default case_002) and a
+phantom case at a real CT's size (512 x 512 x 120, 2 lesions; ``serve_load.py``'s case). The champion of the
+project's registry answers both (run ``make run`` first). With ``--baseline REV`` the code of git revision REV
+(a temporary worktree, the same interpreter and registry) runs too, the two alternating call by call so the
+machine's noise falls on both; each call's probabilities are compared between the two.
 
     .venv/bin/python bench/predict_cold.py [--repeats 3] [--baseline REV] [--case case_002]
 """
@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from revisions import code_env, code_versions  # noqa: E402
+
 
 def one_call(code: Path | None, image: Path, mask: Path, out: Path) -> tuple[float, float, list[float]]:
     """(seconds, peak RSS in GiB, P(metastasis) per lesion) of one cold ``predict`` with the code of ``code``."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if code is not None:
-        env["PYTHONPATH"] = str(code / "src")
+    env = code_env(code)
     command = ["/usr/bin/time", "-f", "%M", str(Path(sys.executable).with_name("liverlesion"))]
     command += ["predict", str(image), "--mask", str(mask), "--out", str(out), "--json"]
     start = time.perf_counter()
@@ -53,9 +53,6 @@ def main() -> None:
 
     from serve_load import real_sized_case
 
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
-    today = head.stdout.strip() + (" + uncommitted" if dirty.stdout.strip() else "")
     with tempfile.TemporaryDirectory(prefix="liverlesion-predict-cold-") as tmp:
         tmp = Path(tmp)
         real_sized_case(tmp)  # writes tmp/ct.nii.gz and tmp/mask.nii.gz
@@ -64,18 +61,9 @@ def main() -> None:
                 ROOT / "data/images" / f"{args.case}.nii.gz",
                 ROOT / "data/masks" / f"{args.case}.nii.gz",
             ),
-            "512x512x120, 4 lesions": (tmp / "ct.nii.gz", tmp / "mask.nii.gz"),
+            "512x512x120, 2 lesions": (tmp / "ct.nii.gz", tmp / "mask.nii.gz"),
         }
-        codes: dict[str, Path | None] = {}
-        if args.baseline:
-            worktree = tmp / "baseline"
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(worktree), args.baseline],
-                check=True,
-            )
-            codes[f"baseline {args.baseline}"] = worktree
-        codes[today] = None
-        try:
+        with code_versions(args.baseline, tmp) as codes:
             print(f"cold `liverlesion predict --mask`, {args.repeats} call(s) each, alternating; {os.cpu_count()} CPUs")
             for case, (image, mask) in cases.items():
                 runs = {name: [] for name in codes}
@@ -101,11 +89,6 @@ def main() -> None:
                         f"  speed-up {before / after:.2f}x; lesions {len(runs[names[1]][0][2])}, same count: "
                         f"{same}; largest P(metastasis) difference {diff:.2e}"
                     )
-        finally:
-            if args.baseline:
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "baseline")], check=False
-                )
 
 
 if __name__ == "__main__":
