@@ -70,7 +70,13 @@ def test_labels_present_is_np_unique(dtype):
     values fall back to sorting."""
     rng = np.random.default_rng(4)
     volume = rng.integers(0, 7, size=(5, 64, 17_000)).astype(dtype)  # more voxels than one counting chunk
-    for array in (volume, volume[:, ::3], np.zeros((0,), dtype=dtype), volume.ravel()[:1]):
+    for array in (
+        volume,
+        volume[:, ::3],
+        volume.transpose(2, 0, 1)[::-1],
+        np.zeros((0,), dtype=dtype),
+        volume.ravel()[:1],
+    ):
         found = labels_present(array)
         np.testing.assert_array_equal(found, np.unique(array))
         assert found.dtype == np.unique(array).dtype

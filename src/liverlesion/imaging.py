@@ -243,10 +243,11 @@ def check_hu(volume: np.ndarray, where: str, padding: np.ndarray | None = None) 
         ContractError: NaN or infinite voxels, impossible values inside the field of view, or no
             air anywhere (not CT in HU: MR, or stored values without their rescale).
     """
-    hu = np.asarray(volume, dtype=np.float32).copy()
-    finite = np.isfinite(hu)
-    if not finite.all():
-        raise ContractError(f"{where}: {int((~finite).sum())} voxels are NaN or infinite; a CT holds numbers only")
+    hu = np.array(volume, dtype=np.float32, copy=True)  # one copy (asarray then copy made two of an int16 CT)
+    if np.asarray(volume).dtype.kind not in "iub":  # integers are finite: one pass over a 512x512x120 CT saved
+        finite = np.isfinite(hu)
+        if not finite.all():
+            raise ContractError(f"{where}: {int((~finite).sum())} voxels are NaN or infinite; a CT holds numbers only")
     n_padding = 0
     if padding is not None and padding.any():
         n_padding = int(padding.sum())

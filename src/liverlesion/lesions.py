@@ -40,19 +40,21 @@ _COUNT_MAX_VALUE = 1 << 16
 
 
 def labels_present(labels: np.ndarray) -> np.ndarray:
-    """The distinct values of a label volume, sorted: ``np.unique``'s answer, in one counting pass (chunked, so the
-    temporary stays ~32 MiB) where the values are small non-negative integers (sorting a 512x512x120 mask took ~0.5 s;
-    counting ~0.05 s)."""
-    flat = np.asarray(labels).ravel()
-    if flat.size == 0 or flat.dtype.kind not in "uib":
-        return np.unique(flat)
-    low, high = int(flat.min()), int(flat.max())
+    """The distinct values of a label volume, sorted: ``np.unique``'s answer, in one counting pass where the values
+    are small non-negative integers (sorting a 512x512x120 mask took ~0.5 s; counting ~0.05 s). The volume is
+    counted slab by slab along its first axis, so a strided view (a reoriented mask) is never copied whole: the
+    temporary stays ~32 MiB."""
+    array = np.atleast_1d(np.asarray(labels))
+    if array.size == 0 or array.dtype.kind not in "uib":
+        return np.unique(array)
+    low, high = int(array.min()), int(array.max())
     if low < 0 or high > _COUNT_MAX_VALUE:
-        return np.unique(flat)
+        return np.unique(array)
     counts = np.zeros(high + 1, dtype=np.int64)
-    for start in range(0, flat.size, _COUNT_CHUNK):
-        counts += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=high + 1)
-    return np.flatnonzero(counts).astype(flat.dtype)
+    step = max(1, _COUNT_CHUNK * array.shape[0] // array.size)
+    for start in range(0, array.shape[0], step):
+        counts += np.bincount(array[start : start + step].ravel(), minlength=high + 1)
+    return np.flatnonzero(counts).astype(array.dtype)
 
 
 def _named(case_id: str) -> str:
