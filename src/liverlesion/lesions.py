@@ -104,7 +104,8 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
                 f"{_named(case_id)}: an instance mask holds no negative values, found {instances.min()}"
             )
         # find_objects makes a slot per number up to the largest: count the lesions before numbering them
-        count = len(labels_present(instances)) - int((instances == 0).any())
+        present = labels_present(instances)  # sorted: a background is its first value
+        count = len(present) - int(present.size > 0 and present[0] == 0)
         if count > MAX_LESIONS_PER_CASE:
             raise _too_many(case_id, count)
         if instances.max() > MAX_INSTANCE_NUMBER:
