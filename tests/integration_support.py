@@ -14,7 +14,8 @@ TINY_PROFILE = {
     "name": "tiny",
     "cohort": {"seed": 7, "n_patients": 12, "n_lesions": 36, "size_scale": 0.5},
     "patches": {"output_size": [75, 75]},
-    "train": {"epochs": 1, "batch_size": 8},
+    # a smoke run: 3 steps, for which tracing the train step into a graph would cost 5x the training
+    "train": {"epochs": 1, "batch_size": 8, "run_eagerly": True},
     # carried into the served model: the tests check that every answer uses them
     "evaluate": {"calibration": "temperature", "operating_point": {"metric": "recall", "at_least": 0.9}},
     # one epoch on 12 patients: no floors, so that the first version becomes champion

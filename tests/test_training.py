@@ -36,6 +36,7 @@ PLAIN = Protocol(
     tie_break="first",
     lr_schedule="constant",
     full_batches=False,
+    run_eagerly=False,
 )
 
 
@@ -234,6 +235,35 @@ def test_same_seed_same_weights():
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True])
+def test_run_eagerly_decides_whether_the_steps_are_traced(run_eagerly):
+    import tensorflow as tf
+
+    class Witness(keras.layers.Layer):
+        """Records, each time it runs, whether it runs op by op (eager) or is being traced."""
+
+        def __init__(self):
+            super().__init__()
+            self.eager = []
+
+        def call(self, x):
+            self.eager.append(tf.executing_eagerly())
+            return x
+
+    x, y, xv, yv = stuck_data()
+    witness = Witness()
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(witness(inputs)))
+    model = keras.Model(inputs, outputs)
+    witness.eager.clear()  # building the model ran it once, symbolically
+    train_classifier(
+        model, x, y, xv, yv, with_changes(PLAIN, epochs=2, batch_size=8, run_eagerly=run_eagerly), verbose=0
+    )
+    # eager: every batch of both epochs ran op by op; traced: only the tracings ran the layer, never a batch
+    assert set(witness.eager) == {run_eagerly}
+    assert (len(witness.eager) >= 2 * (2 + 1)) == run_eagerly  # 2 train batches + 1 validation batch a epoch
 
 
 def test_full_batches_top_up_with_repeats_only():

@@ -130,6 +130,10 @@ class TrainConfig(_Section):
     full_batches: bool = Field(
         description="top the train set up to whole batches, validate in one batch (one compiled step on JAX)",
     )
+    run_eagerly: bool = Field(
+        description="run each train and validation step op by op, untraced: faster for a smoke run of a few "
+        "steps (tracing the train step costs tens of seconds on a CPU), slower for a real one",
+    )
 
     def protocol(self) -> Protocol:
         """The training protocol these settings describe."""

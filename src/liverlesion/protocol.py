@@ -48,6 +48,10 @@ class Protocol:
     # one train step and one eval step instead of one more per odd batch size: the training set is
     # topped up to a multiple of the batch with randomly repeated lesions (seeded; < 1 batch).
     full_batches: bool
+    # Each step run op by op instead of traced into a graph first. Tracing InceptionV3's train step
+    # costs tens of seconds on a CPU, once per process; it pays back over a real run's hundreds of
+    # steps, not over a smoke run of one epoch on a handful of patients (5x faster there).
+    run_eagerly: bool
 
     def __post_init__(self):
         if self.monitor not in MONITORS:

@@ -153,6 +153,7 @@ def compile_for_training(trainable: keras.Model, protocol: Protocol, steps_per_e
         optimizer=keras.optimizers.Adam(learning_rate=rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=protocol.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        run_eagerly=protocol.run_eagerly,
     )
     return trainable
 
