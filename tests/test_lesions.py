@@ -91,3 +91,46 @@ def test_labels_present_counts_in_bounded_chunks(monkeypatch):
     volume = np.random.default_rng(5).integers(0, 300, size=12_345).astype(np.int16)
     volume[volume == 17] = 0
     np.testing.assert_array_equal(labels_present(volume), np.unique(volume))
+
+
+def _numbered_over_the_whole_volume(mask, encoding):
+    """The numbering as defined: connected components of the whole volume (per class for a class-coded mask),
+    numbered by class, then by position (first voxel along the last axis, then the middle, then the first)."""
+    from scipy import ndimage
+
+    codes = [None] if encoding == "binary" else sorted(set(np.unique(mask).tolist()) - {0})
+    found = []
+    for code in codes:
+        components, _ = ndimage.label(mask != 0 if code is None else mask == code, structure=np.ones((3, 3, 3)))
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            found.append((-1 if code is None else code, tuple(b.start for b in box[::-1]), components == index, box))
+    found.sort(key=lambda f: f[:2])
+    expected = np.zeros(mask.shape, np.int32)
+    for number, (_, _, voxels, _) in enumerate(found, start=1):
+        expected[voxels] = number
+    return expected, [box for *_, box in found]
+
+
+@pytest.mark.parametrize("encoding", ["class", "binary"])
+@pytest.mark.parametrize("seed", range(6))
+def test_numbering_inside_the_lesions_box_equals_numbering_the_whole_volume(encoding, seed):
+    """Lesions are numbered inside the box around all of them; the numbers, voxels and boxes are those of the
+    whole volume, lesions on the volume's faces and a single corner voxel included."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(8, 40, size=3))
+    mask = np.zeros(shape, np.uint8)
+    for _ in range(int(rng.integers(1, 7))):
+        center = [int(rng.integers(0, n)) for n in shape]
+        mask[sphere(shape, center, float(rng.uniform(0.5, 5)))] = rng.integers(1, 3)
+    if seed % 2:
+        mask[(0,) * 3] = 2  # a voxel in a corner: the box reaches the volume's faces
+    instances, described = instance_map(mask, "c", encoding)
+    expected, boxes = _numbered_over_the_whole_volume(mask, encoding)
+    np.testing.assert_array_equal(instances, expected)
+    assert [d["box"] for d in described] == boxes
+    assert [d["instance"] for d in described] == list(range(1, len(boxes) + 1))
+
+
+def test_a_mask_without_lesions_numbers_none():
+    instances, described = instance_map(np.zeros((5, 6, 7), np.uint8), "c", "class")
+    assert described == [] and instances.shape == (5, 6, 7) and not instances.any()

@@ -118,6 +118,40 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
             {"instance": k, "label": None, "box": box} for k, box in enumerate(boxes, start=1) if box is not None
         ]
         return instances, described
+    mask = np.asarray(mask)
+    instances = np.zeros(mask.shape, dtype=np.int32)
+    occupied = occupied_box(mask)
+    if occupied is None:
+        return instances, []
+    # numbered inside the box around every lesion voxel (no component reaches past it), which on a CT is a small
+    # part of the volume: the boxes are moved back to the volume's coordinates
+    found = _found_lesions(mask[occupied], case_id, encoding)
+    found.sort(key=lambda f: (-1 if f[0] is None else f[0], f[1]))
+    inside = instances[occupied]
+    described = []
+    for number, (label, _, components, index, box) in enumerate(found, start=1):
+        inside[box][components[box] == index] = number
+        moved = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, occupied))
+        described.append({"instance": number, "label": label, "box": moved})
+    return instances, described
+
+
+def occupied_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every non-zero voxel of ``mask``; None if it has none. The first axis is reduced
+    over the whole volume, the others only over the slices that hold a voxel."""
+    first = np.flatnonzero(mask.any(axis=tuple(range(1, mask.ndim))))
+    if first.size == 0:
+        return None
+    slab = mask[first[0] : first[-1] + 1]
+    box = [slice(int(first[0]), int(first[-1]) + 1)]
+    for axis in range(1, mask.ndim):
+        held = np.flatnonzero(slab.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(held[0]), int(held[-1]) + 1))
+    return tuple(box)
+
+
+def _found_lesions(mask: np.ndarray, case_id: str, encoding: str) -> list[tuple]:
+    """The connected lesions of a class-coded or binary mask, each as ``_components`` gives it."""
     if encoding == "binary":
         found = _components(mask != 0, None, case_id)
     else:
@@ -131,13 +165,7 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
         found = [c for code in sorted(codes) for c in _components(mask == code, MASK_TO_LABEL[code], case_id)]
         if len(found) > MAX_LESIONS_PER_CASE:
             raise _too_many(case_id, len(found))
-    found.sort(key=lambda f: (-1 if f[0] is None else f[0], f[1]))
-    instances = np.zeros(mask.shape, dtype=np.int32)
-    described = []
-    for number, (label, _, components, index, box) in enumerate(found, start=1):
-        instances[box][components[box] == index] = number
-        described.append({"instance": number, "label": label, "box": box})
-    return instances, described
+    return found
 
 
 def lesion_labels(described: list[dict], types: Mapping[int, str] | None, case_id: str) -> dict[int, int | None]:
