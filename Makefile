@@ -8,7 +8,8 @@ UV_VERSION := 0.13.8
 PROFILE ?= quick
 # test processes (pytest-xdist): each test file runs whole in one of them, so a file's module-scoped
 # project and pipeline run are shared as before; the pipeline tests spend much of their time in one
-# core (process start-up, ZenML, MLflow, DVC), so two of them on two cores finish sooner
+# core (process start-up, ZenML, MLflow, DVC), so two of them on two cores finish sooner. The files are
+# handed out longest first, in the order tests/conftest.py gives (--no-loadscope-reorder keeps it)
 JOBS ?= 2
 # --compile-bytecode: every `liverlesion` process (a cron retrain, each test's subprocess) then starts from
 # bytecode instead of compiling MLflow, ZenML and TensorFlow again (~6 s each)
@@ -43,11 +44,11 @@ run: install
 
 ## lint and format check (ruff), then the test suite without the slow tier
 test: lint
-	$(BIN)/python -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile
+	$(BIN)/python -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 ## lint, then every test, the slow tier too (what CI runs)
 test-all: lint
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: install-dev
 	$(BIN)/ruff check .

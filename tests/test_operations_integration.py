@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from integration_support import REPO, cli, make_project, mlflow_client
+from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -127,7 +127,7 @@ def test_audit_gives_the_lineage_of_the_champion_and_restores_its_exact_data(pro
     assert sum(s["lesions"] for s in sets.values()) == 36
     assert not set(sets["train"]["patients"]) & set(sets["test"]["patients"])
     assert report["code"]["git_commit"] and report["fingerprint"] == first_retrain["fingerprint"]
-    assert report["configuration"]["train"]["epochs"] == 1
+    assert report["configuration"]["train"]["epochs"] == TINY_PROFILE["train"]["epochs"]
     assert report["decision"]["outcome"] == "promoted"
 
     restored = tmp_path / "v1-data"

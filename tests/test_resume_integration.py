@@ -4,7 +4,7 @@ nothing the killed run left half-done is taken for a finished artefact.
 One throw-away project (real git, DVC, ZenML local store, MLflow SQLite store), the console command as
 a user runs it. The kill comes when the MLflow store shows the training run with at least one epoch's
 ``val_accuracy`` and still RUNNING: the train step is then in its epoch loop, past model building and
-the first (compiling, slowest) epoch, with most epochs still to go. The store is read with ``sqlite3``
+the first epoch, with most epochs still to go. The store is read with ``sqlite3``
 in read-only mode, so the test never writes (or migrates) a store that a live process owns.
 """
 
@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROFILE = "resume"
 MODEL_NAME = "resume-liver-lesion"
-# On 2 shared cores the first epoch (graph compilation) takes ~30 s and each later one ~1 s: after the
-# first epoch is seen, 9 more epochs (plus the model's save) are the window the kill has to land in.
+# The tiny profile trains eagerly: on 2 shared cores each epoch takes a few seconds; after the first epoch
+# is seen, 9 more epochs (plus the model's save) are the window the kill has to land in.
 EPOCHS = 10
 UPSTREAM = ("ingest", "segment", "extract_patches", "validate", "split")
 TRAINING_SEEN_TIMEOUT_S = 600

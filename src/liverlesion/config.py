@@ -131,8 +131,9 @@ class TrainConfig(_Section):
         description="top the train set up to whole batches, validate in one batch (one compiled step on JAX)",
     )
     run_eagerly: bool = Field(
-        description="run each train and validation step op by op, untraced: faster for a smoke run of a few "
-        "steps (tracing the train step costs tens of seconds on a CPU), slower for a real one",
+        description="run each train and validation step op by op, untraced: on TensorFlow faster for a smoke run "
+        "of a few steps (tracing the train step costs tens of seconds on a CPU), slower for a real one; on JAX "
+        "slower than compiling even for a few steps",
     )
 
     def protocol(self) -> Protocol:

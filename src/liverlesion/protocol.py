@@ -50,7 +50,8 @@ class Protocol:
     full_batches: bool
     # Each step run op by op instead of traced into a graph first. Tracing InceptionV3's train step
     # costs tens of seconds on a CPU, once per process; it pays back over a real run's hundreds of
-    # steps, not over a smoke run of one epoch on a handful of patients (5x faster there).
+    # steps, not over a smoke run of one epoch on a handful of patients (5x faster there). On JAX, op by op
+    # dispatch is slower than compiling even then.
     run_eagerly: bool
 
     def __post_init__(self):
