@@ -134,3 +134,20 @@ def test_numbering_inside_the_lesions_box_equals_numbering_the_whole_volume(enco
 def test_a_mask_without_lesions_numbers_none():
     instances, described = instance_map(np.zeros((5, 6, 7), np.uint8), "c", "class")
     assert described == [] and instances.shape == (5, 6, 7) and not instances.any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_instance_mask_keeps_its_numbers_and_boxes_when_read_inside_its_box(seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(10, 30, size=3))
+    mask = np.zeros(shape, np.uint16)
+    for number in rng.choice(np.arange(1, 40), size=int(rng.integers(1, 6)), replace=False):
+        center = [int(rng.integers(0, n)) for n in shape]
+        mask[sphere(shape, center, float(rng.uniform(0.5, 4)))] = number
+    instances, described = instance_map(mask, "c", "instance")
+    np.testing.assert_array_equal(instances, mask.astype(np.int32))
+    whole = ndimage.find_objects(mask.astype(np.int32))
+    expected = [(k, box) for k, box in enumerate(whole, start=1) if box is not None]
+    assert [(d["instance"], d["box"]) for d in described] == expected

@@ -40,6 +40,36 @@ def test_small_lesion_on_thick_slices_is_seen_axially():
     assert largest_cross_section(single, (1.0, 1.0, 1.0)) == (2, 2, 0.0)
 
 
+def _largest_cross_section_slice_by_slice(lesion, spacing):
+    """The definition, one slice at a time: each slice's voxel count x pixel area x (n-1)/n along each in-plane
+    axis it spans n voxels; the first strictly largest, axial first; a section-less lesion: its fullest axial slice."""
+    best = None
+    for axis in (2, 1, 0):
+        others = [a for a in range(3) if a != axis]
+        for index in range(lesion.shape[axis]):
+            section = np.take(lesion, index, axis=axis)
+            if not section.any():
+                continue
+            spans = [int(section.any(axis=1).sum()), int(section.any(axis=0).sum())]
+            factors = [(n - 1) / n if n > 1 else 0.0 for n in spans]
+            area = section.sum() * (spacing[others[0]] * spacing[others[1]]) * factors[0] * factors[1]
+            if best is None or area > best[2] + 1e-9:
+                best = (axis, index, float(area))
+    if best[2] == 0.0:
+        return 2, int(np.argmax(lesion.sum(axis=(0, 1)))), 0.0
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_largest_cross_section_of_all_slices_at_once_is_the_slice_by_slice_one(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(1, 14, size=3))
+    lesion = rng.random(shape) < rng.uniform(0.05, 0.9)
+    lesion.flat[int(rng.integers(lesion.size))] = True
+    spacing = tuple(float(v) for v in rng.choice([0.7, 0.8, 1.0, 2.5, 5.0], size=3))
+    assert largest_cross_section(lesion, spacing) == _largest_cross_section_slice_by_slice(lesion, spacing)
+
+
 def test_pad_value_is_the_crop_mean_and_crop_is_centred():
     crop = np.arange(12, dtype=np.float32).reshape(3, 4)
     out, scale = pad_to_canvas(crop, (7, 8), float(crop.mean()))

@@ -95,45 +95,54 @@ def instance_map(mask: np.ndarray, case_id: str = "?", encoding: str = "class") 
     """
     if encoding not in MASK_ENCODINGS:
         raise ContractError(f"{_named(case_id)}: unknown mask encoding {encoding!r}; one of {list(MASK_ENCODINGS)}")
-    if encoding == "instance":
-        if np.issubdtype(mask.dtype, np.floating) and not np.array_equal(mask, np.round(mask)):
-            raise ContractError(f"{_named(case_id)}: an instance mask holds whole numbers, found fractions")
-        instances = np.asarray(mask).astype(np.int32)
-        if instances.min() < 0:
-            raise ContractError(
-                f"{_named(case_id)}: an instance mask holds no negative values, found {instances.min()}"
-            )
-        # find_objects makes a slot per number up to the largest: count the lesions before numbering them
-        present = labels_present(instances)  # sorted: a background is its first value
-        count = len(present) - int(present.size > 0 and present[0] == 0)
-        if count > MAX_LESIONS_PER_CASE:
-            raise _too_many(case_id, count)
-        if instances.max() > MAX_INSTANCE_NUMBER:
-            raise ContractError(
-                f"{_named(case_id)}: an instance mask numbers its lesions up to {int(instances.max()):,}; numbers "
-                f"above {MAX_INSTANCE_NUMBER} are refused (renumber the lesions 1..N)"
-            )
-        boxes = ndimage.find_objects(instances)
-        described = [
-            {"instance": k, "label": None, "box": box} for k, box in enumerate(boxes, start=1) if box is not None
-        ]
-        return instances, described
     mask = np.asarray(mask)
     instances = np.zeros(mask.shape, dtype=np.int32)
     occupied = occupied_box(mask)
     if occupied is None:
         return instances, []
-    # numbered inside the box around every lesion voxel (no component reaches past it), which on a CT is a small
-    # part of the volume: the boxes are moved back to the volume's coordinates
-    found = _found_lesions(mask[occupied], case_id, encoding)
+    # everything is done inside the box around every lesion voxel (outside it the mask is 0), which on a CT is a
+    # small part of the volume; boxes are moved back to the volume's coordinates
+    if encoding == "instance":
+        instances[occupied] = _instance_numbers(mask[occupied], case_id)
+        described = [
+            {"instance": k, "label": None, "box": _moved(box, occupied)}
+            for k, box in enumerate(ndimage.find_objects(instances[occupied]), start=1)
+            if box is not None
+        ]
+        return instances, described
+    found = _found_lesions(mask[occupied], case_id, encoding)  # no component reaches past the box
     found.sort(key=lambda f: (-1 if f[0] is None else f[0], f[1]))
     inside = instances[occupied]
     described = []
     for number, (label, _, components, index, box) in enumerate(found, start=1):
         inside[box][components[box] == index] = number
-        moved = tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, occupied))
-        described.append({"instance": number, "label": label, "box": moved})
+        described.append({"instance": number, "label": label, "box": _moved(box, occupied)})
     return instances, described
+
+
+def _moved(box: tuple[slice, ...], by: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``box``, given inside the box ``by``, in the coordinates ``by`` is given in."""
+    return tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, by))
+
+
+def _instance_numbers(mask: np.ndarray, case_id: str) -> np.ndarray:
+    """An instance mask's own numbers as int32, checked: whole, not negative, at most ``MAX_INSTANCE_NUMBER``, and
+    no more lesions than the per-case limit (counted before ``find_objects`` makes a slot per number)."""
+    if np.issubdtype(mask.dtype, np.floating) and not np.array_equal(mask, np.round(mask)):
+        raise ContractError(f"{_named(case_id)}: an instance mask holds whole numbers, found fractions")
+    instances = mask.astype(np.int32)
+    if instances.min() < 0:
+        raise ContractError(f"{_named(case_id)}: an instance mask holds no negative values, found {instances.min()}")
+    present = labels_present(instances)  # sorted: a background is its first value
+    count = len(present) - int(present.size > 0 and present[0] == 0)
+    if count > MAX_LESIONS_PER_CASE:
+        raise _too_many(case_id, count)
+    if instances.max() > MAX_INSTANCE_NUMBER:
+        raise ContractError(
+            f"{_named(case_id)}: an instance mask numbers its lesions up to {int(instances.max()):,}; numbers "
+            f"above {MAX_INSTANCE_NUMBER} are refused (renumber the lesions 1..N)"
+        )
+    return instances
 
 
 def occupied_box(mask: np.ndarray) -> tuple[slice, ...] | None:

@@ -39,22 +39,22 @@ class PatchInfo:
         return asdict(self)
 
 
-def _extent_factor(present: np.ndarray) -> float:
-    """(n - 1) / n for a lesion spanning n voxels along one axis: its centre-to-centre extent.
+def _extent_factors(n: np.ndarray) -> np.ndarray:
+    """(n - 1) / n for lesions spanning n voxels along one axis (one count per slice): their centre-to-centre extent.
 
     Counting whole voxels overstates a cross-section along a coarse axis: a lesion on two 5 mm
     slices is not 10 mm tall. Measuring between voxel centres removes that bias, so a small lesion
-    on thick slices is not seen as "largest" in a reformatted plane.
+    on thick slices is not seen as "largest" in a reformatted plane. 0 where n <= 1.
     """
-    n = int(present.sum())
-    return (n - 1) / n if n > 1 else 0.0
+    n = n.astype(np.float64)
+    return np.where(n > 1, (n - 1) / np.maximum(n, 1), 0.0)
 
 
 def largest_cross_section(lesion: np.ndarray, spacing: tuple[float, float, float]) -> tuple[int, int, float]:
     """The axis and slice where the lesion's cross-section (in mm², centre-to-centre) is largest.
 
     Each slice's area is its voxel count times the pixel area, scaled by ``(n-1)/n`` along each
-    in-plane axis the cross-section spans ``n`` voxels (see ``_extent_factor``). Ties go to the
+    in-plane axis the cross-section spans ``n`` voxels (see ``_extent_factors``). Ties go to the
     axial plane (axis 2), then the coronal (axis 1): where a radiologist looks first.
 
     Returns:
@@ -66,10 +66,12 @@ def largest_cross_section(lesion: np.ndarray, spacing: tuple[float, float, float
     for axis in (2, 1, 0):
         others = [a for a in range(3) if a != axis]
         pixel_mm2 = spacing[others[0]] * spacing[others[1]]
-        counts = lesion.sum(axis=tuple(others))
+        slices = np.moveaxis(lesion, axis, 0)  # (slice, first in-plane axis, second)
+        counts = slices.sum(axis=(1, 2))
+        # each slice's extent factor along its first and its second in-plane axis, all slices at once
+        factors = [_extent_factors(slices.any(axis=2).sum(axis=1)), _extent_factors(slices.any(axis=1).sum(axis=1))]
         for index in np.flatnonzero(counts):
-            section = np.take(lesion, index, axis=axis)
-            area = counts[index] * pixel_mm2 * _extent_factor(section.any(axis=1)) * _extent_factor(section.any(axis=0))
+            area = counts[index] * pixel_mm2 * factors[0][index] * factors[1][index]
             if best is None or area > best[2] + 1e-9:
                 best = (axis, int(index), float(area))
     if best[2] == 0.0:  # a thread or a single voxel: no measurable section; take the fullest axial slice

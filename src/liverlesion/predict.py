@@ -25,7 +25,7 @@ from liverlesion.calibration import Calibration
 from liverlesion.config import PatchConfig
 from liverlesion.contract import LABEL_METASTASIS, LABEL_NAMES, MASK_CYST, MASK_METASTASIS, MASK_TO_LABEL, ContractError
 from liverlesion.imaging import ImageMeta, check_hu, load_nifti, save_nifti, to_source_orientation
-from liverlesion.lesions import instance_map, labels_present, lesion_rows
+from liverlesion.lesions import instance_map, labels_present, lesion_rows, occupied_box
 from liverlesion.patches import case_patches
 
 #: ``auto``: 0/1 or 0/255 masks are binary (lesions = connected components), anything else instance-numbered
@@ -78,7 +78,8 @@ def number_lesions(mask: np.ndarray, encoding: str, where: str) -> tuple[np.ndar
     if encoding not in MASK_ENCODINGS_AT_INFERENCE:
         raise ContractError(f"{where}: unknown mask encoding {encoding!r}; one of {list(MASK_ENCODINGS_AT_INFERENCE)}")
     if encoding == "auto":
-        values = set(labels_present(mask).tolist())
+        occupied = occupied_box(mask)  # outside it every voxel is 0
+        values = set(labels_present(mask[occupied] if occupied else mask[:0]).tolist()) | {0}
         encoding = "binary" if values <= {0, 1} or values <= {0, 255} else "instance"
     instances, described = instance_map(mask, where, encoding)
     if not described:
