@@ -552,6 +552,8 @@ def test_the_train_step_runs_on_the_backend_the_profile_names(project, first_run
         "--set",
         "train.run_eagerly=false",  # JAX compiled, as on a GPU: op by op it is slower than compiling, unlike TF
         "--set",
+        "train.full_batches=true",  # one train step compiled, not a second for the last, smaller batch
+        "--set",
         f"register.model_name={name}",
     )
     assert "no retraining happened" not in done.stdout
