@@ -164,3 +164,32 @@ def test_retrain_takes_the_cohort_with_data(outside):
     done = liverlesion("--project", str(REPO), "retrain", "--data", str(where), cwd=where, env=env)
     assert done.returncode == 2 and "no cases.csv: not a cohort folder" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+LEAVING = """
+import atexit, sys, threading, time
+from pathlib import Path
+from liverlesion_ops.cli.common import leave
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(0.3)
+    (out / "thread").write_text("done")
+threading.Thread(target=late).start()
+sys.stdout.write("buffered, no newline")
+leave(eval(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(("status", "code"), [("None", 0), ("0", 0), ("3", 3), ("'a message'", 1)])
+def test_leaving_keeps_what_pythons_exit_keeps(status, code, tmp_path):
+    """The console script ends without tearing its modules down (``common.leave``), and loses nothing for it: the
+    other threads finish, the ``atexit`` handlers run, standard output is flushed, the exit status is Python's."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # standard output buffered, as a pipe is
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVING, str(tmp_path), status], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == code, done.stderr
+    assert done.stdout == "buffered, no newline"
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
+    assert done.stderr == ("a message\n" if code == 1 else "")

@@ -74,5 +74,10 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:  # the console script
-    common.main(app)
+def main() -> None:
+    """The console script: the command, then the process ends without tearing down its modules
+    (``common.leave``). A bug's traceback leaves the ordinary way."""
+    try:
+        common.main(app)
+    except SystemExit as done:
+        common.leave(done.code)
