@@ -411,6 +411,58 @@ def test_predict_refuses_bad_input_in_one_line(project, first_run, tmp_path):
         assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_predict_looks_the_version_up_in_a_second_process_with_the_same_answer(project, first_run, tmp_path):
+    """With a second core, `predict` leaves the registry to a child process (``registry.lookup``) while it imports
+    Keras, and never imports MLflow itself; on one core it looks the version up in process. Same answer."""
+    import os
+
+    from liverlesion_ops.registry.lookup import usable_cpus
+
+    if usable_cpus() < 2:
+        pytest.skip("one core: predict looks the version up in its own process")
+    root, env = project
+    cases = __import__("pandas").read_csv(root / "data" / "cases.csv")
+    image, mask = root / "data" / cases["image"].iloc[0], root / "data" / cases["mask"].iloc[0]
+    answers = {}
+    for cores in ({0, 1}, {0}):
+        out = tmp_path / f"cores-{len(cores)}"
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("liverlesion")), "predict", str(image), "--mask", str(mask)]
+            + ["--model", "tiny-liver-lesion", "--out", str(out), "--json"],
+            cwd=root,
+            env={**env, "PYTHONPROFILEIMPORTTIME": "1"},  # each module the command imports, on standard error
+            capture_output=True,
+            text=True,
+            timeout=600,
+            preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = done.stderr.splitlines()
+        imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+        assert ("mlflow" in imported) == (len(cores) == 1), len(cores)
+        assert "liverlesion_ops.registry.lookup" in imported
+        answers[len(cores)] = json.loads(done.stdout)
+    assert answers[2]["model"] == answers[1]["model"] == "models:/tiny-liver-lesion/1"  # the champion, resolved
+    assert answers[2]["lesions"] == answers[1]["lesions"] and answers[2]["lesions"]
+
+
+def test_the_registry_lookup_child_answers_nothing_where_the_version_cannot_be_served(project, first_run):
+    """Its failures are the caller's to meet again and report: exit 1, nothing on standard output."""
+    root, env = project
+    for reference in ("models:/no-such-model@champion", "models:/tiny-liver-lesion/99"):
+        done = subprocess.run(
+            [sys.executable, "-m", "liverlesion_ops.registry.lookup", reference],
+            cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 1 and done.stdout == "", (reference, done.stdout, done.stderr[-2000:])
+    done = subprocess.run(
+        [sys.executable, "-m", "liverlesion_ops.registry.lookup", "models:/tiny-liver-lesion@champion"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    answer = json.loads(done.stdout)
+    assert answer["version"] == "1" and Path(answer["network"]).is_file() and Path(answer["settings"]).is_file()
+
+
 def test_evaluate_scores_a_registered_version_on_a_cohort_without_training(project, first_run, tmp_path):
     """`evaluate --model`: the version as it answers (its calibration, its operating point) on every typed lesion
     of a cohort, with intervals, calibration, breakdown and gallery, an MLflow run and the version's tags."""

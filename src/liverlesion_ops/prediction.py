@@ -181,9 +181,21 @@ def load_predictor(reference: str):
     """The registered model's predictor (``models:/<name>/<version>``, ``models:/<name>@<alias>`` or a run's
     model URI), named by its model name and version; and the reference resolved to a version.
 
+    A registered version's files are looked up by a second process while this one imports Keras
+    (``registry.lookup``); where it has no answer, here.
+
     Raises:
         RegistryError: no such model, version or alias, or an incomplete registration.
     """
+    from liverlesion_ops.registry.lookup import Lookup, parse_reference, predictor_from_files
+
+    lookup = Lookup(reference)
+    from liverlesion import precision  # noqa: F401 -- Keras and TensorFlow (~3 s), while the child looks
+
+    found = lookup.result()
+    if found is not None:
+        return predictor_from_files(found), found.reference
+
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -192,13 +204,8 @@ def load_predictor(reference: str):
 
     try:
         if reference.startswith("models:/"):
-            body = reference[len("models:/") :]
-            if "@" in body:
-                name, alias = body.split("@", 1)
-                version = servable_version(name, None, alias)
-            else:
-                name, version = body.split("/", 1)
-                version = servable_version(name, version)
+            name, version, alias = parse_reference(reference)
+            version = servable_version(name, version, alias or CHAMPION)
             return load_registered_predictor(name, version), f"models:/{name}/{version}"
         served = mlflow.pyfunc.load_model(reference).unwrap_python_model()
     except MlflowException as err:

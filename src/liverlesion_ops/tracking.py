@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-
-import mlflow
-from mlflow import ActiveRun
+from typing import TYPE_CHECKING
 
 from liverlesion_ops import environment
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
+
+# MLflow is imported where it is used: a command that never touches the store (``predict`` where another process
+# looks the registered version up, ``registry.lookup``) is spared its ~1 s
 
 #: the exit code of a command that stops because the tracking server refused it or cannot be reached
 EXIT_SERVER = 4
@@ -137,6 +141,8 @@ def _unreachable(uri: str) -> str:
 
 def use_tracking_store() -> str:
     """Point MLflow at the project's store (``MLFLOW_TRACKING_URI`` or the state folder's SQLite)."""
+    import mlflow
+
     uri = environment.mlflow_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -145,6 +151,8 @@ def use_tracking_store() -> str:
 
 def ensure_experiment(name: str) -> str:
     """The experiment's id, creating it with artifacts in the state folder if new."""
+    import mlflow
+
     use_tracking_store()
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
@@ -167,6 +175,8 @@ def start_tracked_run(
 ) -> ActiveRun:
     """A new MLflow run named ``<label>-<profile>-<pipeline run>``, tagged with the lineage every run
     of this project carries (ZenML run, profile, data version, split hash, model) and ``tags``."""
+    import mlflow
+
     run = zenml_run()
     mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
     active = mlflow.start_run(run_name=f"{label}-{profile}-{run.name}" if label else f"{profile}-{run.name}")

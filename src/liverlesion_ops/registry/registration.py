@@ -358,11 +358,10 @@ def load_registered_predictor(name: str, version: str):
     """
     local = local_model_files(name, version)
     if local is not None:
-        from liverlesion.predict import load_predictor
+        from liverlesion_ops.registry.lookup import Found, predictor_from_files
 
-        predictor = load_predictor(json.loads(local[0].read_text()), local[1], project.scoring_cache_dir())
-    else:
-        predictor = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().predictor
+        return predictor_from_files(Found(name, str(version), *local))
+    predictor = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().predictor
     predictor.model_name, predictor.model_version = name, str(version)
     return predictor
 

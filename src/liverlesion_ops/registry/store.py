@@ -7,11 +7,15 @@ import getpass
 import os
 import socket
 from datetime import UTC, datetime
-
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from liverlesion_ops.tracking import use_tracking_store
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# MLflow is imported where it is used (``tracking``'s note): this module's names (aliases, ``RegistryError``) are
+# read by commands that may never open the store
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
 
@@ -34,6 +38,8 @@ def registry_client() -> MlflowClient:
 
 @functools.lru_cache(maxsize=4)
 def _cached_client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(uri, uri)
 
 
@@ -48,6 +54,8 @@ def acting_user() -> str:
 
 
 def alias_version(mlflow_client: MlflowClient, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
     try:
         return str(mlflow_client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
@@ -59,6 +67,8 @@ def aliases(mlflow_client: MlflowClient, name: str) -> dict[str, str]:
 
 
 def check_version(mlflow_client: MlflowClient, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
     try:
         return mlflow_client.get_model_version(name, str(version))
     except MlflowException:
@@ -68,6 +78,8 @@ def check_version(mlflow_client: MlflowClient, name: str, version: str):
 
 
 def version_exists(mlflow_client: MlflowClient, name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
     try:
         mlflow_client.get_model_version(name, version)
         return True
@@ -82,6 +94,8 @@ def list_versions(mlflow_client: MlflowClient, name: str) -> list[dict]:
     Raises:
         RegistryError: no such registered model.
     """
+    from mlflow.exceptions import MlflowException
+
     try:
         held = aliases(mlflow_client, name)
     except MlflowException as err:
