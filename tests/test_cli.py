@@ -193,3 +193,40 @@ def test_leaving_keeps_what_pythons_exit_keeps(status, code, tmp_path):
     assert done.stdout == "buffered, no newline"
     assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
     assert done.stderr == ("a message\n" if code == 1 else "")
+
+
+def test_each_error_a_command_knows_has_its_exit_code():
+    """``common.exit_code_of`` looks an error's class up only among the modules loaded (a module never imported
+    raised nothing): each class still maps to its documented code, the lock before the registry it subclasses."""
+    from liverlesion.config import ConfigError
+    from liverlesion.contract import ContractError
+    from liverlesion.dicomio import DicomSeriesError
+    from liverlesion_ops.audit import RestoreError
+    from liverlesion_ops.cli.common import exit_code_of, fail
+    from liverlesion_ops.registry.locks import LockHeld
+    from liverlesion_ops.registry.store import RegistryError
+    from liverlesion_ops.runs import PipelineFailed
+    from liverlesion_ops.tracking import TrackingServerError
+
+    assert exit_code_of(fail("x", 1)) == 1 and exit_code_of(fail("x")) == 2
+    assert exit_code_of(TrackingServerError("x")) == 4
+    assert exit_code_of(LockHeld("x")) == 3 and exit_code_of(RegistryError("x")) == 2
+    assert (
+        exit_code_of(ContractError("x")) == exit_code_of(DicomSeriesError("x")) == exit_code_of(ConfigError("x")) == 2
+    )
+    assert exit_code_of(PipelineFailed("x", [])) == exit_code_of(RestoreError("x")) == 1
+    assert exit_code_of(ValueError("x")) is None  # a bug: its traceback
+
+
+def test_a_users_mistake_is_answered_without_loading_mlflow(outside):
+    """`predict` refuses a missing CT before any store is opened, and finding the refusal's exit code costs no
+    MLflow import (~1-2 s) either."""
+    _, env = outside
+    done = liverlesion(
+        "--project", str(REPO), "predict", str(REPO / "no-such-ct.nii.gz"), "--mask", str(REPO / "no-such.nii.gz"),
+        cwd=REPO, env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+    )  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and [line for line in lines if line.startswith("error: ")], done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert imported and "mlflow" not in imported

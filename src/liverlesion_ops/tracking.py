@@ -89,12 +89,12 @@ def server_problem(err: BaseException, uri: str | None = None) -> str | None:
     Refused credentials (401), a refused permission (403), or a server that cannot be reached (after
     the bounded retries of ``environment.MLFLOW_HTTP_DEFAULTS``).
     """
-    import requests
-    from mlflow.exceptions import MlflowException
-
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")  # a server is always named there (no project needed)
     if not is_remote(uri):  # a local store: no server to blame
         return None
+    import requests
+    from mlflow.exceptions import MlflowException
+
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

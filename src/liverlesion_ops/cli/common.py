@@ -207,27 +207,38 @@ def tools_dir() -> Path:
 # --- the one error path ---------------------------------------------------------------------------------------
 
 
+def _loaded(module: str, *names: str) -> tuple[type[BaseException], ...]:
+    """The error classes ``names`` of ``module`` where it is loaded; none where it is not (nothing it defines can
+    have been raised, and importing it to find out would cost a one-line error seconds: MLflow, Great
+    Expectations)."""
+    found = sys.modules.get(module)
+    return tuple(getattr(found, name) for name in names) if found is not None else ()
+
+
 def exit_code_of(err: BaseException) -> int | None:
     """The exit code of an error a command may raise (None: a bug, shown with its traceback)."""
-    from liverlesion.config import ConfigError
-    from liverlesion.contract import ContractError
-    from liverlesion_ops.audit import RestoreError
-    from liverlesion_ops.datastore import DataStoreError, NotACohort
-    from liverlesion_ops.dvcobjects import DvcObjectsError
-    from liverlesion_ops.registry.locks import LockHeld
-    from liverlesion_ops.registry.store import RegistryError
-    from liverlesion_ops.runs import PipelineFailed, WeightsMissing
-    from liverlesion_ops.schedule import ScheduleError
-    from liverlesion_ops.team_server import ServerFailed, ServerUsageError
-    from liverlesion_ops.tracking import TrackingServerError
-
-    order: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
-        (CommandError, -1),
-        (TrackingServerError, EXIT_SERVER),
-        (LockHeld, EXIT_BUSY),
-        ((NotACohort, ContractError, ConfigError, RegistryError, WeightsMissing, ServerUsageError), EXIT_USAGE),
-        (ScheduleError, EXIT_USAGE),
-        ((PipelineFailed, DataStoreError, DvcObjectsError, RestoreError, ServerFailed), EXIT_FAILED),
+    order: list[tuple[tuple[type[BaseException], ...], int]] = [
+        ((CommandError,), -1),
+        (_loaded("liverlesion_ops.tracking", "TrackingServerError"), EXIT_SERVER),
+        (_loaded("liverlesion_ops.registry.locks", "LockHeld"), EXIT_BUSY),
+        (
+            _loaded("liverlesion_ops.datastore", "NotACohort")
+            + _loaded("liverlesion.contract", "ContractError")
+            + _loaded("liverlesion.config", "ConfigError")
+            + _loaded("liverlesion_ops.registry.store", "RegistryError")
+            + _loaded("liverlesion_ops.runs", "WeightsMissing")
+            + _loaded("liverlesion_ops.team_server", "ServerUsageError"),
+            EXIT_USAGE,
+        ),
+        (_loaded("liverlesion_ops.schedule", "ScheduleError"), EXIT_USAGE),
+        (
+            _loaded("liverlesion_ops.runs", "PipelineFailed")
+            + _loaded("liverlesion_ops.datastore", "DataStoreError")
+            + _loaded("liverlesion_ops.dvcobjects", "DvcObjectsError")
+            + _loaded("liverlesion_ops.audit", "RestoreError")
+            + _loaded("liverlesion_ops.team_server", "ServerFailed"),
+            EXIT_FAILED,
+        ),
     ]
     for kinds, code in order:
         if isinstance(err, kinds):
