@@ -378,6 +378,17 @@ def test_seg_frames_are_mapped_by_referenced_instance(hu, tmp_path):
     np.testing.assert_array_equal(read_seg(seg_flipped, read_ct_series(tmp_path / "flipped"))[1][1], liver)
 
 
+@pytest.mark.parametrize("orientation", ["axial", "axial_flipped", "sagittal"])
+def test_volumes_come_in_fortran_order_as_nifti_stores_them(hu, tmp_path, orientation):
+    """The CT and its masks in the layout nibabel reads and writes NIfTI in (the first axis fastest): written
+    without a transposing copy, and one layout for every operation between two volumes (``dicomio``'s note)."""
+    files = write_ct_series(tmp_path / "ct", hu, SPACING, orientation=orientation, seed=5)
+    ct = read_ct_series(tmp_path / "ct")
+    np.testing.assert_array_equal(ct.hu, hu)  # the values as before: only the layout is the reader's choice
+    mask = read_seg(write_seg_file(tmp_path / "seg.dcm", {"Liver": _blob((20, 18, 6), 9.0)}, files), ct)[1][1]
+    assert ct.hu.flags.f_contiguous and mask.flags.f_contiguous
+
+
 def test_a_seg_of_another_series_is_refused(hu, tmp_path):
     write_ct_series(tmp_path / "ct", hu, SPACING, series_number=1)
     ct = read_ct_series(tmp_path / "ct")

@@ -248,21 +248,23 @@ def check_hu(volume: np.ndarray, where: str, padding: np.ndarray | None = None) 
         finite = np.isfinite(hu)
         if not finite.all():
             raise ContractError(f"{where}: {int((~finite).sum())} voxels are NaN or infinite; a CT holds numbers only")
+    # reductions and masked copies, not boolean indexing: they follow the volume's memory layout (DICOM series are
+    # read in Fortran order), where indexing walks C order and strides through a Fortran-ordered volume
     n_padding = 0
     if padding is not None and padding.any():
         n_padding = int(padding.sum())
-        hu[padding] = HU_AIR
+        np.copyto(hu, HU_AIR, where=padding)
     low = hu < HU_IMPOSSIBLE_BELOW
     if low.any():
-        values = np.unique(hu[low])
-        if len(values) > 1:
+        lowest, highest = hu.min(where=low, initial=np.inf), hu.max(where=low, initial=-np.inf)
+        if lowest != highest:
             raise ContractError(
-                f"{where}: {int(low.sum())} voxels between {values.min():.0f} and {values.max():.0f} HU, below "
+                f"{where}: {int(low.sum())} voxels between {lowest:.0f} and {highest:.0f} HU, below "
                 f"anything a CT holds inside its field of view (air is {HU_AIR:.0f}); a single padding value would be "
                 "read as air, several are not"
             )
         n_padding += int(low.sum())
-        hu[low] = HU_AIR
+        np.copyto(hu, HU_AIR, where=low)
     high = hu > HU_IMPOSSIBLE_ABOVE
     if high.any():
         raise ContractError(

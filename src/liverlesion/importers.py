@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import io
 import json
 import os
@@ -475,7 +476,9 @@ def stack_lesions(
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Named lesion masks (name, mask, type) into one instance mask; overlapping lesions refused, named as given
     (``_named_lesions`` names them by position under an import's label)."""
-    instances = np.zeros(shape, dtype=np.int32)
+    masks = list(masks)
+    # in the masks' memory layout (the DICOM readers' Fortran order): across two layouts every voxel step strides
+    instances = np.zeros(shape, dtype=np.int32, order="F" if masks and np.isfortran(masks[0][1]) else "C")
     types: dict[int, str] = {}
     owner: dict[int, str] = {}
     number = 0
@@ -485,13 +488,14 @@ def stack_lesions(
             numbered, found = _components_as_instances(mask, where)
             parts = [numbered == d["instance"] for d in found]
         for part in parts:
-            clash = np.unique(instances[part & (instances > 0)])
-            if clash.size:
+            overlap = part & (instances > 0)
+            if overlap.any():
+                clash = np.unique(instances[overlap])
                 raise ContractError(
                     f"{where}: lesion {name} overlaps {owner[int(clash[0])]}; a voxel belongs to one lesion"
                 )
             number += 1
-            instances[part] = number
+            np.copyto(instances, number, where=part)
             types[number] = kind
             owner[number] = name
     return instances, types
@@ -536,7 +540,7 @@ def _dicom_seg_reader(
         )
         instances, types = stack_lesions(series.hu.shape, kept, shown(where), components=False)
         livers = [mask for label, mask in segments.values() if is_liver(label)]
-        liver = np.logical_or.reduce(livers) if livers else None
+        liver = functools.reduce(np.logical_or, livers) if livers else None  # not stacked: layout kept
         names = [label for _, (label, _) in sorted(segments.items())]
         return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver, names)
 
@@ -602,7 +606,7 @@ def _ircadb_reader(patient_dir: Path, name_map: dict[str, str]) -> Callable[[], 
         )
         instances, types = stack_lesions(series.hu.shape, kept, where, components=True)
         livers = [read_mask_series(s, series) for s in structures if is_liver(s.name)]
-        liver = np.logical_or.reduce(livers) if livers else None
+        liver = functools.reduce(np.logical_or, livers) if livers else None  # not stacked: layout kept
         names = [s.name for s in structures]
         return CaseData(series.hu, series.meta, instances, types, series.padding_voxels, notes, liver, names)
 
