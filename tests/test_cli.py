@@ -176,6 +176,9 @@ def late():
     time.sleep(0.3)
     (out / "thread").write_text("done")
 threading.Thread(target=late).start()
+import concurrent.futures
+idle = concurrent.futures.ThreadPoolExecutor(2)  # never shut down: its idle workers wait for work, as in a library
+idle.submit(time.sleep, 0.01).result()
 sys.stdout.write("buffered, no newline")
 leave(eval(sys.argv[2]))
 """
@@ -184,7 +187,8 @@ leave(eval(sys.argv[2]))
 @pytest.mark.parametrize(("status", "code"), [("None", 0), ("0", 0), ("3", 3), ("'a message'", 1)])
 def test_leaving_keeps_what_pythons_exit_keeps(status, code, tmp_path):
     """The console script ends without tearing its modules down (``common.leave``), and loses nothing for it: the
-    other threads finish, the ``atexit`` handlers run, standard output is flushed, the exit status is Python's."""
+    other threads finish, an idle thread pool a library left open does not hang it, the ``atexit`` handlers run,
+    standard output is flushed, the exit status is Python's."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # standard output buffered, as a pipe is
     done = subprocess.run(
         [sys.executable, "-c", LEAVING, str(tmp_path), status], env=env, capture_output=True, text=True, timeout=60

@@ -282,17 +282,18 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> None:
 def leave(status: int | str | None) -> NoReturn:
     """End the console command with ``status`` (``SystemExit.code``'s meaning) as Python's own exit would, less
     the tearing down of every loaded module, which takes ~1.6 s once TensorFlow, Keras and MLflow are loaded
-    (``bench/predict_cold.py`` against a revision before it): the other threads that are not daemons are waited
-    for, the ``atexit`` handlers run (logging's flush, MLflow's, every ``weakref.finalize``), the standard streams
-    are flushed, then the process ends.
+    (``bench/predict_cold.py`` against a revision before it): the threading module's exit hooks run and the other
+    threads that are not daemons are waited for (``threading._shutdown``, as Python's own exit), the ``atexit``
+    handlers run (logging's flush, MLflow's, every ``weakref.finalize``), the standard streams are flushed, then
+    the process ends.
     """
     import atexit
     import os
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # what Python's finalisation does first, in its order: the threading module's exit hooks (they stop idle
+    # thread-pool workers, which would otherwise wait for work forever), then the other threads joined
+    threading._shutdown()
     if isinstance(status, str):  # sys.exit("message"): the message on standard error, exit 1
         typer.echo(status, err=True)
         status = EXIT_FAILED
