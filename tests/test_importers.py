@@ -689,6 +689,38 @@ def test_a_corrupt_gzip_is_a_named_contract_error(where, tmp_path, secret):
         import_cohort(scan_source(manifest, "manifest"), tmp_path / "out", secret, "manifest")
 
 
+@pytest.mark.parametrize("workers", [2, 5])
+def test_cases_read_at_once_give_the_cohort_and_the_messages_of_one_after_another(workers, tmp_path, secret):
+    """``workers`` cases in flight (threads): the same files byte for byte, the same refusals, notes, source map
+    and progress, in source order; without ``skip_bad`` the same first refusal and nothing written."""
+    cases = {f"c{k}": {} for k in range(6)}
+    cases["c2"] = {"mask": np.zeros(SMALL_SHAPE, np.uint8)}  # no lesion: refused
+    manifest = small_source(tmp_path / "src", cases)
+    _truncate(tmp_path / "src" / "images" / "c4.nii.gz")  # unreadable: refused
+    outcomes = {}
+    for n in (1, workers):
+        seen: list[tuple[int, int, str]] = []
+        report = import_cohort(
+            scan_source(manifest, "manifest"), tmp_path / f"out-{n}", secret, "manifest", skip_bad=True,
+            progress=lambda i, total, case, seen=seen: seen.append((i, total, case)),
+            source_map=tmp_path / f"map-{n}.csv", workers=n,
+        )  # fmt: skip
+        failed = tmp_path / f"failed-{n}"
+        with pytest.raises(ContractError) as caught:
+            import_cohort(scan_source(manifest, "manifest"), failed, secret, "manifest", workers=n)
+        assert not failed.exists() and not (tmp_path / f".failed-{n}.importing").exists()
+        outcomes[n] = (
+            tree(tmp_path / f"out-{n}"), report.imported, report.refused, report.notes, seen,
+            (tmp_path / f"map-{n}.csv").read_text(), str(caught.value),
+        )  # fmt: skip
+    one, many = outcomes[1], outcomes[workers]
+    assert len(one[1]) == 4 and len(one[2]) == 2 and "source case 3 of 6" in one[2][0]
+    assert [case[0] for case in one[4]] == [1, 2, 4, 6]  # progress: each imported case, in order
+    assert one[6].startswith("source case 3 of 6")  # the first refusal stops the import
+    for k, (a, b) in enumerate(zip(one, many)):
+        assert a == b, k
+
+
 def test_a_single_padding_value_outside_the_field_of_view_is_air(tmp_path, secret):
     hu, mask = small_ct(2)
     x, y = np.mgrid[: SMALL_SHAPE[0], : SMALL_SHAPE[1]]

@@ -39,7 +39,9 @@ import json
 import os
 import re
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -675,6 +677,56 @@ def _existing(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return cases, types, meta
 
 
+@dataclass
+class _Converted:
+    """One source case read, checked and written by a worker: what the import's bookkeeping needs of it."""
+
+    structures: str  # the source map's (its names, by position)
+    problem: ContractError | None = None  # why it is refused (nothing written)
+    files: dict[str, Path] = field(default_factory=dict)  # cohort sub-folder -> the file written for it
+    lesions: list[int] = field(default_factory=list)
+    types: dict[int, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    padding_voxels: int = 0
+
+
+def _convert(source: SourceCase, label: str, case_id: str, folder: Path) -> _Converted:
+    """Read one source case, check it and write its volumes to ``folder`` (a worker's part of ``import_cohort``;
+    the case's arrays are freed when it returns)."""
+    structures = ""
+    try:
+        with source_named_as(label):
+            data = source.read()
+        structures = "; ".join(f"{k}: {name}" for k, name in enumerate(data.structures, start=1))
+        if data.instances.shape != data.hu.shape:
+            raise ContractError(f"{label}: mask shape {data.instances.shape} differs from CT {data.hu.shape}")
+        lesions = sorted(int(k) for k in labels_present(data.instances) if k)
+        if not lesions:
+            raise ContractError(f"{label}: its mask holds no lesion")
+    except ContractError as err:
+        return _Converted(structures, err)
+    files = {
+        IMAGES_DIR: save_nifti(
+            np.round(data.hu).astype(np.int16), data.meta.affine, folder / IMAGES_DIR / f"{case_id}.nii.gz", "fast"
+        ),
+        MASKS_DIR: save_nifti(
+            data.instances.astype(np.int16 if data.instances.max() < 2**15 else np.int32),
+            data.meta.affine,
+            folder / MASKS_DIR / f"{case_id}.nii.gz",
+            "fast",
+        ),
+    }
+    if data.liver is not None and data.liver.any():  # the lesions lie in the liver (the contract)
+        files[LIVERS_DIR] = save_nifti(
+            (data.liver | (data.instances > 0)).astype(np.uint8),
+            data.meta.affine,
+            folder / LIVERS_DIR / f"{case_id}.nii.gz",
+            "fast",
+        )
+    typed = {k: t for k, t in data.types.items() if k in lesions}
+    return _Converted(structures, None, files, lesions, typed, list(data.notes), data.padding_voxels)
+
+
 def import_cohort(
     cases: Sequence[SourceCase],
     out: Path,
@@ -685,6 +737,7 @@ def import_cohort(
     skip_bad: bool = False,
     progress: Progress = None,
     source_map: Path | None = None,
+    workers: int = 1,
 ) -> ImportReport:
     """Read every source case, check it and write the cohort folder, all or nothing.
 
@@ -701,6 +754,9 @@ def import_cohort(
         skip_bad: import the good cases and list the refused ones, instead of importing nothing.
         source_map: where to write the custodian's map (``write_source_map``), also when the import fails; a
             file the caller keeps outside the cohort.
+        workers: cases read and written at once (threads: reading, decompressing and compressing release the GIL
+            for most of their time); at most this many cases are held in memory. Messages, progress, the tables
+            and the outcome are those of reading one case after another, whatever the number.
 
     Raises:
         ContractError: ``out`` is not empty (and not ``append``), a case breaks the contract
@@ -739,45 +795,47 @@ def import_cohort(
         for i, source in enumerate(cases, start=1)
     ]
     taken = set(old_cases["case_id"])
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import")
     try:
-        for i, source in enumerate(cases, start=1):
+        queued: deque[tuple[int, str, str, str, Future]] = deque()
+        upcoming = iter(enumerate(cases, start=1))
+
+        def queue_next() -> None:
+            for i, source in upcoming:
+                patient_key = pseudonymiser.patient_key(source.patient)
+                case_id = pseudonymiser.case_id(patient_key, source.case)
+                label = f"source case {i} of {len(cases)} ({case_id})"
+                work = pool.submit(_convert, source, label, case_id, staging / ".cases" / str(i))
+                queued.append((i, patient_key, case_id, label, work))
+                return
+
+        for _ in range(max(1, workers)):
+            queue_next()
+        while queued:
+            i, patient_key, case_id, label, work = queued.popleft()
+            converted = work.result()
+            queue_next()
             entry = mapped[i - 1]
-            patient_key = pseudonymiser.patient_key(source.patient)
-            case_id = pseudonymiser.case_id(patient_key, source.case)
             entry.update(case_id=case_id, patient_key=patient_key)
-            label = f"source case {i} of {len(cases)} ({case_id})"
-            try:
-                if case_id in taken:
-                    raise ContractError(f"{label}: duplicated case: already in the cohort as {case_id}")
-                with source_named_as(label):
-                    data = source.read()
-                entry["structures"] = "; ".join(f"{k}: {name}" for k, name in enumerate(data.structures, start=1))
-                if data.instances.shape != data.hu.shape:
-                    raise ContractError(f"{label}: mask shape {data.instances.shape} differs from CT {data.hu.shape}")
-                lesions = sorted(int(k) for k in labels_present(data.instances) if k)
-                if not lesions:
-                    raise ContractError(f"{label}: its mask holds no lesion")
-            except ContractError as err:
-                entry.update(outcome="refused", problem=str(err))
+            # in source order, as one case after another: a case whose pseudonym an earlier one took is refused
+            if case_id in taken:
+                problem = ContractError(f"{label}: duplicated case: already in the cohort as {case_id}")
+            else:
+                entry["structures"] = converted.structures
+                problem = converted.problem
+            if problem is not None:
+                for path in converted.files.values():
+                    path.unlink(missing_ok=True)
+                entry.update(outcome="refused", problem=str(problem))
                 if not skip_bad:
-                    raise
-                refused.append(str(err))
+                    raise problem
+                refused.append(str(problem))
                 continue
             entry["outcome"] = "imported"
+            for sub, path in converted.files.items():
+                path.replace(staging / sub / path.name)
             image, mask = f"{IMAGES_DIR}/{case_id}.nii.gz", f"{MASKS_DIR}/{case_id}.nii.gz"
-            save_nifti(np.round(data.hu).astype(np.int16), data.meta.affine, staging / image, "fast")
-            save_nifti(
-                data.instances.astype(np.int16 if data.instances.max() < 2**15 else np.int32),
-                data.meta.affine,
-                staging / mask,
-                "fast",
-            )
-            liver = ""
-            if data.liver is not None and data.liver.any():  # the lesions lie in the liver (the contract)
-                liver = f"{LIVERS_DIR}/{case_id}.nii.gz"
-                save_nifti(
-                    (data.liver | (data.instances > 0)).astype(np.uint8), data.meta.affine, staging / liver, "fast"
-                )
+            liver = f"{LIVERS_DIR}/{case_id}.nii.gz" if LIVERS_DIR in converted.files else ""
             taken.add(case_id)
             rows.append(
                 {
@@ -789,12 +847,12 @@ def import_cohort(
                     "liver_mask": liver,
                 }
             )
-            typed = {k: t for k, t in data.types.items() if k in lesions}
+            typed, lesions = converted.types, converted.lesions
             type_rows += [{"case_id": case_id, "lesion": k, "type": t} for k, t in sorted(typed.items())]
-            notes += [f"case {case_id}: {note}" for note in data.notes]
-            if data.padding_voxels:
+            notes += [f"case {case_id}: {note}" for note in converted.notes]
+            if converted.padding_voxels:
                 notes.append(
-                    f"case {case_id}: {data.padding_voxels} padding voxels (outside the field of view) set to air"
+                    f"case {case_id}: {converted.padding_voxels} padding voxels (outside the field of view) set to air"
                 )
             imported.append(
                 {
@@ -807,6 +865,8 @@ def import_cohort(
             )
             if progress is not None:
                 progress(i, len(cases), case_id)
+        pool.shutdown()
+        shutil.rmtree(staging / ".cases", ignore_errors=True)
         if not rows:
             raise ContractError(
                 f"no case of the source could be imported ({len(refused)} refused):\n  " + "\n  ".join(refused)
@@ -850,6 +910,7 @@ def import_cohort(
         for name in (LESION_TYPES_FILE, COHORT_FILE, CASES_FILE):
             (staging / name).replace(out / name)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # no worker writes into the staging folder once it is gone
         shutil.rmtree(staging, ignore_errors=True)
         if source_map is not None:
             write_source_map(source_map, mapped)

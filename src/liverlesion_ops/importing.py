@@ -126,13 +126,15 @@ def _import_cases(
     skip_bad: bool = False,
     progress: Progress = None,
     source_map: Path | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Convert ``source`` into the cohort folder ``out`` (None: the project's ``data/``, versioned with DVC).
 
     ``replace`` writes the new cohort beside the old one and swaps them only when the import succeeded;
     ``append`` adds the cases to the cohort there. Needs ``LIVERLESION_PSEUDONYM_SECRET``. Messages name a case by
     its position in the source and its pseudonym; ``source_map`` (outside the cohort and, for ``data/``, the
-    project) gets which source case that is (``importers.write_source_map``).
+    project) gets which source case that is (``importers.write_source_map``). ``workers`` cases are read at once
+    (None: one per core this process may use).
 
     Returns:
         The import report (``importers.ImportReport.to_dict``), with ``data_version`` when imported into ``data/``.
@@ -191,6 +193,7 @@ def _import_cases(
             skip_bad=skip_bad,
             progress=progress,
             source_map=source_map,
+            workers=workers or environment.usable_cpus(),
         )
     except ContractError:
         if replace and target.exists():

@@ -112,6 +112,15 @@ def import_(
             "names) to this CSV, owner-only; outside the cohort and the project",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="cases read and written at once, each held in memory until written (default: one per core; the "
+            "cohort written does not depend on it)",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Convert real CT (DICOM, DICOM-SEG, NIfTI; public dataset layouts) into a de-identified cohort folder.
@@ -141,6 +150,7 @@ def import_(
             skip_bad=skip_bad,
             progress=progress_printer("import"),
             source_map=source_map,
+            workers=workers,
         )
     if as_json:
         print_json(summary)

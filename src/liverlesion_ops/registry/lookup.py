@@ -52,18 +52,11 @@ def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
     return name, version, None
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 class Lookup:
     """The child process looking ``reference`` up, started at once where it can help (``result`` collects it)."""
 
     def __init__(self, reference: str):
-        from liverlesion_ops.environment import mlflow_tracking_uri
+        from liverlesion_ops.environment import mlflow_tracking_uri, usable_cpus
         from liverlesion_ops.tracking import is_remote
 
         self._child: subprocess.Popen | None = None
