@@ -4,7 +4,7 @@ A cold ``liverlesion predict`` spends ~1.4 s importing MLflow and opening its st
 reference names and where its files are, and ~3 s importing Keras and TensorFlow to load them; neither needs the
 other. Where the machine has a second core and the store is a local one (its files on this machine), ``Lookup``
 starts ``python -m liverlesion_ops.registry.lookup REFERENCE``, which answers the first in one line of JSON while
-this process does the second, and never imports MLflow itself.
+this process does the second; this process then never imports MLflow.
 
 The child's answer is only a head start: where it has none (a reference that is not a registered version, a
 tracking server, an incomplete registration, an error, one core), the caller looks the version up in its own
