@@ -9,6 +9,7 @@ folder left as it was), append, and quarantine in ingestion.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -689,6 +691,27 @@ def test_a_corrupt_gzip_is_a_named_contract_error(where, tmp_path, secret):
         import_cohort(scan_source(manifest, "manifest"), tmp_path / "out", secret, "manifest")
 
 
+class ConcurrentReads:
+    """Counts how many source cases are being read at the same moment (``peak``: the most)."""
+
+    def __init__(self):
+        self.reading, self.peak, self.lock = 0, 0, threading.Lock()
+
+    def counted(self, read):
+        def wrapped():
+            with self.lock:
+                self.reading += 1
+                self.peak = max(self.peak, self.reading)
+            time.sleep(0.05)  # long enough for the other workers to start theirs
+            try:
+                return read()
+            finally:
+                with self.lock:
+                    self.reading -= 1
+
+        return wrapped
+
+
 @pytest.mark.parametrize("workers", [2, 5])
 def test_cases_read_at_once_give_the_cohort_and_the_messages_of_one_after_another(workers, tmp_path, secret):
     """``workers`` cases in flight (threads): the same files byte for byte, the same refusals, notes, source map
@@ -697,11 +720,13 @@ def test_cases_read_at_once_give_the_cohort_and_the_messages_of_one_after_anothe
     cases["c2"] = {"mask": np.zeros(SMALL_SHAPE, np.uint8)}  # no lesion: refused
     manifest = small_source(tmp_path / "src", cases)
     _truncate(tmp_path / "src" / "images" / "c4.nii.gz")  # unreadable: refused
-    outcomes = {}
+    outcomes, most_at_once = {}, {}
     for n in (1, workers):
+        reads = ConcurrentReads()
+        sources = [dataclasses.replace(c, read=reads.counted(c.read)) for c in scan_source(manifest, "manifest")]
         seen: list[tuple[int, int, str]] = []
         report = import_cohort(
-            scan_source(manifest, "manifest"), tmp_path / f"out-{n}", secret, "manifest", skip_bad=True,
+            sources, tmp_path / f"out-{n}", secret, "manifest", skip_bad=True,
             progress=lambda i, total, case, seen=seen: seen.append((i, total, case)),
             source_map=tmp_path / f"map-{n}.csv", workers=n,
         )  # fmt: skip
@@ -709,10 +734,12 @@ def test_cases_read_at_once_give_the_cohort_and_the_messages_of_one_after_anothe
         with pytest.raises(ContractError) as caught:
             import_cohort(scan_source(manifest, "manifest"), failed, secret, "manifest", workers=n)
         assert not failed.exists() and not (tmp_path / f".failed-{n}.importing").exists()
+        most_at_once[n] = reads.peak
         outcomes[n] = (
             tree(tmp_path / f"out-{n}"), report.imported, report.refused, report.notes, seen,
             (tmp_path / f"map-{n}.csv").read_text(), str(caught.value),
         )  # fmt: skip
+    assert most_at_once == {1: 1, workers: workers}  # read at once, and never more cases in memory than asked
     one, many = outcomes[1], outcomes[workers]
     assert len(one[1]) == 4 and len(one[2]) == 2 and "source case 3 of 6" in one[2][0]
     assert [case[0] for case in one[4]] == [1, 2, 4, 6]  # progress: each imported case, in order

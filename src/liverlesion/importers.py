@@ -801,13 +801,14 @@ def import_cohort(
         upcoming = iter(enumerate(cases, start=1))
 
         def queue_next() -> None:
-            for i, source in upcoming:
-                patient_key = pseudonymiser.patient_key(source.patient)
-                case_id = pseudonymiser.case_id(patient_key, source.case)
-                label = f"source case {i} of {len(cases)} ({case_id})"
-                work = pool.submit(_convert, source, label, case_id, staging / ".cases" / str(i))
-                queued.append((i, patient_key, case_id, label, work))
+            if (upcoming_case := next(upcoming, None)) is None:
                 return
+            i, source = upcoming_case
+            patient_key = pseudonymiser.patient_key(source.patient)
+            case_id = pseudonymiser.case_id(patient_key, source.case)
+            label = f"source case {i} of {len(cases)} ({case_id})"
+            work = pool.submit(_convert, source, label, case_id, staging / ".cases" / str(i))
+            queued.append((i, patient_key, case_id, label, work))
 
         for _ in range(max(1, workers)):
             queue_next()
@@ -865,8 +866,6 @@ def import_cohort(
             )
             if progress is not None:
                 progress(i, len(cases), case_id)
-        pool.shutdown()
-        shutil.rmtree(staging / ".cases", ignore_errors=True)
         if not rows:
             raise ContractError(
                 f"no case of the source could be imported ({len(refused)} refused):\n  " + "\n  ".join(refused)
