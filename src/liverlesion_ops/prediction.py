@@ -187,7 +187,7 @@ def load_predictor(reference: str):
     Raises:
         RegistryError: no such model, version or alias, or an incomplete registration.
     """
-    from liverlesion_ops.registry.lookup import Lookup, parse_reference, predictor_from_files
+    from liverlesion_ops.registry.lookup import Lookup, predictor_from_files, resolve
 
     lookup = Lookup(reference)
     from liverlesion import precision  # noqa: F401 -- Keras and TensorFlow (~3 s), while the child looks
@@ -199,13 +199,12 @@ def load_predictor(reference: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from liverlesion_ops.registry.registration import load_registered_predictor, servable_version
+    from liverlesion_ops.registry.registration import load_registered_predictor
     from liverlesion_ops.tracking import server_problem
 
     try:
         if reference.startswith("models:/"):
-            name, version, alias = parse_reference(reference)
-            version = servable_version(name, version, alias or CHAMPION)
+            name, version = resolve(reference)
             return load_registered_predictor(name, version), f"models:/{name}/{version}"
         served = mlflow.pyfunc.load_model(reference).unwrap_python_model()
     except MlflowException as err:

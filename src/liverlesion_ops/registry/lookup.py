@@ -87,17 +87,28 @@ class Lookup:
         return found if found.settings.is_file() and found.network.is_file() else None
 
 
-def find(reference: str) -> Found | None:
-    """The registered version ``reference`` names and its files, where they are on this machine (else None).
+def resolve(reference: str) -> tuple[str, str]:
+    """The model name and version number a registered model's reference names (its alias resolved).
 
     Raises:
         RegistryError: no such model, version or alias, or an incomplete registration.
     """
-    from liverlesion_ops.registry.registration import local_model_files, servable_version
+    from liverlesion_ops.registry.registration import servable_version
     from liverlesion_ops.registry.store import CHAMPION
 
     name, version, alias = parse_reference(reference)
-    version = servable_version(name, version, alias or CHAMPION)
+    return name, servable_version(name, version, alias or CHAMPION)
+
+
+def find(reference: str) -> Found | None:
+    """The registered version ``reference`` names and its files, where they are on this machine (else None).
+
+    Raises:
+        RegistryError: as ``resolve``.
+    """
+    from liverlesion_ops.registry.registration import local_model_files
+
+    name, version = resolve(reference)
     files = local_model_files(name, version)
     return None if files is None else Found(name, version, *files)
 
