@@ -1,8 +1,8 @@
 """The data steps' work on the versioned cohort (``data/``), step by step: seconds and lesions per second.
 
 Each CT and mask is decompressed once, by ingestion, which cuts every lesion's crop; segment,
-extract_patches and texture_features are then pure functions of the crops. Printed: ingestion with
-one worker process and with one per core (the result is the same), then each later step on the
+extract_patches and texture_features are then pure functions of the crops. Printed: ingestion one
+case after another and with a thread per usable core (the result is the same), then each later step on the
 crops, and cohort generation with one and with two processes (``--generation``).
 Usage: python bench/data_steps.py [--data data] [--profile quick] [--generation]
 """
@@ -10,13 +10,13 @@ Usage: python bench/data_steps.py [--data data] [--profile quick] [--generation]
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 from liverlesion.config import load_profile
 from liverlesion.ingestion import ingest_cases, segment_cases
+from liverlesion.parallel import usable_cpus
 from liverlesion.patches import extract_cohort_patches
 from liverlesion.phantom import generate_cohort
 from liverlesion.texture import cohort_texture_table
@@ -41,7 +41,7 @@ def main() -> None:
         raise SystemExit(f"{args.data} holds no cohort: run `liverlesion data` first")
     profile = load_profile(args.profile, CONFIGS)
     config = profile.patches
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
 
     serial, t_serial = timed(ingest_cases, args.data, "bench", crop_margin_mm=config.margin_mm, workers=1)
     ingested, t_parallel = timed(ingest_cases, args.data, "bench", crop_margin_mm=config.margin_mm, workers=cores)
@@ -66,14 +66,14 @@ def main() -> None:
     )
     print(f"{'step':<48} {'seconds':>8} {'lesions/s':>10}")
     for label, seconds in (
-        ("ingest: read, check, label, crop (1 process)", t_serial),
-        (f"ingest: read, check, label, crop ({cores} processes)", t_parallel),
+        ("ingest: read, check, label, crop (1 at a time)", t_serial),
+        (f"ingest: read, check, label, crop ({cores} threads)", t_parallel),
         ("segment: lesion table from crops", t_segment),
         ("extract_patches: patches from crops", t_extract),
         ("texture_features: features from crops", t_texture),
     ):
         print(f"{label:<48} {seconds:>8.2f} {n / seconds:>10.1f}")
-    print(f"ingest speed-up with {cores} processes: {t_serial / t_parallel:.2f}x")
+    print(f"ingest speed-up with {cores} threads: {t_serial / t_parallel:.2f}x")
     if args.generation:
         with tempfile.TemporaryDirectory() as tmp:
             _, g1 = timed(generate_cohort, profile.cohort, Path(tmp) / "one", workers=1)

@@ -1,5 +1,6 @@
 """Ingestion, segmentation and patch extraction over real NIfTI files of a tiny phantom cohort."""
 
+import os
 import shutil
 
 import numpy as np
@@ -155,3 +156,20 @@ def test_a_case_without_lesions_is_an_error(cohort, tmp_path):
     save_nifti(np.zeros_like(mask), meta.affine, data / row["mask"])
     with pytest.raises(CohortError, match=f"case {row['case_id']}: its mask holds no lesion"):
         ingest_cases(data, "v")
+
+
+def test_parallel_steps_count_the_cores_this_process_may_use_not_the_hosts():
+    """``taskset`` or a container's CPU set limits a process to fewer cores than the host has (``os.cpu_count``):
+    ingest, generate and import start one process or thread per usable core, never one per host core."""
+    import subprocess
+    import sys
+
+    one = {min(os.sched_getaffinity(0))}
+    done = subprocess.run(
+        [sys.executable, "-c", "from liverlesion.parallel import usable_cpus; print(usable_cpus())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, one),
+    )
+    assert done.stdout.strip() == "1"

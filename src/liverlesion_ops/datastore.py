@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from liverlesion.parallel import usable_cpus
 from liverlesion.phantom import GENERATOR_VERSION, CohortSpec, generate_cohort
 
 DATA_FOLDER = "data"
@@ -390,7 +391,7 @@ def prepare_data(
         if source == "generated":
             if data.exists():
                 data.rmdir()
-            generate_cohort(spec, data, progress=progress, workers=min(2, os.cpu_count() or 1))
+            generate_cohort(spec, data, progress=progress, workers=min(2, usable_cpus()))
             if committed is not None and not regenerate and not target.fallback:
                 # the user's remote lacks the committed version: the seed may reproduce it (the embedded
                 # default), but another cohort must not silently replace it

@@ -87,14 +87,6 @@ BACKEND_EXTRAS = {
 }
 
 
-def usable_cpus() -> int:
-    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s limit, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def use_keras_backend(backend: str | None) -> str:
     """Make Keras load ``backend`` (a profile's ``train.backend``): sets ``KERAS_BACKEND`` before Keras is imported.
 

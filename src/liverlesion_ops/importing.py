@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from liverlesion.contract import ContractError, source_named_as
+from liverlesion.parallel import usable_cpus
 from liverlesion.progress import Progress
 
 
@@ -193,7 +194,7 @@ def _import_cases(
             skip_bad=skip_bad,
             progress=progress,
             source_map=source_map,
-            workers=workers or environment.usable_cpus(),
+            workers=workers or usable_cpus(),
         )
     except ContractError:
         if replace and target.exists():

@@ -56,7 +56,8 @@ class Lookup:
     """The child process looking ``reference`` up, started at once where it can help (``result`` collects it)."""
 
     def __init__(self, reference: str):
-        from liverlesion_ops.environment import mlflow_tracking_uri, usable_cpus
+        from liverlesion.parallel import usable_cpus
+        from liverlesion_ops.environment import mlflow_tracking_uri
         from liverlesion_ops.tracking import is_remote
 
         self._child: subprocess.Popen | None = None
