@@ -3,7 +3,7 @@
 Each CT and mask is decompressed once, by ingestion, which cuts every lesion's crop; segment,
 extract_patches and texture_features are then pure functions of the crops. Printed: ingestion one
 case after another and with a thread per usable core (the result is the same), then each later step on the
-crops, and cohort generation with one and with two processes (``--generation``).
+crops, and cohort generation one case at a time and two at once (``--generation``).
 Usage: python bench/data_steps.py [--data data] [--profile quick] [--generation]
 """
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--profile", default="quick", help="the profile whose patch settings and cohort to use")
-    parser.add_argument("--generation", action="store_true", help="also time cohort generation (1 and 2 processes)")
+    parser.add_argument("--generation", action="store_true", help="also time cohort generation (1 and 2 cases at once)")
     args = parser.parse_args()
     if not (args.data / "cases.csv").exists():
         raise SystemExit(f"{args.data} holds no cohort: run `liverlesion data` first")
@@ -78,7 +78,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             _, g1 = timed(generate_cohort, profile.cohort, Path(tmp) / "one", workers=1)
             _, g2 = timed(generate_cohort, profile.cohort, Path(tmp) / "two", workers=2)
-        print(f"cohort generation: {g1:.1f} s with 1 process, {g2:.1f} s with 2 ({g1 / g2:.2f}x)")
+        print(f"cohort generation: {g1:.1f} s one case at a time, {g2:.1f} s two at once ({g1 / g2:.2f}x)")
 
 
 if __name__ == "__main__":
