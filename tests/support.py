@@ -7,6 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+#: For the tests that train on Keras's JAX backend on the CPU: XLA's CPU compiler at its lowest optimisation. They
+#: check what runs (the backend, the precision, the files and fields written), never how fast or to which digits; the
+#: compiling took most of their time (the GPU bench's test 137 -> 94 s alone on 2 cores). Only these tests: TensorFlow
+#: reads XLA_FLAGS too, and the others train and score as the product does.
+FAST_XLA_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
+
 
 def without(tmp_path: Path, modules: tuple[str, ...]) -> Path:
     """A folder of stand-in packages that raise ImportError when imported, to put first on PYTHONPATH.

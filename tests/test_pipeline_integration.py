@@ -21,6 +21,7 @@ from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_cl
 
 from liverlesion.precision import resolve_precision
 from tests.browser import images_of
+from tests.support import FAST_XLA_COMPILE
 
 pytestmark = pytest.mark.integration
 
@@ -264,6 +265,7 @@ def test_compare_trains_the_five_models_of_table2_with_one_mlflow_run_each(
         "compare",
         "--profile",
         "tiny",
+        "--set=train.epochs=1",  # what is checked is each model's run and its lineage, not what it learnt
         *[f"--set=compare.imagenet_weights.{k}={v}" for k, v in stand_in_imagenet_weights.items()],
     )
     out = done.stdout
@@ -593,7 +595,7 @@ def test_the_train_step_runs_on_the_backend_the_profile_names(project, first_run
     name = "tiny-liver-lesion-jax"
     done = cli(
         root,
-        env,
+        {**env, **FAST_XLA_COMPILE},
         "run",
         "--profile",
         "tiny",

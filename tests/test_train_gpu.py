@@ -17,7 +17,7 @@ import pytest
 from liverlesion.config import load_profile
 from liverlesion.patchset import export_patches
 from tests.profiles import CONFIGS
-from tests.support import backend_or_skip, tiny_split, without
+from tests.support import FAST_XLA_COMPILE, backend_or_skip, tiny_split, without
 
 REPO = Path(__file__).resolve().parents[1]
 #: what the GPU machines lack (the other Keras backend is blocked as well, so each run uses only its own)
@@ -50,6 +50,7 @@ def test_train_gpu_runs_the_paper_protocol_without_tensorflow(tmp_path, backend)
         "KERAS_BACKEND": backend,
         "JAX_PLATFORMS": "cpu",
         "CUDA_VISIBLE_DEVICES": "",
+        **(FAST_XLA_COMPILE if backend == "jax" else {}),
         "PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     }
     for name in BLOCKED + (OTHER_BACKEND[backend],):  # the blocking itself works
