@@ -16,7 +16,7 @@ if the run asks for automatic segmentation (``liverlesion.segmentation``, measur
 reference masks at the same time), its lesions are numbered and each lesion's box is cut
 (``liverlesion.crops``) with the largest margin a later step needs. ``segment_cases`` and
 ``liverlesion.patches.extract_cohort_patches`` are pure functions of those crops.
-Cases are read by worker processes, one per core.
+Cases are read in threads, one per core the process may use (in processes for the learned cascade).
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def _check_case(
 
 
 def _check_case_job(args: tuple) -> tuple[dict, list[LesionCrop], dict | None, list[dict]] | str:
-    """``_check_case`` in a worker process: a contract problem comes back as its message."""
+    """``_check_case`` in a worker (thread or process): a contract problem comes back as its message."""
     try:
         return _check_case(*args)
     except ContractError as err:

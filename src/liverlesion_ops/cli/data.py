@@ -175,7 +175,9 @@ def generate(
         int | None, typer.Option("--n-lesions", help="lesions (default: the profile's cohort.n_lesions)")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="the seed (default: the profile's cohort.seed)")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="processes (the bytes written do not depend on it)")] = 2,
+    workers: Annotated[
+        int, typer.Option("--workers", help="cases rendered at once (the bytes written do not depend on it)")
+    ] = 2,
     as_json: JsonOption = False,
 ) -> None:
     """Write a synthetic phantom cohort (NIfTI CT in HU + lesion masks + cases.csv) to OUT: the profile's
