@@ -418,7 +418,7 @@ def test_predict_looks_the_version_up_in_a_second_process_with_the_same_answer(p
     Keras, and never imports MLflow itself; on one core it looks the version up in process. Same answer."""
     import os
 
-    from liverlesion_ops.environment import usable_cpus
+    from liverlesion.parallel import usable_cpus
 
     if usable_cpus() < 2:
         pytest.skip("one core: predict looks the version up in its own process")
