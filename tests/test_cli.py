@@ -234,3 +234,31 @@ def test_a_users_mistake_is_answered_without_loading_mlflow(outside):
     assert done.returncode == 2 and [line for line in lines if line.startswith("error: ")], done.stderr[-2000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
     assert imported and "mlflow" not in imported
+
+
+def test_a_command_reads_the_installed_distributions_once_for_every_source_zenml_records(tmp_path):
+    """ZenML asks ``importlib.metadata`` which distribution installs the module of each artefact type and
+    materializer it records; once a command's environment is set, what is installed is read once, not per question.
+    """
+    code = """
+import importlib.metadata as metadata
+import json
+
+from liverlesion_ops.environment import configure_environment
+
+import numpy, pandas, yaml
+from zenml.utils.source_utils import resolve
+
+configure_environment()
+scans = []
+read = metadata.distributions
+metadata.distributions = lambda **kwargs: scans.append(1) or read(**kwargs)
+sources = [resolve(kind).package_name for kind in (pandas.DataFrame, numpy.ndarray, pandas.Series, yaml.SafeLoader)]
+print(json.dumps({"sources": sources, "scans": len(scans)}))
+"""
+    env = {**os.environ, "LIVERLESION_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["sources"] == ["pandas", "numpy", "pandas", "PyYAML"]
+    assert answer["scans"] == 1
