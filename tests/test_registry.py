@@ -658,3 +658,16 @@ def test_a_decider_whose_lock_was_broken_writes_nothing(store):
         client.delete_registered_model(NAME + locks.SERVER_LOCK_SUFFIX)
     assert dict(store.client.get_registered_model(NAME).tags) == before  # not even last_decision
     assert not journal(store).exists()
+
+
+def test_retired_locks_a_decider_could_not_delete_are_swept_by_the_next_one(store, caplog):
+    lock = NAME + locks.SERVER_LOCK_SUFFIX
+    left = [f"{lock}{locks.RETIRED_INFIX}0a1b", f"{lock}.breaker{locks.RETIRED_INFIX}2c3d"]
+    others = [f"other{locks.SERVER_LOCK_SUFFIX}{locks.RETIRED_INFIX}4e5f", f"{NAME}-retired-notes"]
+    for name in left + others:  # as the server going away between the rename and the delete leaves them
+        store.client.create_registered_model(name)
+    with caplog.at_level(logging.INFO, logger="liverlesion_ops"), decisions.registry_lock(NAME, "the next decider"):
+        pass
+    assert "deleted the retired registry lock(s)" in caplog.text and all(name in caplog.text for name in left)
+    remaining = {m.name for m in store.client.search_registered_models()}
+    assert remaining == set(others)  # another model's, and a name that only looks alike, stay

@@ -13,9 +13,11 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ import requests
 from integration_support import cli, make_project
 
 from liverlesion_ops import team_server
+from liverlesion_ops.registry.locks import process_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -307,6 +310,83 @@ def waiting_for_the_lock(process: subprocess.Popen, timeout: float = 120) -> str
         if "waiting for the registry lock of" in line:
             return "".join(seen)
     pytest.fail("a racer never waited for the lock:\n" + "".join(seen))
+
+
+class LosingProxy(ThreadingHTTPServer):
+    """An HTTP proxy in front of the team server that loses the answer to the first request removing the lock.
+
+    The server does that request; before the client hears anything, another decider (carol) takes the lock;
+    then the connection is closed without an answer, as a timeout or a dropped connection would leave it. MLflow's
+    client sends the request again."""
+
+    def __init__(self, team: Team):
+        self.target, self.lost = team.url, []
+        super().__init__(("127.0.0.1", 0), _LosingHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def loses(self, path: str, body: bytes) -> bool:
+        removing = path.split("?")[0].endswith(("/registered-models/delete", "/registered-models/rename"))
+        return removing and not self.lost and json.loads(body or b"{}").get("name") == LOCK
+
+    def another_decider_takes_the_lock(self) -> None:
+        taken = requests.post(
+            f"{self.target}/api/2.0/mlflow/registered-models/create",
+            json={"name": LOCK, "tags": [{"key": "token", "value": "carols"}, {"key": "owner", "value": process_id()}]},
+            auth=("carol", PASSWORDS["carol"]),
+            timeout=30,
+        )
+        assert taken.status_code == 200, taken.text
+
+
+class _LosingHandler(BaseHTTPRequestHandler):
+    server: LosingProxy
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+        answer = requests.request(self.command, self.server.target + self.path, data=body, headers=headers, timeout=30)
+        if self.server.loses(self.path, body):
+            self.server.lost.append((self.path, answer.status_code))
+            self.server.another_decider_takes_the_lock()
+            self.close_connection = True  # no answer at all
+            return
+        self.send_response(answer.status_code)
+        self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_release_whose_answer_is_lost_leaves_the_lock_another_decider_took_meanwhile(team):
+    """The CI failure of stop 36 (one racer's lock vanished under it): a lock removed by a repeated delete by name."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from liverlesion_ops.registry.decisions import roll_forward
+    from liverlesion_ops.registry.locks import RETIRED_INFIX, store_lock, store_lock_tags
+
+    proxy = LosingProxy(team)
+    try:
+        with client_as(team, "alice", PASSWORDS["alice"]):
+            client = MlflowClient(proxy.url, proxy.url)
+            with store_lock(client, MODEL, "a decision whose release is answered by no one", 60, roll_forward) as token:
+                assert store_lock_tags(client, LOCK)["token"] == token
+        assert len(proxy.lost) == 1 and proxy.lost[0][1] == 200  # done by the server, the answer lost
+        with client_as(team) as admin:
+            # the lock the other decider took is still its own
+            assert (store_lock_tags(admin, LOCK) or {}).get("token") == "carols"
+            assert not admin.search_registered_models(f"name LIKE '%{RETIRED_INFIX}%'")  # nothing left behind
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        with client_as(team) as admin, suppress(MlflowException):
+            admin.delete_registered_model(LOCK)
 
 
 def test_a_reader_cannot_move_an_alias(team, project, first_run):

@@ -18,10 +18,11 @@ a file lock (``<state>/locks``: the processes of one machine and state folder) a
 store itself, a registered model ``<name>.registry-lock`` that exists while a decider holds it
 (creating a registered model is atomic in MLflow's store, so deciders on every machine that share
 a tracking server are serialised; a lock whose holder died is broken: at once on its own machine,
-after ``SERVER_LOCK_LEASE_S`` elsewhere). The record and the moves are written to a journal first
-(a file, and a tag of the store's lock): a decider killed half-way is completed by the next one
-that takes the lock, unless a later decision has moved the aliases since; so no interrupted
-decision leaves one alias moved and another not.
+after ``SERVER_LOCK_LEASE_S`` elsewhere). It is never deleted by its name, but renamed to a name used
+once and deleted as that: a request MLflow's client repeats cannot remove the next decider's lock.
+The record and the moves are written to a journal first (a file, and a tag of the store's lock): a
+decider killed half-way is completed by the next one that takes the lock, unless a later decision has
+moved the aliases since; so no interrupted decision leaves one alias moved and another not.
 
 A version registered by the pipeline (``register_and_gate``) is *incomplete*
 (``registration_state=incomplete``, its ``fingerprint`` held back as ``fingerprint_pending``)

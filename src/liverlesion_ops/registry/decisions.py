@@ -22,6 +22,7 @@ from liverlesion_ops.registry.locks import (
     machine_lock,
     store_lock,
     store_lock_tags,
+    sweep_retired,
 )
 from liverlesion_ops.registry.registration import sweep_incomplete
 from liverlesion_ops.registry.store import (
@@ -146,7 +147,7 @@ def registry_lock(name: str, what: str, timeout: float = LOCK_TIMEOUT_S) -> Iter
     """The registry lock of model ``name``: this machine's file lock, then the tracking store's lock.
 
     Under it, an interrupted decision is completed first, and the abandoned incomplete registrations
-    of the model are removed.
+    of the model, and the retired locks a decider could not delete, are removed.
     """
     started = time.monotonic()
     with machine_lock("registry", name, what, timeout):
@@ -160,6 +161,9 @@ def registry_lock(name: str, what: str, timeout: float = LOCK_TIMEOUT_S) -> Iter
                 log.info(
                     f"removed the abandoned incomplete registration(s) {', '.join('v' + v for v in removed)} of {name}",
                 )
+            retired = sweep_retired(mlflow_client, name)
+            if retired:
+                log.info(f"deleted the retired registry lock(s) left in the tracking store: {', '.join(retired)}")
             yield mlflow_client
 
 

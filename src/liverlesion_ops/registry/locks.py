@@ -203,8 +203,32 @@ def _abandoned(held: dict[str, str]) -> str | None:
     return None
 
 
+#: a lock (or breaker) is removed by renaming it to ``<its name>`` + this + a fresh id, then deleting that
+RETIRED_INFIX = ".retired-"
+
+
+def _retire(mlflow_client: MlflowClient, name: str) -> bool:
+    """Remove the registered model ``name`` (a lock or a breaker); False if it was gone already.
+
+    Not ``delete_registered_model(name)``: MLflow's HTTP client repeats a request whose answer was lost (a
+    timeout, a dropped connection, a 5xx) after the server had done it, and a repeated delete by name removes
+    whatever holds the name by then: the lock another decider took in between. A rename to a name used once
+    repeats harmlessly (the second finds that name taken, or the lock gone), and deleting that name touches
+    no one else's lock. A retired name left behind (the server went away between the two) is swept by the
+    next decider (``sweep_retired``)."""
+    retired = f"{name}{RETIRED_INFIX}{uuid.uuid4().hex}"
+    try:
+        mlflow_client.rename_registered_model(name, retired)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+            raise
+        # ALREADY_EXISTS: a repeat of our own rename (no one else uses the name); DOES_NOT_EXIST: gone, by a
+        # repeat of ours or before it
+    return _delete_model(mlflow_client, retired)
+
+
 def _delete_model(mlflow_client: MlflowClient, name: str) -> bool:
-    """Delete a registered model (a lock); False if it was gone already."""
+    """Delete a registered model that no one else names (a retired lock); False if it was gone already."""
     try:
         mlflow_client.delete_registered_model(name)
         return True
@@ -214,11 +238,19 @@ def _delete_model(mlflow_client: MlflowClient, name: str) -> bool:
         raise
 
 
+def sweep_retired(mlflow_client: MlflowClient, name: str) -> list[str]:
+    """Delete the retired locks and breakers of model ``name`` that a decider left (see ``_retire``)."""
+    prefix = name + SERVER_LOCK_SUFFIX
+    found = mlflow_client.search_registered_models(f"name LIKE '{prefix}%{RETIRED_INFIX}%'")
+    left = [m.name for m in found if m.name.startswith(prefix) and RETIRED_INFIX in m.name[len(prefix) :]]
+    return [retired for retired in left if _delete_model(mlflow_client, retired)]
+
+
 def _release(mlflow_client: MlflowClient, name: str, token: str) -> bool:
     """Delete the store lock if it is still the one with ``token``; whether it did."""
     lock = name + SERVER_LOCK_SUFFIX
     held = store_lock_tags(mlflow_client, lock)
-    return held is not None and held.get("token") == token and _delete_model(mlflow_client, lock)
+    return held is not None and held.get("token") == token and _retire(mlflow_client, lock)
 
 
 #: completes an abandoned lock's pending decision (``decisions.roll_forward``), saying what it did
@@ -240,17 +272,17 @@ def _break(mlflow_client: MlflowClient, name: str, held: dict[str, str], why: st
         if other is not None and (
             process_gone(other.get("owner", "")) or not -BREAKER_LEASE_S < _age_s(other) < BREAKER_LEASE_S
         ):
-            _delete_model(mlflow_client, breaker)  # a breaker died while breaking
+            _retire(mlflow_client, breaker)  # a breaker died while breaking
         return
     try:
         again = store_lock_tags(mlflow_client, lock)
         if again is None or again.get("token") != held.get("token"):
             return  # released or broken meanwhile: only abandoned locks are deleted, and only here
         note = ("; " + roll_forward(mlflow_client, name, json.loads(again["pending"]))) if again.get("pending") else ""
-        if _delete_model(mlflow_client, lock):
+        if _retire(mlflow_client, lock):
             log.info(f"broke the registry lock of {name} left by {_holder_text(again)}: {why}{note}")
     finally:
-        _delete_model(mlflow_client, breaker)
+        _retire(mlflow_client, breaker)
 
 
 @contextmanager
