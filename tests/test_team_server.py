@@ -364,7 +364,7 @@ class _LosingHandler(BaseHTTPRequestHandler):
 
 
 def test_a_release_whose_answer_is_lost_leaves_the_lock_another_decider_took_meanwhile(team):
-    """The CI failure of stop 36 (one racer's lock vanished under it): a lock removed by a repeated delete by name."""
+    """How a racer of CI once lost its lock under it: a release repeated by the HTTP client deleted it by name."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
