@@ -663,7 +663,11 @@ def test_a_decider_whose_lock_was_broken_writes_nothing(store):
 def test_retired_locks_a_decider_could_not_delete_are_swept_by_the_next_one(store, caplog):
     lock = NAME + locks.SERVER_LOCK_SUFFIX
     left = [f"{lock}{locks.RETIRED_INFIX}0a1b", f"{lock}.breaker{locks.RETIRED_INFIX}2c3d"]
-    others = [f"other{locks.SERVER_LOCK_SUFFIX}{locks.RETIRED_INFIX}4e5f", f"{NAME}-retired-notes"]
+    others = [
+        f"other{locks.SERVER_LOCK_SUFFIX}{locks.RETIRED_INFIX}4e5f",
+        f"{NAME}-retired-notes",
+        f"{lock}.x{locks.SERVER_LOCK_SUFFIX}{locks.RETIRED_INFIX}6a7b",  # the retired lock of model `<lock>.x`
+    ]
     for name in left + others:  # as the server going away between the rename and the delete leaves them
         store.client.create_registered_model(name)
     with caplog.at_level(logging.INFO, logger="liverlesion_ops"), decisions.registry_lock(NAME, "the next decider"):

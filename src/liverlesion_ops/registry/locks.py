@@ -242,7 +242,11 @@ def sweep_retired(mlflow_client: MlflowClient, name: str) -> list[str]:
     """Delete the retired locks and breakers of model ``name`` that a decider left (see ``_retire``)."""
     prefix = name + SERVER_LOCK_SUFFIX
     found = mlflow_client.search_registered_models(f"name LIKE '{prefix}%{RETIRED_INFIX}%'")
-    left = [m.name for m in found if m.name.startswith(prefix) and RETIRED_INFIX in m.name[len(prefix) :]]
+    left = [  # this model's own: its lock's or its breaker's retired name, not another model's named alike
+        m.name
+        for m in found
+        if m.name.startswith(prefix) and m.name[len(prefix) :].removeprefix(".breaker").startswith(RETIRED_INFIX)
+    ]
     return [retired for retired in left if _delete_model(mlflow_client, retired)]
 
 
