@@ -220,7 +220,8 @@ def _retire(mlflow_client: MlflowClient, name: str) -> bool:
     try:
         mlflow_client.rename_registered_model(name, retired)
     except MlflowException as err:
-        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+        gone = err.error_code == "PERMISSION_DENIED" and store_lock_tags(mlflow_client, name) is None  # see below
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST") and not gone:
             raise
         # ALREADY_EXISTS: a repeat of our own rename (no one else uses the name); DOES_NOT_EXIST: gone, by a
         # repeat of ours or before it
@@ -228,12 +229,19 @@ def _retire(mlflow_client: MlflowClient, name: str) -> bool:
 
 
 def _delete_model(mlflow_client: MlflowClient, name: str) -> bool:
-    """Delete a registered model that no one else names (a retired lock); False if it was gone already."""
+    """Delete a registered model that no one else names (a retired lock); False if it was gone already.
+
+    MLflow's basic-auth app can answer PERMISSION_DENIED, not RESOURCE_DOES_NOT_EXIST, for a model deleted while
+    it checked the request (it found the model, then nothing to authorise): the next decider's sweep and the
+    retiring decider may delete the same retired name at once. A refusal is taken for "gone" only when the model
+    is indeed gone; a reader, refused a model that exists, is still refused."""
     try:
         mlflow_client.delete_registered_model(name)
         return True
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        if err.error_code == "PERMISSION_DENIED" and store_lock_tags(mlflow_client, name) is None:
             return False
         raise
 
@@ -270,6 +278,8 @@ def _break(mlflow_client: MlflowClient, name: str, held: dict[str, str], why: st
     try:
         mlflow_client.create_registered_model(breaker, tags={"owner": process_id(), "since": timestamp()})
     except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return  # taken, then gone as MLflow's store read it (as in store_lock): look again
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         other = store_lock_tags(mlflow_client, breaker)
@@ -328,6 +338,8 @@ def store_lock(
             )
             break
         except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue  # MLflow's SQL store found the name taken, then the lock gone when it read it: released
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         held = store_lock_tags(mlflow_client, lock)
