@@ -7,6 +7,7 @@ point a whole run elsewhere by setting variables first.
 | --- | --- | --- |
 | ``LIVERLESION_PROJECT`` (``liverlesion --project``) | nearest parent of the working directory holding ``data.dvc`` | the project: ``configs/``, ``data/``, ``data.dvc`` |
 | ``LIVERLESION_HOME`` | ``<project>/.liverlesion`` | all generated state below |
+| ``LIVERLESION_GIT_COMMIT`` | none | the commit the code was built from, where it runs outside git (the step image sets it) |
 
 The code itself is installed (``liverlesion``, ``liverlesion_ops`` with its ``steps`` and ``pipelines``):
 a command needs a project folder, not a checkout. Where ZenML, MLflow and DVC keep their state is
@@ -23,6 +24,7 @@ from pathlib import Path
 PROJECT_MARKER = "data.dvc"
 PROJECT_ENV = "LIVERLESION_PROJECT"
 HOME_ENV = "LIVERLESION_HOME"
+COMMIT_ENV = "LIVERLESION_GIT_COMMIT"
 #: what a trained model depends on, besides its data and settings: the domain package, the steps and
 #: pipelines, the served model (modules, by their import names) and the project's locked dependencies
 TRAINING_CODE = (
@@ -107,6 +109,17 @@ def module_path(name: str) -> Path:
 def source_dir() -> Path:
     """The folder the code is installed from (``src/`` of a checkout for an editable install)."""
     return module_path("liverlesion").parent
+
+
+def code_commit() -> str:
+    """The git commit of the code that runs (``-dirty`` where it differed from it): of the checkout it is installed
+    from, else the one the step image was built from (``$LIVERLESION_GIT_COMMIT``), else ``unknown``."""
+    from liverlesion.lineage import git_commit
+
+    commit = git_commit(source_dir())
+    if commit == "unknown":
+        return os.environ.get(COMMIT_ENV) or commit
+    return commit
 
 
 def training_code() -> list[tuple[str, Path]]:

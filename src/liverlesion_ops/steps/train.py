@@ -10,7 +10,6 @@ from zenml import ArtifactConfig, log_metadata, step
 from zenml.enums import ArtifactType
 
 from liverlesion.config import PatchConfig, TrainConfig
-from liverlesion.lineage import git_commit
 from liverlesion.model import build_model
 from liverlesion.precision import with_precision
 from liverlesion.protocol import resolve_training_precision
@@ -70,7 +69,7 @@ def train(
     with start_tracked_run(
         experiment, model_key, profile, data_version, split_manifest_hash, model=model_key or config.backbone
     ) as active:
-        commit = git_commit(project.source_dir())
+        commit = project.code_commit()
         mlflow.set_tags(
             {"git_commit": commit, "git_dirty": str(commit.endswith("-dirty")).lower(), "fingerprint": fingerprint}
         )
