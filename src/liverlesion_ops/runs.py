@@ -245,5 +245,15 @@ def training_summary(pipeline_run, seconds: float) -> dict[str, Any]:
             "calibration_intervals": evaluation.get("calibration_intervals", {}),
         },
         "segmentation": segmentation,
-        "reports": str(Path(evaluation["plots"]["roc_curve"]).parent),
+        "reports": _reports(
+            Path(evaluation["plots"]["roc_curve"]).parent, (registration.get("lineage") or {}).get("mlflow_run_id")
+        ),
     }
+
+
+def _reports(folder: Path, mlflow_run_id: str | None) -> str:
+    """Where a person finds the run's plots: the reports folder, or, where the steps ran in containers (their
+    folders went with them), the same files in the MLflow run's artifacts."""
+    if folder.is_dir():
+        return str(folder)
+    return f"the artifacts of MLflow run {mlflow_run_id}, evaluation/ (the steps ran in containers)"

@@ -37,7 +37,9 @@ server_app = typer.Typer(
     "$LIVERLESION_HOME/team-mlflow).",
 )
 stack_app = typer.Typer(
-    rich_markup_mode=None, no_args_is_help=True, help="ZenML stacks of the project: the Kubeflow stack (docs/team.md)."
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="ZenML stacks of the project: the Kubeflow stack, the containers stack, the step image (docs/team.md).",
 )
 
 ServerDataOption = Annotated[
@@ -282,6 +284,118 @@ def stack_register_kubeflow(
     )
     try:
         plan = kubeflow.plan(options, dict(os.environ))
+        say("\n".join(kubeflow.commands(plan)))
+        if dry_run:
+            return
+        kubeflow.register(plan)
+    except (ValueError, KeyError) as err:  # a configuration ZenML refuses, a flavour it does not know
+        raise fail(str(err).strip("'\"")) from None
+    say(f"registered and activated the ZenML stack {plan.stack}; `zenml stack set default` switches back")
+
+
+@stack_app.command("image")
+def stack_image(
+    variant: Annotated[
+        str, typer.Option("--variant", help="cpu (requirements.lock, TensorFlow) or gpu (the GPU lock, JAX on CUDA)")
+    ] = "cpu",
+    tag: Annotated[
+        str | None, typer.Option("--tag", help="the image's name (default: liverlesion-step:VARIANT)")
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="the base image (default: the Dockerfile's, the CUDA runtime image)"),
+    ] = None,
+    local_base: Annotated[
+        bool,
+        typer.Option(
+            "--local-base",
+            help="make the base here with debootstrap (Debian 12, from Debian's packages): no image registry needed",
+        ),
+    ] = False,
+    rebuild_base: Annotated[bool, typer.Option("--rebuild-base", help="make the local base again")] = False,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option("--ca-bundle", help="CA certificates for the downloads, a build secret (default: $SSL_CERT_FILE)"),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Build the step image from infra/kubeflow/Dockerfile with Docker (BuildKit): the locked requirements and
+    the project installed; no credential nor CA bundle in any layer (docs/team.md).
+
+    Example: `liverlesion stack image --local-base` (the CPU image the containers stack runs, built where no image
+    registry is reachable).
+    """
+    from liverlesion_ops.kubeflow import image
+
+    try:
+        built = image.build(image.checkout(), variant, tag, base, local_base, rebuild_base, ca_bundle)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    except image.ImageError as err:
+        raise fail(str(err), EXIT_FAILED) from None
+    result = {
+        "tag": built.tag,
+        "variant": built.variant,
+        "base": built.base,
+        "id": built.image_id,
+        "size_mb": round(built.size_bytes / 1e6, 1),
+        "build_s": round(built.seconds, 1),
+        "base_s": round(built.base_seconds, 1),
+    }
+    if as_json:
+        print_json(result)
+        return
+    say(
+        f"built {built.tag} ({built.variant}, on {built.base}): {result['size_mb']} MB in {result['build_s']} s"
+        + (f" (+ {result['base_s']} s making the base)" if built.base_seconds else "")
+    )
+
+
+@stack_app.command("register-containers")
+def stack_register_containers(
+    artifact_store: Annotated[str, typer.Option("--artifact-store", help="s3://BUCKET/PATH or gs://BUCKET/PATH")],
+    mlflow_uri: Annotated[str, typer.Option("--mlflow-uri", help="the team MLflow server, as the steps reach it")],
+    image: Annotated[
+        str, typer.Option("--image", help="the step image every step runs in (`liverlesion stack image`)")
+    ] = "liverlesion-step:cpu",
+    s3_endpoint: Annotated[
+        str | None, typer.Option("--s3-endpoint", help="the endpoint of an S3-compatible store (MinIO, Ceph)")
+    ] = None,
+    mount: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mount",
+            metavar="PATH",
+            help="a folder of this machine every step sees at the same path, read-only (repeatable): the cohort's",
+        ),
+    ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="prefix of the component names")] = "liverlesion",
+    stack: Annotated[str | None, typer.Option("--stack", help="the stack's name (default: PREFIX-containers)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the equivalent zenml commands, change nothing")] = (
+        False
+    ),
+) -> None:
+    """Register the containers stack (ZenML's local Docker orchestrator: each step in the step image on this
+    machine, on the host's network; the remote artifact store; the MLflow tracker and registry; the secrets) and
+    make it the active stack. Credentials come from the environment, as for register-kubeflow.
+
+    Example: `liverlesion stack register-containers --artifact-store s3://bucket/zenml --s3-endpoint
+    http://127.0.0.1:9000 --mlflow-uri http://127.0.0.1:5000 --mount "$PWD/data"`.
+    """
+    from liverlesion_ops.kubeflow import stack as kubeflow
+
+    setup(tracking=False)
+    options = kubeflow.ContainerStackOptions(
+        artifact_store=artifact_store,
+        mlflow_uri=mlflow_uri,
+        image=image,
+        s3_endpoint=s3_endpoint,
+        mounts=tuple(mount or ()),
+        prefix=prefix,
+        stack=stack,
+    )
+    try:
+        plan = kubeflow.plan_containers(options, dict(os.environ))
         say("\n".join(kubeflow.commands(plan)))
         if dry_run:
             return

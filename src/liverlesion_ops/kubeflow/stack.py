@@ -43,6 +43,8 @@ from typing import Any
 #: the custom orchestrator flavour, as a ZenML source (an installed module of the project)
 FLAVOR_SOURCE = "liverlesion_ops.kubeflow.gpu_orchestrator.KubeflowGpuOrchestratorFlavor"
 FLAVOR = "kubeflow_gpu"
+#: ZenML's own orchestrator that runs each step in a container of its own on this machine
+CONTAINERS_FLAVOR = "local_docker"
 MLFLOW_SECRET = "liverlesion-mlflow"
 S3_SECRET = "liverlesion-s3"
 #: the zenml CLI group and ``zenml stack register`` option of each component type
@@ -126,6 +128,56 @@ def _toleration(text: str) -> dict[str, str]:
     return {"key": key, "operator": "Exists", "effect": effect}
 
 
+def _store_flavor(path: str) -> str:
+    return "s3" if path.startswith("s3://") else "gcp"
+
+
+def _artifact_store(path: str, endpoint: str | None, env: dict[str, str], secrets: dict) -> dict[str, Any]:
+    """The remote artifact store's configuration; its S3 keys from ``env`` into ``secrets`` (referenced only)."""
+    scheme = path.split("://", 1)[0]
+    if scheme not in ("s3", "gs"):
+        raise ValueError(
+            f"--artifact-store {path!r}: a remote store, s3://BUCKET/PATH or gs://BUCKET/PATH "
+            "(the steps' containers cannot reach this machine's files)"
+        )
+    store: dict[str, Any] = {"path": path}
+    if scheme == "s3":
+        if endpoint:  # MinIO, Ceph and other S3-compatible stores
+            store["client_kwargs"] = {"endpoint_url": endpoint}
+        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            secrets[S3_SECRET] = {
+                "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+            }
+            store["key"] = _ref(S3_SECRET, "aws_access_key_id")
+            store["secret"] = _ref(S3_SECRET, "aws_secret_access_key")
+    elif endpoint:
+        raise ValueError("--s3-endpoint is for an s3:// artifact store")
+    return store
+
+
+def _mlflow(uri: str, env: dict[str, str], secrets: dict) -> dict[str, Any]:
+    """The MLflow tracker's configuration; the credentials from ``env`` into the secret the stack carries."""
+    mlflow = {"MLFLOW_TRACKING_URI": uri}
+    tracker: dict[str, Any] = {"tracking_uri": uri}
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        mlflow["MLFLOW_TRACKING_TOKEN"] = env["MLFLOW_TRACKING_TOKEN"]
+        tracker["tracking_token"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_TOKEN")
+    elif env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):
+        mlflow["MLFLOW_TRACKING_USERNAME"] = env["MLFLOW_TRACKING_USERNAME"]
+        mlflow["MLFLOW_TRACKING_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
+        tracker["tracking_username"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_USERNAME")
+        tracker["tracking_password"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_PASSWORD")
+    else:
+        raise ValueError(
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to the "
+            "team MLflow server's credentials: they are stored as the ZenML secret "
+            f"{MLFLOW_SECRET}, never in git"
+        )
+    secrets[MLFLOW_SECRET] = mlflow
+    return tracker
+
+
 def plan(args: StackOptions, env: dict[str, str]) -> Plan:
     """The secrets, components and stack for ``args``, credentials from ``env``; ValueError says what is missing."""
     if bool(args.kubeflow_host) == bool(args.kube_context):
@@ -150,43 +202,8 @@ def plan(args: StackOptions, env: dict[str, str]) -> Plan:
         orchestrator["pvc_mounts"] = _pairs(args.pvc_mount, "--pvc-mount")
 
     secrets: dict[str, dict[str, str]] = {}
-    scheme = args.artifact_store.split("://", 1)[0]
-    if scheme not in ("s3", "gs"):
-        raise ValueError(
-            f"--artifact-store {args.artifact_store!r}: a remote store, s3://BUCKET/PATH or gs://BUCKET/PATH "
-            "(the pods cannot reach this machine's files)"
-        )
-    store: dict[str, Any] = {"path": args.artifact_store}
-    if scheme == "s3":
-        if args.s3_endpoint:  # MinIO, Ceph and other S3-compatible stores
-            store["client_kwargs"] = {"endpoint_url": args.s3_endpoint}
-        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-            secrets[S3_SECRET] = {
-                "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-                "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-            }
-            store["key"] = _ref(S3_SECRET, "aws_access_key_id")
-            store["secret"] = _ref(S3_SECRET, "aws_secret_access_key")
-    elif args.s3_endpoint:
-        raise ValueError("--s3-endpoint is for an s3:// artifact store")
-
-    mlflow = {"MLFLOW_TRACKING_URI": args.mlflow_uri}
-    tracker: dict[str, Any] = {"tracking_uri": args.mlflow_uri}
-    if env.get("MLFLOW_TRACKING_TOKEN"):
-        mlflow["MLFLOW_TRACKING_TOKEN"] = env["MLFLOW_TRACKING_TOKEN"]
-        tracker["tracking_token"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_TOKEN")
-    elif env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):
-        mlflow["MLFLOW_TRACKING_USERNAME"] = env["MLFLOW_TRACKING_USERNAME"]
-        mlflow["MLFLOW_TRACKING_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
-        tracker["tracking_username"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_USERNAME")
-        tracker["tracking_password"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_PASSWORD")
-    else:
-        raise ValueError(
-            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to the "
-            "team MLflow server's credentials: they are stored as the ZenML secret "
-            f"{MLFLOW_SECRET}, never in git"
-        )
-    secrets[MLFLOW_SECRET] = mlflow
+    store = _artifact_store(args.artifact_store, args.s3_endpoint, env, secrets)
+    tracker = _mlflow(args.mlflow_uri, env, secrets)
 
     builder: dict[str, Any] = {}
     if args.image_builder == "kaniko":
@@ -197,7 +214,7 @@ def plan(args: StackOptions, env: dict[str, str]) -> Plan:
     prefix = args.prefix
     components = [
         Component("orchestrator", f"{prefix}-kubeflow", FLAVOR, orchestrator),
-        Component("artifact_store", f"{prefix}-artifacts", "s3" if scheme == "s3" else "gcp", store),
+        Component("artifact_store", f"{prefix}-artifacts", _store_flavor(args.artifact_store), store),
         Component("container_registry", f"{prefix}-registry", "default", {"uri": args.registry}),
         Component("image_builder", f"{prefix}-builder", args.image_builder, builder),
         Component("experiment_tracker", f"{prefix}-mlflow", "mlflow", tracker),
@@ -205,6 +222,52 @@ def plan(args: StackOptions, env: dict[str, str]) -> Plan:
     ]
     return Plan(
         stack=args.stack or f"{prefix}-kubeflow", secrets=secrets, components=components, stack_secrets=[MLFLOW_SECRET]
+    )
+
+
+@dataclass(frozen=True)
+class ContainerStackOptions:
+    """``liverlesion stack register-containers``'s options: every step in the step image, on this machine."""
+
+    artifact_store: str  # s3://BUCKET/PATH (the containers reach no file of this machine's but the mounts)
+    mlflow_uri: str  # the team MLflow server, as the containers reach it (the host's network: loopback works)
+    image: str  # the step image every step runs in (``liverlesion stack image``)
+    s3_endpoint: str | None = None
+    mounts: tuple[str, ...] = ()  # folders of this machine mounted at the same path, read-only (the cohort)
+    prefix: str = "liverlesion"
+    stack: str | None = None  # default: <prefix>-containers
+
+
+def plan_containers(args: ContainerStackOptions, env: dict[str, str]) -> Plan:
+    """The containers stack: ZenML's ``local_docker`` orchestrator running each step in ``args.image`` on the
+    host's network, the remote artifact store, the MLflow tracker and registry, the same secrets as Kubeflow."""
+    volumes = {}
+    for mount in args.mounts:
+        if not mount.startswith("/"):
+            raise ValueError(f"--mount {mount!r}: an absolute path (it is mounted at the same path in each step)")
+        volumes[mount.rstrip("/") or "/"] = {"bind": mount.rstrip("/") or "/", "mode": "ro"}
+    secrets: dict[str, dict[str, str]] = {}
+    store = _artifact_store(args.artifact_store, args.s3_endpoint, env, secrets)
+    tracker = _mlflow(args.mlflow_uri, env, secrets)
+    # the run arguments of every step's `docker run`: the image (the orchestrator's own override, which
+    # placement.step_image reads too, so that nothing is built), the host's network (the tracking server and
+    # the S3 endpoint on loopback), the step's container removed once it ended (its environment holds the secrets)
+    run_args: dict[str, Any] = {"image": args.image, "network_mode": "host", "remove": True}
+    if volumes:
+        run_args["volumes"] = volumes
+    prefix = args.prefix
+    components = [
+        Component("orchestrator", f"{prefix}-containers", CONTAINERS_FLAVOR, {"run_args": run_args}),
+        Component("artifact_store", f"{prefix}-artifacts", _store_flavor(args.artifact_store), store),
+        Component("image_builder", f"{prefix}-builder", "local", {}),
+        Component("experiment_tracker", f"{prefix}-mlflow", "mlflow", tracker),
+        Component("model_registry", f"{prefix}-mlflow-registry", "mlflow", {}),
+    ]
+    return Plan(
+        stack=args.stack or f"{prefix}-containers",
+        secrets=secrets,
+        components=components,
+        stack_secrets=[MLFLOW_SECRET],
     )
 
 
@@ -222,6 +285,10 @@ def check_configuration(components: list[Component]) -> None:
             raise ValueError(f"{component.flavor} {component.type}: no option(s) {sorted(unknown)}")
 
 
+def _custom_flavor(p: Plan) -> bool:
+    return any(c.flavor == FLAVOR for c in p.components)
+
+
 def commands(p: Plan) -> list[str]:
     """The same registration as ``zenml`` commands (secret values masked)."""
 
@@ -229,7 +296,7 @@ def commands(p: Plan) -> list[str]:
         text = value if isinstance(value, str) else json.dumps(value)
         return f"--{key}={shlex.quote(text)}"
 
-    lines = [f"zenml orchestrator flavor register {FLAVOR_SOURCE}"]
+    lines = [f"zenml orchestrator flavor register {FLAVOR_SOURCE}"] if _custom_flavor(p) else []
     for name, values in p.secrets.items():
         masked = " ".join(f"--{k}={v if k == 'MLFLOW_TRACKING_URI' else '***'}" for k, v in values.items())
         lines.append(f"zenml secret create {name} {masked}")
@@ -249,10 +316,11 @@ def register(p: Plan) -> None:
     from zenml.enums import StackComponentType
 
     client = Client()
-    try:
-        client.get_flavor_by_name_and_type(FLAVOR, StackComponentType.ORCHESTRATOR)
-    except KeyError:
-        client.create_flavor(source=FLAVOR_SOURCE, component_type=StackComponentType.ORCHESTRATOR)
+    if _custom_flavor(p):
+        try:
+            client.get_flavor_by_name_and_type(FLAVOR, StackComponentType.ORCHESTRATOR)
+        except KeyError:
+            client.create_flavor(source=FLAVOR_SOURCE, component_type=StackComponentType.ORCHESTRATOR)
     check_configuration(p.components)
 
     for name, values in p.secrets.items():
