@@ -15,6 +15,7 @@ LONGEST_FIRST = (
     "test_pipeline_integration.py",
     "test_operations_integration.py",
     "test_default_job.py",
+    "test_containers.py",
     "test_segmentation_integration.py",
     "test_resume_integration.py",
     "test_team_server.py",

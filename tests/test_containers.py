@@ -121,6 +121,8 @@ def runs(built, team, s3, tmp_path_factory):  # noqa: F811
     }
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_tiny_dag_runs_step_by_step_in_containers_and_registers_what_the_local_orchestrator_does(team, runs):  # noqa: F811
     summary, local = runs["summary"], runs["local"]
     # every step in a container of its own (none cached: a fresh project), and the run a success
@@ -145,6 +147,8 @@ def test_the_tiny_dag_runs_step_by_step_in_containers_and_registers_what_the_loc
     assert version.tags["mlflow_run_id"] in summary["reports"]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_data_version_and_code_are_those_of_the_local_run(team, runs):  # noqa: F811
     with client_as(team) as client:
         tags = client.get_model_version(MODEL, "1").tags
@@ -157,6 +161,8 @@ def test_the_data_version_and_code_are_those_of_the_local_run(team, runs):  # no
         assert tags[key] == local_tags[key], key
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_no_secret_is_in_an_image_layer_nor_in_the_logs_nor_left_in_a_container(team, s3, runs, built):  # noqa: F811
     env = runs["env"]
     secret_values = [env["MLFLOW_TRACKING_PASSWORD"], s3.secret]
