@@ -303,7 +303,10 @@ def stack_image(
     ] = None,
     base: Annotated[
         str | None,
-        typer.Option("--base", help="the base image (default: the Dockerfile's, the CUDA runtime image)"),
+        typer.Option(
+            "--base",
+            help="the base image (default: python:3.11-slim-bookworm for cpu, NVIDIA's CUDA 12.9 runtime for gpu)",
+        ),
     ] = None,
     local_base: Annotated[
         bool,

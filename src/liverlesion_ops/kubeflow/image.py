@@ -7,7 +7,8 @@ Two variants of ``infra/kubeflow/Dockerfile`` (``DOCKERFILE``):
 - ``gpu``: the GPU lock (``infra/kubeflow/requirements-gpu.lock``, JAX on CUDA 12), Keras on JAX; the Kubeflow
   stack's, the ``train`` step on a GPU node.
 
-The base image is the Dockerfile's default (the CUDA runtime image, for ``gpu``), one named with ``--base``, or,
+The base image is the variant's default (``DEFAULT_BASES``: Python's Debian 12 image for ``cpu``, the CUDA
+runtime image for ``gpu``), one named with ``--base``, or,
 with ``--local-base``, one made here where no image registry can be reached: ``debootstrap --variant=minbase`` of
 Debian 12 from Debian's package archive, with Python 3.11, the CA certificates and this environment's ``uv``
 (placed at ``/uv`` and ``/uvx`` so that the same image is the Dockerfile's ``UV_IMAGE``), imported with
@@ -44,6 +45,9 @@ VARIANTS = {
     "cpu": {"LOCK": "requirements.lock", "KERAS_BACKEND": "tensorflow"},
     "gpu": {"LOCK": "infra/kubeflow/requirements-gpu.lock", "KERAS_BACKEND": "jax"},
 }
+#: each variant's base where the image registries are reached and none is named: Python 3.11 on Debian 12 (the
+#: Docker Hub image) for the CPU; the CUDA runtime, the Dockerfile's default, for the GPU
+DEFAULT_BASES = {"cpu": "python:3.11-slim-bookworm", "gpu": "nvidia/cuda:12.9.1-cudnn-runtime-ubuntu22.04"}
 REPOSITORY = "liverlesion-step"
 LOCAL_BASE = "liverlesion-base:bookworm"
 DEBIAN_SUITE = "bookworm"
@@ -200,8 +204,8 @@ def build(
         base_seconds = make_local_base(LOCAL_BASE, rebuild_base)
         base = LOCAL_BASE
         args += ["--build-arg", f"UV_IMAGE={LOCAL_BASE}"]
-    if base:
-        args += ["--build-arg", f"BASE_IMAGE={base}"]
+    base = base or DEFAULT_BASES[variant]
+    args += ["--build-arg", f"BASE_IMAGE={base}"]
     if ca_bundle is None and os.environ.get("SSL_CERT_FILE"):
         ca_bundle = Path(os.environ["SSL_CERT_FILE"])
     if ca_bundle is not None:
@@ -215,4 +219,4 @@ def build(
     inspected = _run(
         [docker(), "image", "inspect", "--format", "{{.Id}} {{.Size}}", tag], f"docker image inspect {tag}"
     ).stdout.split()
-    return Built(tag, variant, base or "the Dockerfile's", inspected[0], int(inspected[1]), seconds, base_seconds)
+    return Built(tag, variant, base, inspected[0], int(inspected[1]), seconds, base_seconds)
