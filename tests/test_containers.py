@@ -169,6 +169,20 @@ def test_no_secret_is_in_an_image_layer_nor_in_the_logs_nor_left_in_a_container(
     for done in (runs["register"], runs["contained"]):
         for secret in secret_values:
             assert secret not in done.stdout and secret not in done.stderr
+    # nor in the steps' logs ZenML kept in the artifact store, nor in what the steps recorded in MLflow
+    logs = [key for key in s3.keys() if key.startswith("zenml/logs/")]
+    assert logs
+    for key in logs:
+        text = s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode(errors="replace")
+        assert not any(secret in text for secret in secret_values), key
+    with client_as(team) as client:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        recorded = [
+            value
+            for run in client.search_runs(experiments)
+            for value in (*run.data.params.values(), *run.data.tags.values())
+        ]
+    assert recorded and not any(secret in value for value in recorded for secret in secret_values)
     # the step containers are gone (their environment held the MLflow credentials)
     left = subprocess.run(
         [step_image.docker(), "ps", "-a", "--filter", f"ancestor={TAG}", "--format", "{{.ID}}"],
@@ -208,7 +222,7 @@ def test_the_containers_stack_plan_runs_the_image_on_the_host_network_with_the_c
     )
     plan = stacks.plan_containers(options, env)
     orchestrator = next(c for c in plan.components if c.type == "orchestrator")
-    assert orchestrator.flavor == "local_docker" and plan.stack == "liverlesion-containers"
+    assert orchestrator.flavor == "local_docker" and plan.stack == orchestrator.name == "liverlesion-containers"
     assert orchestrator.configuration["run_args"] == {
         "image": "liverlesion-step:cpu",
         "network_mode": "host",
@@ -216,9 +230,15 @@ def test_the_containers_stack_plan_runs_the_image_on_the_host_network_with_the_c
         "volumes": {"/srv/cohort": {"bind": "/srv/cohort", "mode": "ro"}},
     }
     store = next(c for c in plan.components if c.type == "artifact_store")
-    assert store.configuration["secret"] == "{{liverlesion-s3.aws_secret_access_key}}"
-    assert plan.secrets["liverlesion-mlflow"]["MLFLOW_TRACKING_PASSWORD"] == "pw-1a2b3c"
-    assert plan.stack_secrets == ["liverlesion-mlflow"]
+    assert store.configuration["secret"] == "{{liverlesion-containers-s3.aws_secret_access_key}}"
+    assert plan.secrets["liverlesion-containers-mlflow"]["MLFLOW_TRACKING_PASSWORD"] == "pw-1a2b3c"
+    assert plan.stack_secrets == ["liverlesion-containers-mlflow"]
+    # nothing shared with the Kubeflow stack's names: registering one never changes the other
+    kubeflow = stacks.plan(
+        stacks.StackOptions("s3://b/k", "registry", "https://mlflow", kubeflow_host="https://kf/pipeline"), env
+    )
+    assert not {c.name for c in plan.components} & {c.name for c in kubeflow.components}
+    assert not set(plan.secrets) & set(kubeflow.secrets)
     lines = stacks.commands(plan)
     assert "pw-1a2b3c" not in "\n".join(lines) and "s3-key-4d5e6f" not in "\n".join(lines)
     assert not any("flavor register" in line for line in lines)  # no custom flavour: ZenML's own

@@ -1,4 +1,5 @@
-"""Register the Kubeflow stack in ZenML and make it the active stack: the one switch from the local stack.
+"""Register the Kubeflow stack (or the containers stack, below) in ZenML and make it the active stack: the one
+switch from the local stack.
 
     export MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...   # or MLFLOW_TRACKING_TOKEN
     liverlesion stack register-kubeflow \\
@@ -31,6 +32,13 @@ variables, reach the team server; the MLflow components read the same secret by 
 without them it uses what the pods and this machine already have (an IAM role, workload identity).
 
 The Kubeflow orchestrator needs a ZenML server (the pods read the run from it): ``zenml login URL`` first.
+
+``liverlesion stack register-containers`` (``plan_containers``) registers the containers stack: ZenML's
+``local_docker`` orchestrator runs each step in the step image on this machine (``liverlesion stack image``), on
+the host's network, with a remote artifact store and the MLflow tracker and registry; the same secrets path, under
+names of its own (``liverlesion-containers-mlflow``, ``-s3``), so that neither stack's registration changes the
+other's components or credentials. It needs no ZenML server: the orchestrator mounts the local store into each
+container.
 """
 
 from __future__ import annotations
@@ -132,8 +140,11 @@ def _store_flavor(path: str) -> str:
     return "s3" if path.startswith("s3://") else "gcp"
 
 
-def _artifact_store(path: str, endpoint: str | None, env: dict[str, str], secrets: dict) -> dict[str, Any]:
-    """The remote artifact store's configuration; its S3 keys from ``env`` into ``secrets`` (referenced only)."""
+def _artifact_store(
+    path: str, endpoint: str | None, env: dict[str, str], secrets: dict, secret: str = S3_SECRET
+) -> dict[str, Any]:
+    """The remote artifact store's configuration; its S3 keys from ``env`` into ``secrets[secret]`` (referenced
+    by the configuration, never written in it)."""
     scheme = path.split("://", 1)[0]
     if scheme not in ("s3", "gs"):
         raise ValueError(
@@ -145,36 +156,37 @@ def _artifact_store(path: str, endpoint: str | None, env: dict[str, str], secret
         if endpoint:  # MinIO, Ceph and other S3-compatible stores
             store["client_kwargs"] = {"endpoint_url": endpoint}
         if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-            secrets[S3_SECRET] = {
+            secrets[secret] = {
                 "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
                 "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
             }
-            store["key"] = _ref(S3_SECRET, "aws_access_key_id")
-            store["secret"] = _ref(S3_SECRET, "aws_secret_access_key")
+            store["key"] = _ref(secret, "aws_access_key_id")
+            store["secret"] = _ref(secret, "aws_secret_access_key")
     elif endpoint:
         raise ValueError("--s3-endpoint is for an s3:// artifact store")
     return store
 
 
-def _mlflow(uri: str, env: dict[str, str], secrets: dict) -> dict[str, Any]:
-    """The MLflow tracker's configuration; the credentials from ``env`` into the secret the stack carries."""
+def _mlflow(uri: str, env: dict[str, str], secrets: dict, secret: str = MLFLOW_SECRET) -> dict[str, Any]:
+    """The MLflow tracker's configuration; the credentials from ``env`` into ``secrets[secret]``, which the stack
+    carries (its keys become every step's environment)."""
     mlflow = {"MLFLOW_TRACKING_URI": uri}
     tracker: dict[str, Any] = {"tracking_uri": uri}
     if env.get("MLFLOW_TRACKING_TOKEN"):
         mlflow["MLFLOW_TRACKING_TOKEN"] = env["MLFLOW_TRACKING_TOKEN"]
-        tracker["tracking_token"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_TOKEN")
+        tracker["tracking_token"] = _ref(secret, "MLFLOW_TRACKING_TOKEN")
     elif env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):
         mlflow["MLFLOW_TRACKING_USERNAME"] = env["MLFLOW_TRACKING_USERNAME"]
         mlflow["MLFLOW_TRACKING_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
-        tracker["tracking_username"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_USERNAME")
-        tracker["tracking_password"] = _ref(MLFLOW_SECRET, "MLFLOW_TRACKING_PASSWORD")
+        tracker["tracking_username"] = _ref(secret, "MLFLOW_TRACKING_USERNAME")
+        tracker["tracking_password"] = _ref(secret, "MLFLOW_TRACKING_PASSWORD")
     else:
         raise ValueError(
             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to the "
             "team MLflow server's credentials: they are stored as the ZenML secret "
-            f"{MLFLOW_SECRET}, never in git"
+            f"{secret}, never in git"
         )
-    secrets[MLFLOW_SECRET] = mlflow
+    secrets[secret] = mlflow
     return tracker
 
 
@@ -246,29 +258,26 @@ def plan_containers(args: ContainerStackOptions, env: dict[str, str]) -> Plan:
         if not mount.startswith("/"):
             raise ValueError(f"--mount {mount!r}: an absolute path (it is mounted at the same path in each step)")
         volumes[mount.rstrip("/") or "/"] = {"bind": mount.rstrip("/") or "/", "mode": "ro"}
+    # components and secrets of their own (``<prefix>-containers-*``): registering one stack never changes the
+    # other's artifact store, tracker or credentials (the containers reach the server on loopback, pods do not)
+    name = f"{args.prefix}-containers"
     secrets: dict[str, dict[str, str]] = {}
-    store = _artifact_store(args.artifact_store, args.s3_endpoint, env, secrets)
-    tracker = _mlflow(args.mlflow_uri, env, secrets)
+    store = _artifact_store(args.artifact_store, args.s3_endpoint, env, secrets, f"{name}-s3")
+    tracker = _mlflow(args.mlflow_uri, env, secrets, f"{name}-mlflow")
     # the run arguments of every step's `docker run`: the image (the orchestrator's own override, which
     # placement.step_image reads too, so that nothing is built), the host's network (the tracking server and
     # the S3 endpoint on loopback), the step's container removed once it ended (its environment holds the secrets)
     run_args: dict[str, Any] = {"image": args.image, "network_mode": "host", "remove": True}
     if volumes:
         run_args["volumes"] = volumes
-    prefix = args.prefix
     components = [
-        Component("orchestrator", f"{prefix}-containers", CONTAINERS_FLAVOR, {"run_args": run_args}),
-        Component("artifact_store", f"{prefix}-artifacts", _store_flavor(args.artifact_store), store),
-        Component("image_builder", f"{prefix}-builder", "local", {}),
-        Component("experiment_tracker", f"{prefix}-mlflow", "mlflow", tracker),
-        Component("model_registry", f"{prefix}-mlflow-registry", "mlflow", {}),
+        Component("orchestrator", name, CONTAINERS_FLAVOR, {"run_args": run_args}),
+        Component("artifact_store", f"{name}-artifacts", _store_flavor(args.artifact_store), store),
+        Component("image_builder", f"{name}-builder", "local", {}),
+        Component("experiment_tracker", f"{name}-mlflow", "mlflow", tracker),
+        Component("model_registry", f"{name}-mlflow-registry", "mlflow", {}),
     ]
-    return Plan(
-        stack=args.stack or f"{prefix}-containers",
-        secrets=secrets,
-        components=components,
-        stack_secrets=[MLFLOW_SECRET],
-    )
+    return Plan(stack=args.stack or name, secrets=secrets, components=components, stack_secrets=[f"{name}-mlflow"])
 
 
 def check_configuration(components: list[Component]) -> None:
