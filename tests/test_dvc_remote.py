@@ -74,6 +74,9 @@ def s3():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto keeps its accounts in the process: another module's server (tests/test_containers.py imports this
+    # fixture) left its user and bucket behind
+    requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
     setup = {
         "endpoint_url": endpoint,
         "region_name": "us-east-1",
