@@ -198,6 +198,22 @@ def server_add_user(
     )
 
 
+def _register_stack(plan_of, options, dry_run: bool) -> None:
+    """The stack ``plan_of(options, environment)`` printed as the equivalent ``zenml`` commands, then (unless
+    ``dry_run``) registered and made the active stack; a configuration ZenML refuses is one line, exit 2."""
+    from liverlesion_ops.kubeflow import stack as stacks
+
+    try:
+        plan = plan_of(options, dict(os.environ))
+        say("\n".join(stacks.commands(plan)))
+        if dry_run:
+            return
+        stacks.register(plan)
+    except (ValueError, KeyError) as err:  # a configuration ZenML refuses, a flavour it does not know
+        raise fail(str(err).strip("'\"")) from None
+    say(f"registered and activated the ZenML stack {plan.stack}; `zenml stack set default` switches back")
+
+
 @stack_app.command("register-kubeflow")
 def stack_register_kubeflow(
     artifact_store: Annotated[str, typer.Option("--artifact-store", help="s3://BUCKET/PATH or gs://BUCKET/PATH")],
@@ -282,15 +298,7 @@ def stack_register_kubeflow(
         prefix=prefix,
         stack=stack,
     )
-    try:
-        plan = kubeflow.plan(options, dict(os.environ))
-        say("\n".join(kubeflow.commands(plan)))
-        if dry_run:
-            return
-        kubeflow.register(plan)
-    except (ValueError, KeyError) as err:  # a configuration ZenML refuses, a flavour it does not know
-        raise fail(str(err).strip("'\"")) from None
-    say(f"registered and activated the ZenML stack {plan.stack}; `zenml stack set default` switches back")
+    _register_stack(kubeflow.plan, options, dry_run)
 
 
 @stack_app.command("image")
@@ -397,15 +405,7 @@ def stack_register_containers(
         prefix=prefix,
         stack=stack,
     )
-    try:
-        plan = kubeflow.plan_containers(options, dict(os.environ))
-        say("\n".join(kubeflow.commands(plan)))
-        if dry_run:
-            return
-        kubeflow.register(plan)
-    except (ValueError, KeyError) as err:  # a configuration ZenML refuses, a flavour it does not know
-        raise fail(str(err).strip("'\"")) from None
-    say(f"registered and activated the ZenML stack {plan.stack}; `zenml stack set default` switches back")
+    _register_stack(kubeflow.plan_containers, options, dry_run)
 
 
 def schedule(
