@@ -193,6 +193,10 @@ def build(
         raise ValueError("--base and --local-base: give one of them")
     if not (root / DOCKERFILE).is_file():
         raise ImageError(f"{root} is not a checkout of the project (no {DOCKERFILE})")
+    if ca_bundle is None and os.environ.get("SSL_CERT_FILE"):
+        ca_bundle = Path(os.environ["SSL_CERT_FILE"])
+    if ca_bundle is not None and not ca_bundle.is_file():  # before any work: a mistake costs no build
+        raise ValueError(f"--ca-bundle {ca_bundle}: no such file")
     check_daemon()
     tag = tag or f"{REPOSITORY}:{variant}"
     base_seconds = 0.0
@@ -206,11 +210,7 @@ def build(
         args += ["--build-arg", f"UV_IMAGE={LOCAL_BASE}"]
     base = base or DEFAULT_BASES[variant]
     args += ["--build-arg", f"BASE_IMAGE={base}"]
-    if ca_bundle is None and os.environ.get("SSL_CERT_FILE"):
-        ca_bundle = Path(os.environ["SSL_CERT_FILE"])
     if ca_bundle is not None:
-        if not ca_bundle.is_file():
-            raise ValueError(f"--ca-bundle {ca_bundle}: no such file")
         args += ["--secret", f"id=ca,src={ca_bundle}"]
     start = time.monotonic()
     log = log or Path(tempfile.gettempdir()) / f"liverlesion-image-{variant}.log"
