@@ -106,6 +106,6 @@ def test_a_cached_release_file_is_used_by_path(tmp_path, monkeypatch):
     monkeypatch.setitem(
         model_module.BACKBONES,
         "inception_v3",
-        Backbone(spec.label, spec.application, spec.imagenet_notop_file, model_module._md5(cached)),
+        Backbone(spec.label, spec.application_name, spec.imagenet_notop_file, model_module._md5(cached)),
     )
     assert resolve_weights("imagenet", "inception_v3") == str(cached)

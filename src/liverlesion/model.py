@@ -3,7 +3,9 @@
 The proposed model is InceptionV3 with ImageNet weights; Table 2 also has InceptionV3 without them
 and InceptionResNetV2 with and without them, all with the same head (section 2.2).
 
-Backend-agnostic Keras 3: nothing here imports TensorFlow, ZenML or MLflow.
+Backend-agnostic Keras 3: nothing here imports TensorFlow, ZenML or MLflow. Keras itself is imported when a
+network is built, not with this module: checking a profile's weights (``resolve_weights``, before a run whose
+steps may all be cached) loads no Keras or TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:
+    import keras
 
 #: The Keras applications' smallest accepted input side (InceptionV3 and InceptionResNetV2).
 MIN_INPUT_SIDE = 75
@@ -25,21 +29,27 @@ class Backbone:
     """A Keras application used as the feature extractor, and its ImageNet weights file."""
 
     label: str
-    application: Callable[..., keras.Model]
+    application_name: str  # the function of ``keras.applications`` that builds it
     imagenet_notop_file: str  # the name Keras gives it in $KERAS_HOME/models/
     imagenet_notop_md5: str  # Keras's own check of that file
+
+    @property
+    def application(self) -> Callable[..., keras.Model]:
+        import keras
+
+        return getattr(keras.applications, self.application_name)
 
 
 BACKBONES: dict[str, Backbone] = {
     "inception_v3": Backbone(
         "InceptionV3",
-        keras.applications.InceptionV3,
+        "InceptionV3",
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "bcbd6486424b2319ff4ef7d526e38f63",
     ),
     "inception_resnet_v2": Backbone(
         "InceptionResNetV2",
-        keras.applications.InceptionResNetV2,
+        "InceptionResNetV2",
         "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "d19885ff4a710c122648d3b5c3b684e4",
     ),
@@ -127,6 +137,8 @@ def build_model(
             moving statistics stay far from the data and inference collapses to one class.
         n_classes: the softmax's width (cyst, metastasis).
     """
+    import keras
+
     spec = _backbone(backbone)
     rows, cols, channels = input_shape
     if min(rows, cols) < MIN_INPUT_SIDE or channels != 3:

@@ -2,7 +2,6 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -20,10 +19,8 @@ from liverlesion.evaluation import (
 )
 from liverlesion.htmlreport import write_html_report
 from liverlesion.metrics import plot_confusion_matrix
-from liverlesion.precision import inference_model, resolve_precision
 from liverlesion.report import plot_roc_curves, write_report
 from liverlesion.splitting import arrays_for_set
-from liverlesion.training import predict_metastasis_probability
 from liverlesion_ops.project import run_reports_dir
 from liverlesion_ops.tracking import use_tracking_store, zenml_run
 
@@ -164,7 +161,7 @@ def _facts(
 
 @step
 def evaluate(
-    model: keras.Model,
+    model: Any,  # a keras.Model (typed Any: importing the pipelines loads no Keras; KerasModelMaterializer)
     patches: np.ndarray,
     patch_index: pd.DataFrame,
     split_manifest: pd.DataFrame,
@@ -185,6 +182,9 @@ def evaluate(
     the worst-scored lesions.
     ``model_key`` (a Table 2 model, ``liverlesion compare``) files the reports in a folder of its own.
     """
+    from liverlesion.precision import inference_model, resolve_precision
+    from liverlesion.training import predict_metastasis_probability
+
     x_test, y_test, lesion_ids = arrays_for_set(patches, patch_index, split_manifest, "test")
     x_val, y_val, val_ids = arrays_for_set(patches, patch_index, split_manifest, "val")
     precision, why = resolve_precision(config.precision)

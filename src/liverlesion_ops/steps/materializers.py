@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import keras
 import numpy as np
 from zenml.enums import ArtifactType
 from zenml.io import fileio
@@ -14,16 +14,43 @@ from zenml.materializers.base_materializer import BaseMaterializer
 
 from liverlesion.crops import LesionCrops
 
+if TYPE_CHECKING:
+    import keras
+
 MODEL_FILE = "model.keras"
 CROPS_FILE = "crops.npz"
 PATCHES_FILE = "patches.npy"
 
 
 class KerasModelMaterializer(BaseMaterializer):
-    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (keras.Model,)
+    """A network (a ``keras.Model``) as a native ``.keras`` file.
+
+    Keras is imported when a network is saved or loaded, not when this class is defined: importing the pipelines
+    loads neither Keras nor TensorFlow, so a step that takes or gives no network (ingest, segment, split,
+    validate...) starts without them, in a step container too. Hence no type registration (ZenML's registers
+    ``ASSOCIATED_TYPES`` when the class is defined): the steps name it for their network, and the type check
+    is ``can_save_type``/``can_load_type``.
+    """
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = ()  # keras.Model, checked below
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
+    SKIP_REGISTRATION: ClassVar[bool] = True
+
+    @classmethod
+    def can_save_type(cls, data_type: type[Any]) -> bool:
+        import keras
+
+        return inspect.isclass(data_type) and issubclass(data_type, keras.Model)
+
+    @classmethod
+    def can_load_type(cls, data_type: type[Any]) -> bool:
+        import keras
+
+        return inspect.isclass(data_type) and (issubclass(data_type, keras.Model) or issubclass(keras.Model, data_type))
 
     def load(self, data_type: type[Any]) -> keras.Model:
+        import keras
+
         with self.get_temporary_directory(delete_at_exit=True) as tmp:
             local = os.path.join(tmp, MODEL_FILE)
             fileio.copy(os.path.join(self.uri, MODEL_FILE), local)
@@ -36,6 +63,8 @@ class KerasModelMaterializer(BaseMaterializer):
             fileio.copy(local, os.path.join(self.uri, MODEL_FILE), overwrite=True)
 
     def extract_metadata(self, data: keras.Model) -> dict[str, Any]:
+        import keras
+
         return {
             "parameters": int(data.count_params()),
             "input_shape": str(tuple(data.input_shape)),

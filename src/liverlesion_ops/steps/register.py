@@ -3,7 +3,6 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-import keras
 import pandas as pd
 from zenml import log_metadata, step
 
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @step
 def register(
-    model: keras.Model,
+    model: Any,  # a keras.Model (typed Any: importing the pipelines loads no Keras; KerasModelMaterializer)
     test_metrics: dict[str, Any],
     training: dict[str, Any],
     mlflow_run_id: str,

@@ -2,7 +2,6 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -10,18 +9,8 @@ from zenml import ArtifactConfig, log_metadata, step
 from zenml.enums import ArtifactType
 
 from liverlesion.config import PatchConfig, TrainConfig
-from liverlesion.model import build_model
-from liverlesion.precision import with_precision
 from liverlesion.protocol import resolve_training_precision
 from liverlesion.splitting import arrays_for_set
-from liverlesion.training import (
-    accelerator,
-    best_epoch,
-    device_description,
-    dtype_policy,
-    seed_everything,
-    train_classifier,
-)
 from liverlesion_ops import project
 from liverlesion_ops.steps.materializers import KerasModelMaterializer
 from liverlesion_ops.tracking import start_tracked_run
@@ -41,7 +30,8 @@ def train(
     model_key: str = "",
     fingerprint: str = "",
 ) -> tuple[
-    Annotated[keras.Model, ArtifactConfig(name="model", artifact_type=ArtifactType.MODEL)],
+    # a keras.Model, typed Any so that importing the pipelines loads no Keras (KerasModelMaterializer)
+    Annotated[Any, ArtifactConfig(name="model", artifact_type=ArtifactType.MODEL)],
     Annotated[dict[str, Any], "training_history"],
     Annotated[str, "mlflow_run_id"],
 ]:
@@ -56,6 +46,19 @@ def train(
     in ``config.precision`` there (``auto``: mixed bfloat16 on an accelerator); the model it returns
     is float32 either way, so evaluation and serving do not depend on where it was trained.
     """
+    import keras
+
+    from liverlesion.model import build_model
+    from liverlesion.precision import with_precision
+    from liverlesion.training import (
+        accelerator,
+        best_epoch,
+        device_description,
+        dtype_policy,
+        seed_everything,
+        train_classifier,
+    )
+
     backend = keras.backend.backend()
     if config.backend is not None and backend != config.backend:
         raise RuntimeError(
