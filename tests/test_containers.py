@@ -50,24 +50,7 @@ def docker():
 
 
 @pytest.fixture(scope="module")
-def local_run(docker, tmp_path_factory):
-    """The tiny profile on the local orchestrator, in a project of its own: what the containers run must equal.
-    Started before the image is built and awaited after (``runs``): the build waits mostly on downloads."""
-    root, env = make_project(tmp_path_factory.mktemp("local-project"))
-    logs = tmp_path_factory.mktemp("local-output")
-    out, err = logs / "run.json", logs / "run.log"  # files, not pipes: nobody reads them until the build is done
-    with out.open("w") as stdout, err.open("w") as stderr:
-        process = subprocess.Popen(
-            [LIVERLESION, "run", "--profile", "tiny", "--json"], cwd=root, env=env, stdout=stdout, stderr=stderr
-        )
-    yield process, out, err
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-
-
-@pytest.fixture(scope="module")
-def built(docker, local_run, tmp_path_factory):
+def built(docker, tmp_path_factory):
     """The CPU step image on the local base; the CA bundle given as the build secret carries ``MARKER``."""
     bundle = tmp_path_factory.mktemp("ca") / "ca.crt"
     host = Path(os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
@@ -83,7 +66,7 @@ def built(docker, local_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(built, local_run, team, s3, tmp_path_factory):  # noqa: F811
+def runs(built, team, s3, tmp_path_factory):  # noqa: F811
     """The tiny profile on the containers stack, as alice, and the same profile on the local orchestrator."""
     root, env = make_project(tmp_path_factory.mktemp("containers-project"))
     env = {k: v for k, v in as_user(env, team, "alice").items() if not k.startswith("AWS_")}
@@ -126,14 +109,14 @@ def runs(built, local_run, team, s3, tmp_path_factory):  # noqa: F811
         text=True,
         timeout=60,
     ).stdout.split()
-    process, local_out, local_err = local_run
-    assert process.wait(timeout=900) == 0, local_err.read_text()[-4000:]
+    local_root, local_env = make_project(tmp_path_factory.mktemp("local-project"))
+    local = cli(local_root, local_env, "run", "--profile", "tiny", "--json")
     return {
         "env": env,
         "register": registered,
         "contained": contained,
         "summary": json.loads(contained.stdout),
-        "local": json.loads(local_out.read_text()),
+        "local": json.loads(local.stdout),
         "containers_started": started,
     }
 
