@@ -50,18 +50,27 @@ def test_a_network_round_trips_and_the_materializer_takes_only_networks(tmp_path
 PIPELINES = """
 import sys
 import liverlesion_ops.pipelines
-from liverlesion_ops.runs import require_weights
-require_weights([("train.weights", None, "inception_v3"), ("compare", None, "inception_resnet_v2")])
+from liverlesion_ops.runs import WeightsMissing, require_weights
+try:  # KERAS_HOME is empty: each backbone's ImageNet file is looked up, and missing
+    require_weights([("train.weights", "imagenet", "inception_v3"), ("compare", "imagenet", "inception_resnet_v2")])
+except WeightsMissing as err:
+    assert "InceptionResNetV2" in str(err), err
+else:
+    raise AssertionError("weights found in an empty KERAS_HOME")
 print(sorted({name.split(".")[0] for name in sys.modules} & {"keras", "tensorflow", "jax"}))
 """
 
 
 def test_importing_the_pipelines_and_checking_weights_loads_no_keras(tmp_path):
+    import os
     import subprocess
     import sys
 
     script = tmp_path / "entry.py"  # ZenML finds its source root from the main module's file
     script.write_text(PIPELINES)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras")}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
