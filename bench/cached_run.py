@@ -47,10 +47,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cached-run-") as tmp, code_versions(args.baseline, Path(tmp)) as codes:
         projects = {}
         for k, (name, code) in enumerate(codes.items()):
-            root, env = make_project(Path(tmp) / f"project-{k}")
-            env = {**code_env(code), **{key: value for key, value in env.items() if key != "PYTHONPATH"}}
-            if code is not None:
-                env["PYTHONPATH"] = str(code / "src")
+            root, env = make_project(Path(tmp) / f"project-{k}")  # its state alone: no ZENML_/MLFLOW_ of the shell's
+            env.pop("PYTHONPATH", None)
+            env.update({key: value for key, value in code_env(code).items() if key == "PYTHONPATH"})
             (root / "entry.py").write_text(IMPORT_PIPELINES)
             timed([LIVERLESION, "run", "--profile", "tiny"], root, env)  # trains once: the timed runs are cached
             projects[name] = (root, env)
