@@ -66,7 +66,7 @@ def built(docker, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(built, team, s3, tmp_path_factory):  # noqa: F811
+def runs(built, team, s3, tmp_path_factory, tiny_project, tiny_first_run):  # noqa: F811
     """The tiny profile on the containers stack, as alice, and the same profile on the local orchestrator."""
     root, env = make_project(tmp_path_factory.mktemp("containers-project"))
     env = {k: v for k, v in as_user(env, team, "alice").items() if not k.startswith("AWS_")}
@@ -109,8 +109,11 @@ def runs(built, team, s3, tmp_path_factory):  # noqa: F811
         text=True,
         timeout=60,
     ).stdout.split()
-    local_root, local_env = make_project(tmp_path_factory.mktemp("local-project"))
+    # the same profile on the local orchestrator: the session's first run of it (the pipeline tests', when they ran
+    # in this process before), its summary read back by a run with every step cached
+    local_root, local_env = tiny_project
     local = cli(local_root, local_env, "run", "--profile", "tiny", "--json")
+    assert len(json.loads(local.stdout)["cached_steps"]) == STEPS, "the local run was not read back from cache"
     return {
         "env": env,
         "register": registered,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from integration_support import REPO, TINY_PROFILE, cli, make_project, mlflow_client
+from integration_support import REPO, TINY_PROFILE, cli, mlflow_client
 
 from liverlesion.precision import resolve_precision
 from tests.browser import images_of
@@ -27,21 +27,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root, env = make_project(tmp_path_factory.mktemp("project"))
-    bad = {
-        **TINY_PROFILE,
-        "name": "unbalanced",
-        "validation": {"min_metastasis_fraction": 0.9, "max_metastasis_fraction": 1.0},
-    }
-    (root / "configs" / "unbalanced.yaml").write_text(yaml.safe_dump(bad))
-    return root, env
+def project(tiny_project):
+    return tiny_project  # the session's (conftest.py): the containers test reads its first run back
 
 
 @pytest.fixture(scope="module")
-def first_run(project):
-    root, env = project
-    return cli(root, env, "run", "--profile", "tiny")
+def first_run(tiny_first_run):
+    return tiny_first_run
 
 
 def test_first_run_registers_a_champion_with_lineage_and_metrics(project, first_run, tmp_path):
