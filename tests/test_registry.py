@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -192,16 +193,35 @@ def new_run(store: Store) -> str:
     return store.client.create_run(store.experiment_id).info.run_id
 
 
+def network_file(store: Store, model: keras.Model) -> Path:
+    """The network as the train step's artifact holds it: a native ``.keras`` file (what registration takes)."""
+    store.home.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=store.home)) / "model.keras"
+    model.save(path)
+    return path
+
+
 def register(
     store: Store, model, gate: GateSet, rules: GateRules = GateRules("roc_auc", 0.0), run_id: str | None = None
 ) -> dict:
     return register_and_gate(
-        model, run_id or new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card", lambda: gate, rules, EXPERIMENT
+        network_file(store, model),
+        run_id or new_run(store),
+        NAME,
+        METRICS,
+        LINEAGE,
+        PROFILE,
+        {},
+        "card",
+        lambda: gate,
+        rules,
+        EXPERIMENT,
     )
 
 
 def register_only(store: Store, model) -> str:
-    return registration.register_version(model, new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card").version
+    file = network_file(store, model)
+    return registration.register_version(file, new_run(store), NAME, METRICS, LINEAGE, PROFILE, {}, "card").version
 
 
 def aliases(store: Store) -> dict[str, str]:
@@ -374,7 +394,9 @@ def test_predict_reads_the_registry_files_directly_caches_the_scoring_network_an
     from liverlesion_ops import project
 
     profile = {**PROFILE, "evaluate": {"threshold": 0.5, "precision": "bfloat16"}}
-    version = registration.register_version(bn_model(), new_run(store), NAME, METRICS, LINEAGE, profile, {}, "c")
+    version = registration.register_version(
+        network_file(store, bn_model()), new_run(store), NAME, METRICS, LINEAGE, profile, {}, "c"
+    )
     version = version.version
     assert registration.local_model_files(NAME, version) is not None  # a SQLite store: the files are here
     case = cohort.full.cases.iloc[0]

@@ -217,7 +217,7 @@ def gate(
 
 
 def register_and_gate(
-    model,
+    network_file: Path,
     run_id: str,
     name: str,
     metrics: dict[str, float],
@@ -231,7 +231,8 @@ def register_and_gate(
     context: dict[str, str] | None = None,
     scoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register a trained model and pass it through the gate, all or nothing.
+    """Register a trained model (its network in ``network_file``, a ``.keras`` file) and pass it through the gate,
+    all or nothing.
 
     ``scoring`` (the calibration and threshold chosen on the validation split) is carried inside the served
     model: the gate scores the version as it will answer, its floors at its own threshold.
@@ -251,7 +252,7 @@ def register_and_gate(
         when the version is new).
     """
     registered = register_version(
-        model, run_id, name, metrics, lineage, profile, card, card_markdown, incomplete=True, scoring=scoring
+        network_file, run_id, name, metrics, lineage, profile, card, card_markdown, incomplete=True, scoring=scoring
     )
     mlflow_client = registry_client()
     if not registered.created:

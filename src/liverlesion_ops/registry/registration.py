@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 import urllib.parse
@@ -122,13 +123,15 @@ def serving_settings(model_name: str, profile: dict[str, Any], scoring: dict[str
 
 
 def log_serving_model(
-    model, settings: dict[str, Any], card: dict[str, Any], card_markdown: str, model_id: str | None = None
+    network_file: Path, settings: dict[str, Any], card: dict[str, Any], card_markdown: str, model_id: str | None = None
 ) -> str:
     """Log the pyfunc that takes a CT and its lesion mask (``liverlesion_ops/lesion_classifier.py``) in the
     active run: the Keras network, the patch settings, threshold and registered version, the domain package as
     code, and the model card (``model_card.md`` and ``model_card.json`` among its artifacts).
 
     Args:
+        network_file: the trained network as a native ``.keras`` file (what the train step's artifact holds),
+            copied as it is: no Keras model is loaded to be saved again.
         model_id: the MLflow logged model to fill (one initialised, and registered, beforehand).
 
     Returns:
@@ -141,7 +144,7 @@ def log_serving_model(
             "model_card": Path(tmp) / "model_card.md",
             "model_card_json": Path(tmp) / "model_card.json",
         }
-        model.save(files["keras_model"])
+        shutil.copyfile(network_file, files["keras_model"])
         files["settings"].write_text(json.dumps(settings, indent=2, sort_keys=True))
         files["model_card"].write_text(card_markdown, encoding="utf-8")
         files["model_card_json"].write_text(json.dumps(card, indent=2, sort_keys=True), encoding="utf-8")
@@ -175,7 +178,7 @@ class Registered:
 
 
 def register_version(
-    model,
+    network_file: Path,
     run_id: str,
     name: str,
     metrics: dict[str, float],
@@ -186,7 +189,8 @@ def register_version(
     incomplete: bool = False,
     scoring: dict[str, Any] | None = None,
 ) -> Registered:
-    """Log the served model in training run ``run_id`` and register it with every lineage and metric tag.
+    """Log the served model (the network in ``network_file``, a ``.keras`` file) in training run ``run_id`` and
+    register it with every lineage and metric tag.
 
     Idempotent per training run: if ``run_id`` already has a version, that version is returned; if that
     version is an incomplete registration whose registering process is gone, it is taken over (and
@@ -220,7 +224,7 @@ def register_version(
     try:
         settings = {**served, "model_version": str(version.version)}
         with mlflow.start_run(run_id=run_id):
-            model_uri = log_serving_model(model, settings, card, card_markdown, model_id=logged.model_id)
+            model_uri = log_serving_model(network_file, settings, card, card_markdown, model_id=logged.model_id)
         mlflow_client.update_model_version(name, version.version, description=version_description(card_markdown))
     except BaseException:
         _delete_or_leave(mlflow_client, name, str(version.version))

@@ -1,10 +1,14 @@
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
 from zenml import log_metadata, step
+from zenml.artifacts.unmaterialized_artifact import UnmaterializedArtifact
+from zenml.io import fileio
 
 from liverlesion.config import RegisterConfig
 from liverlesion.contract import COHORT_FILE
@@ -12,6 +16,7 @@ from liverlesion.modelcard import build_model_card, cohort_summary, render_markd
 from liverlesion.promotion import GateRules
 from liverlesion_ops.registry.gate import cohort_gate_set, register_and_gate, split_gate_set
 from liverlesion_ops.registry.store import CHAMPION
+from liverlesion_ops.steps.materializers import MODEL_FILE
 from liverlesion_ops.tracking import use_tracking_store, zenml_run
 
 log = logging.getLogger(__name__)
@@ -19,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @step
 def register(
-    model: Any,  # a keras.Model (typed Any: importing the pipelines loads no Keras; KerasModelMaterializer)
+    model: UnmaterializedArtifact,  # the train step's network, its .keras file (KerasModelMaterializer) not loaded
     test_metrics: dict[str, Any],
     training: dict[str, Any],
     mlflow_run_id: str,
@@ -65,8 +70,8 @@ def register(
         profile={**training_settings, "name": profile},
         metrics=test_metrics["metrics"],
         intervals=test_metrics.get("intervals", {}),
-        input_shape=tuple(model.inputs[0].shape[1:]),
-        n_parameters=int(training.get("parameters") or model.count_params()),
+        input_shape=tuple(training["input_shape"]),
+        n_parameters=int(training["parameters"]),
         precision=test_metrics.get("inference_precision", ""),
         data_version=data_version,
         cohort=cohort_summary(cases, lesions, json.loads(meta_path.read_text()) if meta_path.exists() else None),
@@ -86,21 +91,25 @@ def register(
         )
 
     name = config.model_name
-    result = register_and_gate(
-        model,
-        mlflow_run_id,
-        name,
-        test_metrics["metrics"],
-        lineage,
-        {**training_settings, "name": profile},
-        card,
-        render_markdown(card),
-        gate_set,
-        rules,
-        config.experiment,
-        context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]},
-        scoring={k: test_metrics[k] for k in ("calibration", "threshold") if k in test_metrics},
-    )
+    # the network goes into the served model as the train step wrote it: its file copied, not loaded and saved again
+    with tempfile.TemporaryDirectory(prefix="liverlesion-network-") as tmp:
+        network_file = Path(tmp) / MODEL_FILE
+        fileio.copy(os.path.join(model.uri, MODEL_FILE), str(network_file))
+        result = register_and_gate(
+            network_file,
+            mlflow_run_id,
+            name,
+            test_metrics["metrics"],
+            lineage,
+            {**training_settings, "name": profile},
+            card,
+            render_markdown(card),
+            gate_set,
+            rules,
+            config.experiment,
+            context={"zenml_run_name": run.name, "fingerprint": training["fingerprint"]},
+            scoring={k: test_metrics[k] for k in ("calibration", "threshold") if k in test_metrics},
+        )
     version = result["version"]
     where = [a for a, v in result["aliases"].items() if v == version]
     if not result["created"]:

@@ -139,6 +139,7 @@ def train(
             "git_commit": commit,
             "fingerprint": fingerprint,
             "parameters": int(model.count_params()),
+            "input_shape": [int(d) for d in model.inputs[0].shape[1:]],  # for the model card, without the network
         },
         active.info.run_id,
     )
