@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from integration_support import make_project  # noqa: E402
-from revisions import code_env, code_versions  # noqa: E402
+from revisions import code_project, code_versions  # noqa: E402
 
 LIVERLESION = str(Path(sys.executable).with_name("liverlesion"))
 #: ZenML needs a main module with a file to find its source root, as in a step container
@@ -47,9 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cached-run-") as tmp, code_versions(args.baseline, Path(tmp)) as codes:
         projects = {}
         for k, (name, code) in enumerate(codes.items()):
-            root, env = make_project(Path(tmp) / f"project-{k}")  # its state alone: no ZENML_/MLFLOW_ of the shell's
-            env.pop("PYTHONPATH", None)
-            env.update({key: value for key, value in code_env(code).items() if key == "PYTHONPATH"})
+            root, env = code_project(Path(tmp) / f"project-{k}", code)
             (root / "entry.py").write_text(IMPORT_PIPELINES)
             timed([LIVERLESION, "run", "--profile", "tiny"], root, env)  # trains once: the timed runs are cached
             projects[name] = (root, env)

@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from integration_support import make_project  # noqa: E402
-from revisions import code_env, code_versions  # noqa: E402
+from revisions import code_project, code_versions  # noqa: E402
 
 LIVERLESION = str(Path(sys.executable).with_name("liverlesion"))
 STEP_SECONDS = (
@@ -50,9 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="register-step-") as tmp, code_versions(args.baseline, Path(tmp)) as codes:
         projects = {}
         for k, (name, code) in enumerate(codes.items()):
-            root, env = make_project(Path(tmp) / f"project-{k}")  # its state alone: no ZENML_/MLFLOW_ of the shell's
-            env.pop("PYTHONPATH", None)
-            env.update({key: value for key, value in code_env(code).items() if key == "PYTHONPATH"})
+            root, env = code_project(Path(tmp) / f"project-{k}", code)
             run([LIVERLESION, "run", "--profile", "tiny"], root, env)  # version 1, the champion the gate compares with
             projects[name] = (root, env)
         register = {name: [] for name in projects}

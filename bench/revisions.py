@@ -45,3 +45,17 @@ def code_env(code: Path | None) -> dict[str, str]:
     if code is not None:
         env["PYTHONPATH"] = str(code / "src")
     return env
+
+
+def code_project(folder: Path, code: Path | None) -> tuple[Path, dict[str, str]]:
+    """A tests' tiny-profile project (``tests/integration_support.make_project``: its state alone, no ZENML_/MLFLOW_
+    of the shell's) whose commands run ``code`` (None: this checkout); only ``PYTHONPATH`` names the code."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from integration_support import make_project
+
+    root, env = make_project(folder)
+    env.pop("PYTHONPATH", None)
+    env.update({key: value for key, value in code_env(code).items() if key == "PYTHONPATH"})
+    return root, env
