@@ -12,7 +12,6 @@ git revision REV runs beside this checkout's (``revisions.py``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from revisions import code_project, code_versions  # noqa: E402
+from revisions import code_project, code_versions, side_by_side  # noqa: E402
 
 LIVERLESION = str(Path(sys.executable).with_name("liverlesion"))
 #: ZenML needs a main module with a file to find its source root, as in a step container
@@ -62,13 +61,7 @@ def main() -> None:
     names = list(projects)
     print(f"median of {args.repeats}, seconds (min-max); alternating; {', '.join(names)}")
     for what in commands:
-        medians = [statistics.median(seconds[what, name]) for name in names]
-        figures = "  ".join(
-            f"{name}: {m:.2f} ({min(seconds[what, name]):.2f}-{max(seconds[what, name]):.2f})"
-            for name, m in zip(names, medians, strict=True)
-        )
-        ratio = f"  -> {medians[0] / medians[-1]:.2f}x" if len(names) > 1 else ""
-        print(f"{what:24s} {figures}{ratio}")
+        print(side_by_side(what, {name: seconds[what, name] for name in names}))
 
 
 if __name__ == "__main__":

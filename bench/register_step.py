@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from revisions import code_project, code_versions  # noqa: E402
+from revisions import code_project, code_versions, side_by_side  # noqa: E402
 
 LIVERLESION = str(Path(sys.executable).with_name("liverlesion"))
 STEP_SECONDS = (
@@ -63,13 +62,7 @@ def main() -> None:
     names = list(projects)
     print(f"median of {args.repeats}, seconds (min-max); alternating; {', '.join(names)}")
     for what, seconds in (("register step", register), ("run --no-cache", whole)):
-        medians = [statistics.median(seconds[name]) for name in names]
-        figures = "  ".join(
-            f"{name}: {m:.2f} ({min(seconds[name]):.2f}-{max(seconds[name]):.2f})"
-            for name, m in zip(names, medians, strict=True)
-        )
-        ratio = f"  -> {medians[0] / medians[-1]:.2f}x" if len(names) > 1 else ""
-        print(f"{what:16s} {figures}{ratio}")
+        print(side_by_side(what, seconds, width=16))
 
 
 if __name__ == "__main__":

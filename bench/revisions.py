@@ -59,3 +59,16 @@ def code_project(folder: Path, code: Path | None) -> tuple[Path, dict[str, str]]
     env.pop("PYTHONPATH", None)
     env.update({key: value for key, value in code_env(code).items() if key == "PYTHONPATH"})
     return root, env
+
+
+def side_by_side(what: str, seconds: dict[str, list[float]], width: int = 24) -> str:
+    """One line of figures: each code version's median seconds (min-max), and the first's over the last's."""
+    import statistics
+
+    medians = [statistics.median(values) for values in seconds.values()]
+    figures = "  ".join(
+        f"{name}: {m:.2f} ({min(values):.2f}-{max(values):.2f})"
+        for (name, values), m in zip(seconds.items(), medians, strict=True)
+    )
+    ratio = f"  -> {medians[0] / medians[-1]:.2f}x" if len(medians) > 1 else ""
+    return f"{what:{width}s} {figures}{ratio}"
