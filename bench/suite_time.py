@@ -7,8 +7,8 @@ machine's noise falls on both. A `.ci/run` takes 15-50 minutes on two cores, so 
 machine: anything else running beside it is in its figures.
 
 ``--cold-docker`` removes Docker's state (``/var/lib/docker``, needs root and no daemon running) before each run,
-as on a machine that has never built the step image (CI's first run); without it, the containers test reuses the
-layers an earlier run built. A revision older than the containers test does not use Docker.
+as on a machine that has never built the step image (CI's first run; every image and container of the machine
+is lost); without it, the containers test reuses the layers an earlier run built. A revision older than the containers test does not use Docker.
 
     .venv/bin/python bench/suite_time.py --baseline REV [--repeats 1] [--cold-docker]
 """
@@ -75,7 +75,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", metavar="REV", required=True, help="the git revision to time beside HEAD")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--cold-docker", action="store_true", help="remove /var/lib/docker before each run")
+    parser.add_argument(
+        "--cold-docker",
+        action="store_true",
+        help="remove /var/lib/docker before each run: every image and container on this machine is lost",
+    )
     args = parser.parse_args()
     wall: dict[str, list[float]] = {}
     summed: dict[str, list[float]] = {}
