@@ -8,7 +8,8 @@ machine: anything else running beside it is in its figures.
 
 ``--cold-docker`` removes Docker's state (``/var/lib/docker``, needs root and no daemon running) before each run,
 as on a machine that has never built the step image (CI's first run; every image and container of the machine
-is lost); without it, the containers test reuses the layers an earlier run built. A revision older than the containers test does not use Docker.
+is lost); without it, the containers test reuses the layers an earlier run built. A revision older than the
+containers test does not use Docker.
 
     .venv/bin/python bench/suite_time.py --baseline REV [--repeats 1] [--cold-docker]
 """
