@@ -3,7 +3,7 @@
 The phantom has no kidney, bowel, stomach or heart beside its liver; this case has them all. Before the
 liver was grown from its own CT numbers, the liver found here ran into the bowel, the kidney and the heart
 (Dice 0.81, 5 automatic lesions more than 10 mm outside the liver). The floors sit a little under what the
-profile's settings give today (liver Dice 0.923; 17 of the 26 tumours of 10 mm or more found; no invented
+profile's settings give today (liver Dice 0.947; 17 of the 26 tumours of 10 mm or more found; no invented
 lesion, none outside the liver); the aim (issue: real anatomy) is higher still: 85% of those tumours.
 """
 
@@ -18,7 +18,7 @@ from liverlesion.morphology import dilate_mm
 from liverlesion.segmentation import classical_segmentation, dice, match_lesions
 from tests.profiles import QUICK
 
-LIVER_DICE_FLOOR = 0.9
+LIVER_DICE_FLOOR = 0.93  # 0.923 before its bulging edge tumours were taken in (segment.liver_bulge_contact)
 TUMOURS_FOUND_FLOOR = 0.55  # of the tumours of 10 mm (diameter of the equal-volume ball) or more
 INVENTED_CEILING = 2
 OUTSIDE_MM = 10.0  # no automatic lesion may lie wholly farther than this from the reference liver

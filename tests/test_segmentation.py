@@ -21,6 +21,7 @@ from liverlesion.segmentation import (
     segment_lesions,
     segment_liver,
     segmentation_summary,
+    with_bulging_tumours,
 )
 from liverlesion.splitting import split_lesions, split_like_reference
 from tests.profiles import QUICK, with_changes
@@ -267,10 +268,30 @@ def test_a_tumour_in_a_wide_bay_of_the_liver_is_taken_in_and_a_thin_wall_lining_
     ct[tumour] = 45.0
     ct[wall] = 40.0
     ct += rng.normal(0, 5, shape).astype(np.float32)
-    found = segment_liver(ct, (2.5, 2.5, 2.5), CLASSICAL)
+    bays = with_changes(CLASSICAL, liver_bulge_contact=None)  # the bay step alone (the bulge step takes it in too)
+    found = segment_liver(ct, (2.5, 2.5, 2.5), bays)
     assert found[tumour].mean() > 0.4 and found[wall].mean() < 0.1
-    assert segment_liver(ct, (2.5, 2.5, 2.5), with_changes(CLASSICAL, liver_bay_mm=15.0))[tumour].mean() < 0.1
-    assert segment_liver(ct, (2.5, 2.5, 2.5), with_changes(CLASSICAL, liver_bay_opening_mm=None))[wall].mean() > 0.5
+    assert segment_liver(ct, (2.5, 2.5, 2.5), with_changes(bays, liver_bay_mm=15.0))[tumour].mean() < 0.1
+    assert segment_liver(ct, (2.5, 2.5, 2.5), with_changes(bays, liver_bay_opening_mm=None))[wall].mean() > 0.5
+    assert segment_liver(ct, (2.5, 2.5, 2.5), CLASSICAL)[wall].mean() < 0.1  # nor does the bulge step take the wall
+
+
+def test_a_tumour_bulging_out_of_the_liver_is_taken_in_and_a_neighbour_touching_it_is_not():
+    shape = (100, 100, 80)  # 1 mm voxels
+    whole = ball(shape, (50, 50, 40), 26)
+    # a 22 mm tumour on the capsule, half of it outside: the liver found (its window) stops at the tumour
+    tumour = ball(shape, (50, 76, 40), 11)
+    # a neighbour at a tumour's CT numbers (a bowel loop, the kidney) touching the liver at one place
+    neighbour = ball(shape, (50, 13, 40), 10)
+    smoothed = smoothed_liver(whole, [(tumour, 50.0), (neighbour, 50.0)], seed=5)
+    liver = whole & ~tumour
+    found = with_bulging_tumours(liver, smoothed, (1.0, 1.0, 1.0), CLASSICAL)
+    assert found[tumour].mean() > 0.8 and found[neighbour].mean() < 0.05
+    assert (found & liver).sum() == liver.sum()  # the liver only grows
+    off = with_bulging_tumours(liver, smoothed, (1.0, 1.0, 1.0), with_changes(CLASSICAL, liver_bulge_contact=None))
+    assert off[tumour & ~whole].mean() < 0.05
+    touching_enough = with_changes(CLASSICAL, liver_bulge_contact=0.0)
+    assert with_bulging_tumours(liver, smoothed, (1.0, 1.0, 1.0), touching_enough)[neighbour].mean() > 0.5
 
 
 def test_ingest_with_classical_segmentation_labels_lesions_by_reference_and_splits_the_same_patients(tmp_path):

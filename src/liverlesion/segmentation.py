@@ -12,7 +12,9 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   (``liver_neck_ratio``); a part of it left of and behind the body's centre (the spleen's place,
   ``liver_left_back_mm``) is dropped; darker tissue in the liver's bays (tumours at its edge) is taken in by a
   wide closing where it is thick (``liver_bay_opening_mm``), then holes are filled and the boundary is refined
-  at full resolution. Lesion seeds are voxels away from the liver's edge (where it blurs into darker
+  at full resolution; darker tissue bulging out of it (a tumour at its edge, partly outside the liver's window)
+  is taken in where a part of its surface touches the liver and it is tumour-sized and compact
+  (``with_bulging_tumours``). Lesion seeds are voxels away from the liver's edge (where it blurs into darker
   neighbours), or in that edge band where a ball of ``edge_lesion_mm`` fits in them (a subcapsular lesion),
   and darker than the liver's parenchyma (the mode of its CT numbers) by more than ``hypodense_hu`` (and than
   ``noise_factor`` times its noise); each is grown to the level half-way between its core and the liver (a
@@ -22,7 +24,7 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   liver's edge, of which the thick part is kept). The settings were chosen on cases 1-30 of the default
   phantom cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
   (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's organs
-  (``bench/organ_phantom.py``), the lesions' growth and the edge and bay steps on LiTS 117 with 3D-IRCADb-01
+  (``bench/organ_phantom.py``), the lesions' growth and the edge, bay and bulge steps on LiTS 117 with 3D-IRCADb-01
   patient 1 beside it (measured in a session, never stored here).
 - ``learned``: the cascade of ``liverlesion.segnet`` (a liver U-Net, then a lesion U-Net on the
   liver's crop) gives two probability maps; they become masks here, with the same size filters.
@@ -143,6 +145,23 @@ class SegmentSettings(BaseModel):
     )
     liver_bay_min_hu: float = Field(
         description="classical: ... tissue at least this dense (not fat, not gas) and darker than the liver's window"
+    )
+    liver_bulge_contact: float | None = Field(
+        ge=0,
+        le=1,
+        description="classical: darker tissue bulging out of the liver (a tumour at its edge, partly outside the "
+        "liver's window) is taken in where at least this fraction of its surface touches the liver; null: none",
+    )
+    liver_bulge_mm: float = Field(gt=0, description="classical: ... looked for this far (mm) around the liver")
+    liver_bulge_opening_mm: float = Field(
+        gt=0, description="classical: ... where it holds a ball of this radius (mm): cut from thin neighbours"
+    )
+    liver_bulge_ml: tuple[float, float] = Field(
+        description="classical: ... and is between these volumes (mL): a tumour, not a fleck of partial volume "
+        "nor a neighbouring organ (stomach, bowel, kidney)"
+    )
+    liver_bulge_elongation: float = Field(
+        gt=0, description="classical: ... and no longer than this times its width (a bowel loop, a vessel is)"
     )
     liver_closing_mm: float = Field(ge=0, description="classical: closing that takes edge lesions and vessels in")
     not_tissue_hu: float = Field(description="classical: below this (fat, lung, air) is never liver nor lesion")
@@ -324,7 +343,50 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
         within = (smoothed[box] >= min(lo, low)) & (smoothed[box] <= high)
         liver = np.zeros(smoothed.shape, dtype=bool)
         liver[box] = fill_holes(largest_component(core[box] | (shell[box] & within)))
-    return liver & (smoothed >= settings.not_tissue_hu)
+    liver &= smoothed >= settings.not_tissue_hu
+    return with_bulging_tumours(liver, smoothed, spacing, settings)
+
+
+def with_bulging_tumours(liver: np.ndarray, smoothed: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
+    """``liver`` with the darker tissue that bulges out of it taken in: a tumour at the liver's edge whose outer
+    part is darker than the liver's window, so that the liver found stops at it (a bay's closing cannot fill a
+    bulge). A candidate is a component of tissue between ``liver_bay_min_hu`` and the liver's window (the mode
+    and spread of the liver found, as in ``segment_liver``), within ``liver_bulge_mm`` of the liver, opened by
+    ``liver_bulge_opening_mm``; it is taken in where at least ``liver_bulge_contact`` of its surface touches the
+    liver, its volume is within ``liver_bulge_ml`` and its elongation at most ``liver_bulge_elongation``: a
+    neighbouring organ at a tumour's CT numbers (stomach, bowel, kidney) touches the liver with a smaller part
+    of its surface, or is larger, or longer. ``liver_bulge_contact`` null: ``liver`` as it is."""
+    if settings.liver_bulge_contact is None or not liver.any():
+        return liver
+    spacing = np.asarray(spacing, dtype=float)
+    mode, spread = liver_level(smoothed[liver], settings.liver_level_band_hu)
+    low = mode - max(settings.liver_window_sd[0] * spread, settings.liver_window_min_hu)
+    box = bounding_box(liver, np.ceil(settings.liver_bulge_mm / spacing).astype(int))
+    inside, ct = liver[box], smoothed[box]
+    darker = (ct >= settings.liver_bay_min_hu) & (ct < low) & ~inside
+    near = darker & dilate_mm(inside, settings.liver_bulge_mm, spacing)
+    candidates = open_mm(near, settings.liver_bulge_opening_mm, spacing)
+    labels, n = ndimage.label(candidates, structure=CONNECTIVITY_26)
+    if n == 0:
+        return liver
+    surface = candidates & ~ndimage.binary_erosion(candidates)
+    index = np.arange(1, n + 1)
+    touching = ndimage.sum(surface & ndimage.binary_dilation(inside), labels, index)
+    contact = touching / np.maximum(ndimage.sum(surface, labels, index), 1.0)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    smallest, largest = settings.liver_bulge_ml
+    keep = [
+        k
+        for k, found in enumerate(ndimage.find_objects(labels), start=1)
+        if contact[k - 1] >= settings.liver_bulge_contact
+        and smallest <= (coords := np.argwhere(labels[found] == k)).shape[0] * voxel_ml <= largest
+        and _elongation(coords, spacing) <= settings.liver_bulge_elongation
+    ]
+    if not keep:
+        return liver
+    out = liver.copy()
+    out[box] = fill_holes(inside | np.isin(labels, keep))
+    return out
 
 
 def bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
