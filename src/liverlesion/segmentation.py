@@ -375,13 +375,16 @@ def with_bulging_tumours(liver: np.ndarray, smoothed: np.ndarray, spacing, setti
     contact = touching / np.maximum(ndimage.sum(surface, labels, index), 1.0)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     smallest, largest = settings.liver_bulge_ml
-    keep = [
-        k
-        for k, found in enumerate(ndimage.find_objects(labels), start=1)
-        if contact[k - 1] >= settings.liver_bulge_contact
-        and smallest <= (coords := np.argwhere(labels[found] == k)).shape[0] * voxel_ml <= largest
-        and _elongation(coords, spacing) <= settings.liver_bulge_elongation
-    ]
+    keep = []
+    for k, found in enumerate(ndimage.find_objects(labels), start=1):
+        if contact[k - 1] < settings.liver_bulge_contact:
+            continue
+        coords = np.argwhere(labels[found] == k)
+        if (
+            smallest <= len(coords) * voxel_ml <= largest
+            and _elongation(coords, spacing) <= settings.liver_bulge_elongation
+        ):
+            keep.append(k)
     if not keep:
         return liver
     out = liver.copy()
