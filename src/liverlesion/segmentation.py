@@ -370,25 +370,25 @@ def with_bulging_tumours(liver: np.ndarray, smoothed: np.ndarray, spacing, setti
     if n == 0:
         return liver
     surface = candidates & ~ndimage.binary_erosion(candidates)
-    index = np.arange(1, n + 1)
-    touching = ndimage.sum(surface & ndimage.binary_dilation(inside), labels, index)
-    contact = touching / np.maximum(ndimage.sum(surface, labels, index), 1.0)
+    # each candidate's surface voxels, and those touching the liver (bincount: ndimage.sum took 3 s a call here)
+    on_surface = labels[surface]
+    touching = np.bincount(on_surface[ndimage.binary_dilation(inside)[surface]], minlength=n + 1)[1:]
+    contact = touching / np.maximum(np.bincount(on_surface, minlength=n + 1)[1:], 1)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     smallest, largest = settings.liver_bulge_ml
-    keep = []
+    keep = np.zeros(n + 1, dtype=bool)
     for k, found in enumerate(ndimage.find_objects(labels), start=1):
         if contact[k - 1] < settings.liver_bulge_contact:
             continue
         coords = np.argwhere(labels[found] == k)
-        if (
+        keep[k] = (
             smallest <= len(coords) * voxel_ml <= largest
             and _elongation(coords, spacing) <= settings.liver_bulge_elongation
-        ):
-            keep.append(k)
-    if not keep:
+        )
+    if not keep.any():
         return liver
     out = liver.copy()
-    out[box] = fill_holes(inside | np.isin(labels, keep))
+    out[box] = fill_holes(inside | keep[labels])
     return out
 
 
