@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from liverlesion.ingestion import ingest_cases, labelled_lesions, segment_cases
 from liverlesion.lesions import instance_map
-from liverlesion.morphology import cut_at_necks, dilate_mm, distance_mm, erode_mm
+from liverlesion.morphology import cut_at_necks, dilate_mm, distance_mm, erode_mm, fill_holes
 from liverlesion.phantom import generate_cohort, generate_patient, plan_cohort
 from liverlesion.segmentation import (
     Segmentation,
@@ -115,6 +115,30 @@ def test_millimetre_distances_match_scipy_s_on_an_anisotropic_grid_with_the_edge
     assert not np.array_equal(distance_mm(mask, spacing, edge_outside=False), inside)
     assert np.array_equal(erode_mm(mask, 2.0, spacing), inside > 2.0)
     assert np.array_equal(dilate_mm(mask, 2.0, spacing), outside <= 2.0)
+
+
+def test_holes_are_filled_as_scipy_fills_them_in_3d_then_in_every_axial_slice():
+    def scipy_fill(mask):
+        filled = ndimage.binary_fill_holes(mask)
+        for k in range(filled.shape[2]):
+            filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
+        return filled
+
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        mask = ndimage.binary_dilation(rng.random(tuple(rng.integers(1, 12, 3))) < rng.uniform(0.05, 0.5))
+        assert np.array_equal(fill_holes(mask), scipy_fill(mask))
+    # a ball with a cavity (a hole in 3D) and a tunnel along the axial axis (a hole only in-plane), open at both
+    # ends; a notch open to the side of the volume is no hole
+    z = np.ogrid[:40, :40, :20]
+    mask = (z[0] - 20) ** 2 + (z[1] - 20) ** 2 + (z[2] - 10) ** 2 * 4 < 18**2
+    mask &= (z[0] - 20) ** 2 + (z[1] - 20) ** 2 + (z[2] - 10) ** 2 >= 5**2
+    mask &= (z[0] - 12) ** 2 + (z[1] - 20) ** 2 >= 3**2
+    mask[:, :, 8:12] |= z[0] < 6
+    mask[:2, 18:22, 8:12] = False
+    filled = fill_holes(mask)
+    assert filled[20, 20, 10] and filled[12, 20, 10] and not filled[0, 20, 10]
+    assert np.array_equal(filled, scipy_fill(mask))
 
 
 def test_a_neighbour_joined_through_a_neck_is_cut_off_and_a_lobe_joined_broadly_is_kept():

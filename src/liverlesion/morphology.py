@@ -27,12 +27,29 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+#: what a hole's background is connected by: face neighbours in 3D, and within an axial slice
+_FACES_3D = ndimage.generate_binary_structure(3, 1)
+_FACES_AXIAL = np.stack([np.zeros((3, 3), bool), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3), bool)], 2)
+
+
+def _holes(mask: np.ndarray, structure: np.ndarray, edge_axes: tuple[int, ...]) -> np.ndarray:
+    """The background components (by ``structure``) of ``mask`` that touch no face of the volume across
+    ``edge_axes``: ``ndimage.binary_fill_holes``'s holes, found by one labelling instead of propagation."""
+    labels, n = ndimage.label(~mask, structure=structure)
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in edge_axes:
+        for end in (0, -1):
+            outside[np.take(labels, end, axis=axis)] = True
+    outside[0] = True
+    return ~outside[labels]
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in 3D and in every axial slice (a lesion at the dome is a hole only in-plane)."""
-    filled = ndimage.binary_fill_holes(mask)
-    for k in range(filled.shape[2]):
-        filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
-    return filled
+    """Holes filled in 3D and in every axial slice (a lesion at the dome is a hole only in-plane): what
+    ``ndimage.binary_fill_holes`` gives in 3D and then slice by slice, several times faster on a whole CT."""
+    mask = np.asarray(mask, dtype=bool)
+    filled = mask | _holes(mask, _FACES_3D, (0, 1, 2))
+    return filled | _holes(filled, _FACES_AXIAL, (0, 1))
 
 
 # Morphology by distance transform: the cost does not grow with the radius, so a centimetre-scale opening
