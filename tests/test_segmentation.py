@@ -263,6 +263,25 @@ def test_a_tumour_s_lighter_rim_around_its_darker_core_is_grown_into_the_lesion(
     assert dice(narrow, tumour) < 0.6  # the rim cut at a box 3 mm around the core
 
 
+def test_a_faint_tumour_is_found_by_the_second_pass_and_a_faint_fleck_is_not():
+    shape = (80, 80, 60)
+    liver = ball(shape, (40, 40, 30), 26)
+    # a liver of 110 HU with noise of 18 HU (a robust spread of 18): the first pass seeds only what lies 4.5
+    # spreads (81 HU) below its level, the fainter pass 3 spreads (54 HU) below; lesions painted without noise
+    image = np.full(shape, -100.0, np.float32)
+    image[liver] = 110.0 + np.random.default_rng(7).normal(0, 18, shape)[liver]
+    strong = ball(shape, (40, 30, 30), 6)  # 20 HU: 90 below the liver
+    faint = ball(shape, (40, 52, 30), 6)  # 50 HU: 60 below, 0.9 mL
+    fleck = ball(shape, (28, 40, 30), 3)  # 50 HU too, but 0.1 mL
+    for mask, hu in ((strong, 20.0), (faint, 50.0), (fleck, 50.0)):
+        image[mask] = hu
+    found = segment_lesions(image, liver, (1.0, 1.0, 1.0), CLASSICAL)
+    assert found[strong].all() and found[faint].all() and not found[fleck].any()  # the fleck: under faint_lesion_ml
+    assert found.sum() < 1.5 * (strong.sum() + faint.sum())  # grown into the noise a little, no lesion of noise
+    first_only = segment_lesions(image, liver, (1.0, 1.0, 1.0), with_changes(CLASSICAL, faint_noise_factor=None))
+    assert first_only[strong].all() and not first_only[faint].any()
+
+
 def test_a_tumour_at_the_liver_s_edge_is_kept_where_it_is_thick_and_the_rim_is_not():
     shape = (80, 80, 60)
     liver = ball(shape, (40, 40, 30), 26)

@@ -21,11 +21,13 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   partial-volume edge), no further than ``lesion_grow_mm`` beyond the seed's box (a tumour's lighter rim
   around its darker core included; less from a seed in the edge band), and components too small, too thin or
   lying mostly in the edge band are dropped, unless half of one is deep or thick there (a tumour at the
-  liver's edge, of which the thick part is kept). The settings were chosen on cases 1-30 of the default
+  liver's edge, of which the thick part is kept). A second pass with fainter seeds (``faint_noise_factor``)
+  adds its lesions of ``faint_lesion_ml`` or more that touch none of the first's: a lower threshold for all
+  would merge neighbouring tumours into one. The settings were chosen on cases 1-30 of the default
   phantom cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
   (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's organs
   (``bench/organ_phantom.py``), the lesions' growth and the edge, bay and bulge steps on LiTS 117 with 3D-IRCADb-01
-  patient 1 beside it (measured in a session, never stored here).
+  patient 1 beside it, and the fainter pass on those and the organ phantom (measured in a session, never stored here).
 - ``learned``: the cascade of ``liverlesion.segnet`` (a liver U-Net, then a lesion U-Net on the
   liver's crop) gives two probability maps; they become masks here, with the same size filters.
 
@@ -178,6 +180,14 @@ class SegmentSettings(BaseModel):
         description="classical: ... and at least this many times the liver's "
         "robust standard deviation (noise) below it",
     )
+    faint_noise_factor: float | None = Field(
+        gt=0,
+        description="classical: a second, fainter pass of lesion seeds (this many times the liver's noise below "
+        "it, ``hypodense_hu`` still the least): its lesions are added where they touch none of the first pass's "
+        "(a lower threshold for all would merge neighbouring tumours into one) and are ``faint_lesion_ml`` or "
+        "more; null: no second pass",
+    )
+    faint_lesion_ml: float = Field(ge=0, description="classical: ... the least volume of a lesion it adds (mL)")
     hyperdense_hu: float | None = Field(
         gt=0, description="classical: also seed lesions this much above the liver (None: only hypodense lesions)"
     )
@@ -404,24 +414,46 @@ def bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
 
 def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
     """Lesions inside ``liver``: seeds below (or above) its parenchyma's level, grown to the half-way level,
-    filtered."""
+    filtered; then, with ``faint_noise_factor``, the lesions of fainter seeds that touch none of those."""
     if not liver.any():
         return np.zeros(liver.shape, dtype=bool)
     # the parenchyma's level and noise, robust to a liver full of tumours (the median and spread of the whole
     # liver are not: on a real CT with 79 tumours they sit 5 HU and 6 HU off, and hide every small tumour)
     median, noise = liver_level(smoothed[liver], settings.liver_level_band_hu)
-    inner = liver
-    if settings.liver_edge_mm > 0:
-        inner = erode_mm(liver, settings.liver_edge_mm, spacing)
-    deep = inner
-    darker = smoothed < median - max(settings.hypodense_hu, settings.noise_factor * noise)
+    deep = erode_mm(liver, settings.liver_edge_mm, spacing) if settings.liver_edge_mm > 0 else liver
+    lesions = _grown_lesions(smoothed, liver, deep, median, noise, settings.noise_factor, spacing, settings)
+    if settings.faint_noise_factor is None:
+        return lesions
+    faint = _grown_lesions(smoothed, liver, deep, median, noise, settings.faint_noise_factor, spacing, settings)
+    labels, n = ndimage.label(faint, structure=CONNECTIVITY_26)
+    add = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(spacing)) / 1000.0 >= settings.faint_lesion_ml
+    add[np.unique(labels[ndimage.binary_dilation(lesions, structure=CONNECTIVITY_26)])] = False  # touching: kept apart
+    add[0] = False
+    return lesions | add[labels]
+
+
+def _grown_lesions(
+    smoothed: np.ndarray,
+    liver: np.ndarray,
+    deep: np.ndarray,
+    median: float,
+    noise: float,
+    noise_factor: float,
+    spacing,
+    settings: SegmentSettings,
+) -> np.ndarray:
+    """The lesions of the seeds darker (or brighter) than the liver's level ``median`` by more than
+    ``hypodense_hu`` and ``noise_factor`` times ``noise``, grown and filtered (``segment_lesions``); ``deep``:
+    the liver without its edge band."""
+    inner = deep
+    darker = smoothed < median - max(settings.hypodense_hu, noise_factor * noise)
     if settings.edge_lesion_mm is not None:
         # the part of the edge band's darker voxels that holds a ball of edge_lesion_mm (an opening removes the
         # thin shell of the blurred rim, and the rim's pieces joined to a lesion) counts as inner
         inner = inner | open_mm(liver & darker, settings.edge_lesion_mm, spacing)
     seeds = inner & darker
     if settings.hyperdense_hu is not None:
-        seeds |= inner & (smoothed > median + max(settings.hyperdense_hu, settings.noise_factor * noise))
+        seeds |= inner & (smoothed > median + max(settings.hyperdense_hu, noise_factor * noise))
     labels, n = ndimage.label(seeds, structure=CONNECTIVITY_26)
     lesions = np.zeros(liver.shape, dtype=bool)
     # each seed grows within its box widened by lesion_grow_mm: room for a lesion's blurred edge and a tumour's
