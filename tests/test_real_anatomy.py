@@ -19,7 +19,8 @@ from liverlesion.segmentation import classical_segmentation, dice, match_lesions
 from tests.profiles import QUICK
 
 LIVER_DICE_FLOOR = 0.93  # 0.923 before its bulging edge tumours were taken in (segment.liver_bulge_contact)
-TUMOURS_FOUND_FLOOR = 0.55  # of the tumours of 10 mm (diameter of the equal-volume ball) or more
+TUMOURS_FOUND_FLOOR = 0.65  # of the tumours of 10 mm (diameter of the equal-volume ball) or more: 18 of 26 today,
+# 17 before the fainter second pass (segment.faint_noise_factor); one tumour of room for float rounding between CPUs
 INVENTED_CEILING = 2
 OUTSIDE_MM = 10.0  # no automatic lesion may lie wholly farther than this from the reference liver
 
