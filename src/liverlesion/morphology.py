@@ -46,7 +46,7 @@ def _holes(mask: np.ndarray, structure: np.ndarray, edge_axes: tuple[int, ...]) 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Holes filled in 3D and in every axial slice (a lesion at the dome is a hole only in-plane): what
-    ``ndimage.binary_fill_holes`` gives in 3D and then slice by slice, several times faster on a whole CT."""
+    ``ndimage.binary_fill_holes`` gives in 3D and then slice by slice, 2-3x faster on a whole CT's liver."""
     mask = np.asarray(mask, dtype=bool)
     filled = mask | _holes(mask, _FACES_3D, (0, 1, 2))
     return filled | _holes(filled, _FACES_AXIAL, (0, 1))
