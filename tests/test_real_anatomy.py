@@ -3,7 +3,7 @@
 The phantom has no kidney, bowel, stomach or heart beside its liver; this case has them all. Before the
 liver was grown from its own CT numbers, the liver found here ran into the bowel, the kidney and the heart
 (Dice 0.81, 5 automatic lesions more than 10 mm outside the liver). The floors sit a little under what the
-profile's settings give today (liver Dice 0.947; 18 of the 26 tumours of 10 mm or more found; no invented
+profile's settings give today (liver Dice 0.947; 19 of the 26 tumours of 10 mm or more found; no invented
 lesion, none outside the liver); the aim (issue: real anatomy) is higher still: 85% of those tumours.
 """
 
@@ -19,8 +19,8 @@ from liverlesion.segmentation import classical_segmentation, dice, match_lesions
 from tests.profiles import QUICK
 
 LIVER_DICE_FLOOR = 0.93  # 0.923 before its bulging edge tumours were taken in (segment.liver_bulge_contact)
-TUMOURS_FOUND_FLOOR = 0.65  # of the tumours of 10 mm (diameter of the equal-volume ball) or more: 18 of 26 today,
-# 17 before the fainter second pass (segment.faint_noise_factor); one tumour of room for float rounding between CPUs
+TUMOURS_FOUND_FLOOR = 0.69  # of the tumours of 10 mm (diameter of the equal-volume ball) or more: 19 of 26 today,
+# 17 before the fainter second pass (segment.faint_*); one tumour of room for float rounding between CPUs
 INVENTED_CEILING = 2
 OUTSIDE_MM = 10.0  # no automatic lesion may lie wholly farther than this from the reference liver
 

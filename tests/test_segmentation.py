@@ -282,6 +282,24 @@ def test_a_faint_tumour_is_found_by_the_second_pass_and_a_faint_fleck_is_not():
     assert first_only[strong].all() and not first_only[faint].any()
 
 
+def test_a_faint_tumour_beside_a_darker_one_s_halo_is_found_only_when_it_grows_less_than_half_way():
+    shape = (80, 80, 60)
+    liver = ball(shape, (40, 40, 30), 26)
+    image = np.full(shape, -100.0, np.float32)
+    image[liver] = 110.0 + np.random.default_rng(8).normal(0, 18, shape)[liver]
+    # a dark tumour (20 HU) in a lighter halo (78 HU, 3 mm), and a faint one (50 HU) against the halo's outside
+    strong, halo = ball(shape, (40, 28, 30), 6), ball(shape, (40, 28, 30), 9)
+    faint = ball(shape, (40, 43, 30), 6)
+    for mask, hu in ((halo, 78.0), (strong, 20.0), (faint, 50.0)):
+        image[mask] = hu
+    found = segment_lesions(image, liver, (1.0, 1.0, 1.0), CLASSICAL)
+    assert found[strong].all() and found[faint].all()
+    assert dice(found & ~faint, strong) > 0.9  # apart: the halo is in neither
+    # grown half-way (80 HU), the faint tumour takes the halo in, touches the dark one's lesion and is not added
+    half_way = segment_lesions(image, liver, (1.0, 1.0, 1.0), with_changes(CLASSICAL, faint_lesion_level=0.5))
+    assert half_way[strong].all() and not half_way[faint].any()
+
+
 def test_a_tumour_at_the_liver_s_edge_is_kept_where_it_is_thick_and_the_rim_is_not():
     shape = (80, 80, 60)
     liver = ball(shape, (40, 40, 30), 26)
@@ -292,7 +310,10 @@ def test_a_tumour_at_the_liver_s_edge_is_kept_where_it_is_thick_and_the_rim_is_n
     found = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), CLASSICAL)
     assert dice(found, tumour) > 0.6
     assert ndimage.label(found, np.ones((3, 3, 3)))[1] == 1  # the rim's shell is trimmed off
-    without = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), with_changes(CLASSICAL, edge_lesion_mm=None))
+    # the edge step alone makes the difference (the fainter pass, grown less, finds a quarter of it without)
+    alone = with_changes(CLASSICAL, faint_noise_factor=None)
+    assert dice(segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), alone), tumour) > 0.6
+    without = segment_lesions(smoothed, liver, (1.0, 1.0, 1.0), with_changes(alone, edge_lesion_mm=None))
     assert dice(without, tumour) < 0.2
 
 

@@ -21,13 +21,14 @@ Three methods give a case's lesions (``SegmentSettings.method``):
   partial-volume edge), no further than ``lesion_grow_mm`` beyond the seed's box (a tumour's lighter rim
   around its darker core included; less from a seed in the edge band), and components too small, too thin or
   lying mostly in the edge band are dropped, unless half of one is deep or thick there (a tumour at the
-  liver's edge, of which the thick part is kept). A second pass with fainter seeds (``faint_noise_factor``)
-  adds its lesions of ``faint_lesion_ml`` or more that touch none of the first's: a lower threshold for all
-  would merge neighbouring tumours into one. The settings were chosen on cases 1-30 of the default
-  phantom cohort (``bench/segmentation.py``), and the liver's steps and ``noise_factor`` then on one real CT
-  (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside it, the neck check on the phantom's organs
-  (``bench/organ_phantom.py``), the lesions' growth and the edge, bay and bulge steps on LiTS 117 with 3D-IRCADb-01
-  patient 1 beside it, and the fainter pass on those and the organ phantom (measured in a session, never stored here).
+  liver's edge, of which the thick part is kept). A second pass with fainter seeds (``faint_noise_factor``),
+  grown less (``faint_lesion_level`` of the way to the liver), adds its lesions of ``faint_lesion_ml`` or more
+  that touch none of the first's: a lower threshold for all would merge neighbouring tumours into one. The
+  settings were chosen on cases 1-30 of the default phantom cohort (``bench/segmentation.py``), and the liver's
+  steps and ``noise_factor`` then on one real CT (LiTS case 117, ``tests/real_ct.py``) with phantom cases beside
+  it, the neck check on the phantom's organs (``bench/organ_phantom.py``), the lesions' growth, the edge, bay and
+  bulge steps and the fainter pass on LiTS 117 with 3D-IRCADb-01 patient 1 and the organ phantom beside it
+  (measured in a session, never stored here).
 - ``learned``: the cascade of ``liverlesion.segnet`` (a liver U-Net, then a lesion U-Net on the
   liver's crop) gives two probability maps; they become masks here, with the same size filters.
 
@@ -188,6 +189,13 @@ class SegmentSettings(BaseModel):
         "more; null: no second pass",
     )
     faint_lesion_ml: float = Field(ge=0, description="classical: ... the least volume of a lesion it adds (mL)")
+    faint_lesion_level: float = Field(
+        gt=0,
+        le=0.5,
+        description="classical: ... whose edge lies this fraction of the way from its seed's core to the liver's "
+        "level (the first pass: half-way, 0.5): nearer its core, a faint tumour does not run into a neighbouring "
+        "tumour's lighter halo",
+    )
     hyperdense_hu: float | None = Field(
         gt=0, description="classical: also seed lesions this much above the liver (None: only hypodense lesions)"
     )
@@ -412,6 +420,10 @@ def bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
     return tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(found[0], margin, mask.shape))
 
 
+#: a lesion's edge blurred into the liver lies half-way between its core's CT number and the liver's
+HALF_WAY = 0.5
+
+
 def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
     """Lesions inside ``liver``: seeds below (or above) its parenchyma's level, grown to the half-way level,
     filtered; then, with ``faint_noise_factor``, the lesions of fainter seeds that touch none of those."""
@@ -421,10 +433,20 @@ def segment_lesions(smoothed: np.ndarray, liver: np.ndarray, spacing, settings: 
     # liver are not: on a real CT with 79 tumours they sit 5 HU and 6 HU off, and hide every small tumour)
     median, noise = liver_level(smoothed[liver], settings.liver_level_band_hu)
     deep = erode_mm(liver, settings.liver_edge_mm, spacing) if settings.liver_edge_mm > 0 else liver
-    lesions = _grown_lesions(smoothed, liver, deep, median, noise, settings.noise_factor, spacing, settings)
+    lesions = _grown_lesions(smoothed, liver, deep, median, noise, settings.noise_factor, HALF_WAY, spacing, settings)
     if settings.faint_noise_factor is None:
         return lesions
-    faint = _grown_lesions(smoothed, liver, deep, median, noise, settings.faint_noise_factor, spacing, settings)
+    faint = _grown_lesions(
+        smoothed,
+        liver,
+        deep,
+        median,
+        noise,
+        settings.faint_noise_factor,
+        settings.faint_lesion_level,
+        spacing,
+        settings,
+    )
     labels, n = ndimage.label(faint, structure=CONNECTIVITY_26)
     add = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(spacing)) / 1000.0 >= settings.faint_lesion_ml
     add[np.unique(labels[ndimage.binary_dilation(lesions, structure=CONNECTIVITY_26)])] = False  # touching: kept apart
@@ -439,12 +461,13 @@ def _grown_lesions(
     median: float,
     noise: float,
     noise_factor: float,
+    edge_level: float,
     spacing,
     settings: SegmentSettings,
 ) -> np.ndarray:
     """The lesions of the seeds darker (or brighter) than the liver's level ``median`` by more than
-    ``hypodense_hu`` and ``noise_factor`` times ``noise``, grown and filtered (``segment_lesions``); ``deep``:
-    the liver without its edge band."""
+    ``hypodense_hu`` and ``noise_factor`` times ``noise``, each grown to the level ``edge_level`` of the way from
+    its core to the liver's, and filtered (``segment_lesions``); ``deep``: the liver without its edge band."""
     inner = deep
     darker = smoothed < median - max(settings.hypodense_hu, noise_factor * noise)
     if settings.edge_lesion_mm is not None:
@@ -465,7 +488,7 @@ def _grown_lesions(
         wide = tuple(slice(max(b.start - w, 0), min(b.stop + w, s)) for b, w, s in zip(box, g, liver.shape))
         seed = labels[wide] == k
         core = float(np.median(smoothed[wide][seed]))
-        level = (core + median) / 2.0  # the edge of a lesion blurred into the liver
+        level = core + edge_level * (median - core)  # the edge of a lesion blurred into the liver
         region = liver[wide] & ((smoothed[wide] <= level) if core < median else (smoothed[wide] >= level))
         grown, _ = ndimage.label(region, structure=CONNECTIVITY_26)
         keep = np.unique(grown[seed & (grown > 0)])
