@@ -290,6 +290,16 @@ def liver_level(values: np.ndarray, band_hu: float) -> tuple[float, float]:
     return mode, 1.4826 * float(np.median(np.abs(near - np.median(near)))) if len(near) else 0.0
 
 
+def liver_window(values: np.ndarray, settings: SegmentSettings) -> tuple[float, float]:
+    """The liver's own window of CT numbers from voxels that are mostly liver: its level (``liver_level``) less
+    and plus ``liver_window_sd`` of its spread, and at least ``liver_window_min_hu`` either side."""
+    mode, spread = liver_level(values, settings.liver_level_band_hu)
+    return (
+        mode - max(settings.liver_window_sd[0] * spread, settings.liver_window_min_hu),
+        mode + max(settings.liver_window_sd[1] * spread, settings.liver_window_min_hu),
+    )
+
+
 def left_back_parts(liver: np.ndarray, ct: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
     """The parts of ``liver`` (the basins of its depth, ``morphology.depth_basins``) centred left of the body's
     centre by more than ``liver_left_back_mm[0]`` and behind it by more than ``liver_left_back_mm[1]``: where
@@ -326,9 +336,7 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
     seed = largest_component(open_mm((coarse >= lo) & (coarse <= hi), settings.liver_seed_opening_mm, grid))
     if not seed.any():
         return np.zeros(smoothed.shape, dtype=bool)
-    mode, spread = liver_level(coarse[seed], settings.liver_level_band_hu)
-    low = mode - max(settings.liver_window_sd[0] * spread, settings.liver_window_min_hu)
-    high = mode + max(settings.liver_window_sd[1] * spread, settings.liver_window_min_hu)
+    low, high = liver_window(coarse[seed], settings)
     window = (coarse >= low) & (coarse <= high)
     if settings.liver_opening_mm > 0:
         window = open_mm(window, settings.liver_opening_mm, grid)
@@ -368,8 +376,8 @@ def segment_liver(smoothed: np.ndarray, spacing, settings: SegmentSettings) -> n
 def with_bulging_tumours(liver: np.ndarray, smoothed: np.ndarray, spacing, settings: SegmentSettings) -> np.ndarray:
     """``liver`` with the darker tissue that bulges out of it taken in: a tumour at the liver's edge whose outer
     part is darker than the liver's window, so that the liver found stops at it (a bay's closing cannot fill a
-    bulge). A candidate is a component of tissue between ``liver_bay_min_hu`` and the liver's window (the mode
-    and spread of the liver found, as in ``segment_liver``), within ``liver_bulge_mm`` of the liver, opened by
+    bulge). A candidate is a component of tissue between ``liver_bay_min_hu`` and the liver's window (of
+    the liver found, ``liver_window``), within ``liver_bulge_mm`` of the liver, opened by
     ``liver_bulge_opening_mm``; it is taken in where at least ``liver_bulge_contact`` of its surface touches the
     liver, its volume is within ``liver_bulge_ml`` and its elongation at most ``liver_bulge_elongation``: a
     neighbouring organ at a tumour's CT numbers (stomach, bowel, kidney) touches the liver with a smaller part
@@ -377,8 +385,7 @@ def with_bulging_tumours(liver: np.ndarray, smoothed: np.ndarray, spacing, setti
     if settings.liver_bulge_contact is None or not liver.any():
         return liver
     spacing = np.asarray(spacing, dtype=float)
-    mode, spread = liver_level(smoothed[liver], settings.liver_level_band_hu)
-    low = mode - max(settings.liver_window_sd[0] * spread, settings.liver_window_min_hu)
+    low, _ = liver_window(smoothed[liver], settings)
     box = bounding_box(liver, np.ceil(settings.liver_bulge_mm / spacing).astype(int))
     inside, ct = liver[box], smoothed[box]
     darker = (ct >= settings.liver_bay_min_hu) & (ct < low) & ~inside
